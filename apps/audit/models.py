@@ -1,0 +1,88 @@
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object, and what came of it. Written in the same transaction
+    as the state change it describes; never edited afterwards."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        ERRORED = "errored", "errored"
+        DRY_RUN = "dry_run", "dry run"
+
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # A person, or null when a schedule or task acted; `actor_name` is always filled.
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=80, db_index=True)
+    target_type = models.CharField(max_length=80)
+    target_id = models.CharField(max_length=255)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    bytes_reclaimed = models.BigIntegerField(default=0)
+    message = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    operation = models.ForeignKey("audit.Operation", null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id", "-occurred_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.target_type}:{self.target_id} → {self.outcome}"
+
+
+class Operation(models.Model):
+    """One row per piece of long or destructive work, written before the first external
+    call and updated after each step, so a killed worker leaves a trail."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"  # an expected refusal (PanelError)
+        ERRORED = "errored", "errored"  # an unexpected exception, traceback kept
+
+    ACTIVE = {Status.PENDING, Status.RUNNING}
+    TERMINAL = {Status.SUCCEEDED, Status.FAILED, Status.ERRORED}
+
+    kind = models.CharField(max_length=80, db_index=True)
+    target_type = models.CharField(max_length=80)
+    target_id = models.CharField(max_length=255)
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=150)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    params = models.JSONField(default=dict, blank=True)
+    # Dotted path of the django-q2 task that runs it: a retry enqueues the same one.
+    task = models.CharField(max_length=200, blank=True)
+    progress_done = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    progress_unit = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    log = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id", "status"])]
+        permissions = [("retry_operation", "Can retry a failed operation")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target_type}:{self.target_id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def percent(self) -> int | None:
+        if not self.progress_total:
+            return None
+        return max(0, min(100, int(self.progress_done * 100 / self.progress_total)))

@@ -1,0 +1,242 @@
+"""Audit events and Operations: the panel's own history of work and outcomes.
+
+Every domain service takes an `actor` (a User, or the name of a schedule/task such as
+"schedule:reconcile-pods") and records what it did with `audit_record`, inside the same
+transaction as the state change. Long work runs inside an Operation:
+
+    op = operation_create(kind="pod.stop", target_type="pod", target_id=pod.pod_id,
+                          actor=user, task="apps.pods.tasks.stop_pod_task")
+    operation_enqueue(operation=op)            # django-q2, after the transaction commits
+    ...
+    def stop_pod_task(operation_id):           # in apps/pods/tasks.py
+        operation_execute(operation_id=operation_id, work=lambda op: pod_stop(..., operation=op))
+"""
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from apps.audit.models import AuditEvent, Operation
+from controlpanel.errors import Busy, NotFound, PanelError
+
+logger = logging.getLogger(__name__)
+
+Actor = AbstractBaseUser | str | None
+
+
+def actor_parts(actor: Actor) -> tuple[AbstractBaseUser | None, str]:
+    """Split an actor into the user row (if a person) and a display name (always)."""
+    if actor is None:
+        return None, "system"
+    if isinstance(actor, str):
+        return None, actor
+    return actor, actor.get_username()
+
+
+def audit_record(
+    *,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: str,
+    outcome: str = AuditEvent.Outcome.SUCCEEDED,
+    bytes_reclaimed: int = 0,
+    message: str = "",
+    details: dict[str, Any] | None = None,
+    operation: Operation | None = None,
+) -> AuditEvent:
+    user, name = actor_parts(actor)
+    return AuditEvent.objects.create(
+        actor_user=user,
+        actor_name=name,
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id),
+        outcome=outcome,
+        bytes_reclaimed=max(0, int(bytes_reclaimed)),
+        message=message[:4000],
+        details=details or {},
+        operation=operation,
+    )
+
+
+def operation_create(
+    *,
+    kind: str,
+    target_type: str,
+    target_id: str,
+    actor: Actor,
+    task: str = "",
+    params: dict[str, Any] | None = None,
+    exclusive: bool = True,
+) -> Operation:
+    """Write the intent. With `exclusive`, refuse while another operation on the same
+    target is pending or running (the second admin gets a clear "already in progress")."""
+    user, name = actor_parts(actor)
+    with transaction.atomic():
+        if exclusive:
+            busy = (
+                Operation.objects.select_for_update()
+                .filter(target_type=target_type, target_id=str(target_id), status__in=Operation.ACTIVE)
+                .first()
+            )
+            if busy is not None:
+                raise Busy(
+                    f"{target_type} {target_id!r} already has {busy.kind} in progress "
+                    f"(operation #{busy.pk}, {busy.status}); wait for it to finish"
+                )
+        return Operation.objects.create(
+            kind=kind,
+            target_type=target_type,
+            target_id=str(target_id),
+            actor_user=user,
+            actor_name=name,
+            task=task,
+            params=params or {},
+        )
+
+
+def operation_enqueue(*, operation: Operation) -> None:
+    """Hand the operation to django-q2 once the surrounding transaction has committed,
+    so a worker never looks for a row that is not there yet."""
+    if not operation.task:
+        raise ValueError(f"operation #{operation.pk} has no task to enqueue")
+
+    def send() -> None:
+        from django_q.tasks import async_task
+
+        async_task(operation.task, operation.pk, task_name=f"{operation.kind} #{operation.pk}")
+
+    transaction.on_commit(send)
+
+
+def operation_claim(*, operation_id: int) -> Operation | None:
+    """Move pending → running with a conditional update: of two workers, one wins."""
+    now = timezone.now()
+    claimed = Operation.objects.filter(pk=operation_id, status=Operation.Status.PENDING).update(
+        status=Operation.Status.RUNNING, started_at=now, heartbeat_at=now
+    )
+    if not claimed:
+        return None
+    return Operation.objects.get(pk=operation_id)
+
+
+def operation_log(operation: Operation, line: str) -> None:
+    """Append one line to the operation's log, without rewriting the other fields."""
+    stamped = f"{timezone.now():%Y-%m-%d %H:%M:%S} {line}\n"
+    Operation.objects.filter(pk=operation.pk).update(log=Concat(F("log"), Value(stamped)), heartbeat_at=timezone.now())
+    operation.log += stamped
+    logger.info("operation #%s %s: %s", operation.pk, operation.kind, line)
+
+
+class Progress:
+    """Throttled progress writer: cheap to call per chunk, writes at most once an interval."""
+
+    def __init__(self, operation: Operation | None, *, total: int | None = None, unit: str = ""):
+        self.operation = operation
+        self.done = 0
+        self.total = total
+        self.unit = unit
+        self._last_write = 0.0
+        self.flush()
+
+    def set_total(self, total: int | None, unit: str | None = None) -> None:
+        self.total = total
+        if unit is not None:
+            self.unit = unit
+        self.flush()
+
+    def advance(self, amount: int) -> None:
+        self.done += amount
+        if time.monotonic() - self._last_write >= settings.OPERATION_PROGRESS_INTERVAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_write = time.monotonic()
+        if self.operation is None:
+            return
+        self.operation.progress_done = self.done
+        self.operation.progress_total = self.total
+        self.operation.progress_unit = self.unit
+        Operation.objects.filter(pk=self.operation.pk).update(
+            progress_done=self.done, progress_total=self.total, progress_unit=self.unit, heartbeat_at=timezone.now()
+        )
+
+
+def _finish(operation: Operation, *, status: str, result=None, error: str = "", tb: str = "") -> None:
+    operation.status = status
+    operation.finished_at = timezone.now()
+    operation.result = result if isinstance(result, dict) else ({"value": result} if result is not None else {})
+    operation.error = error
+    operation.traceback = tb
+    operation.save(update_fields=["status", "finished_at", "result", "error", "traceback"])
+
+
+def operation_execute(*, operation_id: int, work: Callable[[Operation], Any]) -> Operation:
+    """Claim the operation and run `work(operation)`; record succeeded, failed or errored.
+
+    Used by django-q2 tasks and by the synchronous CLI alike. Returns the finished row;
+    never raises for a PanelError (it is the operation's *failed* outcome)."""
+    operation = operation_claim(operation_id=operation_id)
+    if operation is None:
+        existing = Operation.objects.filter(pk=operation_id).first()
+        if existing is None:
+            raise NotFound(f"operation #{operation_id} does not exist")
+        logger.warning("operation #%s is %s, not pending; not running it again", operation_id, existing.status)
+        return existing
+    try:
+        result = work(operation)
+    except PanelError as exc:
+        _finish(operation, status=Operation.Status.FAILED, error=exc.message)
+    except Exception as exc:  # an unexpected failure: keep the traceback for the log and the row
+        logger.exception("operation #%s %s errored", operation.pk, operation.kind)
+        _finish(
+            operation,
+            status=Operation.Status.ERRORED,
+            error=f"{type(exc).__name__}: {exc}",
+            tb=traceback.format_exc(),
+        )
+    else:
+        _finish(operation, status=Operation.Status.SUCCEEDED, result=result)
+    return operation
+
+
+def operation_retry(*, operation: Operation, actor: Actor) -> Operation:
+    """Queue the same work again as a new operation; the failed row stays as history."""
+    if operation.status not in {Operation.Status.FAILED, Operation.Status.ERRORED}:
+        raise PanelError(f"operation #{operation.pk} is {operation.status}; only failed work can be retried")
+    if not operation.task:
+        raise PanelError(f"operation #{operation.pk} ran inline (CLI) and has no task to retry")
+    retry = operation_create(
+        kind=operation.kind,
+        target_type=operation.target_type,
+        target_id=operation.target_id,
+        actor=actor,
+        task=operation.task,
+        params={**operation.params, "retry_of": operation.pk},
+    )
+    operation_enqueue(operation=retry)
+    return retry
+
+
+def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
+    """Mark running operations whose worker stopped sending heartbeats as errored, so the
+    target is free again and the domain's reconcile can roll the work forward or back."""
+    limit = older_than or timedelta(seconds=settings.Q_CLUSTER["retry"])
+    cutoff = timezone.now() - limit
+    stale = Operation.objects.filter(status=Operation.Status.RUNNING, heartbeat_at__lt=cutoff)
+    return stale.update(
+        status=Operation.Status.ERRORED,
+        finished_at=timezone.now(),
+        error="worker stopped sending heartbeats (killed or lost); the next run will finish the work",
+    )

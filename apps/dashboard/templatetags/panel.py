@@ -1,0 +1,35 @@
+"""Template helpers every page uses: humanised sizes and status badges."""
+
+from django import template
+
+register = template.Library()
+
+_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+
+
+def humanize_bytes(value) -> str:
+    if value is None or value == "":
+        return "—"
+    size = float(value)
+    for unit in _UNITS:
+        if abs(size) < 1024 or unit == _UNITS[-1]:
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} PiB"  # unreachable; keeps type checkers calm
+
+
+register.filter("bytes", humanize_bytes)
+
+
+@register.inclusion_tag("includes/badge.html")
+def badge(status) -> dict:
+    """A coloured badge whose text also says the status (colour is never the only signal)."""
+    return {"status": str(status)}
+
+
+@register.filter
+def percent(part, whole) -> int:
+    try:
+        return max(0, min(100, int(float(part) * 100 / float(whole))))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 0

@@ -1,0 +1,139 @@
+import importlib
+
+from django.apps import apps
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required, permission_required
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.decorators import method_decorator
+from django.views.decorators.http import require_POST
+from django_q.models import Failure, Schedule
+
+from apps.audit.models import AuditEvent, Operation
+from apps.audit.services import operation_retry
+from apps.dashboard import ratelimit
+from controlpanel.errors import PanelError
+
+PAGE_SIZE = 50
+
+
+@method_decorator(login_not_required, name="dispatch")
+class RateLimitedLoginView(auth_views.LoginView):
+    """The login page, refusing further attempts after too many failures."""
+
+    template_name = "registration/login.html"
+    redirect_authenticated_user = True
+
+    def _who(self):
+        return {"username": self.request.POST.get("username", ""), "address": self.request.META.get("REMOTE_ADDR", "")}
+
+    def post(self, request, *args, **kwargs):
+        if ratelimit.login_blocked(**self._who()):
+            form = self.get_form()
+            form.errors.clear()
+            form.add_error(None, "Too many failed logins. Wait a few minutes and try again.")
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        ratelimit.login_failed(**self._who())
+        return super().form_invalid(form)
+
+    def form_valid(self, form):
+        ratelimit.login_succeeded(**self._who())
+        return super().form_valid(form)
+
+
+def overview_sections() -> list[dict]:
+    """Each app may offer `selectors.overview_section()`; the overview shows what they return."""
+    sections = []
+    for config in apps.get_app_configs():
+        if not config.name.startswith("apps.") or config.label == "dashboard":
+            continue
+        try:
+            module = importlib.import_module(f"{config.name}.selectors")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{config.name}.selectors":
+                raise
+            continue
+        section_fn = getattr(module, "overview_section", None)
+        if section_fn is not None:
+            try:
+                section = section_fn()
+            except PanelError as exc:
+                # A part being unreachable is shown on the page, never a 500.
+                section = {"title": config.verbose_name, "error": str(exc)}
+            if section:
+                sections.append(section)
+    return sections
+
+
+def overview(request):
+    sections = overview_sections()
+    leaks = [leak for section in sections for leak in section.get("leaks", [])]
+    context = {
+        "sections": sections,
+        "leaks": leaks,
+        "leaked_bytes": sum(leak.get("bytes") or 0 for leak in leaks),
+        "active_operations": Operation.objects.filter(status__in=Operation.ACTIVE).order_by("created_at")[:20],
+        "recent_events": AuditEvent.objects.select_related("actor_user")[:10],
+    }
+    return render(request, "dashboard/overview.html", context)
+
+
+def operations(request):
+    """The task panel: work in flight, recent outcomes, schedules and failed queue tasks."""
+    queryset = Operation.objects.all()
+    status = request.GET.get("status", "")
+    if status in Operation.Status.values:
+        queryset = queryset.filter(status=status)
+    page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "status": status,
+        "statuses": Operation.Status.choices,
+        "schedules": Schedule.objects.order_by("next_run")[:50],
+        "queue_failures": Failure.objects.order_by("-stopped")[:20],
+    }
+    return render(request, "dashboard/operations.html", context)
+
+
+def operation_detail(request, operation_id: int):
+    operation = get_object_or_404(Operation, pk=operation_id)
+    return render(request, "dashboard/operation_detail.html", {"operation": operation})
+
+
+def operation_progress(request, operation_id: int):
+    """The fragment htmx polls while the work runs; it stops polling once finished."""
+    operation = get_object_or_404(Operation, pk=operation_id)
+    return render(request, "includes/operation_progress.html", {"operation": operation})
+
+
+@require_POST
+@permission_required("audit.retry_operation", raise_exception=True)
+def operation_retry_view(request, operation_id: int):
+    operation = get_object_or_404(Operation, pk=operation_id)
+    try:
+        retry = operation_retry(operation=operation, actor=request.user)
+    except PanelError as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard:operation", operation_id=operation.pk)
+    messages.success(request, f"Queued again as operation #{retry.pk}.")
+    return redirect("dashboard:operation", operation_id=retry.pk)
+
+
+def audit_list(request):
+    queryset = AuditEvent.objects.select_related("actor_user")
+    filters = {}
+    for field in ["action", "target_type", "target_id", "outcome", "actor_name"]:
+        value = request.GET.get(field, "").strip()
+        if value:
+            filters[field] = value
+            queryset = queryset.filter(**{field: value})
+    page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "dashboard/audit_list.html",
+        {"page": page, "filters": filters, "outcomes": AuditEvent.Outcome.choices},
+    )

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class PodsConfig(AppConfig):
+    name = "apps.pods"
+    label = "pods"
+    verbose_name = "Pods"

@@ -1,0 +1,274 @@
+"""Settings for the storage control panel.
+
+Every value comes from an environment variable with a local default, so `make run`
+works on a fresh clone and production sets only what differs. Read settings here and
+nowhere else: other modules use `django.conf.settings`.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+
+
+def envfloat(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+
+
+def envsecret(name: str, default: str = "") -> str:
+    """A secret from NAME, or from the file named by NAME_FILE (Docker/K8s secrets)."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(name, default)
+
+
+VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = envbool("DEBUG", True)
+
+
+def _local_secret_key() -> str:
+    # Generated once per checkout so sessions survive restarts without a committed secret.
+    path = VAR_DIR / "secret-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = envsecret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required when DEBUG=0")
+    SECRET_KEY = _local_secret_key()
+
+ALLOWED_HOSTS = [h.strip() for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in envstr("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_q",
+    "apps.audit",
+    "apps.pods",
+    "apps.separations",
+    "apps.mixjobs",
+    "apps.volumes",
+    "apps.dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "controlpanel.middleware.StaffRequiredMiddleware",
+    "controlpanel.middleware.ContentSecurityPolicyMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlpanel.urls"
+WSGI_APPLICATION = "controlpanel.wsgi.application"
+ASGI_APPLICATION = "controlpanel.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+            "builtins": ["apps.dashboard.templatetags.panel"],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL", f"sqlite:///{VAR_DIR / 'controlpanel.sqlite3'}"),
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web server and worker share the file: wait for the other's write lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
+LOGOUT_REDIRECT_URL = "login"
+# Failed logins allowed per username and per client address within the window.
+LOGIN_RATE_LIMIT = envint("LOGIN_RATE_LIMIT", 5)
+LOGIN_RATE_WINDOW_SECONDS = envint("LOGIN_RATE_WINDOW_SECONDS", 300)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+# With DEBUG=0 and no collectstatic run, whitenoise still serves from the finders.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# Security headers; HTTPS-only ones switch on with SECURE_SSL (behind TLS in production).
+SECURE_SSL = envbool("SECURE_SSL", not DEBUG)
+SECURE_SSL_REDIRECT = SECURE_SSL and envbool("SECURE_SSL_REDIRECT", True)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("TRUST_X_FORWARDED_PROTO", False) else None
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000) if SECURE_SSL else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL
+SECURE_HSTS_PRELOAD = SECURE_SSL
+SESSION_COOKIE_SECURE = SECURE_SSL
+CSRF_COOKIE_SECURE = SECURE_SSL
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'"
+)
+
+# Task queue: django-q2 on the ORM broker, or Redis when REDIS_URL is set.
+REDIS_URL = envstr("REDIS_URL")
+Q_CLUSTER = {
+    "name": envstr("Q_CLUSTER_NAME", "controlpanel"),
+    "workers": envint("Q_WORKERS", 2),
+    # A task may run this long; retry must be longer or a slow task is handed out twice.
+    "timeout": envint("Q_TIMEOUT", 1800),
+    "retry": envint("Q_RETRY", 2100),
+    "max_attempts": envint("Q_MAX_ATTEMPTS", 1),
+    "save_limit": 250,
+    "catch_up": False,
+    "sync": envbool("Q_SYNC", False),
+    "label": "Django Q2",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# Pods on Docker.
+DOCKER_HOST = envstr("DOCKER_HOST", "unix:///var/run/docker.sock")
+DOCKER_TIMEOUT_SECONDS = envint("DOCKER_TIMEOUT_SECONDS", 60)
+POD_IMAGE = envstr("POD_IMAGE", "pinacle-base:latest")
+POD_ORPHAN_GRACE_MINUTES = envint("POD_ORPHAN_GRACE_MINUTES", 60)
+SNAPSHOT_RETENTION = envint("SNAPSHOT_RETENTION", 3)
+SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
+AWS_ENDPOINT_URL = envstr("AWS_ENDPOINT_URL")
+AWS_REGION = envstr("AWS_REGION", envstr("AWS_DEFAULT_REGION", "us-east-1"))
+
+# Mix jobs written by the mixing service.
+MIX_MEDIA_DIR = Path(envstr("MIX_MEDIA_DIR", str(VAR_DIR / "mix" / "media")))
+MIX_OUTPUTS_DIR = Path(envstr("MIX_OUTPUTS_DIR", str(VAR_DIR / "mix" / "outputs")))
+JOB_TTL_HOURS = envint("JOB_TTL_HOURS", 48)
+FAILED_JOB_TTL_HOURS = envint("FAILED_JOB_TTL_HOURS", 24)
+STALLED_JOB_HOURS = envint("STALLED_JOB_HOURS", 6)
+
+# Separation sessions on a volume.
+SESSIONS_VOLUME_URL = envstr("SESSIONS_VOLUME_URL", f"local://{VAR_DIR / 'volumes' / 'music-split-jobs-data'}")
+SESSIONS_VOLUME_MAX_BYTES = envint("SESSIONS_VOLUME_MAX_BYTES", 3 * 1000**3)
+SESSIONS_API_TOKEN = envsecret("SESSIONS_API_TOKEN")
+SESSIONS_POLICY_DOWNLOAD_LIMIT = envint("SESSIONS_POLICY_DOWNLOAD_LIMIT", 20)
+SESSIONS_POLICY_DOWNLOAD_AGE_MINUTES = envint("SESSIONS_POLICY_DOWNLOAD_AGE_MINUTES", 60)
+SESSIONS_POLICY_EXIT_LIMIT = envint("SESSIONS_POLICY_EXIT_LIMIT", 100)
+SESSIONS_POLICY_EXIT_AGE_MINUTES = envint("SESSIONS_POLICY_EXIT_AGE_MINUTES", 120)
+
+# Modal (the SDK itself reads MODAL_TOKEN_ID, MODAL_TOKEN_SECRET and MODAL_SERVER_URL).
+MODAL_ENVIRONMENT = envstr("MODAL_ENVIRONMENT")
+
+# Cost estimates, US$ per GB-month.
+PRICE_MODAL_VOLUME_GB_MONTH = envfloat("PRICE_MODAL_VOLUME_GB_MONTH", 0.15)
+PRICE_S3_GB_MONTH = envfloat("PRICE_S3_GB_MONTH", 0.023)
+PRICE_LOCAL_GB_MONTH = envfloat("PRICE_LOCAL_GB_MONTH", 0.0)
+
+# Operations: how often progress is written while bytes move.
+OPERATION_PROGRESS_INTERVAL_SECONDS = envfloat("OPERATION_PROGRESS_INTERVAL_SECONDS", 1.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# Cache: shared by web and workers (login rate limiting, short-lived page data).
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }

@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from apps.dashboard.views import RateLimitedLoginView
+
+admin.site.site_header = "Storage control panel"
+admin.site.site_title = "Storage control panel"
+# The admin uses our login page, so the rate limit covers both.
+admin.site.login = RateLimitedLoginView.as_view()
+
+urlpatterns = [
+    path("login/", RateLimitedLoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("pods/", include("apps.pods.urls")),
+    path("sessions/", include("apps.separations.urls")),
+    path("api/sessions/", include("apps.separations.api_urls")),
+    path("mixjobs/", include("apps.mixjobs.urls")),
+    path("volumes/", include("apps.volumes.urls")),
+    path("", include("apps.dashboard.urls")),
+]

@@ -1,0 +1,111 @@
+import os
+import uuid
+
+import pytest
+
+from tests import parts
+
+# Credentials for the local S3 and Modal servers only; never real ones.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(autouse=True)
+def panel_paths(settings, tmp_path):
+    """Every test gets its own storage roots, so nothing lands in var/ or leaks between tests."""
+    settings.VAR_DIR = tmp_path / "var"
+    settings.VAR_DIR.mkdir()
+    settings.SNAPSHOT_STORE_URL = f"file://{tmp_path / 'snapshots'}"
+    settings.MIX_MEDIA_DIR = tmp_path / "mix" / "media"
+    settings.MIX_OUTPUTS_DIR = tmp_path / "mix" / "outputs"
+    settings.SESSIONS_VOLUME_URL = f"local://{tmp_path / 'volumes' / 'music-split-jobs-data'}"
+    settings.OPERATION_PROGRESS_INTERVAL_SECONDS = 0
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def clear_cache():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def q_sync(monkeypatch):
+    """Run enqueued django-q2 tasks inline (after commit) instead of waiting for a worker."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_superuser(username="root", password="pw-root-123!")
+
+
+@pytest.fixture
+def staff_client(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def viewer_user(django_user_model, db):
+    from django.contrib.auth.models import Group
+
+    from apps.audit.roles import VIEWER_GROUP, roles_sync
+
+    roles_sync()
+    user = django_user_model.objects.create_user(username="viewer", password="pw-viewer-123!", is_staff=True)
+    user.groups.add(Group.objects.get(name=VIEWER_GROUP))
+    return user
+
+
+@pytest.fixture
+def viewer_client(client, viewer_user):
+    client.force_login(viewer_user)
+    return client
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    return parts.docker_client()
+
+
+@pytest.fixture(scope="session")
+def pod_image(docker_client):
+    return parts.ensure_base_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = parts.S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, settings):
+    """A fresh bucket on the local S3 server, with AWS_ENDPOINT_URL pointing at it."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    settings.AWS_ENDPOINT_URL = s3_server.endpoint_url
+    return name
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    return parts.postgres_url()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    return parts.redis_url()
