@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_not_required, permission_requir
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.decorators import method_decorator
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 from django_q.models import Failure, Schedule
 
 from apps.audit.models import AuditEvent, Operation
@@ -69,6 +69,7 @@ def overview_sections() -> list[dict]:
     return sections
 
 
+@require_safe
 def overview(request):
     sections = overview_sections()
     leaks = [leak for section in sections for leak in section.get("leaks", [])]
@@ -82,6 +83,7 @@ def overview(request):
     return render(request, "dashboard/overview.html", context)
 
 
+@require_safe
 def operations(request):
     """The task panel: work in flight, recent outcomes, schedules and failed queue tasks."""
     queryset = Operation.objects.all()
@@ -99,11 +101,13 @@ def operations(request):
     return render(request, "dashboard/operations.html", context)
 
 
+@require_safe
 def operation_detail(request, operation_id: int):
     operation = get_object_or_404(Operation, pk=operation_id)
     return render(request, "dashboard/operation_detail.html", {"operation": operation})
 
 
+@require_safe
 def operation_progress(request, operation_id: int):
     """The fragment htmx polls while the work runs; it stops polling once finished."""
     operation = get_object_or_404(Operation, pk=operation_id)
@@ -123,6 +127,7 @@ def operation_retry_view(request, operation_id: int):
     return redirect("dashboard:operation", operation_id=retry.pk)
 
 
+@require_safe
 def audit_list(request):
     queryset = AuditEvent.objects.select_related("actor_user")
     filters = {}

@@ -1,0 +1,121 @@
+"""Walk the whole URL conf so a new URL cannot slip through without login, permission and CSRF.
+
+For every URL of the panel (the Django admin has its own tests upstream):
+- anonymous visitors are sent to log in (token APIs answer 401 instead);
+- a read-only viewer's POST is refused (403, 404 or 405) and changes nothing;
+- a staff POST without a CSRF token is refused;
+- GET never changes state, also with hostile ids (`..`, NUL, very long, look-alikes).
+"""
+
+from urllib.parse import quote
+
+import pytest
+from django.apps import apps
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+pytestmark = pytest.mark.django_db
+
+HOSTILE_IDS = ["..", "%2e%2e", "a%00b", "x" * 600, "\u0430dmin", "..%2f..%2fetc", "-", "%20"]
+
+
+def panel_urls():
+    """(name, path-with-sample-args, the view, the str/slug arg names) for every non-admin URL."""
+    found = []
+
+    def walk(patterns, prefix="", namespace=""):
+        for entry in patterns:
+            if isinstance(entry, URLResolver):
+                if entry.app_name == "admin":
+                    continue
+                ns = f"{namespace}{entry.namespace}:" if entry.namespace else namespace
+                walk(entry.url_patterns, prefix + str(entry.pattern), ns)
+            elif isinstance(entry, URLPattern):
+                converters = getattr(entry.pattern, "converters", {})
+                kwargs, text_args = {}, []
+                for arg, converter in converters.items():
+                    if type(converter).__name__ == "IntConverter":
+                        kwargs[arg] = 987654
+                    else:
+                        kwargs[arg] = "no-such-object"
+                        text_args.append(arg)
+                name = f"{namespace}{entry.name}" if entry.name else None
+                if name is None:
+                    continue
+                found.append((name, reverse(name, kwargs=kwargs), entry.callback, kwargs, text_args))
+
+    walk(get_resolver().url_patterns)
+    return found
+
+
+def is_public(view) -> bool:
+    return getattr(view, "login_required", True) is False
+
+
+def row_counts() -> dict[str, int]:
+    return {
+        model._meta.label: model.objects.count()
+        for model in apps.get_models()
+        if model._meta.app_label in {"audit", "pods", "separations", "mixjobs", "volumes", "dashboard", "django_q"}
+    }
+
+
+URLS = panel_urls()
+IDS = [name for name, *_ in URLS]
+
+
+def test_the_walk_finds_the_panel_pages():
+    names = set(IDS)
+    assert {"dashboard:overview", "dashboard:audit", "pods:list", "mixjobs:list", "separations:list"} <= names
+
+
+@pytest.mark.parametrize(("name", "path", "view", "kwargs", "text_args"), URLS, ids=IDS)
+def test_anonymous_visitors_are_refused(client, name, path, view, kwargs, text_args):
+    if name == "login":
+        return
+    before = row_counts()
+    for method in (client.get, client.post):
+        response = method(path)
+        if is_public(view):
+            # Token-authenticated API or the login page itself: never a page of data without a token.
+            assert response.status_code in {401, 405}, f"{method.__name__.upper()} {path}"
+        else:
+            assert response.status_code == 302, f"{method.__name__.upper()} {path}"
+            assert response["Location"].startswith(reverse("login"))
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(("name", "path", "view", "kwargs", "text_args"), URLS, ids=IDS)
+def test_viewers_cannot_change_anything(viewer_client, name, path, view, kwargs, text_args):
+    if is_public(view) or name in {"login", "logout"}:
+        return
+    before = row_counts()
+    response = viewer_client.post(path, {"confirm": "yes"})
+    assert response.status_code in {403, 404, 405}, f"POST {path} answered {response.status_code}"
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(("name", "path", "view", "kwargs", "text_args"), URLS, ids=IDS)
+def test_post_without_csrf_token_is_refused(client, staff_user, name, path, view, kwargs, text_args):
+    if is_public(view) or name == "login":
+        return
+    client.force_login(staff_user)
+    client.handler.enforce_csrf_checks = True
+    before = row_counts()
+    response = client.post(path, {"confirm": "yes"})
+    assert response.status_code in {403, 405}, f"POST {path} answered {response.status_code}"
+    assert row_counts() == before
+
+
+@pytest.mark.parametrize(("name", "path", "view", "kwargs", "text_args"), URLS, ids=IDS)
+def test_get_never_changes_state_even_with_hostile_ids(staff_client, name, path, view, kwargs, text_args):
+    if is_public(view) or name == "logout":
+        return
+    before = row_counts()
+    response = staff_client.get(path)
+    assert response.status_code < 500
+    for arg in text_args:
+        for hostile in HOSTILE_IDS:
+            hostile_path = path.replace(quote(str(kwargs[arg])), hostile, 1)
+            response = staff_client.get(hostile_path)
+            assert response.status_code in {200, 302, 400, 404}, f"GET {hostile_path} answered {response.status_code}"
+    assert row_counts() == before
