@@ -55,6 +55,9 @@ class Operation(models.Model):
     actor_name = models.CharField(max_length=150)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
     params = models.JSONField(default=dict, blank=True)
+    # Exclusive operations hold their target: at most one pending/running per target,
+    # enforced by the database so two admins or workers racing cannot both start one.
+    exclusive = models.BooleanField(default=True)
     # Dotted path of the django-q2 task that runs it: a retry enqueues the same one.
     task = models.CharField(max_length=200, blank=True)
     progress_done = models.BigIntegerField(default=0)
@@ -72,6 +75,13 @@ class Operation(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["target_type", "target_id", "status"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target_type", "target_id"],
+                condition=models.Q(exclusive=True, status__in=["pending", "running"]),
+                name="one_active_exclusive_operation_per_target",
+            )
+        ]
         permissions = [("retry_operation", "Can retry a failed operation")]
 
     def __str__(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -81,29 +81,28 @@ def operation_create(
     exclusive: bool = True,
 ) -> Operation:
     """Write the intent. With `exclusive`, refuse while another operation on the same
-    target is pending or running (the second admin gets a clear "already in progress")."""
+    target is pending or running (the second admin gets a clear "already in progress").
+    A partial unique index decides, not a read-then-write, so concurrent callers on
+    PostgreSQL cannot both win."""
     user, name = actor_parts(actor)
-    with transaction.atomic():
-        if exclusive:
-            busy = (
-                Operation.objects.select_for_update()
-                .filter(target_type=target_type, target_id=str(target_id), status__in=Operation.ACTIVE)
-                .first()
+    try:
+        with transaction.atomic():
+            return Operation.objects.create(
+                kind=kind,
+                target_type=target_type,
+                target_id=str(target_id),
+                actor_user=user,
+                actor_name=name,
+                task=task,
+                params=params or {},
+                exclusive=exclusive,
             )
-            if busy is not None:
-                raise Busy(
-                    f"{target_type} {target_id!r} already has {busy.kind} in progress "
-                    f"(operation #{busy.pk}, {busy.status}); wait for it to finish"
-                )
-        return Operation.objects.create(
-            kind=kind,
-            target_type=target_type,
-            target_id=str(target_id),
-            actor_user=user,
-            actor_name=name,
-            task=task,
-            params=params or {},
-        )
+    except IntegrityError:
+        busy = Operation.objects.filter(
+            target_type=target_type, target_id=str(target_id), status__in=Operation.ACTIVE, exclusive=True
+        ).first()
+        what = f"{busy.kind} in progress (operation #{busy.pk}, {busy.status})" if busy else "work in progress"
+        raise Busy(f"{target_type} {target_id!r} already has {what}; wait for it to finish") from None
 
 
 def operation_enqueue(*, operation: Operation) -> None:
@@ -218,6 +217,7 @@ def operation_retry(*, operation: Operation, actor: Actor) -> Operation:
     if not operation.task:
         raise PanelError(f"operation #{operation.pk} ran inline (CLI) and has no task to retry")
     retry = operation_create(
+        exclusive=operation.exclusive,
         kind=operation.kind,
         target_type=operation.target_type,
         target_id=operation.target_id,

@@ -1,0 +1,113 @@
+"""A panel deployment made of real processes: a fresh PostgreSQL database, Redis as the
+django-q2 broker, and any number of `qcluster` workers, each its own process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+class PanelStack:
+    def __init__(self, *, postgres_url: str, redis_url: str, var_dir: Path):
+        self.name = f"panel_scaleout_{uuid.uuid4().hex[:10]}"
+        self.admin_url = postgres_url.replace("postgres://", "postgresql://")
+        self.database_url = postgres_url.rsplit("/", 1)[0] + f"/{self.name}"
+        self.redis_url = redis_url
+        self.var_dir = var_dir
+        self.workers: list[subprocess.Popen] = []
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST"))},
+            "DJANGO_SETTINGS_MODULE": "controlpanel.settings",
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": redis_url,
+            "Q_CLUSTER_NAME": self.name,
+            "Q_WORKERS": "2",
+            "VAR_DIR": str(var_dir),
+            "MIX_MEDIA_DIR": str(var_dir / "mix" / "media"),
+            "MIX_OUTPUTS_DIR": str(var_dir / "mix" / "outputs"),
+            "SNAPSHOT_STORE_URL": f"file://{var_dir / 'snapshots'}",
+            "SECRET_KEY": "scaleout-tests-only-" + uuid.uuid4().hex,
+            "DEBUG": "1",
+        }
+
+    def __enter__(self):
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{self.name}"')
+        self.manage("migrate", "--noinput", "-v0")
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_workers()
+        redis.Redis.from_url(self.redis_url).flushdb()
+        with psycopg.connect(self.admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def manage(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=BASE_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def shell(self, code: str, *, check: bool = True) -> str:
+        return self.manage("shell", "--no-imports", "-c", code, check=check).stdout
+
+    def spawn_shell(self, code: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def start_workers(self, count: int = 2) -> None:
+        for _ in range(count):
+            self.workers.append(
+                subprocess.Popen(
+                    [sys.executable, "manage.py", "qcluster"],
+                    cwd=BASE_DIR,
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        self.workers = []
+
+    def wait_until(self, code: str, *, timeout: float = 60, interval: float = 0.5) -> str:
+        """Run `code` (which prints something) until it prints 'yes'; return the last output."""
+        deadline = time.monotonic() + timeout
+        output = ""
+        while time.monotonic() < deadline:
+            output = self.shell(code).strip()
+            if output.endswith("yes"):
+                return output
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting; last output: {output}")
