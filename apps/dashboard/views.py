@@ -1,11 +1,14 @@
 import importlib
+from datetime import timedelta
 
 from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required, permission_required
 from django.core.paginator import Paginator
+from django.db.models import Max
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST, require_safe
 from django_q.models import Failure, Schedule
@@ -13,6 +16,8 @@ from django_q.models import Failure, Schedule
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.services import operation_retry
 from apps.dashboard import ratelimit
+from apps.dashboard.charts import bytes_chart
+from apps.dashboard.models import StorageSample
 from controlpanel.errors import PanelError
 
 PAGE_SIZE = 50
@@ -69,18 +74,71 @@ def overview_sections() -> list[dict]:
     return sections
 
 
+def leak_rows(sections: list[dict]) -> list[dict]:
+    leaks = [leak for section in sections for leak in section.get("leaks", [])]
+    return sorted(leaks, key=lambda leak: leak.get("bytes") or 0, reverse=True)
+
+
+def in_flight_context() -> dict:
+    """Running work, and what finished in the last ten minutes (so a result stays visible)."""
+    recent = timezone.now() - timedelta(minutes=10)
+    return {
+        "active_operations": list(Operation.objects.filter(status__in=Operation.ACTIVE).order_by("created_at")[:20]),
+        "finished_operations": list(
+            Operation.objects.filter(status__in=Operation.TERMINAL, finished_at__gte=recent).order_by("-finished_at")[
+                :5
+            ]
+        ),
+    }
+
+
 @require_safe
 def overview(request):
     sections = overview_sections()
-    leaks = [leak for section in sections for leak in section.get("leaks", [])]
+    leaks = leak_rows(sections)
     context = {
         "sections": sections,
-        "leaks": leaks,
+        "leaks": leaks[:10],
+        "leak_count": len(leaks),
         "leaked_bytes": sum(leak.get("bytes") or 0 for leak in leaks),
-        "active_operations": Operation.objects.filter(status__in=Operation.ACTIVE).order_by("created_at")[:20],
+        "held_bytes": sum(section.get("bytes") or 0 for section in sections),
+        "charts": recent_charts(),
         "recent_events": AuditEvent.objects.select_related("actor_user")[:10],
+        **in_flight_context(),
     }
     return render(request, "dashboard/overview.html", context)
+
+
+@require_safe
+def in_flight(request):
+    """The work-in-flight fragment the overview polls."""
+    return render(request, "includes/in_flight.html", in_flight_context())
+
+
+@require_safe
+def leaks(request):
+    sections = overview_sections()
+    rows = leak_rows(sections)
+    context = {
+        "leaks": rows,
+        "leaked_bytes": sum(leak.get("bytes") or 0 for leak in rows),
+        "errors": [section for section in sections if section.get("error")],
+    }
+    return render(request, "dashboard/leaks.html", context)
+
+
+def recent_charts(limit: int = 6) -> list[dict]:
+    """Bytes over time for the most recently measured subjects of every domain."""
+    subjects = (
+        StorageSample.objects.values("domain", "subject").annotate(last=Max("sampled_at")).order_by("-last")[:limit]
+    )
+    return [
+        {
+            "title": f"{row['domain']}: {row['subject']}",
+            "chart": bytes_chart(domain=row["domain"], subject=row["subject"]),
+        }
+        for row in subjects
+    ]
 
 
 @require_safe
