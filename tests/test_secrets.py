@@ -9,19 +9,14 @@ from tests.test_security import panel_urls
 
 pytestmark = pytest.mark.django_db
 
-SECRETS = {
-    "SESSIONS_API_TOKEN": "sessions-token-7f1c9a55e0b34d2c",
-    "SECRET_KEY": "django-secret-3b8e1f0c2d7a4e6b9c5d",
-}
-
 
 @pytest.fixture
 def secrets_configured(settings, monkeypatch):
-    settings.SESSIONS_API_TOKEN = SECRETS["SESSIONS_API_TOKEN"]
-    settings.SECRET_KEY = SECRETS["SECRET_KEY"]
+    settings.SESSIONS_API_TOKEN = "sessions-token-7f1c9a55e0b34d2c"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-9d0e4c1b7a2f")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "modal-secret-5e2a8c3f1b0d")
-    return [*SECRETS.values(), "aws-secret-9d0e4c1b7a2f", "modal-secret-5e2a8c3f1b0d"]
+    # SECRET_KEY keeps its value (changing it would sign the test's session out).
+    return [settings.SESSIONS_API_TOKEN, settings.SECRET_KEY, "aws-secret-9d0e4c1b7a2f", "modal-secret-5e2a8c3f1b0d"]
 
 
 def admin_pages():
