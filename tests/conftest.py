@@ -4,6 +4,7 @@ import uuid
 import pytest
 
 from tests import parts
+from tests.fakes.modal_fixtures import _modal_servicer, modal_server  # noqa: F401
 
 # Credentials for the local S3 and Modal servers only; never real ones.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
