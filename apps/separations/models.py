@@ -1,1 +1,81 @@
-from django.db import models  # noqa: F401
+from django.db import models
+from django.utils import timezone
+
+from controlpanel.errors import PanelError
+
+STEMS = ("drums", "bass", "vocals", "other")
+
+
+class SeparationSession(models.Model):
+    """The panel's mirror of one `sessions/<session_id>/` folder on the sessions volume.
+
+    Rows are written by `sessions_sync` and by cleanup batches; a deleted session keeps its
+    row (who deleted it, when, why) so the history survives the bytes."""
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete", "complete"  # input and all four stems
+        PARTIAL = "partial", "partial"  # some files, not all
+        EMPTY = "empty", "empty"  # the folder holds no files
+        DELETED = "deleted", "deleted"  # gone from the volume
+
+    LIVE = {Status.COMPLETE, Status.PARTIAL, Status.EMPTY}
+
+    session_id = models.CharField(max_length=128)
+    # The volume's name (its backend URL can change; the name identifies the bytes).
+    volume = models.CharField(max_length=200)
+    input_present = models.BooleanField(default=False)
+    stems_present = models.PositiveSmallIntegerField(default=0)
+    total_bytes = models.BigIntegerField(default=0)
+    file_count = models.IntegerField(default=0)
+    # From the volume: the oldest and newest mtime inside the folder. A session's age for
+    # the cleanup policies is counted from `modified_at`, so one still being written stays.
+    created_at = models.DateTimeField(null=True, blank=True)
+    modified_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.EMPTY, db_index=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.CharField(max_length=150, blank=True)
+    deleted_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["modified_at", "session_id"]
+        constraints = [models.UniqueConstraint(fields=["volume", "session_id"], name="one_row_per_session_per_volume")]
+        permissions = [
+            ("cleanup_separationsession", "Can clean up separation sessions"),
+            ("sync_separationsession", "Can sync separation sessions from the volume"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.volume}:{self.session_id} ({self.status})"
+
+    @property
+    def path(self) -> str:
+        return f"sessions/{self.session_id}"
+
+    @property
+    def age(self):
+        return timezone.now() - self.modified_at if self.modified_at else None
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE
+
+
+class TransitionError(PanelError):
+    pass
+
+
+def session_transition(session: SeparationSession, to: str, *, by: str = "", reason: str = "") -> None:
+    """Move a session to `to` (unsaved). Live states move freely as the folder changes;
+    deleted is final except when the folder shows up again (an uncommitted deletion)."""
+    if session.status == SeparationSession.Status.DELETED and to == SeparationSession.Status.DELETED:
+        raise TransitionError(f"session {session.session_id!r} is already deleted")
+    if to == SeparationSession.Status.DELETED:
+        session.deleted_at = timezone.now()
+        session.deleted_by = by[:150]
+        session.deleted_reason = reason[:300]
+    elif session.status == SeparationSession.Status.DELETED:
+        # It came back: clear the deletion so the page does not claim it is gone.
+        session.deleted_at, session.deleted_by, session.deleted_reason = None, "", ""
+    session.status = to

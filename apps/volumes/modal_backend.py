@@ -12,6 +12,7 @@ service) or NotFound (no such volume, no such path). No traceback reaches a page
 """
 
 import posixpath
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,10 @@ from urllib.parse import parse_qs, urlparse
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
 
 from .backends import Entry, LocalBackend, clean_path
+
+# The SDK retries a first connection for about a minute; a page or an API call must not
+# hang that long on an outage, so we knock on the server's port first.
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 def _first_line(exc: BaseException) -> str:
@@ -79,11 +84,28 @@ class ModalBackend:
             return Unreachable(f"{self._where} unreachable: {_first_line(exc)}")
         return Unreachable(f"{self._where}: unexpected Modal error {type(exc).__name__}: {_first_line(exc)}")
 
+    def _probe(self) -> None:
+        """Fail fast, with one line, when the Modal server does not accept connections."""
+        from modal.config import config
+
+        server = urlparse(str(config["server_url"]).split(",")[0].strip())
+        if server.scheme not in {"http", "https"} or not server.hostname:
+            return  # unix sockets and the like: let the SDK speak for itself
+        port = server.port or (443 if server.scheme == "https" else 80)
+        try:
+            with socket.create_connection((server.hostname, port), timeout=CONNECT_TIMEOUT_SECONDS):
+                pass
+        except OSError as exc:
+            raise Unreachable(
+                f"{self._where} unreachable: cannot connect to {server.hostname}:{port} ({exc})"
+            ) from None
+
     def _volume(self):
         """The hydrated SDK handle, looked up once; an unknown volume fails here, by name."""
         if self._handle is None:
             import modal
 
+            self._probe()
             try:
                 handle = modal.Volume.from_name(self.name, environment_name=self.environment)
                 handle.hydrate()

@@ -250,18 +250,23 @@ class _ClosingServer(Server):
 
     def __init__(self, handlers):
         super().__init__(handlers)
-        self.protocols = []
+        self.transports = []
 
     def _protocol_factory(self):
         protocol = super()._protocol_factory()
-        self.protocols.append(protocol)
+        connection_made = protocol.connection_made
+
+        def remember(transport):
+            self.transports.append(transport)
+            connection_made(transport)
+
+        protocol.connection_made = remember
         return protocol
 
     def drop_connections(self) -> None:
-        for protocol in self.protocols:
-            connection = getattr(protocol, "connection", None)
-            if connection is not None:
-                connection._transport.abort()
+        for transport in self.transports:
+            transport.abort()
+        self.transports.clear()
 
 
 class FakeModalServer:

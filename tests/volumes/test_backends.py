@@ -232,3 +232,15 @@ def test_read_file_through_the_sdk(modal_server):
     assert len(b"".join(volume.read_file("big.bin"))) == 9 * 1024 * 1024
     with pytest.raises(FileNotFoundError):
         b"".join(volume.read_file("missing.json"))
+
+
+def test_modal_down_before_the_first_call_fails_fast(modal_server):
+    """The SDK would retry a first connection for a minute; the backend answers at once."""
+    import time
+
+    modal_server.create_volume(VOLUME)
+    modal_server.stop()
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match="cannot connect"):
+        backend_for_url(f"modal://{VOLUME}").check()
+    assert time.monotonic() - started < 5

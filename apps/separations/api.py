@@ -1,0 +1,85 @@
+"""JSON API for the separation service: bearer token, constant-time comparison.
+
+    POST /api/sessions/cleanup-on-download
+    POST /api/sessions/cleanup-on-exit
+    POST /api/sessions/<session_id>/cleanup
+    → {"deleted": [...], "bytes_reclaimed": N, "commits": N}
+
+401 wrong or missing token (also when no token is configured: the API is off), 400 bad
+id, 404 unknown session, 409 another batch holds the volume, 503 the volume is unreachable.
+The token is never logged or echoed.
+"""
+
+import hmac
+import logging
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from apps.separations.services import sessions_cleanup_now
+from controlpanel.errors import Busy, InvalidInput, NotFound, PanelError, Unreachable
+
+logger = logging.getLogger(__name__)
+
+API_ACTOR = "api:separation-service"
+
+
+def _authorized(request) -> bool:
+    expected = settings.SESSIONS_API_TOKEN or ""
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not expected or scheme.lower() != "bearer" or not given:
+        return False
+    return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
+def _error(message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def _run(request, *, policy: str, session_ids: list[str] = ()) -> JsonResponse:
+    if not _authorized(request):
+        response = _error("missing or wrong bearer token", 401)
+        response["WWW-Authenticate"] = 'Bearer realm="sessions"'
+        return response
+    try:
+        result = sessions_cleanup_now(policy=policy, session_ids=session_ids, actor=API_ACTOR)
+    except InvalidInput as exc:
+        return _error(str(exc), 400)
+    except NotFound as exc:
+        return _error(str(exc), 404)
+    except Busy as exc:
+        return _error(str(exc), 409)
+    except Unreachable as exc:
+        return _error(str(exc), 503)
+    except PanelError as exc:
+        return _error(str(exc), 500)
+    return JsonResponse(
+        {"deleted": result["deleted"], "bytes_reclaimed": result["bytes_reclaimed"], "commits": result["commits"]}
+    )
+
+
+# The separation service is not a browser session: it authenticates with its token, so
+# the login redirect and CSRF (cookie-based) do not apply to these three views.
+@login_not_required
+@csrf_exempt
+@require_POST
+def cleanup_on_download(request):
+    return _run(request, policy="download")
+
+
+@login_not_required
+@csrf_exempt
+@require_POST
+def cleanup_on_exit(request):
+    return _run(request, policy="exit")
+
+
+@login_not_required
+@csrf_exempt
+@require_POST
+def cleanup_session(request, session_id: str):
+    return _run(request, policy="manual", session_ids=[session_id])
