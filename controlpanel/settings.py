@@ -272,3 +272,8 @@ else:
             "LOCATION": str(VAR_DIR / "cache"),
         }
     }
+
+# Pods: seconds a pod's container gets to exit on stop before it is killed (added by pods).
+POD_STOP_TIMEOUT_SECONDS = envint("POD_STOP_TIMEOUT_SECONDS", 10)
+# Pods: command for a pod's container when its image has none (empty = the image's own).
+POD_COMMAND = envstr("POD_COMMAND", "")

@@ -1,1 +1,236 @@
-from django.db import models  # noqa: F401
+"""Pods, their eight volumes, the Docker hosts they live on and their snapshots.
+
+State lives here; every change of it happens in `apps.pods.services`.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+from controlpanel.errors import PanelError
+
+# The eight volumes of every pod: name → mount path, in a fixed order.
+VOLUME_MOUNTS: dict[str, str] = {
+    "workspace": "/workspace",
+    "home": "/home",
+    "root": "/root",
+    "etc": "/etc",
+    "usr-local": "/usr/local",
+    "opt": "/opt",
+    "var": "/var",
+    "srv": "/srv",
+}
+VOLUME_PREFIX = "pinacle-vol-"
+CONTAINER_PREFIX = "pinacle-pod-"
+POD_LABEL = "pinacle.pod"
+VOLUME_LABEL = "pinacle.volume"
+
+
+def volume_docker_name(pod_id: str, volume: str) -> str:
+    return f"{VOLUME_PREFIX}{pod_id}-{volume}"
+
+
+def container_name(pod_id: str) -> str:
+    return f"{CONTAINER_PREFIX}{pod_id}"
+
+
+class IllegalTransition(PanelError):
+    """A status change the state machine does not allow; nothing was changed."""
+
+
+class DockerHost(models.Model):
+    """A Docker engine pods run on. The default one (`local`) comes from DOCKER_HOST."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    base_url = models.CharField(max_length=255, help_text="unix://, tcp:// or ssh:// URL of the engine")
+    # None until the first check; reconcile sets it on every run.
+    reachable = models.BooleanField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Pod(models.Model):
+    class Status(models.TextChoices):
+        PROVISIONING = "provisioning", "provisioning"
+        RUNNING = "running", "running"
+        PAUSED = "paused", "paused"  # container not running without a user action; volumes kept
+        STOPPING = "stopping", "stopping"
+        STOPPED = "stopped", "stopped"  # volumes removed after a verified snapshot
+        STARTING = "starting", "starting"
+        DEPROVISIONING = "deprovisioning", "deprovisioning"
+        DEPROVISIONED = "deprovisioned", "deprovisioned"
+        DELETING = "deleting", "deleting"
+        DELETED = "deleted", "deleted"
+        FAILED = "failed", "failed"  # provisioning failed; whatever was created is removed
+        UNKNOWN = "unknown", "unknown"  # its Docker host cannot be reached
+
+    # Work is under way: reconcile and the orphan sweep leave these pods alone.
+    TRANSITIONAL = {Status.PROVISIONING, Status.STOPPING, Status.STARTING, Status.DEPROVISIONING, Status.DELETING}
+    # The pod should have its eight volumes on its host.
+    HOLDS_VOLUMES = {Status.RUNNING, Status.PAUSED, Status.UNKNOWN}
+    # The pod should have no volume at all: any that exists is a leak.
+    NO_VOLUMES = {Status.STOPPED, Status.DEPROVISIONED, Status.DELETED, Status.FAILED}
+
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.PROVISIONING: {Status.RUNNING, Status.FAILED},
+        Status.RUNNING: {Status.STOPPING, Status.PAUSED, Status.DEPROVISIONING, Status.DELETING, Status.UNKNOWN},
+        Status.PAUSED: {
+            Status.RUNNING,
+            Status.STARTING,
+            Status.STOPPING,
+            Status.DEPROVISIONING,
+            Status.DELETING,
+            Status.UNKNOWN,
+        },
+        # A stop that failed after its snapshot was verified stays here; retrying stop finishes it.
+        Status.STOPPING: {Status.STOPPING, Status.STOPPED, Status.PAUSED},
+        Status.STOPPED: {Status.STARTING, Status.DEPROVISIONING, Status.DELETING},
+        Status.STARTING: {Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STOPPED},
+        Status.DEPROVISIONING: {Status.DEPROVISIONING, Status.DEPROVISIONED},
+        Status.DEPROVISIONED: {Status.PROVISIONING, Status.DELETING},
+        Status.DELETING: {Status.DELETING, Status.DELETED},
+        Status.DELETED: {Status.PROVISIONING},
+        Status.FAILED: {Status.PROVISIONING, Status.DEPROVISIONING, Status.DELETING},
+        Status.UNKNOWN: {Status.RUNNING, Status.PAUSED, Status.DEPROVISIONING, Status.DELETING},
+    }
+
+    pod_id = models.CharField(max_length=64, unique=True)
+    host = models.ForeignKey(DockerHost, on_delete=models.PROTECT, related_name="pods")
+    image = models.CharField(max_length=255)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PROVISIONING, db_index=True)
+    container_id = models.CharField(max_length=80, null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # When the current status began: a resumed stop reuses a snapshot verified after this.
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    # Set while a start restores this snapshot: a resumed start knows the volumes hold only
+    # a partial restore (safe to redo), not a paused pod's live data.
+    restoring_snapshot = models.ForeignKey(
+        "pods.Snapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["pod_id"]
+        permissions = [
+            ("provision_pod", "Can provision a pod"),
+            ("stop_pod", "Can stop a pod (snapshot, then remove its volumes)"),
+            ("start_pod", "Can start a pod"),
+            ("deprovision_pod", "Can deprovision a pod (remove container and volumes)"),
+            # Deleting a pod with its snapshots uses Django's own `delete_pod` permission.
+            ("sweep_orphans", "Can remove orphaned pod volumes and old snapshots"),
+        ]
+
+    def __str__(self) -> str:
+        return self.pod_id
+
+    def transition(self, to: str) -> None:
+        """Move to `to` or refuse with a line a person understands; saving is the caller's job."""
+        if to not in self.TRANSITIONS.get(self.status, set()):
+            raise IllegalTransition(f"pod {self.pod_id!r} is {self.status}; it cannot go to {to}")
+        now = timezone.now()
+        if to != self.status:
+            self.status_changed_at = now
+        self.status = to
+        self.updated_at = now
+
+    @property
+    def container_name(self) -> str:
+        return container_name(self.pod_id)
+
+
+class PodVolume(models.Model):
+    pod = models.ForeignKey(Pod, on_delete=models.CASCADE, related_name="volumes")
+    name = models.CharField(max_length=20, choices=[(name, name) for name in VOLUME_MOUNTS])
+    docker_name = models.CharField(max_length=200, unique=True)
+    mount_path = models.CharField(max_length=100)
+    exists = models.BooleanField(default=False)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    measured_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["pod", "id"]
+        constraints = [models.UniqueConstraint(fields=["pod", "name"], name="one_volume_of_each_name_per_pod")]
+
+    def __str__(self) -> str:
+        return self.docker_name
+
+
+class Snapshot(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        UPLOADING = "uploading", "uploading"
+        COMPLETE = "complete", "complete"
+        FAILED = "failed", "failed"
+        DELETED = "deleted", "deleted"
+
+    TRANSITIONS: dict[str, set[str]] = {
+        Status.PENDING: {Status.UPLOADING, Status.FAILED},
+        Status.UPLOADING: {Status.COMPLETE, Status.FAILED},
+        Status.COMPLETE: {Status.DELETED},
+        Status.FAILED: {Status.DELETED},
+        Status.DELETED: set(),
+    }
+
+    pod = models.ForeignKey(Pod, on_delete=models.CASCADE, related_name="snapshots")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    # The store it was written to: a later change of SNAPSHOT_STORE_URL still finds it.
+    store_url = models.CharField(max_length=500)
+    # {volume: {"key": ..., "bytes": ..., "sha256": ...}} for each of the eight volumes.
+    manifest = models.JSONField(default=dict, blank=True)
+    total_bytes = models.BigIntegerField(default=0)
+    # Estimated bytes to move (measured volume sizes) while uploading, for the progress bar.
+    expected_bytes = models.BigIntegerField(null=True, blank=True)
+    bytes_done = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    operation = models.ForeignKey("audit.Operation", null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["pod", "status", "-finished_at"])]
+
+    def __str__(self) -> str:
+        return f"snapshot #{self.pk} of {self.pod_id} ({self.status})"
+
+    def transition(self, to: str) -> None:
+        if to not in self.TRANSITIONS.get(self.status, set()):
+            raise IllegalTransition(f"snapshot #{self.pk} is {self.status}; it cannot go to {to}")
+        self.status = to
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.pod.pod_id}/{self.pk}"
+
+    @property
+    def percent(self) -> int | None:
+        total = self.expected_bytes or self.total_bytes
+        if not total:
+            return None
+        return max(0, min(100, int(self.bytes_done * 100 / total)))
+
+
+class OrphanVolume(models.Model):
+    """A `pinacle-vol-*` volume that no pod needs, as the last reconcile saw it (leak report)."""
+
+    host = models.ForeignKey(DockerHost, on_delete=models.CASCADE, related_name="orphans")
+    docker_name = models.CharField(max_length=200)
+    pod_id = models.CharField(max_length=64, blank=True)
+    reason = models.CharField(max_length=200)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(null=True, blank=True)
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["docker_name"]
+        constraints = [models.UniqueConstraint(fields=["host", "docker_name"], name="one_orphan_row_per_volume")]
+
+    def __str__(self) -> str:
+        return self.docker_name

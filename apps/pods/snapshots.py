@@ -1,0 +1,304 @@
+"""Snapshot stores: where volume tars go. `file://` (default) and `s3://bucket/prefix`.
+
+A store writes a stream (never a whole volume in memory or in a temp copy), reads it back
+as a stream, proves an object holds exactly what was sent, and deletes a snapshot's keys.
+"""
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from django.conf import settings
+
+from controlpanel.errors import InvalidInput, PanelError, Unreachable
+from controlpanel.paths import resolve_inside
+
+CHUNK_SIZE = 1024 * 1024
+# S3 parts: at least 5 MiB except the last; 8 MiB keeps memory flat and requests few.
+PART_SIZE = 8 * 1024 * 1024
+
+
+class StoreError(PanelError):
+    """The store refused or lost an object."""
+
+
+class ObjectWriter:
+    """Write one object as a stream. `close()` makes it visible; `abort()` leaves nothing."""
+
+    def write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class SnapshotStore:
+    url: str
+
+    def writer(self, key: str) -> ObjectWriter:
+        raise NotImplementedError
+
+    def read(self, key: str) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def size(self, key: str) -> int | None:
+        raise NotImplementedError
+
+    def put_small(self, key: str, body: bytes) -> None:
+        writer = self.writer(key)
+        try:
+            writer.write(body)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def get_small(self, key: str) -> bytes:
+        return b"".join(self.read(key))
+
+    def verify(self, key: str, *, expected_bytes: int, expected_sha256: str) -> None:
+        """Read the object back and compare size and sha256; raise StoreError on any difference."""
+        digest = hashlib.sha256()
+        count = 0
+        for chunk in self.read(key):
+            digest.update(chunk)
+            count += len(chunk)
+        if count != expected_bytes or digest.hexdigest() != expected_sha256:
+            raise StoreError(
+                f"{self.url}/{key} holds {count} bytes (sha256 {digest.hexdigest()[:12]}…), "
+                f"expected {expected_bytes} bytes (sha256 {expected_sha256[:12]}…)"
+            )
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix/`; returns the bytes removed."""
+        raise NotImplementedError
+
+
+# --- file:// ---------------------------------------------------------------------------
+
+
+class _FileWriter(ObjectWriter):
+    def __init__(self, path: Path):
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.partial, "wb")  # noqa: SIM115 - closed in close()/abort()
+
+    def write(self, chunk: bytes) -> None:
+        self.handle.write(chunk)
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        # Rename last: a reader never sees half an object under the real name.
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.partial.unlink(missing_ok=True)
+
+
+class FileStore(SnapshotStore):
+    def __init__(self, url: str, root: Path):
+        self.url = url
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return resolve_inside(self.root, *key.split("/"))
+
+    def writer(self, key: str) -> ObjectWriter:
+        try:
+            return _FileWriter(self._path(key))
+        except OSError as exc:
+            raise Unreachable(f"snapshot store {self.url} cannot be written: {exc}") from exc
+
+    def read(self, key: str) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK_SIZE):
+                    yield chunk
+        except FileNotFoundError:
+            raise StoreError(f"{self.url}/{key} is missing") from None
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self._path(prefix)
+        if not folder.exists():
+            return 0
+        removed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        shutil.rmtree(folder)
+        return removed
+
+
+# --- s3:// -----------------------------------------------------------------------------
+
+
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.AWS_ENDPOINT_URL or None,
+        region_name=settings.AWS_REGION,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=120),
+    )
+
+
+def _s3_error(store: "S3Store", key: str, exc: Exception) -> PanelError:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        return StoreError(f"snapshot store {store.url} refused {key}: {code or exc}")
+    return Unreachable(f"snapshot store {store.url} unreachable: {str(exc).splitlines()[0][:200]}")
+
+
+class _S3Writer(ObjectWriter):
+    """Multipart upload fed chunk by chunk; at most one part in memory."""
+
+    def __init__(self, store: "S3Store", key: str):
+        self.store = store
+        self.key = key
+        self.full_key = store.full_key(key)
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+
+    def _send_part(self) -> None:
+        client = self.store.client
+        if self.upload_id is None:
+            self.upload_id = client.create_multipart_upload(Bucket=self.store.bucket, Key=self.full_key)["UploadId"]
+        number = len(self.parts) + 1
+        answer = client.upload_part(
+            Bucket=self.store.bucket,
+            Key=self.full_key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=bytes(self.buffer),
+        )
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self.buffer.clear()
+
+    def write(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        try:
+            while len(self.buffer) >= PART_SIZE:
+                rest = self.buffer[PART_SIZE:]
+                del self.buffer[PART_SIZE:]
+                self._send_part()
+                self.buffer += rest
+        except Exception as exc:
+            raise _s3_error(self.store, self.key, exc) from exc
+
+    def close(self) -> None:
+        client = self.store.client
+        try:
+            if self.upload_id is None:
+                # Smaller than one part: a single PUT.
+                client.put_object(Bucket=self.store.bucket, Key=self.full_key, Body=bytes(self.buffer))
+                return
+            if self.buffer:
+                self._send_part()
+            client.complete_multipart_upload(
+                Bucket=self.store.bucket,
+                Key=self.full_key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        except Exception as exc:
+            raise _s3_error(self.store, self.key, exc) from exc
+
+    def abort(self) -> None:
+        self.buffer.clear()
+        if self.upload_id is None:
+            return
+        try:
+            self.store.client.abort_multipart_upload(
+                Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id
+            )
+        except Exception:  # noqa: S110 - the store is down; an unfinished upload holds no object and expires
+            pass
+
+
+class S3Store(SnapshotStore):
+    def __init__(self, url: str, bucket: str, prefix: str):
+        self.url = url
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = _s3_client()
+        return self._client
+
+    def full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def writer(self, key: str) -> ObjectWriter:
+        return _S3Writer(self, key)
+
+    def read(self, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
+            yield from body.iter_chunks(CHUNK_SIZE)
+        except Exception as exc:
+            raise _s3_error(self, key, exc) from exc
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))["ContentLength"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise _s3_error(self, key, exc) from exc
+        except Exception as exc:
+            raise _s3_error(self, key, exc) from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        removed = 0
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix) + "/"):
+                objects = page.get("Contents") or []
+                if not objects:
+                    continue
+                removed += sum(obj["Size"] for obj in objects)
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": obj["Key"]} for obj in objects], "Quiet": True}
+                )
+        except Exception as exc:
+            raise _s3_error(self, prefix, exc) from exc
+        return removed
+
+
+def store_from_url(url: str | None = None) -> SnapshotStore:
+    url = url or settings.SNAPSHOT_STORE_URL
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        path = parsed.netloc + parsed.path
+        root = Path(path)
+        if not root.is_absolute():
+            root = Path(settings.BASE_DIR) / root
+        return FileStore(url, root)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InvalidInput(f"snapshot store {url!r} names no bucket: use s3://bucket/prefix")
+        return S3Store(url, parsed.netloc, parsed.path)
+    raise InvalidInput(f"snapshot store {url!r} is not supported: use file://PATH or s3://bucket/prefix")
