@@ -38,7 +38,7 @@ from apps.audit.services import (
 from apps.dashboard.services import storage_sample_record
 from apps.separations.models import STEMS, SeparationSession, session_transition
 from apps.volumes.backends import VolumeBackend, backend_for_url
-from controlpanel.errors import InvalidInput, NotFound, PanelError
+from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
 from controlpanel.paths import validate_id
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,17 @@ class VolumeScan:
     ignored: list[str] = field(default_factory=list)
 
 
+def volume_check(backend: VolumeBackend) -> None:
+    """The volume itself missing is an outage of the sessions domain, not an unknown session."""
+    try:
+        backend.check()
+    except NotFound as exc:
+        raise Unreachable(f"sessions volume unavailable: {exc}") from None
+
+
 def volume_scan(*, backend: VolumeBackend) -> VolumeScan:
     """One streamed pass over the whole volume: its size, and a summary per session."""
-    backend.check()
+    volume_check(backend)
     scan = VolumeScan(volume=backend.name)
     ignored: set[str] = set()
     for entry in backend.iter_entries("", recursive=True):
@@ -158,7 +166,7 @@ def session_scan(*, backend: VolumeBackend, session_id: str) -> SessionScan:
     """One session, read directly (a manual cleanup must not list the whole volume)."""
     validate_id(session_id, kind="session id")
     path = f"{SESSIONS_DIR}/{session_id}"
-    backend.check()
+    volume_check(backend)
     folder = backend.stat(path)
     if folder is None or not (folder.is_dir or folder.is_symlink):
         raise NotFound(f"session {session_id!r} is not on volume {backend.name}")

@@ -1,6 +1,8 @@
 """Sessions pages: the list with its gauge and chart, a session's page, and the cleanup
 confirmation (a dry-run preview read from the volume) that every cleanup button opens."""
 
+from functools import wraps
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
@@ -26,6 +28,18 @@ from controlpanel.errors import InvalidInput, PanelError
 from controlpanel.paths import validate_id
 
 PAGE_SIZE = 50
+
+
+def known_policy(view):
+    """An unknown policy is a 404 whatever the method, before anything else is said."""
+
+    @wraps(view)
+    def checked(request, policy: str, *args, **kwargs):
+        if policy not in POLICIES:
+            raise Http404("no such policy")
+        return view(request, policy, *args, **kwargs)
+
+    return checked
 
 
 @require_safe
@@ -70,11 +84,10 @@ def _session_ids(request) -> list[str]:
     return request.POST.getlist("session") if request.method == "POST" else request.GET.getlist("session")
 
 
+@known_policy
 @require_safe
 def cleanup_confirm(request, policy: str):
     """GET only: what the batch would delete now, read from the volume; changes nothing."""
-    if policy not in POLICIES:
-        raise Http404("no such policy")
     chosen = policy_get(policy)
     session_ids = _session_ids(request)
     context = {
@@ -110,11 +123,10 @@ def cleanup_confirm(request, policy: str):
     return render(request, "dashboard/confirm.html", context)
 
 
+@known_policy
 @require_POST
 @permission_required("separations.cleanup_separationsession", raise_exception=True)
 def cleanup_run(request, policy: str):
-    if policy not in POLICIES:
-        raise Http404("no such policy")
     if request.POST.get("confirm") != "yes":
         return redirect(reverse("separations:cleanup", args=[policy]))
     try:

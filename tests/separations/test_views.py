@@ -1,0 +1,235 @@
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.urls import reverse
+
+from apps.audit.models import AuditEvent, Operation
+from apps.audit.services import operation_create
+from apps.dashboard.services import storage_sample_record
+from apps.separations import selectors
+from apps.separations.models import SeparationSession
+from apps.separations.services import TARGET_TYPE, sessions_sync_now
+from tests.separations.helpers import put_session, session_bytes, volume_root
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+VOLUME = "music-split-jobs-data"
+
+
+@pytest.fixture(autouse=True)
+def clock():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+def on_disk(session_id):
+    return (volume_root() / "sessions" / session_id).exists()
+
+
+# -- list page -----------------------------------------------------------------------------
+
+
+def test_list_shows_sessions_with_age_bytes_stems_and_status(staff_client):
+    put_session("alpha", mtime=NOW - timedelta(hours=3))
+    put_session("beta", mtime=NOW - timedelta(minutes=5), stems=("drums", "bass"))
+    sessions_sync_now(actor="test")
+    page = staff_client.get(reverse("separations:list")).content.decode()
+    assert "alpha" in page and "beta" in page
+    assert "3\xa0hours" in page
+    assert "2/4" in page and "4/4" in page
+    assert "badge-complete" in page and "badge-partial" in page
+
+
+def test_gauge_turns_red_over_budget_and_lists_the_oldest(staff_client, settings):
+    settings.SESSIONS_VOLUME_MAX_BYTES = 2000
+    put_session("oldest", mtime=NOW - timedelta(hours=9))
+    put_session("newer", mtime=NOW - timedelta(hours=1))
+    sessions_sync_now(actor="test")
+    page = staff_client.get(reverse("separations:list")).content.decode()
+    assert 'class="gauge over"' in page
+    assert "Oldest sessions to clean" in page
+    assert page.index("oldest") < page.index("newer")
+
+
+def test_gauge_is_calm_under_budget(staff_client):
+    put_session("a", mtime=NOW)
+    sessions_sync_now(actor="test")
+    page = staff_client.get(reverse("separations:list")).content.decode()
+    assert 'class="gauge"' in page and "Oldest sessions to clean" not in page
+
+
+def test_list_page_query_count(staff_client, django_assert_max_num_queries):
+    for i in range(30):
+        put_session(f"s{i:02d}", mtime=NOW - timedelta(hours=i))
+    sessions_sync_now(actor="test")
+    # session + user, permissions for the sync button, latest sample, page count, page rows,
+    # oldest (over budget only), chart samples, operations, audit events.
+    with django_assert_max_num_queries(12):
+        response = staff_client.get(reverse("separations:list"))
+    assert response.status_code == 200
+
+
+def test_list_shows_the_size_chart(staff_client):
+    storage_sample_record(domain="sessions", subject=VOLUME, total_bytes=10)
+    storage_sample_record(domain="sessions", subject=VOLUME, total_bytes=20)
+    page = staff_client.get(reverse("separations:list")).content.decode()
+    assert "<polyline" in page
+
+
+def test_bad_volume_url_is_one_line_on_the_page(staff_client, settings):
+    settings.SESSIONS_VOLUME_URL = "ftp://nowhere"
+    response = staff_client.get(reverse("separations:list"))
+    assert response.status_code == 200
+    assert "not supported" in response.content.decode()
+
+
+def test_detail_page(staff_client):
+    put_session("alpha", mtime=NOW)
+    sessions_sync_now(actor="test")
+    assert staff_client.get(reverse("separations:detail", args=["alpha"])).status_code == 200
+    assert staff_client.get("/sessions/a.b/").status_code == 404
+
+
+# -- confirm and run -----------------------------------------------------------------------
+
+
+def test_get_previews_the_batch_and_changes_nothing(staff_client):
+    put_session("old", mtime=NOW - timedelta(hours=3))
+    put_session("young", mtime=NOW)
+    response = staff_client.get(reverse("separations:cleanup", args=["exit"]))
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "old" in page and "young" not in page
+    assert on_disk("old")
+    assert not Operation.objects.exists() and not AuditEvent.objects.exists()
+
+
+def test_preview_of_an_unknown_session_says_so(staff_client):
+    volume_root().mkdir(parents=True)
+    page = staff_client.get(reverse("separations:cleanup", args=["manual"]) + "?session=nope").content.decode()
+    assert "is not on volume" in page
+
+
+def test_post_queues_the_batch_and_the_worker_deletes(staff_client, q_sync, django_capture_on_commit_callbacks):
+    put_session("old", mtime=NOW - timedelta(hours=3))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(reverse("separations:cleanup-run", args=["exit"]), {"confirm": "yes"})
+    operation = Operation.objects.get(kind="sessions.cleanup")
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard:operation", args=[operation.pk])
+    operation.refresh_from_db()
+    assert operation.status == "succeeded" and operation.result["deleted"] == ["old"]
+    assert not on_disk("old")
+
+
+def test_manual_cleanup_from_the_page(staff_client, q_sync, django_capture_on_commit_callbacks):
+    put_session("one", mtime=NOW)
+    put_session("two", mtime=NOW)
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(reverse("separations:cleanup-run", args=["manual"]), {"confirm": "yes", "session": ["one"]})
+    assert not on_disk("one") and on_disk("two")
+
+
+def test_post_while_a_batch_runs_says_already_in_progress(staff_client):
+    put_session("old", mtime=NOW - timedelta(hours=3))
+    operation_create(kind="sessions.cleanup", target_type=TARGET_TYPE, target_id=VOLUME, actor="x")
+    response = staff_client.post(reverse("separations:cleanup-run", args=["exit"]), {"confirm": "yes"}, follow=True)
+    assert "already has sessions.cleanup in progress" in response.content.decode()
+    assert on_disk("old")
+
+
+def test_viewer_cannot_run_a_cleanup(viewer_client):
+    put_session("old", mtime=NOW - timedelta(hours=3))
+    response = viewer_client.post(reverse("separations:cleanup-run", args=["exit"]), {"confirm": "yes"})
+    assert response.status_code == 403
+    assert on_disk("old")
+
+
+def test_sync_button(staff_client, q_sync, django_capture_on_commit_callbacks):
+    put_session("a", mtime=NOW)
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(reverse("separations:sync"))
+    assert SeparationSession.objects.get().session_id == "a"
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+def test_admin_cleanup_action_opens_the_same_confirmation(staff_client):
+    put_session("a", mtime=NOW)
+    put_session("b", mtime=NOW)
+    sessions_sync_now(actor="test")
+    ids = list(SeparationSession.objects.values_list("pk", flat=True))
+    response = staff_client.post(
+        reverse("admin:separations_separationsession_changelist"),
+        {"action": "cleanup_selected", "_selected_action": ids},
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("separations:cleanup", args=["manual"]))
+    assert "session=a" in response["Location"] and "session=b" in response["Location"]
+    assert on_disk("a") and on_disk("b")
+    assert staff_client.get(response["Location"]).status_code == 200
+
+
+def test_admin_changelist_renders(staff_client):
+    put_session("a", mtime=NOW)
+    sessions_sync_now(actor="test")
+    assert staff_client.get(reverse("admin:separations_separationsession_changelist")).status_code == 200
+
+
+# -- overview ------------------------------------------------------------------------------
+
+
+def test_overview_section_reports_bytes_budget_and_leaks(settings, django_assert_max_num_queries):
+    settings.SESSIONS_VOLUME_MAX_BYTES = 2000
+    put_session("stale", mtime=NOW - timedelta(hours=5))
+    put_session("fresh", mtime=NOW)
+    sessions_sync_now(actor="test")
+    with django_assert_max_num_queries(2):  # latest sample, one aggregate over the mirror
+        section = selectors.overview_section()
+    assert section["bytes"] == 2 * session_bytes()
+    assert ("Sessions", 2) in section["rows"]
+    [leak] = section["leaks"]
+    assert leak["bytes"] == session_bytes() and "1 session older than 2 h" in leak["label"]
+    assert "over its budget" in leak["label"]
+    assert leak["fix_url"] == reverse("separations:cleanup", args=["exit"])
+
+
+def test_overview_page_renders_the_section(staff_client):
+    put_session("a", mtime=NOW)
+    sessions_sync_now(actor="test")
+    assert "Separation sessions" in staff_client.get(reverse("dashboard:overview")).content.decode()
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_sync_and_cleanup(capsys):
+    put_session("old", mtime=NOW - timedelta(hours=3))
+    put_session("young", mtime=NOW)
+    call_command("sessions", "sync")
+    assert "2 sessions" in capsys.readouterr().out
+    call_command("sessions", "cleanup", "--policy", "exit", "--dry-run", "--json")
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["would_delete"] == ["old"] and on_disk("old")
+    call_command("sessions", "cleanup", "--policy", "exit", "--json")
+    assert json.loads(capsys.readouterr().out)["deleted"] == ["old"]
+    assert not on_disk("old")
+
+
+def test_cli_manual_and_errors(capsys):
+    put_session("one", mtime=NOW)
+    call_command("sessions", "cleanup", "--policy", "manual", "--session", "one")
+    assert "deleted 1 sessions" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="is not on volume"):
+        call_command("sessions", "cleanup", "--policy", "manual", "--session", "one")
+    with pytest.raises(CommandError, match="not valid"):
+        call_command("sessions", "cleanup", "--policy", "manual", "--session", "../etc")
+    with pytest.raises(CommandError, match="needs --policy"):
+        call_command("sessions", "cleanup")
+    failed = Operation.objects.filter(status="failed")
+    assert failed.count() == 1  # the unknown session; the bad id never made an operation
