@@ -484,9 +484,16 @@ def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: 
     scan = volume_scan(backend=backend)
     now = timezone.now()
     _, actor_name = actor_parts(actor)
+    # Live rows, plus deleted rows only for ids that are back: deleted history grows forever
+    # and must not be loaded on every sync.
+    mirror = SeparationSession.objects.filter(volume=scan.volume)
     existing = {
-        row.session_id: row for row in SeparationSession.objects.filter(volume=scan.volume).iterator(chunk_size=2000)
+        row.session_id: row for row in mirror.filter(status__in=SeparationSession.LIVE).iterator(chunk_size=2000)
     }
+    returned = [sid for sid in scan.sessions if sid not in existing]
+    for start in range(0, len(returned), 500):
+        for row in mirror.filter(session_id__in=returned[start : start + 500]):
+            existing[row.session_id] = row
     to_create, to_update, gone = [], [], []
     for session_id, scan_row in scan.sessions.items():
         row = existing.pop(session_id, None)

@@ -366,3 +366,25 @@ def test_the_service_can_run_against_a_given_backend(clock, tmp_path):
     put_session("x", mtime=ago(hours=3), root=root)
     result = sessions_cleanup(policy="exit", actor="test", backend=backend_for_url(f"local://{root}"))
     assert result["deleted"] == ["x"] and result["volume"] == "another"
+
+
+def test_a_deleted_session_that_reappears_is_live_again(clock):
+    put_session("back", mtime=ago(hours=3))
+    sessions_cleanup_now(policy="manual", session_ids=["back"], actor="test")
+    put_session("back", mtime=ago(minutes=1))
+    sessions_sync_now(actor="test")
+    row = SeparationSession.objects.get(session_id="back")
+    assert row.status == "complete" and row.deleted_at is None
+    assert SeparationSession.objects.count() == 1
+
+
+def test_the_schedule_steps_aside_while_a_batch_runs(clock):
+    from apps.separations.tasks import sessions_sync_scheduled
+
+    put_session("a", mtime=ago(hours=1))
+    operation_create(kind="sessions.cleanup", target_type=TARGET_TYPE, target_id=VOLUME, actor="x")
+    assert sessions_sync_scheduled().startswith("skipped")
+    assert not SeparationSession.objects.exists()
+    Operation.objects.update(status="succeeded")
+    assert "1 sessions" in sessions_sync_scheduled()
+    assert SeparationSession.objects.get().session_id == "a"
