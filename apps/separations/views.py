@@ -76,7 +76,11 @@ def detail_view(request, session_id: str):
         validate_id(session_id, kind="session id")
     except InvalidInput as exc:
         raise Http404(str(exc)) from None
-    session = get_object_or_404(SeparationSession, volume=selectors.volume_name(), session_id=session_id)
+    try:
+        volume = selectors.volume_name()
+    except PanelError as exc:
+        return render(request, "separations/list.html", {"error": str(exc)})
+    session = get_object_or_404(SeparationSession, volume=volume, session_id=session_id)
     return render(request, "separations/detail.html", {"session": session})
 
 

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from django.conf import settings
+
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
 
 from .backends import Entry, LocalBackend, clean_path
@@ -37,7 +39,8 @@ class ModalBackend:
         if mount_path is None and url:
             mount_path = parse_qs(urlparse(url).query).get("mount", [None])[0]
         self.name = name
-        self.environment = environment or None
+        # Without ?environment= the panel's MODAL_ENVIRONMENT applies, then the SDK's own default.
+        self.environment = environment or getattr(settings, "MODAL_ENVIRONMENT", "") or None
         self.url = url or f"modal://{name}" + (f"?environment={environment}" if environment else "")
         self.mount_path = Path(mount_path) if mount_path else None
         self._handle = None

@@ -233,3 +233,25 @@ def test_cli_manual_and_errors(capsys):
         call_command("sessions", "cleanup")
     failed = Operation.objects.filter(status="failed")
     assert failed.count() == 1  # the unknown session; the bad id never made an operation
+
+
+def test_preview_with_modal_down_is_one_line_on_the_page(staff_client, modal_server, settings):
+    settings.SESSIONS_VOLUME_URL = f"modal://{VOLUME}"
+    modal_server.create_volume(VOLUME)
+    modal_server.stop()
+    response = staff_client.get(reverse("separations:cleanup", args=["exit"]))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "unreachable" in page and "Traceback" not in page
+    assert 'name="confirm"' not in page  # no button to confirm a batch that cannot be previewed
+
+
+def test_preview_on_modal_lists_what_would_go(staff_client, modal_server, settings):
+    from tests.separations.helpers import put_modal_session
+
+    settings.SESSIONS_VOLUME_URL = f"modal://{VOLUME}"
+    put_modal_session(modal_server, VOLUME, "old", mtime=NOW - timedelta(hours=5))
+    put_modal_session(modal_server, VOLUME, "young", mtime=NOW)
+    page = staff_client.get(reverse("separations:cleanup", args=["exit"])).content.decode()
+    assert "old" in page and "young" not in page
+    assert modal_server.removals() == []
