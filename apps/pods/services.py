@@ -137,14 +137,20 @@ def _volumes_remove(*, pod: Pod, engine: DockerEngine, operation: Operation | No
     """Remove the pod's eight volumes by name, then look again: none may remain."""
     # container.remove(v=True) removes only anonymous volumes, never named ones, so each
     # named volume is removed explicitly here (the leak this panel exists to prevent).
-    removed = []
+    removed, refusals = [], []
     for volume in _volumes(pod):
-        if engine.volume_remove(volume.docker_name):
-            removed.append(volume.docker_name)
+        try:
+            if engine.volume_remove(volume.docker_name):
+                removed.append(volume.docker_name)
+        except DockerFailure as exc:
+            # Keep going: every other volume is just as safely stored; a retry handles this one.
+            refusals.append(str(exc))
     remaining = [v.docker_name for v in _volumes(pod) if engine.volume_exists(v.docker_name)]
+    PodVolume.objects.filter(pod=pod).exclude(docker_name__in=remaining).update(exists=False)
+    if refusals:
+        raise DockerFailure(refusals[0] + (f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""))
     if remaining:
         raise DockerFailure(f"volumes still exist after removal: {', '.join(remaining)}")
-    PodVolume.objects.filter(pod=pod).update(exists=False)
     _log(operation, f"removed {len(removed)} volumes by name; none remain")
     return removed
 
