@@ -132,23 +132,28 @@ class FakeModalServicer(ModalClientBase):
                     Status.NOT_FOUND, f"Volume '{request.deployment_name}' not found in environment '{environment}'"
                 )
             volume = self.owner.create_volume(request.deployment_name, environment=environment)
-        version = api_pb2.VOLUME_FS_VERSION_V1 if volume.version == 1 else api_pb2.VOLUME_FS_VERSION_V2
+        metadata = self.owner.metadata(volume)
         await stream.send_message(
-            api_pb2.VolumeGetOrCreateResponse(
-                volume_id=volume.volume_id,
-                version=version,
-                metadata=api_pb2.VolumeMetadata(name=volume.name, version=version),
-            )
+            api_pb2.VolumeGetOrCreateResponse(volume_id=volume.volume_id, version=metadata.version, metadata=metadata)
         )
 
     async def VolumeList(self, stream) -> None:
         request = await self._start(stream, "VolumeList")
         environment = request.environment_name or DEFAULT_ENVIRONMENT
         self._record(stream, "VolumeList")
+        before = request.pagination.created_before or float("inf")
+        limit = request.pagination.max_objects or 100
+        # Newest first, paged by creation time, as the SDK's pagination expects.
+        volumes = sorted(
+            (v for (env, _), v in self.owner._volumes.items() if env == environment and v.created_at < before),
+            key=lambda v: v.created_at,
+            reverse=True,
+        )[:limit]
         items = [
-            api_pb2.VolumeListItem(label=v.name, volume_id=v.volume_id, created_at=v.created_at)
-            for (env, _), v in sorted(self.owner._volumes.items())
-            if env == environment and v.created_at < (request.pagination.created_before or float("inf"))
+            api_pb2.VolumeListItem(
+                label=v.name, volume_id=v.volume_id, created_at=v.created_at, metadata=self.owner.metadata(v)
+            )
+            for v in volumes
         ]
         await stream.send_message(api_pb2.VolumeListResponse(items=items, environment_name=environment))
 
@@ -276,6 +281,7 @@ class FakeModalServer:
 
     def __init__(self):
         self._volumes: dict[tuple[str, str], FakeVolume] = {}
+        self._created_base = time.time() - 3600
         self._calls: list[Call] = []
         self._faults: dict[str, tuple[Status, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -364,9 +370,19 @@ class FakeModalServer:
                 environment=environment,
                 volume_id=f"vo-fake{next(self._ids):06d}",
                 version=version,
-                created_at=time.time(),
+                # Strictly increasing and in the past (the SDK pages back from "now"), so
+                # pagination by creation time never skips or repeats.
+                created_at=self._created_base + next(self._ids) / 1000,
             )
         return self._volumes[key]
+
+    def metadata(self, volume: FakeVolume) -> api_pb2.VolumeMetadata:
+        version = api_pb2.VOLUME_FS_VERSION_V1 if volume.version == 1 else api_pb2.VOLUME_FS_VERSION_V2
+        return api_pb2.VolumeMetadata(
+            name=volume.name,
+            version=version,
+            creation_info=api_pb2.CreationInfo(created_at=volume.created_at, created_by="fake"),
+        )
 
     def volume(self, name: str, *, environment: str = DEFAULT_ENVIRONMENT) -> FakeVolume:
         return self._volumes[(environment, name)]

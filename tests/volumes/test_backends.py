@@ -244,3 +244,23 @@ def test_modal_down_before_the_first_call_fails_fast(modal_server):
     with pytest.raises(Unreachable, match="cannot connect"):
         backend_for_url(f"modal://{VOLUME}").check()
     assert time.monotonic() - started < 5
+
+
+def test_the_servicer_lists_volumes_per_environment_with_pagination(modal_server):
+    import modal
+
+    for i in range(105):
+        modal_server.create_volume(f"vol-{i:03d}")
+    modal_server.create_volume("elsewhere", environment="dev")
+    names = [v.name for v in modal.Volume.objects.list(environment_name="main")]
+    assert len(names) == 105 and len(set(names)) == 105 and names[0] == "vol-104"
+    assert [v.name for v in modal.Volume.objects.list(environment_name="dev")] == ["elsewhere"]
+    assert len(modal_server.calls("VolumeList")) == 3  # two pages for main, one for dev
+
+
+def test_the_servicer_answers_unimplemented_for_calls_it_does_not_fake(modal_server):
+    import modal
+
+    modal_server.create_volume(VOLUME)
+    with pytest.raises(modal.exception.UnimplementedError):
+        modal.Volume.from_name(VOLUME).copy_files(["a"], "b")
