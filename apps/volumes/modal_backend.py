@@ -77,6 +77,8 @@ class ModalBackend:
                 f"{self._where}: Modal refused the credentials ({_first_line(exc)}); "
                 "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
             )
+        if isinstance(exc, mx.PermissionDeniedError):
+            return Unreachable(f"{self._where}: Modal denied permission ({_first_line(exc)})")
         if isinstance(exc, mx.NotFoundError | FileNotFoundError):
             if path:
                 return NotFound(f"{path} does not exist on {self._where}")

@@ -18,7 +18,7 @@ from apps.separations.services import (
     sessions_sync_now,
 )
 from apps.volumes.backends import backend_for_url
-from controlpanel.errors import Busy, InvalidInput, NotFound
+from controlpanel.errors import Busy, InvalidInput, NotFound, Unreachable
 from tests.separations.helpers import put_modal_session, put_session, session_bytes, volume_root
 
 pytestmark = pytest.mark.django_db
@@ -388,3 +388,20 @@ def test_the_schedule_steps_aside_while_a_batch_runs(clock):
     Operation.objects.update(status="succeeded")
     assert "1 sessions" in sessions_sync_scheduled()
     assert SeparationSession.objects.get().session_id == "a"
+
+
+def test_a_removal_refused_by_modal_stops_the_batch_and_is_audited(clock, modal_server, settings):
+    from grpclib.const import Status
+
+    settings.SESSIONS_VOLUME_URL = f"modal://{VOLUME}"
+    put_modal_session(modal_server, VOLUME, "a", mtime=ago(hours=5))
+    put_modal_session(modal_server, VOLUME, "b", mtime=ago(hours=4))
+    modal_server.fail_next("VolumeRemoveFile2", Status.PERMISSION_DENIED, "read-only token")
+    with pytest.raises(Unreachable, match="read-only token"):
+        sessions_cleanup_now(policy="exit", actor="test")
+    # The first refusal stops the batch: "b" was never tried, both are still there.
+    assert modal_server.removals(VOLUME) == ["sessions/a"]
+    assert {"sessions/a", "sessions/b"} <= set(modal_server.paths(VOLUME))
+    event = AuditEvent.objects.get(action="sessions.cleanup")
+    assert event.outcome == "failed" and event.details["deleted"] == [] and event.details["commits"] == 0
+    assert not SeparationSession.objects.filter(status="deleted").exists()
