@@ -127,12 +127,14 @@ def volume_check(backend: VolumeBackend) -> None:
         raise Unreachable(f"sessions volume unavailable: {exc}") from None
 
 
-def volume_scan(*, backend: VolumeBackend) -> VolumeScan:
+def volume_scan(*, backend: VolumeBackend, progress: Progress | None = None) -> VolumeScan:
     """One streamed pass over the whole volume: its size, and a summary per session."""
     volume_check(backend)
     scan = VolumeScan(volume=backend.name)
     ignored: set[str] = set()
     for entry in backend.iter_entries("", recursive=True):
+        if progress is not None:
+            progress.advance(1)  # throttled: writes at most once an interval
         if not entry.is_dir and not entry.is_symlink:
             scan.total_bytes += entry.size
             scan.total_files += 1
@@ -481,7 +483,9 @@ def sessions_cleanup_enqueue(*, policy: str, actor: Actor, session_ids: Sequence
 def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: VolumeBackend | None = None) -> dict:
     """Mirror the volume into SeparationSession rows and sample its size (one streamed scan)."""
     backend = backend or sessions_backend()
-    scan = volume_scan(backend=backend)
+    progress = Progress(operation, unit="entries")
+    scan = volume_scan(backend=backend, progress=progress)
+    progress.flush()
     now = timezone.now()
     _, actor_name = actor_parts(actor)
     # Live rows, plus deleted rows only for ids that are back: deleted history grows forever

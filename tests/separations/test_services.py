@@ -63,6 +63,8 @@ def test_sync_mirrors_sessions_and_samples_the_volume_size(clock):
     sample = StorageSample.objects.get(domain="sessions", subject=VOLUME)
     assert sample.total_bytes == session_bytes() + session_bytes(stems=1) + 7
     assert result["sessions"] == 3
+    # Progress counts entries streamed: sessions/, 7 + 4 + 1 in the sessions, other.txt.
+    assert Operation.objects.get(kind="sessions.sync").progress_done == 14
 
 
 def test_sync_marks_sessions_gone_from_the_volume_as_deleted(clock):
