@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 TASK = "apps.pods.tasks.run_pod_operation"
 POD_ACTIONS = ["provision", "stop", "start", "deprovision", "delete"]
+# Pages live at /pods/<name>/: a pod may not take one of these names.
+RESERVED_POD_IDS = {"provision", "reconcile", "sweep", "retention"}
 
 # --- hosts and engines ---------------------------------------------------------------
 
@@ -184,6 +186,8 @@ def pod_provision(
     """Create the eight volumes and the container, start it. On any failure remove whatever
     was created and mark the pod failed with the reason."""
     validate_id(pod_id, kind="pod id")
+    if pod_id in RESERVED_POD_IDS or len(pod_id) > 64:
+        raise InvalidInput(f"pod id {pod_id!r} is not valid: use up to 64 characters, not {sorted(RESERVED_POD_IDS)}")
     image = image or settings.POD_IMAGE
     if not image or len(image) > 255 or any(c.isspace() for c in image):
         raise InvalidInput(f"image {image!r} is not a valid image reference")
@@ -785,6 +789,37 @@ def _reconcile_host(*, host: DockerHost, actor: Actor, operation: Operation | No
     return {"reachable": True, "changed": changed, "orphans": [v.name for v, _, _ in orphans]}
 
 
+def orphans_plan(*, name_prefix: str = VOLUME_PREFIX, host_name: str | None = None) -> list[dict]:
+    """Orphaned volumes older than POD_ORPHAN_GRACE_MINUTES, with sizes. Reads only: the
+    confirmation page calls it on GET, so it creates no row (not even the default host)."""
+    if not name_prefix.startswith(VOLUME_PREFIX):
+        raise InvalidInput(f"name prefix {name_prefix!r} must start with {VOLUME_PREFIX!r}")
+    if host_name:
+        hosts = [host_get(name=host_name)]
+    else:
+        hosts = list(DockerHost.objects.all()) or [DockerHost(name="local", base_url=settings.DOCKER_HOST)]
+    cutoff = timezone.now() - timedelta(minutes=settings.POD_ORPHAN_GRACE_MINUTES)
+    plan = []
+    for host in hosts:
+        engine = engine_for(host)
+        volumes = engine.volumes_list(name_prefix=name_prefix)
+        sizes = engine.volume_sizes(name_prefix=name_prefix) if volumes else {}
+        for volume, pod_id, reason in _orphans_find(host=host, volumes=volumes):
+            if volume.created_at is not None and volume.created_at <= cutoff:
+                plan.append(
+                    {
+                        "host": host,
+                        "name": volume.name,
+                        "pod_id": pod_id,
+                        "bytes": sizes.get(volume.name),
+                        "reason": reason,
+                        "created_at": volume.created_at,
+                        "volume": volume,
+                    }
+                )
+    return plan
+
+
 def orphans_sweep(
     *,
     actor: Actor,
@@ -795,38 +830,31 @@ def orphans_sweep(
 ) -> dict:
     """Remove orphaned pod volumes older than POD_ORPHAN_GRACE_MINUTES. A dry run lists them
     with their sizes. A volume a pod at work may need is never touched."""
-    if not name_prefix.startswith(VOLUME_PREFIX):
-        raise InvalidInput(f"name prefix {name_prefix!r} must start with {VOLUME_PREFIX!r}")
-    hosts = [host_get(name=host_name)] if host_name else [host_default(), *DockerHost.objects.exclude(name="local")]
-    cutoff = timezone.now() - timedelta(minutes=settings.POD_ORPHAN_GRACE_MINUTES)
+    if not host_name:
+        host_default()
+    plan = orphans_plan(name_prefix=name_prefix, host_name=host_name)
     listed, removed, errors, reclaimed = [], [], [], 0
-    for host in hosts:
+    for item in plan:
+        host = item["host"]
+        entry = {"host": host.name, "name": item["name"], "bytes": item["bytes"], "reason": item["reason"]}
+        listed.append(entry)
+        if dry_run:
+            continue
         engine = engine_for(host)
-        volumes = engine.volumes_list(name_prefix=name_prefix)
-        sizes = engine.volume_sizes(name_prefix=name_prefix) if volumes else {}
-        candidates = [
-            (v, pod_id, reason)
-            for v, pod_id, reason in _orphans_find(host=host, volumes=volumes)
-            if v.created_at is not None and v.created_at <= cutoff
-        ]
-        for volume, _pod_id, reason in candidates:
-            entry = {"host": host.name, "name": volume.name, "bytes": sizes.get(volume.name), "reason": reason}
-            listed.append(entry)
-            if dry_run:
-                continue
-            # Look again right before removing: a pod may have been provisioned meanwhile.
-            if not _orphans_find(host=host, volumes=[volume]):
-                continue
-            try:
-                engine.volume_remove(volume.name)
-                if engine.volume_exists(volume.name):
-                    raise DockerFailure(f"volume {volume.name} still exists after removal")
-            except PanelError as exc:
-                errors.append(str(exc))
-                continue
-            removed.append(entry)
-            reclaimed += entry["bytes"] or 0
-            OrphanVolume.objects.filter(host=host, docker_name=volume.name).delete()
+        # Look again right before removing: a pod may have been provisioned or started meanwhile.
+        if not _orphans_find(host=host, volumes=[item["volume"]]):
+            continue
+        try:
+            engine.volume_remove(item["name"])
+            if engine.volume_exists(item["name"]):
+                raise DockerFailure(f"volume {item['name']} still exists after removal")
+        except PanelError as exc:
+            errors.append(str(exc))
+            continue
+        removed.append(entry)
+        reclaimed += entry["bytes"] or 0
+        OrphanVolume.objects.filter(host=host, docker_name=item["name"]).delete()
+        _log(operation, f"removed orphaned volume {item['name']} ({item['reason']})")
     outcome = (
         AuditEvent.Outcome.DRY_RUN
         if dry_run
@@ -892,7 +920,7 @@ def pod_preview(*, pod_id: str, action: str) -> dict:
     if action not in POD_ACTIONS:
         raise InvalidInput(f"unknown pod action {action!r}")
     pod = pod_get(pod_id=pod_id)
-    if action not in {"provision"} and not _allowed(pod, action):
+    if action not in {"provision"} and not pod_action_allowed(pod, action):
         raise PanelError(f"pod {pod_id!r} is {pod.status}; it cannot be {_past(action)} now")
     volumes = _volumes(pod)
     items = []
@@ -929,7 +957,7 @@ def _past(action: str) -> str:
     )
 
 
-def _allowed(pod: Pod, action: str) -> bool:
+def pod_action_allowed(pod: Pod, action: str) -> bool:
     target = {
         "stop": Pod.Status.STOPPING,
         "start": Pod.Status.STARTING,
@@ -947,7 +975,7 @@ def pod_operation_create(*, action: str, pod_id: str, actor: Actor, params: dict
     validate_id(pod_id, kind="pod id")
     if action != "provision":
         pod = pod_get(pod_id=pod_id)
-        if not _allowed(pod, action):
+        if not pod_action_allowed(pod, action):
             raise PanelError(f"pod {pod_id!r} is {pod.status}; it cannot be {_past(action)} now")
     return operation_create(
         kind=f"pod.{action}", target_type="pod", target_id=pod_id, actor=actor, task=TASK, params=params or {}

@@ -1,0 +1,125 @@
+"""python manage.py pods provision|stop|start|deprovision|delete POD_ID, reconcile,
+sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json].
+
+Synchronous: the work runs as an Operation right here (same service as the pages and
+schedules); a failure prints one line and exits non-zero."""
+
+import getpass
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.audit.models import Operation
+from apps.audit.services import operation_execute
+from apps.pods.selectors import pod_as_dict, pods_with_totals
+from apps.pods.services import pod_get, pod_operation_create, pod_operation_run, pods_operation_create
+from controlpanel.errors import PanelError
+
+
+class Command(BaseCommand):
+    help = "Provision, stop, start, deprovision and delete pods; reconcile, sweep orphans, list and show."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        provision = sub.add_parser("provision", help="create the 8 volumes and the container, start it")
+        provision.add_argument("pod_id")
+        provision.add_argument("--image", help="image for the pod (default: POD_IMAGE)")
+        provision.add_argument("--host", help="DockerHost name (default: local)")
+        for action, text in [
+            ("stop", "snapshot, verify, then remove the container and its 8 volumes"),
+            ("start", "reattach a paused pod, or restore a stopped one from its latest snapshot"),
+            ("deprovision", "remove the container and the 8 volumes (snapshots stay)"),
+            ("delete", "remove the container, the 8 volumes and every snapshot"),
+        ]:
+            sub.add_parser(action, help=text).add_argument("pod_id")
+        sub.add_parser("reconcile", help="mark crashed pods paused, unreachable hosts' pods unknown, find leaks")
+        sweep = sub.add_parser("sweep-orphans", help="remove orphaned pinacle-vol-* volumes past the grace period")
+        sweep.add_argument("--dry-run", action="store_true", help="list them with sizes; remove nothing")
+        retention = sub.add_parser("retention", help="purge failed snapshots and complete ones beyond retention")
+        retention.add_argument("--keep", type=int, help="complete snapshots kept per pod (default SNAPSHOT_RETENTION)")
+        listing = sub.add_parser("list", help="every pod with status, host, volume bytes and last snapshot")
+        listing.add_argument("--json", dest="as_json", action="store_true")
+        show = sub.add_parser("show", help="one pod with its volumes and last snapshot")
+        show.add_argument("pod_id")
+        show.add_argument("--json", dest="as_json", action="store_true")
+
+    def handle(self, *args, action, **options):
+        actor = f"cli:{getpass.getuser()}"
+        try:
+            if action == "list":
+                return self._list(as_json=options["as_json"])
+            if action == "show":
+                return self._show(pod_id=options["pod_id"], as_json=options["as_json"])
+            if action in {"reconcile", "sweep-orphans", "retention"}:
+                params = {"dry_run": options.get("dry_run", False), "keep": options.get("keep")}
+                operation = pods_operation_create(action=action, actor=actor, params=params)
+            else:
+                params = {"image": options.get("image"), "host": options.get("host")} if action == "provision" else {}
+                operation = pod_operation_create(action=action, pod_id=options["pod_id"], actor=actor, params=params)
+        except PanelError as exc:
+            raise CommandError(str(exc)) from None
+        operation = operation_execute(operation_id=operation.pk, work=pod_operation_run)
+        if operation.status != Operation.Status.SUCCEEDED:
+            raise CommandError(operation.error.splitlines()[0] if operation.error else f"operation {operation.status}")
+        self.stdout.write(self._summary(action, operation.result))
+        return None
+
+    def _summary(self, action: str, result: dict) -> str:
+        if action == "sweep-orphans":
+            verb = "would remove" if result.get("dry_run") else "removed"
+            lines = [f"{verb} {len(result['orphans']) if result.get('dry_run') else len(result['removed'])} volumes"]
+            lines += [f"  {o['name']}  {o['bytes'] or 0} bytes  ({o['reason']})" for o in result["orphans"]]
+            return "\n".join(lines)
+        if action == "reconcile":
+            lines = []
+            for host, report in result["hosts"].items():
+                if report["reachable"]:
+                    lines.append(f"{host}: {len(report['changed'])} pods changed, {len(report['orphans'])} orphans")
+                else:
+                    lines.append(f"{host}: unreachable ({report['error']}); {len(report['unknown'])} pods unknown")
+            return "\n".join(lines)
+        return json.dumps(result, sort_keys=True)
+
+    def _list(self, *, as_json: bool) -> None:
+        rows = [
+            {
+                "pod_id": pod.pod_id,
+                "status": pod.status,
+                "host": pod.host.name,
+                "volume_bytes": pod.volume_bytes or 0,
+                "last_snapshot": None
+                if pod.last_snapshot_id is None
+                else {
+                    "id": pod.last_snapshot_id,
+                    "status": pod.last_snapshot_status,
+                    "total_bytes": pod.last_snapshot_bytes,
+                },
+            }
+            for pod in pods_with_totals().iterator()
+        ]
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            snap = row["last_snapshot"]
+            snap_text = f"#{snap['id']} {snap['status']} {snap['total_bytes']} B" if snap else "-"
+            self.stdout.write(
+                f"{row['pod_id']:<30} {row['status']:<15} {row['host']:<12} {row['volume_bytes']:>14} B  {snap_text}"
+            )
+
+    def _show(self, *, pod_id: str, as_json: bool) -> None:
+        data = pod_as_dict(pod_get(pod_id=pod_id))
+        if as_json:
+            self.stdout.write(json.dumps(data, indent=2))
+            return
+        self.stdout.write(f"{data['pod_id']}: {data['status']} on {data['host']} ({data['image']})")
+        self.stdout.write(f"container: {data['container_id'] or '-'}")
+        if data["last_error"]:
+            self.stdout.write(f"last error: {data['last_error']}")
+        for volume in data["volumes"]:
+            state = "exists" if volume["exists"] else "absent"
+            self.stdout.write(f"  {volume['docker_name']:<50} {volume['mount_path']:<12} {state}")
+        snap = data["last_snapshot"]
+        self.stdout.write(
+            f"last snapshot: #{snap['id']} {snap['status']} {snap['total_bytes']} B" if snap else "last snapshot: -"
+        )
