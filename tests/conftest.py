@@ -4,6 +4,7 @@ import uuid
 import pytest
 
 from tests import parts
+from tests.browser import artifacts, browser, logged_in_page, page  # noqa: F401
 from tests.fakes.modal_fixtures import _modal_servicer, modal_server  # noqa: F401
 
 # Credentials for the local S3 and Modal servers only; never real ones.

@@ -5,13 +5,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from apps.separations.services import sessions_sync_now
-from tests.e2e.conftest import artifacts, browser, logged_in_page, page  # noqa: F401
 from tests.separations.helpers import put_session, volume_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-def test_clean_up_old_sessions_from_the_page(logged_in_page, live_server, settings, q_sync, artifacts):  # noqa: F811
+def test_clean_up_old_sessions_from_the_page(logged_in_page, live_server, settings, q_sync, artifacts):
     settings.SESSIONS_VOLUME_MAX_BYTES = 3000
     now = datetime.now(UTC)
     put_session("stale-one", mtime=now - timedelta(hours=5))

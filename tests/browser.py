@@ -1,3 +1,5 @@
+"""Browser fixtures (Debian chromium through Playwright), shared by every folder's UI tests."""
+
 import os
 from pathlib import Path
 
