@@ -8,7 +8,7 @@ import pytest
 from tests.parts import require_part
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
 # around it are synchronous and safe.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
