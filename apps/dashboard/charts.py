@@ -15,6 +15,7 @@ class Chart:
     y_labels: list[tuple[float, str]]
     x_labels: list[tuple[float, str]]
     empty: bool
+    dots: list[tuple[float, float]] | None = None  # markers, so one or a few samples still show
     width: int = WIDTH
     height: int = HEIGHT
 
@@ -45,7 +46,9 @@ def line_chart(rows: list[tuple[datetime, int]]) -> Chart:
     def y(v: float) -> float:
         return PAD_TOP + plot_h - plot_h * v / top
 
-    points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in zip(times, values, strict=True))
+    coordinates = [(x(t), y(v)) for t, v in zip(times, values, strict=True)]
+    points = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coordinates)
     y_labels = [(y(top * f), humanize_bytes(top * f)) for f in (0, 0.5, 1)]
     x_labels = [(x(t0), rows[0][0].strftime("%m-%d %H:%M")), (x(t1), rows[-1][0].strftime("%m-%d %H:%M"))]
-    return Chart(points=points, y_labels=y_labels, x_labels=x_labels, empty=False)
+    dots = coordinates if len(coordinates) <= 60 else None
+    return Chart(points=points, y_labels=y_labels, x_labels=x_labels, empty=False, dots=dots)
