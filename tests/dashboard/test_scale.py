@@ -1,0 +1,45 @@
+"""Every list page costs a fixed number of queries whatever the row count."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from tests import scale
+
+pytestmark = pytest.mark.django_db
+
+# (url name, most queries allowed). The panel's own fixed cost on every page: session,
+# user, and the permission lookups the templates make.
+LIST_PAGES = [
+    ("dashboard:overview", 30),
+    ("dashboard:leaks", 25),
+    ("dashboard:operations", 15),
+    ("dashboard:audit", 10),
+    ("pods:list", 15),
+    ("separations:list", 15),
+]
+
+
+def queries_for(client, url: str) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200, url
+    return len(captured)
+
+
+def seed_everything(factor: int) -> None:
+    for seeder in scale.SEEDERS.values():
+        seeder(factor)
+
+
+@pytest.mark.parametrize(("name", "limit"), LIST_PAGES, ids=[name for name, _ in LIST_PAGES])
+def test_list_page_query_count_does_not_grow_with_rows(staff_client, name, limit, django_assert_max_num_queries):
+    url = reverse(name)
+    seed_everything(3)
+    small = queries_for(staff_client, url)
+    seed_everything(300)
+    large = queries_for(staff_client, url)
+    assert large == small, f"{url}: {small} queries with a few rows, {large} with hundreds"
+    with django_assert_max_num_queries(limit):
+        staff_client.get(url)

@@ -1,0 +1,93 @@
+"""Seed the database with many rows fast (bulk_create), for query-count tests and bench/pages.py.
+
+Each seeder makes rows the way the panel's syncs would, spread over statuses and ages,
+without touching Docker, S3 or any volume."""
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from apps.audit.models import AuditEvent
+
+BATCH = 2000
+
+
+def seed_pods(count: int) -> None:
+    from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, PodVolume, Snapshot, volume_docker_name
+
+    host, _ = DockerHost.objects.get_or_create(name="seeded", defaults={"base_url": "unix:///var/run/docker.sock"})
+    statuses = [Pod.Status.RUNNING, Pod.Status.STOPPED, Pod.Status.PAUSED, Pod.Status.DEPROVISIONED]
+    now = timezone.now()
+    start = Pod.objects.count()
+    pods = [
+        Pod(pod_id=f"seed-{start + i}", host=host, image="pinacle-base:latest", status=statuses[i % len(statuses)])
+        for i in range(count)
+    ]
+    Pod.objects.bulk_create(pods, batch_size=BATCH)
+    pods = list(Pod.objects.filter(pod_id__startswith="seed-").order_by("-id")[:count])
+    volumes = [
+        PodVolume(
+            pod=pod,
+            name=name,
+            docker_name=volume_docker_name(pod.pod_id, name),
+            mount_path=mount,
+            exists=pod.status != Pod.Status.STOPPED,
+            size_bytes=4096 * (i + 1),
+            measured_at=now,
+        )
+        for pod in pods
+        for i, (name, mount) in enumerate(VOLUME_MOUNTS.items())
+    ]
+    PodVolume.objects.bulk_create(volumes, batch_size=BATCH)
+    snapshots = [
+        Snapshot(
+            pod=pod,
+            status=Snapshot.Status.COMPLETE,
+            store_url=f"file:///seed/{pod.pod_id}",
+            total_bytes=10_000_000,
+            bytes_done=10_000_000,
+            finished_at=now,
+        )
+        for pod in pods
+        if pod.status == Pod.Status.STOPPED
+    ]
+    Snapshot.objects.bulk_create(snapshots, batch_size=BATCH)
+
+
+def seed_sessions(count: int, *, volume: str = "music-split-jobs-data") -> None:
+    from apps.separations.models import SeparationSession
+
+    now = timezone.now()
+    start = SeparationSession.objects.count()
+    SeparationSession.objects.bulk_create(
+        [
+            SeparationSession(
+                session_id=f"seed-{start + i}",
+                volume=volume,
+                input_present=True,
+                stems_present=4,
+                total_bytes=80_000_000,
+                file_count=5,
+                created_at=now - timedelta(minutes=i),
+                modified_at=now - timedelta(minutes=i),
+                status=SeparationSession.Status.COMPLETE,
+            )
+            for i in range(count)
+        ],
+        batch_size=BATCH,
+    )
+
+
+def seed_audit(count: int) -> None:
+    AuditEvent.objects.bulk_create(
+        [
+            AuditEvent(
+                actor_name="seed", action="pods.stop", target_type="pod", target_id=f"seed-{i}", outcome="succeeded"
+            )
+            for i in range(count)
+        ],
+        batch_size=BATCH,
+    )
+
+
+SEEDERS = {"pods": seed_pods, "sessions": seed_sessions, "audit": seed_audit}
