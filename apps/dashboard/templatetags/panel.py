@@ -1,6 +1,8 @@
 """Template helpers every page uses: humanised sizes and status badges."""
 
 from django import template
+from django.utils.html import format_html
+from django.utils.text import slugify
 
 register = template.Library()
 
@@ -21,10 +23,12 @@ def humanize_bytes(value) -> str:
 register.filter("bytes", humanize_bytes)
 
 
-@register.inclusion_tag("includes/badge.html")
-def badge(status) -> dict:
-    """A coloured badge whose text also says the status (colour is never the only signal)."""
-    return {"status": str(status)}
+@register.simple_tag
+def badge(status) -> str:
+    """A coloured badge whose text also says the status (colour is never the only signal).
+    A plain tag, not an included template: list pages draw one per row."""
+    text = str(status)
+    return format_html('<span class="badge badge-{}">{}</span>', slugify(text), text)
 
 
 @register.filter
