@@ -5,4 +5,7 @@ from apps.volumes import views
 app_name = "volumes"
 urlpatterns = [
     path("", views.list_view, name="list"),
+    path("<str:name>/", views.detail_view, name="detail"),
+    path("<str:name>/inspect/", views.inspect_run, name="inspect"),
+    path("<str:name>/crosscheck/", views.crosscheck_run, name="crosscheck"),
 ]
