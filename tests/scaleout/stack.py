@@ -34,6 +34,7 @@ class PanelStack:
             "MIX_MEDIA_DIR": str(var_dir / "mix" / "media"),
             "MIX_OUTPUTS_DIR": str(var_dir / "mix" / "outputs"),
             "SNAPSHOT_STORE_URL": f"file://{var_dir / 'snapshots'}",
+            "SESSIONS_VOLUME_URL": f"local://{var_dir / 'volumes' / 'music-split-jobs-data'}",
             "SECRET_KEY": "scaleout-tests-only-" + uuid.uuid4().hex,
             "DEBUG": "1",
         }
@@ -93,9 +94,10 @@ class PanelStack:
         for worker in self.workers:
             if worker.poll() is None:
                 os.killpg(worker.pid, signal.SIGTERM)
+        # The test is over: a clean shutdown is nice to have, not worth CI minutes.
         for worker in self.workers:
             try:
-                worker.wait(timeout=20)
+                worker.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
