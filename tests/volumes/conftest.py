@@ -14,3 +14,9 @@ def world(request, tmp_path):
     if request.param == "local":
         return LocalWorld(tmp_path / "volumes" / "brain-go-brr-results")
     return ModalWorld(request.getfixturevalue("modal_server"))
+
+
+@pytest.fixture
+def run_on_commit(django_capture_on_commit_callbacks):
+    """Queued tasks run when the view's transaction commits (with q_sync: inline)."""
+    return django_capture_on_commit_callbacks
