@@ -1,6 +1,8 @@
 """Volume pages: the list, a volume's page (latest inspection, history, cross-checks)
 and the two buttons (inspect, cross-check), which queue an operation and come back."""
 
+from functools import wraps
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.http import Http404
@@ -22,6 +24,17 @@ from controlpanel.errors import InvalidInput, PanelError
 from controlpanel.paths import validate_id
 
 HISTORY_ROWS = 20
+
+
+def known_volume(view):
+    """A malformed or unknown volume name is a 404 whatever the method, before anything else."""
+
+    @wraps(view)
+    def checked(request, name: str, *args, **kwargs):
+        _volume_or_404(name)
+        return view(request, name, *args, **kwargs)
+
+    return checked
 
 
 def _volume_or_404(name: str) -> Volume:
@@ -72,6 +85,7 @@ def detail_view(request, name: str):
     return render(request, "volumes/detail.html", context)
 
 
+@known_volume
 @require_POST
 @permission_required("volumes.inspect_volume", raise_exception=True)
 def inspect_run(request, name: str):
@@ -85,6 +99,7 @@ def inspect_run(request, name: str):
     return redirect("volumes:detail", name=volume.name)
 
 
+@known_volume
 @require_POST
 @permission_required("volumes.crosscheck_volume", raise_exception=True)
 def crosscheck_run(request, name: str):
