@@ -334,22 +334,6 @@ class _Throttle:
         return False
 
 
-def _measure(*, pod: Pod, engine: DockerEngine) -> dict[str, int]:
-    """Sizes of this pod's volumes; measurement is a nicety, a failure leaves the old ones."""
-    try:
-        sizes = engine.volume_sizes(name_prefix=volume_docker_name(pod.pod_id, ""))
-    except PanelError as exc:
-        logger.warning("measuring volumes of %s failed: %s", pod.pod_id, exc)
-        return {}
-    now = timezone.now()
-    rows = _volumes(pod)
-    for row in rows:
-        if row.docker_name in sizes:
-            row.size_bytes, row.measured_at = sizes[row.docker_name], now
-    PodVolume.objects.bulk_update(rows, ["size_bytes", "measured_at"])
-    return sizes
-
-
 def _container_for_volumes(*, pod: Pod, engine: DockerEngine) -> None:
     """Make sure a container with the eight volumes exists (not started) to read them through."""
     if engine.container_get(pod.container_name) is None:
@@ -378,8 +362,10 @@ def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | Non
     Snapshot.objects.filter(pod=pod, status__in=[Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]).update(
         status=Snapshot.Status.FAILED, error="interrupted; superseded by a later attempt", finished_at=timezone.now()
     )
-    sizes = _measure(pod=pod, engine=engine)
-    expected = sum(sizes.values()) if sizes else None
+    # The progress bar's total comes from the last reconcile's measurement: measuring now
+    # (`docker system df`) would walk every volume on the host before the first byte moves.
+    measured = [v.size_bytes for v in volumes if v.size_bytes is not None]
+    expected = sum(measured) if measured else None
     snapshot = Snapshot.objects.create(
         pod=pod, store_url=store.url, operation=operation, expected_bytes=expected, started_at=timezone.now()
     )
@@ -410,13 +396,19 @@ def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | Non
                 "mount_path": volume.mount_path,
                 "bytes": count,
                 "sha256": digest.hexdigest(),
+                "etag": writer.expected_etag,
             }
             _log(operation, f"{volume.docker_name}: {count} bytes, sha256 {digest.hexdigest()[:16]}…")
         # The manifest is written last: a snapshot without one never counts as complete.
         manifest_body = json.dumps({"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest}, indent=1)
         store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())
         for name, entry in manifest.items():
-            store.verify(entry["key"], expected_bytes=entry["bytes"], expected_sha256=entry["sha256"])
+            store.verify(
+                entry["key"],
+                expected_bytes=entry["bytes"],
+                expected_sha256=entry["sha256"],
+                expected_etag=entry["etag"],
+            )
             _log(operation, f"verified {name} in {store.url}")
         if json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))["volumes"] != manifest:
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
@@ -434,6 +426,10 @@ def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | Non
     snapshot.bytes_done = snapshot.total_bytes
     snapshot.finished_at = timezone.now()
     snapshot.save(update_fields=["status", "manifest", "total_bytes", "bytes_done", "finished_at"])
+    # The archive sizes are a fresh measurement of what the volumes held.
+    for volume in volumes:
+        volume.size_bytes, volume.measured_at = manifest[volume.name]["bytes"], snapshot.finished_at
+    PodVolume.objects.bulk_update(volumes, ["size_bytes", "measured_at"])
     return snapshot
 
 

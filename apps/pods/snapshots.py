@@ -7,7 +7,9 @@ as a stream, proves an object holds exactly what was sent, and deletes a snapsho
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +21,7 @@ from controlpanel.paths import resolve_inside
 CHUNK_SIZE = 1024 * 1024
 # S3 parts: at least 5 MiB except the last; 8 MiB keeps memory flat and requests few.
 PART_SIZE = 8 * 1024 * 1024
+PARTS_IN_FLIGHT = 4
 
 
 class StoreError(PanelError):
@@ -26,7 +29,10 @@ class StoreError(PanelError):
 
 
 class ObjectWriter:
-    """Write one object as a stream. `close()` makes it visible; `abort()` leaves nothing."""
+    """Write one object as a stream. `close()` makes it visible; `abort()` leaves nothing.
+    After `close()`, `expected_etag` may say what the store's own checksum must read."""
+
+    expected_etag: str | None = None
 
     def write(self, chunk: bytes) -> None:
         raise NotImplementedError
@@ -62,7 +68,7 @@ class SnapshotStore:
     def get_small(self, key: str) -> bytes:
         return b"".join(self.read(key))
 
-    def verify(self, key: str, *, expected_bytes: int, expected_sha256: str) -> None:
+    def verify(self, key: str, *, expected_bytes: int, expected_sha256: str, expected_etag: str | None = None) -> None:
         """Read the object back and compare size and sha256; raise StoreError on any difference."""
         digest = hashlib.sha256()
         count = 0
@@ -153,7 +159,16 @@ def _s3_client():
         "s3",
         endpoint_url=settings.AWS_ENDPOINT_URL or None,
         region_name=settings.AWS_REGION,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=120),
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=120,
+            # We checksum every byte ourselves (sha256, and MD5 against the ETag): one more
+            # CRC pass per part on both ends would only cost CPU.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=PARTS_IN_FLIGHT + 2,
+        ),
     )
 
 
@@ -167,7 +182,8 @@ def _s3_error(store: "S3Store", key: str, exc: Exception) -> PanelError:
 
 
 class _S3Writer(ObjectWriter):
-    """Multipart upload fed chunk by chunk; at most one part in memory."""
+    """Multipart upload fed chunk by chunk. Parts go up on a background thread while the
+    caller keeps reading the next one; at most PARTS_IN_FLIGHT parts are held in memory."""
 
     def __init__(self, store: "S3Store", key: str):
         self.store = store
@@ -175,31 +191,41 @@ class _S3Writer(ObjectWriter):
         self.full_key = store.full_key(key)
         self.buffer = bytearray()
         self.upload_id: str | None = None
-        self.parts: list[dict] = []
+        self.futures: list[Future] = []
+        self.pool: ThreadPoolExecutor | None = None
+        self.slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
+        # What the store's ETag must be if it holds exactly the bytes sent (see S3Store.verify).
+        self.expected_etag: str | None = None
 
-    def _send_part(self) -> None:
+    def _upload_part(self, number: int, body: bytes) -> dict:
+        try:
+            # Hashed here, on the upload thread (hashlib releases the GIL): the reading
+            # thread only reads and computes the sha256.
+            md5 = hashlib.md5(body, usedforsecurity=False).digest()
+            answer = self.store.client.upload_part(
+                Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id, PartNumber=number, Body=body
+            )
+            return {"PartNumber": number, "ETag": answer["ETag"], "md5": md5}
+        finally:
+            self.slots.release()
+
+    def _send_part(self, body: bytes) -> None:
         client = self.store.client
         if self.upload_id is None:
             self.upload_id = client.create_multipart_upload(Bucket=self.store.bucket, Key=self.full_key)["UploadId"]
-        number = len(self.parts) + 1
-        answer = client.upload_part(
-            Bucket=self.store.bucket,
-            Key=self.full_key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=bytes(self.buffer),
-        )
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        self.buffer.clear()
+            self.pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
+        self.slots.acquire()
+        for done in [f for f in self.futures if f.done()]:
+            done.result()  # an earlier part failed: stop feeding this upload
+        self.futures.append(self.pool.submit(self._upload_part, len(self.futures) + 1, body))
 
     def write(self, chunk: bytes) -> None:
         self.buffer += chunk
         try:
             while len(self.buffer) >= PART_SIZE:
-                rest = self.buffer[PART_SIZE:]
-                del self.buffer[PART_SIZE:]
-                self._send_part()
-                self.buffer += rest
+                body = bytes(memoryview(self.buffer)[:PART_SIZE])
+                del self.buffer[:PART_SIZE]
+                self._send_part(body)
         except Exception as exc:
             raise _s3_error(self.store, self.key, exc) from exc
 
@@ -208,21 +234,34 @@ class _S3Writer(ObjectWriter):
         try:
             if self.upload_id is None:
                 # Smaller than one part: a single PUT.
-                client.put_object(Bucket=self.store.bucket, Key=self.full_key, Body=bytes(self.buffer))
+                body = bytes(self.buffer)
+                client.put_object(Bucket=self.store.bucket, Key=self.full_key, Body=body)
+                self.expected_etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
                 return
             if self.buffer:
-                self._send_part()
+                self._send_part(bytes(self.buffer))
+                self.buffer.clear()
+            parts = [future.result() for future in self.futures]
             client.complete_multipart_upload(
                 Bucket=self.store.bucket,
                 Key=self.full_key,
                 UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
+                MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]},
             )
+            combined = hashlib.md5(b"".join(p["md5"] for p in parts), usedforsecurity=False).hexdigest()
+            self.expected_etag = f"{combined}-{len(parts)}"
         except Exception as exc:
             raise _s3_error(self.store, self.key, exc) from exc
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
     def abort(self) -> None:
         self.buffer.clear()
+        if self.pool is not None:
+            for future in self.futures:
+                future.cancel()
+            self.pool.shutdown(wait=True)
         if self.upload_id is None:
             return
         try:
@@ -245,6 +284,24 @@ class S3Store(SnapshotStore):
         if self._client is None:
             self._client = _s3_client()
         return self._client
+
+    def verify(self, key: str, *, expected_bytes: int, expected_sha256: str, expected_etag: str | None = None) -> None:
+        """The store's own checksum of what it holds (the ETag: MD5 of a single PUT, or the
+        MD5 of the part MD5s of a multipart upload) must equal what we computed over the very
+        bytes we hashed with sha256 and sent. A store whose ETags are not MD5-based (some
+        encryption modes) gets a full read-back and sha256 comparison instead."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except Exception as exc:
+            raise _s3_error(self, key, exc) from exc
+        if head["ContentLength"] != expected_bytes:
+            raise StoreError(f"{self.url}/{key} holds {head['ContentLength']} bytes, expected {expected_bytes}")
+        etag = head.get("ETag", "").strip('"')
+        if expected_etag and etag == expected_etag:
+            return
+        if expected_etag and _md5_shaped(etag):
+            raise StoreError(f"{self.url}/{key} checksum {etag} differs from the {expected_etag} that was sent")
+        super().verify(key, expected_bytes=expected_bytes, expected_sha256=expected_sha256)
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -286,6 +343,11 @@ class S3Store(SnapshotStore):
         except Exception as exc:
             raise _s3_error(self, prefix, exc) from exc
         return removed
+
+
+def _md5_shaped(etag: str) -> bool:
+    head, _, parts = etag.partition("-")
+    return len(head) == 32 and all(c in "0123456789abcdef" for c in head) and (not parts or parts.isdigit())
 
 
 def store_from_url(url: str | None = None) -> SnapshotStore:

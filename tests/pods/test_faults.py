@@ -9,7 +9,7 @@ from apps.audit.services import operation_create
 from apps.pods import services
 from apps.pods.docker_engine import DockerEngine, DockerFailure
 from apps.pods.models import DockerHost, IllegalTransition, Pod, Snapshot
-from apps.pods.snapshots import S3Store
+from apps.pods.snapshots import S3Store, StoreError, _S3Writer
 from controlpanel.errors import Busy, InvalidInput, NotFound, PanelError, Unreachable
 from tests.parts import free_port
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, run_in
@@ -59,6 +59,32 @@ def test_s3_refusing_mid_snapshot_leaves_every_volume_and_retry_completes(
     assert Snapshot.objects.filter(pod=pod, status=Snapshot.Status.COMPLETE).count() == 1
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+
+@pytest.mark.s3
+def test_an_object_the_store_changed_after_upload_fails_verification_and_nothing_is_removed(
+    docker_client, new_pod_id, s3_server, s3_bucket, settings, monkeypatch
+):
+    settings.SNAPSHOT_STORE_URL = f"s3://{s3_bucket}/snaps"
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    original_close = _S3Writer.close
+
+    def close_then_corrupt(self):
+        original_close(self)
+        if self.key.endswith("/home.tar"):
+            # Same length, different bytes: only a checksum can tell.
+            head = self.store.client.head_object(Bucket=self.store.bucket, Key=self.full_key)
+            body = b"x" * head["ContentLength"]
+            self.store.client.put_object(Bucket=self.store.bucket, Key=self.full_key, Body=body)
+
+    monkeypatch.setattr(_S3Writer, "close", close_then_corrupt)
+    with pytest.raises(StoreError, match="home.tar checksum .* differs"):
+        services.pod_stop(pod_id=pod_id, actor="test")
+
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.PAUSED
+    assert len(pod_volumes(docker_client, pod_id)) == 8
+    assert Snapshot.objects.get(pod__pod_id=pod_id).status == Snapshot.Status.FAILED
 
 
 def test_unreachable_store_refuses_the_stop_before_anything_is_removed(docker_client, new_pod_id, settings):

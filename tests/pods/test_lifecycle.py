@@ -95,6 +95,10 @@ def test_life_cycle_through_s3_multipart_is_byte_identical(docker_client, new_po
     sizes = {obj["Key"].rsplit("/", 1)[1]: obj["Size"] for obj in objects}
     assert sizes["workspace.tar"] == snapshot.manifest["workspace"]["bytes"] > 12 * 1024 * 1024
     assert "manifest.json" in sizes and len(sizes) == 9
+    # Verified against the store's own checksum of what it holds (12 MiB → two 8 MiB parts).
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=f"snaps/{pod_id}/{snapshot.pk}/workspace.tar")
+    assert head["ETag"].strip('"') == snapshot.manifest["workspace"]["etag"]
+    assert snapshot.manifest["workspace"]["etag"].endswith("-2")
     assert pod_volumes(docker_client, pod_id) == []
 
     services.pod_start(pod_id=pod_id, actor="test")
