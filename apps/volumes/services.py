@@ -185,21 +185,25 @@ class RuleEvaluator:
         for state in self.folders.get(path, ()):
             state.seen = True
 
-    def file(self, path: str, size: int) -> None:
-        if self.folders:
-            # A backend that lists no folder entries still proves the parent exists.
-            slash = path.rfind("/")
-            if slash > 0:
-                self.folder(path[:slash])
+    def counting_in(self, parent: str) -> list[_RuleState]:
+        """The count rules that can match a file directly in `parent` (asked once a folder)."""
+        head = f"{parent}/" if parent else ""
+        return [state for state in self.counts if head.startswith(state.prefix)]
+
+    def file_seen(self, path: str) -> None:
         for state in self.files.get(path, ()):
             state.seen = True
+
+    def run(self, parent: str, size: int, files: int) -> None:
+        """A run of `files` files directly in `parent`, `size` bytes in all."""
+        if parent:
+            # A backend that lists no folder entries still proves the parent exists.
+            self.folder(parent)
+        head = f"{parent}/" if parent else ""
         for state in self.absent:
-            if path.startswith(state.prefix):
+            if head.startswith(state.prefix):
                 state.bytes += size
-                state.matches += 1
-        for state in self.counts:
-            if path.startswith(state.prefix) and state.regex.fullmatch(path):
-                state.matches += 1
+                state.matches += files
 
     def findings(self) -> tuple[list[Finding], int]:
         """Unmet rules as unsaved findings, and how many rules held."""
@@ -324,10 +328,39 @@ def volume_walk(
     largest: int = LARGEST_FILES,
 ) -> WalkTotals:
     """One streaming pass: totals, per-folder sums to `depth`, extensions, the largest files
-    (a bounded heap) and rule counters. Memory grows with folders, never with files."""
+    (a bounded heap) and rule counters. Memory grows with folders, never with files.
+
+    Backends list a folder's files one after another, so per file we only add to a running
+    sum; the sum goes to the enclosing folders and the rules once per run of one folder."""
     totals = WalkTotals()
     folders, extensions, heap = totals.folders, totals.extensions, totals.largest
+    evaluator = evaluator or RuleEvaluator([])
+    watched_files = evaluator.files
     seen = 0
+    current: str | None = None  # the folder of the run of files being summed
+    run_bytes = run_files = 0
+    counting: list[_RuleState] = []
+    heap_floor = -1  # once the heap is full, a file must be bigger than this to get in
+
+    def flush() -> None:
+        if not run_files:
+            return
+        totals.total_bytes += run_bytes
+        totals.total_files += run_files
+        level, slash = 0, 0
+        while level < depth and current:
+            slash = current.find("/", slash + 1) if level else current.find("/")
+            key = current if slash == -1 else current[:slash]
+            pair = folders.get(key)
+            if pair is None:
+                pair = folders[key] = [0, 0]
+            pair[0] += run_bytes
+            pair[1] += run_files
+            level += 1
+            if slash == -1:
+                break
+        evaluator.run(current, run_bytes, run_files)
+
     for entry in backend.iter_entries(""):
         seen += 1
         if progress is not None and seen % PROGRESS_EVERY == 0:
@@ -337,25 +370,20 @@ def volume_walk(
             totals.total_folders += 1
             if path.count("/") < depth and path not in folders:
                 folders[path] = [0, 0]  # an empty folder is still listed
-            if evaluator is not None:
-                evaluator.folder(path)
+            evaluator.folder(path)
             continue
         size = entry.size
-        totals.total_bytes += size
-        totals.total_files += 1
         if entry.is_symlink:
             totals.symlinks += 1
-        # Add the file to each enclosing folder down to `depth`.
-        level, slash = 0, path.find("/")
-        while slash != -1 and level < depth:
-            pair = folders.get(path[:slash])
-            if pair is None:
-                pair = folders[path[:slash]] = [0, 0]
-            pair[0] += size
-            pair[1] += 1
-            level += 1
-            slash = path.find("/", slash + 1)
-        name = path[path.rfind("/") + 1 :]
+        slash = path.rfind("/")
+        parent = path[:slash] if slash > 0 else ""
+        if parent != current:
+            flush()
+            current, run_bytes, run_files = parent, 0, 0
+            counting = evaluator.counting_in(parent)
+        run_bytes += size
+        run_files += 1
+        name = path[slash + 1 :]
         dot = name.rfind(".")
         ext = name[dot:].lower() if dot > 0 else "(none)"
         pair = extensions.get(ext)
@@ -363,12 +391,19 @@ def volume_walk(
             pair = extensions[ext] = [0, 0]
         pair[0] += 1
         pair[1] += size
-        if len(heap) < largest:
-            heapq.heappush(heap, (size, path))
-        elif size > heap[0][0]:
-            heapq.heappushpop(heap, (size, path))
-        if evaluator is not None:
-            evaluator.file(path, size)
+        if size > heap_floor:
+            if len(heap) < largest:
+                heapq.heappush(heap, (size, path))
+            else:
+                heapq.heappushpop(heap, (size, path))
+            if len(heap) >= largest:
+                heap_floor = heap[0][0]
+        if watched_files and path in watched_files:
+            evaluator.file_seen(path)
+        for state in counting:
+            if state.regex.fullmatch(path):
+                state.matches += 1
+    flush()
     if progress is not None:
         progress.advance(seen % PROGRESS_EVERY)
         progress.flush()
