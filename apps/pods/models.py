@@ -77,7 +77,8 @@ class Pod(models.Model):
     NO_VOLUMES = {Status.STOPPED, Status.DEPROVISIONED, Status.DELETED, Status.FAILED}
 
     TRANSITIONS: dict[str, set[str]] = {
-        Status.PROVISIONING: {Status.RUNNING, Status.FAILED},
+        # Provisioning again after a killed worker: the operation lock keeps it to one at a time.
+        Status.PROVISIONING: {Status.PROVISIONING, Status.RUNNING, Status.FAILED},
         Status.RUNNING: {Status.STOPPING, Status.PAUSED, Status.DEPROVISIONING, Status.DELETING, Status.UNKNOWN},
         Status.PAUSED: {
             Status.RUNNING,

@@ -237,3 +237,18 @@ def test_unreachable_host_is_refused_marks_pods_unknown_and_recovers(docker_clie
     services.pods_reconcile(actor="test")
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
     assert DockerHost.objects.get(name="local").reachable is True
+
+
+def test_provision_interrupted_by_a_killed_worker_is_finished_by_provisioning_again(docker_client, new_pod_id):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    # The worker died after creating everything but before recording it.
+    Pod.objects.filter(pod_id=pod_id).update(status=Pod.Status.PROVISIONING, container_id=None)
+
+    with pytest.raises(PanelError, match="provisioning pod .* failed"):
+        services.pod_provision(pod_id=pod_id, actor="test")  # the leftover container is in the way
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.FAILED
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+
+    services.pod_provision(pod_id=pod_id, actor="test")
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING

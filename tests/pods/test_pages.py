@@ -137,3 +137,21 @@ def test_overview_page_renders_the_pods_card(staff_client):
     response = staff_client.get(reverse("dashboard:overview"))
     assert response.status_code == 200
     assert "Pods" in response.content.decode()
+
+
+def test_admin_pages_render(staff_client):
+    pod = make_pod("inadmin")
+    Snapshot.objects.create(pod=pod, store_url="file:///s", status="complete", total_bytes=1)
+    OrphanVolume.objects.create(host=pod.host, docker_name="pinacle-vol-q-opt", reason="no pod")
+    for name in ["pods_pod", "pods_snapshot", "pods_dockerhost", "pods_orphanvolume"]:
+        assert staff_client.get(reverse(f"admin:{name}_changelist")).status_code == 200, name
+    body = staff_client.get(reverse("admin:pods_pod_change", args=[pod.pk])).content.decode()
+    assert "pinacle-vol-inadmin-usr-local" in body
+    assert "delete_selected" not in staff_client.get(reverse("admin:pods_pod_changelist")).content.decode()
+
+
+def test_sweep_and_retention_previews_change_nothing(staff_client, pods_settings):
+    before = (Operation.objects.count(), DockerHost.objects.count())
+    assert staff_client.get(reverse("pods:sweep")).status_code == 200
+    assert staff_client.get(reverse("pods:retention")).status_code == 200
+    assert (Operation.objects.count(), DockerHost.objects.count()) == before
