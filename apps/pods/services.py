@@ -12,8 +12,10 @@ leaves the pod `stopping`, and stopping again finishes the job with the same sna
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -52,6 +54,8 @@ from controlpanel.paths import validate_id
 logger = logging.getLogger(__name__)
 
 TASK = "apps.pods.tasks.run_pod_operation"
+# Volumes streamed at once during a snapshot; the store bounds the parts in memory overall.
+VOLUME_STREAMS = 2
 POD_ACTIONS = ["provision", "stop", "start", "deprovision", "delete"]
 # Pages live at /pods/<name>/: a pod may not take one of these names.
 RESERVED_POD_IDS = {"provision", "reconcile", "sweep", "retention"}
@@ -347,6 +351,99 @@ def _container_for_volumes(*, pod: Pod, engine: DockerEngine) -> None:
         )
 
 
+class _ByteCounter:
+    """Bytes moved by the streaming threads, collected by the main thread for progress."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def add(self, amount: int) -> None:
+        with self._lock:
+            self._pending += amount
+
+    def take(self) -> int:
+        with self._lock:
+            amount, self._pending = self._pending, 0
+        return amount
+
+
+def _volume_stream(
+    *, engine: DockerEngine, store: SnapshotStore, container: str, mount_path: str, key: str, counter, cancel
+) -> dict:
+    """One volume: tar out of the container → sha256 → store, never more than a part in memory."""
+    digest, count = hashlib.sha256(), 0
+    writer = store.writer(key)
+    try:
+        for chunk in engine.archive_read(container=container, path=mount_path):
+            if cancel.is_set():
+                raise PanelError("stopped: another volume of this snapshot failed")
+            digest.update(chunk)
+            writer.write(chunk)
+            count += len(chunk)
+            counter.add(len(chunk))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return {
+        "key": key,
+        "mount_path": mount_path,
+        "bytes": count,
+        "sha256": digest.hexdigest(),
+        "etag": writer.expected_etag,
+    }
+
+
+def _volumes_stream(
+    *,
+    pod: Pod,
+    volumes: list[PodVolume],
+    engine: DockerEngine,
+    store: SnapshotStore,
+    snapshot: Snapshot,
+    progress: Progress,
+    operation: Operation | None,
+) -> dict[str, dict[str, Any]]:
+    """Stream VOLUME_STREAMS volumes at a time (a volume of many small files keeps the engine
+    busy while a large one keeps the store busy). Threads only move bytes; every database
+    write (progress, log) happens here on the calling thread."""
+    counter, cancel = _ByteCounter(), threading.Event()
+    throttle = _Throttle()
+    with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
+        futures = {
+            pool.submit(
+                _volume_stream,
+                engine=engine,
+                store=store,
+                container=pod.container_name,
+                mount_path=volume.mount_path,
+                key=f"{snapshot.prefix}/{volume.name}.tar",
+                counter=counter,
+                cancel=cancel,
+            ): volume
+            for volume in volumes
+        }
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(
+                    pending, timeout=max(0.2, settings.OPERATION_PROGRESS_INTERVAL_SECONDS), return_when=FIRST_EXCEPTION
+                )
+                progress.advance(counter.take())
+                if throttle.due():
+                    Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
+                for future in done:
+                    entry = future.result()  # raises the volume's failure
+                    volume = futures[future]
+                    _log(operation, f"{volume.docker_name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}…")
+        except BaseException:
+            cancel.set()
+            raise
+    by_name = {futures[f].name: f.result() for f in futures}
+    return {volume.name: by_name[volume.name] for volume in volumes}
+
+
 def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | None) -> Snapshot:
     store = store_from_url()
     volumes = _volumes(pod)
@@ -373,32 +470,15 @@ def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | Non
     try:
         snapshot.transition(Snapshot.Status.UPLOADING)
         snapshot.save(update_fields=["status"])
-        throttle = _Throttle()
-        manifest: dict[str, dict[str, Any]] = {}
-        for volume in volumes:
-            key = f"{snapshot.prefix}/{volume.name}.tar"
-            digest, count = hashlib.sha256(), 0
-            writer = store.writer(key)
-            try:
-                for chunk in engine.archive_read(container=pod.container_name, path=volume.mount_path):
-                    digest.update(chunk)
-                    writer.write(chunk)
-                    count += len(chunk)
-                    progress.advance(len(chunk))
-                    if throttle.due():
-                        Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            manifest[volume.name] = {
-                "key": key,
-                "mount_path": volume.mount_path,
-                "bytes": count,
-                "sha256": digest.hexdigest(),
-                "etag": writer.expected_etag,
-            }
-            _log(operation, f"{volume.docker_name}: {count} bytes, sha256 {digest.hexdigest()[:16]}…")
+        manifest = _volumes_stream(
+            pod=pod,
+            volumes=volumes,
+            engine=engine,
+            store=store,
+            snapshot=snapshot,
+            progress=progress,
+            operation=operation,
+        )
         # The manifest is written last: a snapshot without one never counts as complete.
         manifest_body = json.dumps({"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest}, indent=1)
         store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())

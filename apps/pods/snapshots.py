@@ -193,7 +193,9 @@ class _S3Writer(ObjectWriter):
         self.upload_id: str | None = None
         self.futures: list[Future] = []
         self.pool: ThreadPoolExecutor | None = None
-        self.slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
+        # Shared by every writer of this store: parts in memory stay bounded however many
+        # volumes stream at once.
+        self.slots = store.part_slots
         # What the store's ETag must be if it holds exactly the bytes sent (see S3Store.verify).
         self.expected_etag: str | None = None
 
@@ -277,12 +279,16 @@ class S3Store(SnapshotStore):
         self.url = url
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.part_slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT)
         self._client = None
+        self._client_lock = threading.Lock()
 
     @property
     def client(self):
-        if self._client is None:
-            self._client = _s3_client()
+        # One client per store, shared by the streaming threads (boto3 clients are thread-safe).
+        with self._client_lock:
+            if self._client is None:
+                self._client = _s3_client()
         return self._client
 
     def verify(self, key: str, *, expected_bytes: int, expected_sha256: str, expected_etag: str | None = None) -> None:
