@@ -213,7 +213,8 @@ class RuleEvaluator:
             if rule.kind == LayoutRule.Kind.FOLDER_EXISTS and not state.seen:
                 message = f"{state.path}/ is missing"
             elif rule.kind == LayoutRule.Kind.FOLDER_ABSENT and (state.seen or state.matches):
-                message = f"{state.path}/ should not exist: {state.matches} files are in it"
+                files = f"{state.matches} file" + ("s" if state.matches != 1 else "")
+                message = f"{state.path}/ should not exist: {files} in it"
                 size = state.bytes
             elif rule.kind == LayoutRule.Kind.FILE_EXISTS and not state.seen:
                 message = f"{state.path} is missing"

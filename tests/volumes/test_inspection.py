@@ -142,7 +142,7 @@ def test_inspection_json_has_totals_and_findings(local_world):
     assert report["findings"] == [
         {
             "severity": "error",
-            "message": "results/ should not exist: 1 files are in it",
+            "message": "results/ should not exist: 1 file in it",
             "bytes": 12,
             "rule_id": report["findings"][0]["rule_id"],
         }

@@ -73,7 +73,7 @@ def test_s3_mount_plan_on_a_volume_cache_volume_flags_the_copy_with_its_bytes(wo
     assert messages(inspection) == [
         (
             "error",
-            f"cache/tusz/ should not exist: {files} files are in it "
+            f"cache/tusz/ should not exist: {files} files in it "
             "(the S3-mount plan reads the cache from S3; a copy here is paid twice)",
             CACHE_BYTES,
         )
@@ -90,7 +90,7 @@ def test_both_plans_forbid_a_stray_results_folder(local_world, preset):
     inspection = volume_inspect(volume=volume, actor="test")
 
     assert messages(inspection) == [
-        ("error", "results/ should not exist: 1 files are in it (a stray results/results/ duplicate)", 250)
+        ("error", "results/ should not exist: 1 file in it (a stray results/results/ duplicate)", 250)
     ]
 
 
