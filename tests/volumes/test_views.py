@@ -199,3 +199,28 @@ def test_admin_rejects_a_count_rule_without_a_count(staff_client, local_world):
     )
     assert response.status_code == 200 and "needs a count" in response.content.decode()
     assert not LayoutRule.objects.exists()
+
+
+def test_admin_edits_rules_inline_on_the_volume(staff_client, local_world):
+    volume = local_world.volume()
+    form = {
+        "name": volume.name,
+        "url": volume.url,
+        "folder_depth": 2,
+        "rules-TOTAL_FORMS": 1,
+        "rules-INITIAL_FORMS": 0,
+        "rules-0-kind": "file_count",
+        "rules-0-path": "cache/tusz/train/*.npz",
+        "rules-0-count_mode": "at_least",
+        "rules-0-severity": "warning",
+        "rules-0-enabled": "on",
+    }
+    change_url = reverse("admin:volumes_volume_change", args=[volume.pk])
+    response = staff_client.post(change_url, form)
+    assert response.status_code == 200 and "needs a count" in response.content.decode()
+    assert not LayoutRule.objects.exists()
+
+    response = staff_client.post(change_url, {**form, "rules-0-count": 10})
+    assert response.status_code == 302
+    rule = LayoutRule.objects.get()
+    assert (rule.volume, rule.count, rule.severity, rule.preset) == (volume, 10, "warning", "")
