@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from django.db.models import Count, OuterRef, Subquery
 from django.urls import reverse
 
+from apps.audit.models import Operation
 from apps.volumes.models import Finding, Inspection, Severity, Volume
 
 
@@ -17,6 +18,7 @@ class VolumeRow:
     total_bytes: int | None
     total_files: int | None
     monthly_cost: float | None
+    last_error: str = ""  # the newest inspection operation's error, when it failed
     findings: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -31,12 +33,16 @@ class VolumeRow:
 def volume_rows() -> list[VolumeRow]:
     """Every volume with its latest inspection, in two queries."""
     latest = Inspection.objects.filter(volume=OuterRef("pk")).order_by("-inspected_at", "-id")
+    last_run = Operation.objects.filter(
+        target_type="volume", target_id=OuterRef("name"), kind="volume.inspect"
+    ).order_by("-created_at", "-id")
     volumes = Volume.objects.annotate(
         latest_id=Subquery(latest.values("pk")[:1]),
         latest_at=Subquery(latest.values("inspected_at")[:1]),
         latest_bytes=Subquery(latest.values("total_bytes")[:1]),
         latest_files=Subquery(latest.values("total_files")[:1]),
         latest_cost=Subquery(latest.values("monthly_cost")[:1]),
+        last_run_error=Subquery(last_run.values("error")[:1]),
     )
     rows = [
         VolumeRow(
@@ -46,6 +52,7 @@ def volume_rows() -> list[VolumeRow]:
             total_bytes=v.latest_bytes,
             total_files=v.latest_files,
             monthly_cost=v.latest_cost,
+            last_error=v.last_run_error or "",
         )
         for v in volumes
     ]

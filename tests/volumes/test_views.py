@@ -35,6 +35,17 @@ def test_list_page_shows_latest_bytes_findings_and_cost(staff_client, local_worl
     assert "not inspected yet" in page and "badge-error" in page
 
 
+def test_list_page_says_when_the_last_inspection_failed(staff_client, tmp_path):
+    from apps.volumes.services import volume_inspect_now
+    from controlpanel.errors import NotFound
+
+    volume = Volume.objects.create(name="gone", url=f"local://{tmp_path / 'gone'}")
+    with pytest.raises(NotFound):
+        volume_inspect_now(volume=volume, actor="test")
+    page = staff_client.get(reverse("volumes:list")).content.decode()
+    assert f"Last inspection failed: volume folder {tmp_path / 'gone'} does not exist" in page
+
+
 def test_detail_page_shows_folders_largest_files_findings_and_history(
     staff_client, local_world, django_assert_num_queries
 ):
