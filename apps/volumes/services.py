@@ -362,10 +362,12 @@ def volume_walk(
                 break
         evaluator.run(current, run_bytes, run_files)
 
-    for entry in backend.iter_entries(""):
-        seen += 1
-        if progress is not None and seen % PROGRESS_EVERY == 0:
+    next_progress = PROGRESS_EVERY if progress is not None else -1
+    extension_pair = extensions.get
+    for seen, entry in enumerate(backend.iter_entries(""), 1):
+        if seen == next_progress:
             progress.advance(PROGRESS_EVERY)
+            next_progress += PROGRESS_EVERY
         path = entry.path
         if entry.is_dir and not entry.is_symlink:
             totals.total_folders += 1
@@ -384,10 +386,10 @@ def volume_walk(
             counting = evaluator.counting_in(parent)
         run_bytes += size
         run_files += 1
-        name = path[slash + 1 :]
-        dot = name.rfind(".")
-        ext = name[dot:].lower() if dot > 0 else "(none)"
-        pair = extensions.get(ext)
+        # A dot that starts the name (".bashrc") is no extension.
+        dot = path.rfind(".")
+        ext = path[dot:].lower() if dot > slash + 1 else "(none)"
+        pair = extension_pair(ext)
         if pair is None:
             pair = extensions[ext] = [0, 0]
         pair[0] += 1
