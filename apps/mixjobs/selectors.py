@@ -1,0 +1,71 @@
+"""Reads for the mix jobs pages and the overview: the mirror only, a fixed number of queries."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet, Sum
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.dashboard.models import StorageSample
+from apps.mixjobs.models import MixJob
+
+
+def live_jobs() -> QuerySet[MixJob]:
+    return MixJob.objects.filter(deleted_at__isnull=True, vanished_at__isnull=True)
+
+
+def stalled_filter() -> Q:
+    cutoff = timezone.now() - timedelta(hours=settings.STALLED_JOB_HOURS)
+    return Q(state__in=MixJob.IN_PROGRESS, updated_at__lt=cutoff, problem="")
+
+
+def expired_filter() -> Q:
+    return Q(expires_at__lte=timezone.now(), problem="")
+
+
+def mixjobs_totals() -> dict:
+    """Counts by state, expired and stalled counts and bytes, in two queries."""
+    by_state = dict(live_jobs().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    totals = live_jobs().aggregate(
+        jobs=Count("id"),
+        jobs_bytes=Sum("job_bytes"),
+        indexes_bytes=Sum("index_bytes"),
+        expired=Count("id", filter=expired_filter()),
+        expired_bytes=Sum("job_bytes", filter=expired_filter()),
+        stalled=Count("id", filter=stalled_filter()),
+        problems=Count("id", filter=~Q(problem="")),
+    )
+    return {"by_state": by_state, **{k: v or 0 for k, v in totals.items()}}
+
+
+def mixjobs_held_bytes() -> int | None:
+    """Job files, index files and outputs, as the last sync measured them (one query)."""
+    sample = StorageSample.objects.filter(domain="mixjobs", subject="all").order_by("-sampled_at").first()
+    return sample.total_bytes if sample else None
+
+
+def overview_section() -> dict:
+    totals = mixjobs_totals()
+    held = mixjobs_held_bytes()
+    leaks = []
+    if totals["expired"]:
+        leaks.append(
+            {
+                "label": f"{totals['expired']} expired mix job(s) not yet removed",
+                "domain": "mixjobs",
+                "bytes": totals["expired_bytes"],
+                "fix_url": reverse("mixjobs:cleanup"),
+                "fix_label": "Clean up expired jobs",
+            }
+        )
+    rows = [("jobs", totals["jobs"])]
+    rows += [(state, count) for state, count in sorted(totals["by_state"].items()) if state]
+    rows += [("stalled", totals["stalled"]), ("problems", totals["problems"])]
+    return {
+        "title": "Mix jobs",
+        "url": reverse("mixjobs:list"),
+        "bytes": held if held is not None else totals["jobs_bytes"] + totals["indexes_bytes"],
+        "rows": rows,
+        "leaks": leaks,
+    }
