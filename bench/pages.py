@@ -7,16 +7,19 @@ empty database, in the same run, and print the ratios and query counts.
 Target: every page within 3x of its empty-database time, with the same number of queries.
 """
 
-import argparse
 import os
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# bench/inspect.py is named like the standard library's `inspect`: take bench/ off the path
+# before anything imports it, and put the project root there instead.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [ROOT, *(p for p in sys.path if os.path.abspath(p or ".") != os.path.join(ROOT, "bench"))]
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 PAGES = [
     "dashboard:overview",

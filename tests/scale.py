@@ -91,3 +91,35 @@ def seed_audit(count: int) -> None:
 
 
 SEEDERS = {"pods": seed_pods, "sessions": seed_sessions, "audit": seed_audit}
+
+
+def seed_mixjobs(count: int, *, sessions: int = 5000) -> None:
+    from apps.mixjobs.models import MixJob
+
+    now = timezone.now()
+    start = MixJob.objects.count()
+    states = [MixJob.State.COMPLETE, MixJob.State.ERROR, MixJob.State.MIXING, MixJob.State.QUEUED]
+    rows = []
+    for i in range(count):
+        state = states[i % len(states)]
+        updated = now - timedelta(hours=i % 100)
+        rows.append(
+            MixJob(
+                session_id=f"seed-s{(start + i) % sessions}",
+                job_id=f"seed-j{start + i}",
+                state=state,
+                progress=100 if state == MixJob.State.COMPLETE else 40,
+                updated_at=updated,
+                created_at=updated,
+                job_path=f"/seed/seed-s{(start + i) % sessions}/jobs/seed-j{start + i}.json",
+                job_bytes=900,
+                expires_at=updated + timedelta(hours=48) if state == MixJob.State.COMPLETE else None,
+            )
+        )
+        if len(rows) >= BATCH:
+            MixJob.objects.bulk_create(rows, batch_size=BATCH)
+            rows = []
+    MixJob.objects.bulk_create(rows, batch_size=BATCH)
+
+
+SEEDERS["mixjobs"] = seed_mixjobs

@@ -138,8 +138,11 @@ def _read_regular_file(path: Path, *, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_job_file(*, session_id: str, path: Path) -> JobFile:
-    """Parse one job file; never raises for bad content, records a `problem` instead."""
+def read_job_file(*, session_id: str, path: Path, with_index: bool = True, for_mirror: bool = True) -> JobFile:
+    """Parse one job file; never raises for bad content, records a `problem` instead.
+
+    Cleanup passes `for_mirror=False`: it judges state and times, and skips copying the
+    free-form fields the mirror keeps."""
     job_id = path.name[: -len(".json")]
     try:
         raw = _read_regular_file(path, limit=MAX_JOB_FILE_BYTES)
@@ -172,21 +175,23 @@ def read_job_file(*, session_id: str, path: Path) -> JobFile:
         job.problem = f"unknown state {str(state)[:40]!r}"
     progress = content.get("progress")
     job.progress = int(progress) if isinstance(progress, int | float) and 0 <= progress <= 100 else None
-    job.message = str(content.get("message") or "")[:2000]
-    job.error = str(content.get("error") or "")[:2000]
-    job.created_at = parse_time(content.get("created_at"))
     job.updated_at = parse_time(content.get("updated_at"))
     if content.get("updated_at") and job.updated_at is None and not job.problem:
         job.problem = "updated_at is not an ISO 8601 time"
-    extra = content.get("extra")
-    if isinstance(extra, dict):
-        encoded = len(json.dumps(extra, default=str))
-        job.extra = extra if encoded <= MAX_EXTRA_BYTES else {"_truncated": True, "_bytes": encoded}
+    if for_mirror:
+        job.message = str(content.get("message") or "")[:2000]
+        job.error = str(content.get("error") or "")[:2000]
+        job.created_at = parse_time(content.get("created_at"))
+        extra = content.get("extra")
+        if isinstance(extra, dict):
+            encoded = len(json.dumps(extra, default=str))
+            job.extra = extra if encoded <= MAX_EXTRA_BYTES else {"_truncated": True, "_bytes": encoded}
     if not job.problem and content.get("job_id") != job_id:
         job.problem = f"job_id {str(content.get('job_id'))[:60]!r} differs from its file name"
     if not job.problem and content.get("session_id") != session_id:
         job.problem = f"session_id {str(content.get('session_id'))[:60]!r} differs from its folder"
-    _read_index(job)
+    if with_index:
+        _read_index(job)
     return job
 
 
@@ -337,7 +342,8 @@ def _upsert(rows: list[MixJob]) -> None:
     key = f"{quote('session_id')}, {quote('job_id')}"
     sql = f"INSERT INTO {quote(table)} ({names}) VALUES ({placeholders}) ON CONFLICT ({key}) DO UPDATE SET {updates}"  # noqa: S608
     params = [[field.get_db_prep_save(getattr(row, field.attname), connection) for field in columns] for row in rows]
-    with connection.cursor() as cursor:
+    # One transaction per batch: in autocommit SQLite would commit (and sync) every row.
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, params)
 
 
@@ -422,6 +428,18 @@ class CleanupReport:
     skipped: list[dict] = field(default_factory=list)
     sessions_seen: int = 0
     file_bytes: dict[str, int] = field(default_factory=dict)
+    # Resolved parent folders: proving containment costs one resolve per folder, not per file.
+    resolved: dict[str, str] = field(default_factory=dict)
+
+    def inside(self, path: Path, root: Path) -> bool:
+        top = self._resolve(str(root))
+        parent = self._resolve(os.path.dirname(path))
+        return parent == top or parent.startswith(top + os.sep)
+
+    def _resolve(self, folder: str) -> str:
+        if folder not in self.resolved:
+            self.resolved[folder] = os.path.realpath(folder)
+        return self.resolved[folder]
 
     def skip(self, path: Path | str, reason: str) -> None:
         self.skipped.append({"path": str(path), "reason": reason})
@@ -449,7 +467,7 @@ def _unlink_regular(path: Path, *, root: Path, report: CleanupReport, dry_run: b
     if not stat.S_ISREG(st.st_mode):
         report.skip(path, "not a regular file")
         return 0
-    if path.parent.resolve() != root.resolve() and root.resolve() not in path.parent.resolve().parents:
+    if not report.inside(path, root):
         report.skip(path, f"outside {root}")
         return 0
     if not dry_run:
@@ -466,7 +484,10 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
     expired: list[JobFile] = []
     remaining = 0
     for path in iter_job_files(jobs_folder):
-        job = read_job_file(session_id=session_id, path=path)
+        # The index matters only for a job about to go: read it for expired jobs alone.
+        job = read_job_file(session_id=session_id, path=path, with_index=False, for_mirror=False)
+        if not job.problem and job.is_expired(now):
+            _read_index(job)
         if job.problem:
             report.skip(path, f"problem: {job.problem}")
             remaining += 1
@@ -476,7 +497,7 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
             remaining += 1
     for job in expired:
         # Re-read just before deleting: a job rewritten since the scan is no longer the one we judged.
-        again = read_job_file(session_id=session_id, path=job.path)
+        again = read_job_file(session_id=session_id, path=job.path, with_index=False, for_mirror=False)
         if again.fingerprint != job.fingerprint or not again.is_expired(now):
             report.skip(job.path, "changed since it was scanned")
             remaining += 1

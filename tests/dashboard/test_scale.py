@@ -18,6 +18,8 @@ LIST_PAGES = [
     ("dashboard:audit", 10),
     ("pods:list", 15),
     ("separations:list", 15),
+    ("mixjobs:list", 12),
+    ("volumes:list", 15),
 ]
 
 

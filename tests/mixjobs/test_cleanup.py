@@ -151,11 +151,11 @@ def test_job_rewritten_between_scan_and_delete_is_kept(clock, monkeypatch):
     real_read = services.read_job_file
     calls = {"n": 0}
 
-    def read_then_writer_updates(*, session_id, path):
+    def read_then_writer_updates(*, session_id, path, **options):
         calls["n"] += 1
         if calls["n"] == 2:  # the re-read just before deletion: the service restarted the job meanwhile
             write_job("s1", "j", state="queued", updated_at=NOW)
-        return real_read(session_id=session_id, path=path)
+        return real_read(session_id=session_id, path=path, **options)
 
     monkeypatch.setattr(services, "read_job_file", read_then_writer_updates)
     report = mixjobs_cleanup(actor="tests", session_id="s1")
