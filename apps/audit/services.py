@@ -240,3 +240,24 @@ def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
         finished_at=timezone.now(),
         error="worker stopped sending heartbeats (killed or lost); the next run will finish the work",
     )
+
+
+def operation_run_inline(*, operation: Operation, work: Callable[[Operation], Any]) -> Operation:
+    """Run a just-created operation in this process (CLI, synchronous callers) and raise the
+    service's own PanelError if it failed, so a NotFound stays a NotFound for the caller.
+    The row records the outcome either way."""
+    raised: list[PanelError] = []
+
+    def keep_error(op: Operation):
+        try:
+            return work(op)
+        except PanelError as exc:
+            raised.append(exc)
+            raise
+
+    finished = operation_execute(operation_id=operation.pk, work=keep_error)
+    if raised:
+        raise raised[0]
+    if finished.status != Operation.Status.SUCCEEDED:
+        raise PanelError(f"operation #{finished.pk} {finished.status}: {finished.error}")
+    return finished

@@ -37,7 +37,6 @@ from apps.audit.services import (
     actor_parts,
     audit_record,
     operation_create,
-    operation_execute,
     operation_log,
 )
 from apps.dashboard.services import storage_sample_record
@@ -638,10 +637,3 @@ def mixjobs_sync_start(*, actor: Actor) -> Operation:
 
 def mixjobs_sync_run(*, operation: Operation) -> dict[str, Any]:
     return mixjobs_sync(actor=operation.actor_user or operation.actor_name, operation=operation)
-
-
-def run_inline(operation: Operation, work) -> Operation:
-    """Run a just-created operation in this process (CLI, schedules) and return the finished row."""
-    finished = operation_execute(operation_id=operation.pk, work=work)
-    finished.refresh_from_db()
-    return finished

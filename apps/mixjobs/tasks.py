@@ -6,7 +6,6 @@ from apps.mixjobs.services import (
     mixjobs_cleanup_start,
     mixjobs_sync_run,
     mixjobs_sync_start,
-    run_inline,
 )
 from controlpanel.errors import Busy
 
@@ -29,7 +28,7 @@ def mixjobs_cleanup_scheduled() -> str:
         operation = mixjobs_cleanup_start(actor="schedule:mix jobs cleanup")
     except Busy as exc:
         return f"skipped: {exc}"  # an admin's cleanup is running; this turn is not needed
-    return run_inline(operation, lambda op: mixjobs_cleanup_run(operation=op)).status
+    return operation_execute(operation_id=operation.pk, work=lambda op: mixjobs_cleanup_run(operation=op)).status
 
 
 def mixjobs_sync_scheduled() -> str:
@@ -37,4 +36,4 @@ def mixjobs_sync_scheduled() -> str:
         operation = mixjobs_sync_start(actor="schedule:mix jobs sync")
     except Busy as exc:
         return f"skipped: {exc}"
-    return run_inline(operation, lambda op: mixjobs_sync_run(operation=op)).status
+    return operation_execute(operation_id=operation.pk, work=lambda op: mixjobs_sync_run(operation=op)).status

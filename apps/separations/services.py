@@ -32,8 +32,8 @@ from apps.audit.services import (
     audit_record,
     operation_create,
     operation_enqueue,
-    operation_execute,
     operation_log,
+    operation_run_inline,
 )
 from apps.dashboard.services import storage_sample_record
 from apps.separations.models import STEMS, SeparationSession, session_transition
@@ -415,25 +415,6 @@ def _start(*, kind: str, volume: str, actor: Actor, task: str, params: dict) -> 
     return operation_create(kind=kind, target_type=TARGET_TYPE, target_id=volume, actor=actor, task=task, params=params)
 
 
-def _run_inline(operation: Operation, work) -> dict[str, Any]:
-    """Execute now and hand the caller the service's own error (NotFound stays NotFound)."""
-    raised: list[PanelError] = []
-
-    def keep_error(op: Operation):
-        try:
-            return work(op)
-        except PanelError as exc:
-            raised.append(exc)
-            raise
-
-    finished = operation_execute(operation_id=operation.pk, work=keep_error)
-    if raised:
-        raise raised[0]
-    if finished.status != Operation.Status.SUCCEEDED:
-        raise PanelError(f"operation #{finished.pk} {finished.status}: {finished.error}")
-    return finished.result
-
-
 def _cleanup_params(policy: str, session_ids: Sequence[str]) -> dict[str, Any]:
     chosen = policy_get(policy)
     ids = clean_session_ids(session_ids)
@@ -464,7 +445,7 @@ def sessions_cleanup_now(*, policy: str, actor: Actor, session_ids: Sequence[str
     operation = _start(
         kind="sessions.cleanup", volume=sessions_backend().name, actor=actor, task=CLEANUP_TASK, params=params
     )
-    return _run_inline(operation, lambda op: sessions_cleanup_run(operation=op))
+    return operation_run_inline(operation=operation, work=lambda op: sessions_cleanup_run(operation=op)).result
 
 
 def sessions_cleanup_enqueue(*, policy: str, actor: Actor, session_ids: Sequence[str] = ()) -> Operation:
@@ -545,7 +526,7 @@ def sessions_sync_run(*, operation: Operation) -> dict[str, Any]:
 
 def sessions_sync_now(*, actor: Actor) -> dict[str, Any]:
     operation = _start(kind="sessions.sync", volume=sessions_backend().name, actor=actor, task=SYNC_TASK, params={})
-    return _run_inline(operation, lambda op: sessions_sync_run(operation=op))
+    return operation_run_inline(operation=operation, work=lambda op: sessions_sync_run(operation=op)).result
 
 
 def sessions_sync_enqueue(*, actor: Actor) -> Operation:

@@ -25,8 +25,8 @@ from apps.audit.services import (
     audit_record,
     operation_create,
     operation_enqueue,
-    operation_execute,
     operation_log,
+    operation_run_inline,
 )
 from apps.dashboard.services import storage_sample_record
 from apps.volumes.backends import VolumeBackend, backend_for_url, clean_path
@@ -545,28 +545,11 @@ def volume_inspect_enqueue(*, volume: Volume, actor: Actor) -> Operation:
     return operation
 
 
-def _run_inline(operation: Operation, work) -> Operation:
-    """Execute now and hand the caller the service's own error (Unreachable stays Unreachable)."""
-    raised: list[PanelError] = []
-
-    def keep_error(op: Operation):
-        try:
-            return work(op)
-        except PanelError as exc:
-            raised.append(exc)
-            raise
-
-    finished = operation_execute(operation_id=operation.pk, work=keep_error)
-    if raised:
-        raise raised[0]
-    if finished.status != Operation.Status.SUCCEEDED:
-        raise PanelError(f"operation #{finished.pk} {finished.status}: {finished.error}")
-    return finished
-
-
 def volume_inspect_now(*, volume: Volume, actor: Actor) -> Inspection:
     """Synchronous inspection (CLI): the same operation, run in this process."""
-    finished = _run_inline(_inspect_operation(volume=volume, actor=actor), lambda op: volume_inspect_run(operation=op))
+    finished = operation_run_inline(
+        operation=_inspect_operation(volume=volume, actor=actor), work=lambda op: volume_inspect_run(operation=op)
+    )
     return Inspection.objects.get(pk=finished.result["inspection_id"])
 
 
@@ -761,5 +744,5 @@ def volume_crosscheck_enqueue(*, volume: Volume, folder: str, s3_url: str, actor
 
 def volume_crosscheck_now(*, volume: Volume, folder: str, s3_url: str, actor: Actor) -> CrossCheck:
     operation = _crosscheck_operation(volume=volume, folder=folder, s3_url=s3_url, actor=actor)
-    finished = _run_inline(operation, lambda op: volume_crosscheck_run(operation=op))
+    finished = operation_run_inline(operation=operation, work=lambda op: volume_crosscheck_run(operation=op))
     return CrossCheck.objects.get(pk=finished.result["crosscheck_id"])

@@ -2,13 +2,13 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.audit.services import operation_run_inline
 from apps.mixjobs.services import (
     mixjobs_cleanup,
     mixjobs_cleanup_report,
     mixjobs_cleanup_start,
     mixjobs_sync_run,
     mixjobs_sync_start,
-    run_inline,
 )
 from controlpanel.errors import PanelError
 
@@ -54,10 +54,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  skipped {skipped['path']}: {skipped['reason']}")
 
     def _operation(self, operation, run):
-        finished = run_inline(operation, lambda op: run(operation=op))
-        if finished.status != "succeeded":
-            raise CommandError(finished.error)
-        return finished.result
+        return operation_run_inline(operation=operation, work=lambda op: run(operation=op)).result
 
 
 def _json(result: dict) -> str:
