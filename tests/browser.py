@@ -14,7 +14,9 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-@pytest.fixture(scope="session")
+# Per module: Playwright's sync API keeps an event loop running while the browser is open,
+# and the Modal SDK (rightly) warns about blocking calls made under a running loop.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         require_part("chromium", f"{CHROMIUM} is missing", "Install Debian's chromium package")
