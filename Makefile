@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install migrate bench clean
+.PHONY: run test lint format install migrate bench clean base-image
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 format: lint
+
+# The pod base image, made without a registry: a busybox-static rootfs through `docker import`.
+POD_IMAGE ?= pinacle-base:latest
+base-image:
+	@bb=$$(command -v busybox || echo /bin/busybox); test -x "$$bb" || { echo "install Debian's busybox-static first"; exit 1; }; \
+	root=$$(mktemp -d); mkdir -p $$root/bin $$root/etc $$root/tmp $$root/root $$root/home $$root/usr/local $$root/opt $$root/var $$root/srv $$root/workspace; \
+	cp "$$bb" $$root/bin/busybox; for applet in $$("$$bb" --list); do [ -e $$root/bin/$$applet ] || ln -s busybox $$root/bin/$$applet; done; \
+	echo 'root:x:0:0:root:/root:/bin/sh' > $$root/etc/passwd; echo 'root:x:0:' > $$root/etc/group; \
+	tar -C $$root -c . | docker import --change 'CMD ["/bin/sh"]' - $(POD_IMAGE); rm -rf $$root; \
+	echo "built $(POD_IMAGE)"
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
