@@ -28,7 +28,10 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-occurred_at", "-id"]
-        indexes = [models.Index(fields=["target_type", "target_id", "-occurred_at"])]
+        indexes = [
+            models.Index(fields=["target_type", "target_id", "-occurred_at"]),
+            models.Index(fields=["-occurred_at", "-id"], name="audit_newest_first"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.action} {self.target_type}:{self.target_id} → {self.outcome}"

@@ -52,7 +52,11 @@ class MixJob(models.Model):
     class Meta:
         ordering = ["-updated_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["session_id", "job_id"], name="one_row_per_session_job")]
-        indexes = [models.Index(fields=["deleted_at", "vanished_at", "state"])]
+        indexes = [
+            models.Index(fields=["deleted_at", "vanished_at", "state"]),
+            # The list page walks this index newest first and stops after one page.
+            models.Index(fields=["-updated_at", "-id"], name="mixjob_newest_first"),
+        ]
         permissions = [("cleanup_mixjob", "Can clean up expired mix jobs")]
 
     def __str__(self) -> str:

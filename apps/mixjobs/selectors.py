@@ -25,9 +25,10 @@ def expired_filter() -> Q:
 
 
 def mixjobs_totals() -> dict:
-    """Counts by state, expired and stalled counts and bytes, in two queries."""
-    by_state = dict(live_jobs().values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    """Counts by state, expired and stalled counts and bytes: one scan, one query."""
+    per_state = {f"state_{value}": Count("id", filter=Q(state=value)) for value in MixJob.State.values}
     totals = live_jobs().aggregate(
+        **per_state,
         jobs=Count("id"),
         jobs_bytes=Sum("job_bytes"),
         indexes_bytes=Sum("index_bytes"),
@@ -36,6 +37,8 @@ def mixjobs_totals() -> dict:
         stalled=Count("id", filter=stalled_filter()),
         problems=Count("id", filter=~Q(problem="")),
     )
+    by_state = {value: totals.pop(f"state_{value}") for value in MixJob.State.values}
+    by_state = {state: count for state, count in by_state.items() if count}
     return {"by_state": by_state, **{k: v or 0 for k, v in totals.items()}}
 
 

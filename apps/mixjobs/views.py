@@ -30,7 +30,7 @@ def list_view(request):
         queryset = queryset.filter(stalled_filter())
     if filters["problem"] == YES:
         queryset = queryset.exclude(problem="")
-    page = Paginator(queryset.order_by("expires_at", "-updated_at", "id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(queryset.order_by("-updated_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
         "page": page,
         "filters": filters,
