@@ -53,9 +53,13 @@ class MixJob(models.Model):
         ordering = ["-updated_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["session_id", "job_id"], name="one_row_per_session_job")]
         indexes = [
-            models.Index(fields=["deleted_at", "vanished_at", "state"]),
-            # The list page walks this index newest first and stops after one page.
-            models.Index(fields=["-updated_at", "-id"], name="mixjob_newest_first"),
+            # The list page walks this index newest first and stops after one page; partial,
+            # so it matches the page's "live jobs" filter and the planner picks it.
+            models.Index(
+                fields=["-updated_at", "-id"],
+                name="mixjob_live_newest_first",
+                condition=models.Q(deleted_at__isnull=True, vanished_at__isnull=True),
+            ),
         ]
         permissions = [("cleanup_mixjob", "Can clean up expired mix jobs")]
 

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
@@ -24,8 +25,21 @@ def expired_filter() -> Q:
     return Q(expires_at__lte=timezone.now(), problem="")
 
 
+TOTALS_CACHE_KEY = "mixjobs:totals"
+TOTALS_CACHE_SECONDS = 60
+
+
 def mixjobs_totals() -> dict:
-    """Counts by state, expired and stalled counts and bytes: one scan, one query."""
+    """Counts by state, expired and stalled counts and bytes. One scan of the table, kept a
+    minute in the shared cache; sync and cleanup drop it when they change the rows."""
+    return cache.get_or_set(TOTALS_CACHE_KEY, _mixjobs_totals, TOTALS_CACHE_SECONDS)
+
+
+def mixjobs_totals_forget() -> None:
+    cache.delete(TOTALS_CACHE_KEY)
+
+
+def _mixjobs_totals() -> dict:
     per_state = {f"state_{value}": Count("id", filter=Q(state=value)) for value in MixJob.State.values}
     totals = live_jobs().aggregate(
         **per_state,

@@ -41,6 +41,7 @@ from apps.audit.services import (
 )
 from apps.dashboard.services import storage_sample_record
 from apps.mixjobs.models import MixJob
+from apps.mixjobs.selectors import mixjobs_totals_forget
 from controlpanel.errors import Busy, InvalidInput
 from controlpanel.paths import validate_id
 
@@ -384,6 +385,7 @@ def mixjobs_sync(*, actor: Actor, operation: Operation | None = None) -> dict[st
         .update(vanished_at=started)
     )
     storage_sample_record(domain="mixjobs", subject="all", total_bytes=total_bytes, total_files=seen)
+    mixjobs_totals_forget()
     if operation is not None:
         operation_log(operation, f"{seen} jobs ({problems} with problems), {vanished} vanished, {total_bytes} bytes")
     return {
@@ -583,6 +585,7 @@ def _record_cleanup(
             },
             operation=operation,
         )
+    mixjobs_totals_forget()
     if operation is not None:
         operation_log(operation, message)
 
