@@ -232,7 +232,7 @@ def operation_retry(*, operation: Operation, actor: Actor) -> Operation:
 def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
     """Mark running operations whose worker stopped sending heartbeats as errored, so the
     target is free again and the domain's reconcile can roll the work forward or back."""
-    limit = older_than or timedelta(seconds=settings.Q_CLUSTER["retry"])
+    limit = older_than if older_than is not None else timedelta(seconds=settings.Q_CLUSTER["retry"])
     cutoff = timezone.now() - limit
     stale = Operation.objects.filter(status=Operation.Status.RUNNING, heartbeat_at__lt=cutoff)
     return stale.update(
