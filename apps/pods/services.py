@@ -762,7 +762,86 @@ def pods_reconcile(*, actor: Actor, operation: Operation | None = None) -> dict:
     report: dict[str, Any] = {"hosts": {}}
     for host in DockerHost.objects.all():
         report["hosts"][host.name] = _reconcile_host(host=host, actor=actor, operation=operation)
+    report["resumed"] = pods_resume_interrupted(actor=actor, operation=operation)
     return report
+
+
+# What an interrupted action becomes on the next run: the user's own action again (each
+# resumes where it stopped), except provisioning, which holds no user data and rolls back.
+RESUME_ACTIONS = {
+    Pod.Status.STOPPING: "stop",
+    Pod.Status.STARTING: "start",
+    Pod.Status.DEPROVISIONING: "deprovision",
+    Pod.Status.DELETING: "delete",
+}
+
+
+def pods_resume_interrupted(*, actor: Actor, operation: Operation | None = None) -> dict[str, str]:
+    """Roll forward (or back) pods left mid-action by a worker that died.
+
+    A pod is interrupted when it sits in a transitional status with no active operation and
+    no recorded error: a failure always records its reason in `last_error` (and waits for a
+    person), while a killed worker leaves nothing. Its operation was marked errored by
+    `operation_reap_stale`. Stop, start, deprovision and delete are queued again as new
+    operations (each resumes: a verified snapshot is reused, a half restore is redone);
+    provisioning is rolled back and the pod marked failed."""
+    busy = set(
+        Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values_list("target_id", flat=True)
+    )
+    interrupted = (
+        Pod.objects.filter(status__in=[*RESUME_ACTIONS, Pod.Status.PROVISIONING], last_error="", host__reachable=True)
+        .exclude(pod_id__in=busy)
+        .select_related("host")
+    )
+    resumed: dict[str, str] = {}
+    for pod in interrupted:
+        if pod.status == Pod.Status.PROVISIONING:
+            resumed[pod.pod_id] = _provision_roll_back(pod_id=pod.pod_id, actor=actor, operation=operation)
+            continue
+        action = RESUME_ACTIONS[pod.status]
+        try:
+            queued = pod_operation_create(action=action, pod_id=pod.pod_id, actor=actor, params={"resumed": True})
+        except PanelError as exc:  # a person (or another worker) got there first
+            resumed[pod.pod_id] = f"left alone: {exc}"
+            continue
+        audit_record(
+            actor=actor,
+            action="pod.resume",
+            target_type="pod",
+            target_id=pod.pod_id,
+            message=f"{pod.status} without a worker: {action} queued again as operation #{queued.pk}",
+            operation=operation,
+        )
+        operation_enqueue(operation=queued)
+        _log(operation, f"{pod.pod_id}: interrupted while {pod.status}; {action} queued as operation #{queued.pk}")
+        resumed[pod.pod_id] = f"{action} queued as operation #{queued.pk}"
+    return resumed
+
+
+def _provision_roll_back(*, pod_id: str, actor: Actor, operation: Operation | None) -> str:
+    with transaction.atomic():
+        pod = _locked(pod_id)
+        if pod.status != Pod.Status.PROVISIONING or pod.last_error:
+            return "left alone: changed meanwhile"
+        pod.transition(Pod.Status.FAILED)
+        pod.last_error = "provisioning was interrupted (its worker stopped)"
+        pod.save()
+    leftover = _provision_cleanup(pod=pod, engine=engine_for(pod.host), operation=operation)
+    message = "provisioning was interrupted; rolled back" + (
+        f", but cleanup left something behind: {leftover}" if leftover else ": container and volumes removed"
+    )
+    Pod.objects.filter(pod_id=pod_id).update(last_error=message[:4000])
+    audit_record(
+        actor=actor,
+        action="pod.provision",
+        target_type="pod",
+        target_id=pod_id,
+        outcome=AuditEvent.Outcome.FAILED,
+        message=message,
+        operation=operation,
+    )
+    _log(operation, f"{pod_id}: {message}")
+    return message
 
 
 def _reconcile_host(*, host: DockerHost, actor: Actor, operation: Operation | None) -> dict:
