@@ -428,6 +428,7 @@ class CleanupReport:
     bytes_reclaimed: int = 0
     skipped: list[dict] = field(default_factory=list)
     sessions_seen: int = 0
+    actor: Any = None
     file_bytes: dict[str, int] = field(default_factory=dict)
     # Resolved parent folders: proving containment costs one resolve per folder, not per file.
     resolved: dict[str, str] = field(default_factory=dict)
@@ -484,6 +485,7 @@ def _unlink_regular(path: Path, *, root: Path, report: CleanupReport, dry_run: b
 def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report: CleanupReport) -> None:
     expired: list[JobFile] = []
     remaining = 0
+    first_deleted = len(report.deleted_jobs)
     for path in iter_job_files(jobs_folder):
         # The index matters only for a job about to go: read it for expired jobs alone.
         job = read_job_file(session_id=session_id, path=path, with_index=False, for_mirror=False)
@@ -503,17 +505,43 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
             report.skip(job.path, "changed since it was scanned")
             remaining += 1
             continue
-        reclaimed = _unlink_regular(job.path, root=media_root(), report=report, dry_run=report.dry_run)
+        # The index goes first and the job file last: a run killed in between leaves the
+        # expired job file, so the next run finds the job and finishes it (the other order
+        # would leave an index file nothing points at).
+        reclaimed = 0
         if job.index_path is not None and job.index_session == session_id:
             reclaimed += _unlink_regular(job.index_path, root=media_root(), report=report, dry_run=report.dry_run)
         elif job.index_path is not None:
             report.skip(job.index_path, f"index names session {str(job.index_session)[:60]!r}, left alone")
+        reclaimed += _unlink_regular(job.path, root=media_root(), report=report, dry_run=report.dry_run)
         report.bytes_reclaimed += reclaimed
         report.deleted_jobs.append({"session_id": session_id, "job_id": job.job_id, "state": job.state})
-    if expired and remaining == 0:
-        # The output belongs to the session: it goes only with the session's last job.
+    if remaining == 0 and (expired or _output_outlived_its_jobs(session_id, now)):
+        # The output belongs to the session: it goes only with the session's last job. One
+        # left behind by an earlier run that stopped after the last job went goes now, once
+        # it is older than any job TTL (nothing fresh is ever an orphan by accident).
         output, _ = output_file(session_id)
         report.bytes_reclaimed += _unlink_regular(output, root=outputs_root(), report=report, dry_run=report.dry_run)
+    job_ids = [job["job_id"] for job in report.deleted_jobs[first_deleted:]]
+    if job_ids and not report.dry_run:
+        # Mirror rows are marked as each session finishes, so a killed run keeps what it did.
+        _, by_name = actor_parts(report.actor)
+        MixJob.objects.filter(session_id=session_id, job_id__in=job_ids, deleted_at=None).update(
+            deleted_at=now, deleted_by=by_name
+        )
+
+
+def _output_outlived_its_jobs(session_id: str, now: datetime) -> bool:
+    """A session folder without job files whose output is older than the longest job TTL."""
+    output, size = output_file(session_id)
+    if not size:
+        return False
+    longest = max(ttl for ttl in (ttl_for(state) for state in STATES) if ttl is not None)
+    try:
+        modified = datetime.fromtimestamp(os.lstat(output).st_mtime, tz=UTC)
+    except FileNotFoundError:
+        return False
+    return now - modified >= longest
 
 
 def mixjobs_cleanup(
@@ -530,7 +558,7 @@ def mixjobs_cleanup(
     if session_id is not None:
         validate_id(session_id, kind="session id")
     now = timezone.now()
-    report = CleanupReport(dry_run=dry_run)
+    report = CleanupReport(dry_run=dry_run, actor=actor)
     progress = Progress(operation, unit="sessions")
     for item in session_folders(session_id=session_id):
         if isinstance(item, Skipped):
@@ -562,13 +590,6 @@ def _record_cleanup(
         f"{len(report.deleted_files)} file(s), {report.bytes_reclaimed} bytes; {len(report.skipped)} skipped"
     )
     with transaction.atomic():
-        if deleted and not report.dry_run:
-            by_session: dict[str, list[str]] = {}
-            for job in deleted:
-                by_session.setdefault(job["session_id"], []).append(job["job_id"])
-            _, by_name = actor_parts(actor)
-            for name, job_ids in by_session.items():
-                MixJob.objects.filter(session_id=name, job_id__in=job_ids).update(deleted_at=now, deleted_by=by_name)
         audit_record(
             actor=actor,
             action="mixjobs.cleanup",

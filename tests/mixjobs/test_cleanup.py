@@ -237,3 +237,40 @@ def test_naive_and_offset_times_are_both_utc(clock):
     content["updated_at"] = (NOW - timedelta(hours=48)).strftime("%Y-%m-%dT%H:%M:%SZ")
     atomic_write(path, json.dumps(content).encode())
     assert cleanup_expired_jobs("s1") == 1
+
+
+def test_a_cleanup_that_dies_between_two_files_leaves_the_job_for_the_next_run(clock, monkeypatch):
+    write_job("s1", "old", state="complete", updated_at=NOW - timedelta(days=3))
+    original = services._unlink_regular
+    calls = []
+
+    def die_after_first(path, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("the worker is killed here")
+        calls.append(path)
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(services, "_unlink_regular", die_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        cleanup_expired_jobs("s1")
+    # The index went first; the job file, which is what the next run looks for, is still there.
+    assert calls == [index_path("old")]
+    assert job_path("s1", "old").exists() and not index_path("old").exists()
+
+    monkeypatch.setattr(services, "_unlink_regular", original)
+    assert cleanup_expired_jobs("s1") == 1
+    assert not job_path("s1", "old").exists() and not output_path("s1").exists()
+
+
+def test_an_output_left_without_jobs_goes_once_older_than_any_ttl(clock):
+    for session_id, age in [("orphan", timedelta(hours=49)), ("recent", timedelta(hours=1))]:
+        atomic_write(output_path(session_id), b"RIFF" + b"\0" * 100)
+        stamp = (NOW - age).timestamp()
+        os.utime(output_path(session_id), (stamp, stamp))
+        job_path(session_id, "x").parent.mkdir(parents=True)
+
+    report = mixjobs_cleanup(actor="test")
+
+    assert not output_path("orphan").exists()
+    assert output_path("recent").exists()  # it may be a session whose first job is being written
+    assert report.bytes_reclaimed == 104
