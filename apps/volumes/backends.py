@@ -164,6 +164,9 @@ def backend_for_url(url: str) -> VolumeBackend:
     parsed = urlparse(url or "")
     if parsed.scheme == "local":
         path = unquote(parsed.netloc + parsed.path)
+        # A NUL would only fail later, inside an inspection, as an unexpected ValueError.
+        if "\x00" in path:
+            raise InvalidInput(f"volume URL {url!r}: the path contains a NUL character")
         if not path.startswith("/"):
             raise InvalidInput(f"volume URL {url!r}: local:// needs an absolute path, e.g. local:///srv/volume")
         return LocalBackend(Path(path), url=url)

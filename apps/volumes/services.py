@@ -567,14 +567,23 @@ def volumes_inspect_all(*, actor: Actor) -> list[Operation]:
 # -- S3 cross-check --------------------------------------------------------------------------
 
 
+# AWS allows 3-63 lowercase characters; other S3 servers (and old us-east-1 buckets) allow more.
+_S3_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """s3://bucket/prefix → (bucket, "prefix/"); the prefix always ends with a slash."""
     parsed = urlparse(url or "")
     if parsed.scheme != "s3" or not parsed.netloc:
         raise InvalidInput(f"S3 URL {url!r} is not valid: use s3://bucket/prefix")
+    if not _S3_BUCKET_RE.fullmatch(parsed.netloc):
+        raise InvalidInput(f"S3 URL {url!r} is not valid: the bucket name must be 3-255 letters, digits, '.', '-', '_'")
     prefix = parsed.path.strip("/")
     if prefix and ".." in prefix.split("/"):
         raise InvalidInput(f"S3 URL {url!r} is not valid: no '..' in the prefix")
+    # NUL and other control characters are no key S3 stores; boto3 would fail later and less clearly.
+    if any(ord(c) < 32 or ord(c) == 127 for c in prefix):
+        raise InvalidInput(f"S3 URL {url!r} is not valid: no control characters in the prefix")
     return parsed.netloc, f"{prefix}/" if prefix else ""
 
 
