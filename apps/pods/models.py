@@ -157,6 +157,13 @@ class PodVolume(models.Model):
     class Meta:
         ordering = ["pod", "id"]
         constraints = [models.UniqueConstraint(fields=["pod", "name"], name="one_volume_of_each_name_per_pod")]
+        indexes = [
+            # Existing volumes only, with their size: the overview sums them and finds those of
+            # pods that should hold none without reading the table's other rows.
+            models.Index(
+                fields=["pod", "exists", "size_bytes"], name="podvolume_existing", condition=models.Q(exists=True)
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.docker_name
@@ -196,7 +203,14 @@ class Snapshot(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["pod", "status", "-finished_at"])]
+        indexes = [
+            models.Index(fields=["pod", "status", "-finished_at"]),
+            # The overview's snapshot bytes and retention count read this index, not the rows
+            # (each row carries its manifest).
+            models.Index(
+                fields=["status", "pod", "-finished_at", "total_bytes", "bytes_done"], name="snapshot_retention"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"snapshot #{self.pk} of {self.pod_id} ({self.status})"

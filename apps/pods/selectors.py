@@ -1,20 +1,25 @@
 """Reads for pages, the CLI and the overview: a fixed number of queries each, no Docker calls."""
 
 from django.conf import settings
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, When, Window
+from django.db.models.functions import Coalesce, RowNumber
 from django.urls import reverse
 
+from apps.audit.models import Operation
 from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
 
 
 def pods_with_totals() -> QuerySet[Pod]:
-    """Pods with their host, bytes held in existing volumes and their latest snapshot (one query)."""
+    """Pods with their host, bytes held in existing volumes and their latest snapshot (one
+    query). Every total is a correlated subquery, not a join and GROUP BY: the database works
+    them out for the rows of one page only, and counting the pages counts pods alone."""
+    existing = PodVolume.objects.filter(pod=OuterRef("pk"), exists=True).order_by().values("pod")
     latest = Snapshot.objects.filter(pod=OuterRef("pk")).order_by("-created_at", "-id")
     return (
         Pod.objects.select_related("host")
         .annotate(
-            volume_bytes=Sum("volumes__size_bytes", filter=Q(volumes__exists=True)),
-            volumes_existing=Count("volumes", filter=Q(volumes__exists=True)),
+            volume_bytes=Subquery(existing.annotate(total=Sum("size_bytes")).values("total")),
+            volumes_existing=Coalesce(Subquery(existing.annotate(n=Count("id")).values("n")), 0),
             last_snapshot_id=Subquery(latest.values("id")[:1]),
             last_snapshot_status=Subquery(latest.values("status")[:1]),
             last_snapshot_bytes=Subquery(latest.values("total_bytes")[:1]),
@@ -67,6 +72,35 @@ def snapshot_leaks(keep: int | None = None) -> list[Snapshot]:
     return snapshots_to_retire(keep=keep)
 
 
+def snapshot_leaks_totals(keep: int | None = None) -> dict:
+    """How many snapshots `snapshot_leaks` would list and their bytes, in one query, without
+    loading them: the same rules (`snapshots_to_retire`) written in SQL for the overview.
+
+    Snapshots of pods with work in flight and snapshots being restored are left out before
+    the latest `keep` complete snapshots of each pod are counted, as the retention run does."""
+    keep = max(1, keep if keep is not None else settings.SNAPSHOT_RETENTION)
+    busy = Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values("target_id")
+    restoring = Pod.objects.filter(restoring_snapshot__isnull=False).values("restoring_snapshot_id")
+    candidates = (
+        Snapshot.objects.filter(status__in=[Snapshot.Status.COMPLETE, Snapshot.Status.FAILED])
+        .exclude(pod__pod_id__in=busy)
+        .exclude(pk__in=restoring)
+    )
+    ranked = candidates.filter(status=Snapshot.Status.COMPLETE).annotate(
+        rank=Window(RowNumber(), partition_by=[F("pod_id")], order_by=[F("finished_at").desc(), F("id").desc()])
+    )
+    superseded = ranked.filter(rank__gt=keep).values("pk")
+    # `total_bytes or bytes_done`, as the retention run reports what it reclaims.
+    size = Case(When(total_bytes=0, then=F("bytes_done")), default=F("total_bytes"))
+    retire = Snapshot.objects.filter(
+        Q(pk__in=candidates.filter(status=Snapshot.Status.FAILED).values("pk")) | Q(pk__in=superseded)
+    )
+    return retire.aggregate(count=Count("pk"), bytes=Sum(size, default=0))
+
+
+LEFTOVERS_SHOWN = 200
+
+
 def overview_section() -> dict:
     pods = dict(Pod.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     held = PodVolume.objects.filter(exists=True).aggregate(total=Sum("size_bytes"))["total"] or 0
@@ -84,10 +118,14 @@ def overview_section() -> dict:
         }
         for row in OrphanVolume.objects.all()[:200]
     ]
-    leftovers = (
-        PodVolume.objects.filter(exists=True, pod__status__in=Pod.NO_VOLUMES)
-        .values("pod__pod_id", "pod__status")
+    # Volumes that still exist for pods that should hold none: each pod's is one leak, the
+    # largest first and at most LEFTOVERS_SHOWN of them (a runaway leak must not make the
+    # overview render thousands of rows); one more line counts the rest.
+    leftover_volumes = PodVolume.objects.filter(exists=True, pod__status__in=Pod.NO_VOLUMES)
+    leftovers = list(
+        leftover_volumes.values("pod__pod_id", "pod__status")
         .annotate(n=Count("id"), total=Sum("size_bytes"))
+        .order_by("-total", "pod__pod_id")[:LEFTOVERS_SHOWN]
     )
     for row in leftovers:
         leaks.append(
@@ -101,13 +139,26 @@ def overview_section() -> dict:
                 "fix_label": "Review removal",
             }
         )
-    retire = snapshot_leaks()
-    if retire:
+    everything = leftover_volumes.aggregate(pods=Count("pod", distinct=True), total=Sum("size_bytes", default=0))
+    if everything["pods"] > len(leftovers):
         leaks.append(
             {
-                "label": f"{len(retire)} failed or superseded snapshots past retention ({settings.SNAPSHOT_RETENTION})",
+                "label": f"volumes of {everything['pods'] - len(leftovers)} more stopped, deprovisioned, deleted"
+                " or failed pods still exist",
                 "domain": "pods",
-                "bytes": sum(s.total_bytes or s.bytes_done for s in retire),
+                "bytes": everything["total"] - sum(row["total"] or 0 for row in leftovers),
+                "fix_url": sweep_url,
+                "fix_label": "Review orphan sweep",
+            }
+        )
+    retire = snapshot_leaks_totals()
+    if retire["count"]:
+        leaks.append(
+            {
+                "label": f"{retire['count']} failed or superseded snapshots past retention"
+                f" ({settings.SNAPSHOT_RETENTION})",
+                "domain": "pods",
+                "bytes": retire["bytes"],
                 "fix_url": reverse("pods:retention"),
                 "fix_label": "Review retention",
             }
