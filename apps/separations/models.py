@@ -41,6 +41,16 @@ class SeparationSession(models.Model):
     class Meta:
         ordering = ["modified_at", "session_id"]
         constraints = [models.UniqueConstraint(fields=["volume", "session_id"], name="one_row_per_session_per_volume")]
+        indexes = [
+            # The overview's totals per volume read this index alone, never the table.
+            models.Index(fields=["volume", "status", "modified_at", "total_bytes"], name="session_totals"),
+            # The list of live sessions, oldest first: walked in order, one page read.
+            models.Index(
+                fields=["volume", "modified_at", "session_id"],
+                name="session_live_oldest_first",
+                condition=~models.Q(status="deleted"),
+            ),
+        ]
         permissions = [
             ("cleanup_separationsession", "Can clean up separation sessions"),
             ("sync_separationsession", "Can sync separation sessions from the volume"),

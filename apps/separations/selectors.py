@@ -76,9 +76,9 @@ def sessions_totals(*, volume: str) -> dict:
 
 def sessions_oldest(*, volume: str, limit: int = OLDEST_SHOWN) -> list[SeparationSession]:
     return list(
-        SeparationSession.objects.filter(
-            volume=volume, status__in=SeparationSession.LIVE, modified_at__isnull=False
-        ).order_by("modified_at", "session_id")[:limit]
+        SeparationSession.objects.filter(volume=volume, modified_at__isnull=False)
+        .exclude(status=SeparationSession.Status.DELETED)  # live: the partial index's condition
+        .order_by("modified_at", "session_id")[:limit]
     )
 
 

@@ -53,7 +53,8 @@ def list_view(request):
     if status in SeparationSession.Status.values:
         queryset = queryset.filter(status=status)
     elif status == "live":
-        queryset = queryset.filter(status__in=SeparationSession.LIVE)
+        # Every status but deleted, written so the partial index of live sessions serves it.
+        queryset = queryset.exclude(status=SeparationSession.Status.DELETED)
     gauge = selectors.sessions_gauge(volume=volume)
     context = {
         "volume": volume,
