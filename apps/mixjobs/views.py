@@ -30,12 +30,18 @@ def list_view(request):
         queryset = queryset.filter(stalled_filter())
     if filters["problem"] == YES:
         queryset = queryset.exclude(problem="")
-    page = Paginator(queryset.order_by("-updated_at", "-id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    totals = mixjobs_totals()
+    paginator = Paginator(queryset.order_by("-updated_at", "-id"), PAGE_SIZE)
+    if not any(filters.values()):
+        # Unfiltered, the page lists every live job: the totals (dropped by every sync and
+        # cleanup, the only writers) have already counted them, so no second count of the table.
+        paginator.count = totals["jobs"]
+    page = paginator.get_page(request.GET.get("page"))
     context = {
         "page": page,
         "filters": filters,
         "states": MixJob.State.choices,
-        "totals": mixjobs_totals(),
+        "totals": totals,
         "held_bytes": mixjobs_held_bytes(),
     }
     return render(request, "mixjobs/list.html", context)
