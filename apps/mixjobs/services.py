@@ -53,6 +53,8 @@ MAX_JOB_FILE_BYTES = 16 * 1024 * 1024
 # `extra` is free-form and can be large; the mirror keeps small ones only.
 MAX_EXTRA_BYTES = 16 * 1024
 LOCK_WAIT_SECONDS = 10.0
+# Clocks of the mixing service's machines may run a little ahead of ours; more is a problem.
+FUTURE_TOLERANCE = timedelta(days=1)
 SYNC_BATCH = 1000
 STATES = set(MixJob.State.values)
 REQUIRED_FIELDS = ("job_id", "session_id", "state", "updated_at")
@@ -114,7 +116,10 @@ class JobFile:
         ttl = ttl_for(self.state)
         if ttl is None or self.updated_at is None or self.problem:
             return None
-        return self.updated_at + ttl
+        try:
+            return self.updated_at + ttl
+        except OverflowError:  # year 9999: it never expires
+            return None
 
     def is_expired(self, now: datetime) -> bool:
         expires = self.expires_at
@@ -163,6 +168,12 @@ def read_job_file(*, session_id: str, path: Path, with_index: bool = True, for_m
     except (UnicodeDecodeError, json.JSONDecodeError):
         job.problem = "not valid JSON (empty, truncated or corrupt)"
         return job
+    except RecursionError:
+        job.problem = "JSON nested too deeply"
+        return job
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        job.problem = f"JSON value out of range: {str(exc)[:80]}"
+        return job
     if not isinstance(content, dict):
         job.problem = f"JSON is a {type(content).__name__}, not an object"
         return job
@@ -178,6 +189,9 @@ def read_job_file(*, session_id: str, path: Path, with_index: bool = True, for_m
     job.updated_at = parse_time(content.get("updated_at"))
     if content.get("updated_at") and job.updated_at is None and not job.problem:
         job.problem = "updated_at is not an ISO 8601 time"
+    if job.updated_at is not None and job.updated_at > timezone.now() + FUTURE_TOLERANCE and not job.problem:
+        # A job "updated" in the future would never expire, or expire when nobody expects it.
+        job.problem = f"updated_at {job.updated_at.isoformat()} is in the future"
     if for_mirror:
         job.message = str(content.get("message") or "")[:2000]
         job.error = str(content.get("error") or "")[:2000]
@@ -214,7 +228,9 @@ def _read_index(job: JobFile) -> None:
     try:
         content = json.loads(raw)
         job.index_session = content.get("session_id") if isinstance(content, dict) else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        job.index_session = None
+    if job.index_session is not None and not isinstance(job.index_session, str):
         job.index_session = None
     if job.index_session != job.session_id and not job.problem:
         job.problem = f"index points at session {str(job.index_session)[:60]!r}"
@@ -236,6 +252,9 @@ def session_folders(*, session_id: str | None = None) -> Iterator[tuple[str, Pat
             names = sorted(entry.name for entry in os.scandir(root) if entry.name != INDEX_FOLDER)
         except FileNotFoundError:
             return
+        except NotADirectoryError:
+            yield Skipped(str(root), "MIX_MEDIA_DIR is not a folder")
+            return
     for name in names:
         folder = root / name
         try:
@@ -250,6 +269,9 @@ def session_folders(*, session_id: str | None = None) -> Iterator[tuple[str, Pat
             if session_id is not None and not folder.exists():
                 yield Skipped(str(folder), "no such session")
             continue
+        except NotADirectoryError:
+            yield Skipped(_printable(str(folder)), "not a folder")
+            continue
         if stat.S_ISLNK(folder_stat.st_mode) or stat.S_ISLNK(jobs_stat.st_mode):
             yield Skipped(str(folder), "symlink, not followed")
             continue
@@ -259,11 +281,24 @@ def session_folders(*, session_id: str | None = None) -> Iterator[tuple[str, Pat
         yield name, folder / "jobs"
 
 
-def iter_job_files(jobs_folder: Path) -> Iterator[Path]:
+def iter_job_files(jobs_folder: Path) -> Iterator[Path | Skipped]:
+    """Job files of a session; a name that is not a valid job id is a Skipped (never a row:
+    the id would be whatever bytes the name holds)."""
     with os.scandir(jobs_folder) as entries:
         for entry in entries:
-            if entry.name.endswith(".json") and not entry.name.startswith("."):
-                yield Path(entry.path)
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            try:
+                validate_id(entry.name[: -len(".json")], kind="job id")
+            except InvalidInput:
+                yield Skipped(_printable(entry.path), "file name is not a valid job id")
+                continue
+            yield Path(entry.path)
+
+
+def _printable(path: str) -> str:
+    """A path from the disk made safe to store and show (undecodable bytes escaped)."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def output_file(session_id: str) -> tuple[Path, int]:
@@ -271,7 +306,7 @@ def output_file(session_id: str) -> tuple[Path, int]:
     path = outputs_root() / session_id / OUTPUT_NAME
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file where the session's folder should be
         return path, 0
     return path, st.st_size if stat.S_ISREG(st.st_mode) else 0
 
@@ -363,6 +398,9 @@ def mixjobs_sync(*, actor: Actor, operation: Operation | None = None) -> dict[st
         output = output_file(session_id)
         total_bytes += output[1]
         for path in iter_job_files(jobs_folder):
+            if isinstance(path, Skipped):
+                skipped.append(path)
+                continue
             job = read_job_file(session_id=session_id, path=path)
             if len(job.job_id) > 128:
                 skipped.append(Skipped(str(path), "job id longer than 128 characters"))
@@ -404,7 +442,10 @@ def mixjobs_sync(*, actor: Actor, operation: Operation | None = None) -> dict[st
 def session_lock(jobs_folder: Path, *, wait: float = LOCK_WAIT_SECONDS):
     """Hold `<session>/jobs/.lock` exclusively; the mixing service may take the same lock."""
     path = jobs_folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:  # a symlink (ELOOP), a folder (EISDIR), no permission…
+        raise InvalidInput(f"{path} cannot be used as a lock: {exc.strerror}; session left alone") from None
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -461,13 +502,18 @@ def _unlink_regular(path: Path, *, root: Path, report: CleanupReport, dry_run: b
     """Remove one regular file proven inside `root`; return the bytes it held (0 if skipped)."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return 0
     if stat.S_ISLNK(st.st_mode):
         report.skip(path, "symlink, not followed")
         return 0
     if not stat.S_ISREG(st.st_mode):
         report.skip(path, "not a regular file")
+        return 0
+    if st.st_nlink > 1:
+        # Another name (maybe outside every root) holds the same bytes: removing this one
+        # would free nothing and change a file the panel does not own.
+        report.skip(path, f"hard link ({st.st_nlink} names), left alone")
         return 0
     if not report.inside(path, root):
         report.skip(path, f"outside {root}")
@@ -487,6 +533,10 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
     remaining = 0
     first_deleted = len(report.deleted_jobs)
     for path in iter_job_files(jobs_folder):
+        if isinstance(path, Skipped):
+            report.skip(path.path, path.reason)
+            remaining += 1
+            continue
         # The index matters only for a job about to go: read it for expired jobs alone.
         job = read_job_file(session_id=session_id, path=path, with_index=False, for_mirror=False)
         if not job.problem and job.is_expired(now):
@@ -572,7 +622,7 @@ def mixjobs_cleanup(
             try:
                 with session_lock(jobs_folder):
                     _clean_session(session_id=name, jobs_folder=jobs_folder, now=now, report=report)
-            except Busy as exc:
+            except (Busy, InvalidInput) as exc:
                 report.skip(jobs_folder / LOCK_NAME, str(exc))
         progress.advance(1)
     progress.flush()

@@ -564,46 +564,6 @@ def _jobs_is_file(out):
     return [put(media() / "s-jobsfile" / "jobs", b"not a folder")]
 
 
-# Bugs in apps/mixjobs/services.py (being edited elsewhere, so not fixed here): each is a
-# strict xfail that turns into a failure once the bug is fixed, so the mark gets removed.
-XF_OVERFLOW = (
-    "mixjobs: JobFile.expires_at adds the 48 h TTL to updated_at 9999-12-31T23:59:59 and raises OverflowError; "
-    "sync and cleanup operations end errored instead of reporting a problem on the job"
-)
-XF_RECURSION = (
-    "mixjobs: read_job_file catches only UnicodeDecodeError/JSONDecodeError; a 200 kB job file nested 100000 "
-    "levels deep makes json.loads raise RecursionError and the whole sync/cleanup errors"
-)
-XF_DIGITS = (
-    "mixjobs: read_job_file: a JSON integer of 5000 digits makes json.loads raise a plain ValueError "
-    "(int max str digits), not caught; the whole sync/cleanup errors"
-)
-XF_SURROGATE = (
-    "mixjobs: a job file name that is not UTF-8 (b'\\xff.json') gives job_id '\\udcff'; mixjobs_sync stores it "
-    "and the INSERT raises UnicodeEncodeError, so the sync errors (job ids from file names are never validated)"
-)
-XF_NOTDIR = (
-    "mixjobs: session_folders catches only FileNotFoundError around os.lstat(folder / 'jobs'); a regular file "
-    "MIX_MEDIA_DIR/<session> raises NotADirectoryError and sync and cleanup error for every session"
-)
-XF_NOTDIR_OUTPUT = (
-    "mixjobs: output_file catches only FileNotFoundError; a regular file MIX_OUTPUTS_DIR/<session> makes "
-    "os.lstat(<session>/final_mix.wav) raise NotADirectoryError and sync and cleanup error"
-)
-XF_NOTDIR_ROOT = (
-    "mixjobs: session_folders catches only FileNotFoundError around os.scandir(MIX_MEDIA_DIR); a regular file "
-    "there raises NotADirectoryError: the operations end errored instead of failed with a clear message"
-)
-XF_LOCK = (
-    "mixjobs: session_lock opens <session>/jobs/.lock with O_NOFOLLOW and lets the OSError through: a .lock that "
-    "is a symlink (ELOOP) or a folder (EISDIR) makes the whole cleanup error instead of skipping that session"
-)
-XF_HARDLINK = (
-    "mixjobs: _unlink_regular removes a job, index or final_mix.wav that is a hard link (st_nlink > 1) to a "
-    "file outside the roots: the outside file's link count changes and bytes_reclaimed counts bytes not freed"
-)
-
-
 MIX_CASES = [
     FileCase("empty job file", lambda out: [put(job_path("s-empty", "j1"), b"")]),
     FileCase("truncated JSON", lambda out: [put(job_path("s-trunc", "j1"), job_json("s-trunc", "j1")[:25])]),
@@ -638,42 +598,39 @@ MIX_CASES = [
                 ).encode(),
             )
         ],
-        xfail=XF_OVERFLOW,
     ),
     FileCase(
         "deeply nested JSON",
         lambda out: [put(job_path("s-deep", "j1"), b'{"extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")],
-        xfail=XF_RECURSION,
     ),
     FileCase(
         "number with 5000 digits",
         lambda out: [put(job_path("s-digits", "j1"), b'{"job_id": "j1", "progress": ' + b"9" * 5000 + b"}")],
-        xfail=XF_DIGITS,
     ),
     FileCase("job name with fullwidth letters", _named("s-names", "\uff50od-1.json", "x")),
     FileCase("job name with a newline", _named("s-names2", "a\nb.json", "a\nb")),
     FileCase("job name of 250 characters", _named("s-names3", "x" * 250 + ".json", "x" * 250)),
-    FileCase("job name that is not UTF-8", _bytes_named(b"s-names4", b"\xff.json"), xfail=XF_SURROGATE),
+    FileCase("job name that is not UTF-8", _bytes_named(b"s-names4", b"\xff.json")),
     FileCase("session name with fullwidth letters", _named("\uff50od-1", "j1.json", "j1")),
     FileCase("session name with a space", _named("a b", "j1.json", "j1")),
     FileCase("session name that is not UTF-8", _bytes_named(b"s\xff", b"j1.json")),
     FileCase("session name of dots", _named("...", "j1.json", "j1")),
-    FileCase("session folder replaced by a file", _session_is_file, xfail=XF_NOTDIR),
+    FileCase("session folder replaced by a file", _session_is_file),
     FileCase("jobs folder replaced by a file", _jobs_is_file),
-    FileCase("output folder replaced by a file", _output_folder_is_file, xfail=XF_NOTDIR_OUTPUT),
-    FileCase("media root replaced by a file", _media_root_is_file, xfail=XF_NOTDIR_ROOT),
+    FileCase("output folder replaced by a file", _output_folder_is_file),
+    FileCase("media root replaced by a file", _media_root_is_file),
     FileCase("media root missing", lambda out: []),
-    FileCase("lock file is a symlink out of the root", _lock_symlink, xfail=XF_LOCK),
-    FileCase("lock file is a folder", _lock_folder, xfail=XF_LOCK),
+    FileCase("lock file is a symlink out of the root", _lock_symlink),
+    FileCase("lock file is a folder", _lock_folder),
     FileCase("job file symlink out of the root", _job_symlink),
-    FileCase("job file hard link out of the root", _job_hardlink, xfail=XF_HARDLINK),
+    FileCase("job file hard link out of the root", _job_hardlink),
     FileCase("index symlink out of the root", _index_symlink),
-    FileCase("index hard link out of the root", _index_hardlink, xfail=XF_HARDLINK),
+    FileCase("index hard link out of the root", _index_hardlink),
     FileCase("jobs_index folder symlink out of the root", _index_folder_symlink),
     FileCase("session folder symlink out of the root", _session_symlink),
     FileCase("jobs folder symlink out of the root", _jobs_folder_symlink),
     FileCase("final_mix.wav symlink out of the root", _output_symlink),
-    FileCase("final_mix.wav hard link out of the root", _output_hardlink, xfail=XF_HARDLINK),
+    FileCase("final_mix.wav hard link out of the root", _output_hardlink),
     FileCase("outputs session folder symlink out of the root", _output_folder_symlink),
 ]
 
@@ -793,19 +750,12 @@ def _s_sessions_symlink(out):
     return [link(_sessions(), out.root / "sessions-tree")]
 
 
-XF_SESSION_HARDLINK = (
-    "separations: a cleanup removes an old session with shutil.rmtree, which unlinks a file in it that is a hard "
-    "link (st_nlink > 1) to a file outside the volume: the outside file's link count changes and bytes_reclaimed "
-    "counts its bytes, which are not freed. Needs a decision (skip such sessions, or unlink and not count the "
-    "bytes), so it is not changed here"
-)
-
 SESSION_CASES = [
     FileCase("session folder replaced by a file", _s_file),
     FileCase("session folder symlink out of the root", _s_symlink),
     FileCase("symlinks inside a session out of the root", _s_inner_symlink),
     FileCase("output folder symlink out of the root", _s_output_symlink),
-    FileCase("hard link inside a session out of the root", _s_hardlink, xfail=XF_SESSION_HARDLINK),
+    FileCase("hard link inside a session out of the root", _s_hardlink),
     FileCase("sessions folder symlink out of the root", _s_sessions_symlink),
     FileCase("session name with fullwidth letters", _s_named("\uff50od-1")),
     FileCase("session name with a space", _s_named("a b")),
