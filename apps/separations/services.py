@@ -72,6 +72,7 @@ class SessionScan:
     symlinks: int = 0
     is_symlink: bool = False  # the session folder itself is a link: removing it removes the link
     is_file: bool = False  # a plain file where a folder should be: not a session, never touched
+    hard_links: int = 0  # files with another name (maybe outside the volume): the session is left alone
 
     def touch(self, mtime: datetime | None) -> None:
         if mtime is None:
@@ -103,6 +104,8 @@ class SessionScan:
             return
         self.file_count += 1
         self.total_bytes += entry.size
+        if getattr(entry, "links", 1) > 1:
+            self.hard_links += 1
         if relative == "input.wav":
             self.input_present = True
         elif relative in STEM_FILES:
@@ -256,7 +259,13 @@ def cleanup_plan(
         if not ids:
             raise InvalidInput("a manual cleanup needs at least one session id")
         sessions = [session_scan(backend=backend, session_id=sid) for sid in ids]
-        return CleanupPlan(policy=policy, volume=backend.name, looked_at=sessions, to_delete=sessions)
+        return CleanupPlan(
+            policy=policy,
+            volume=backend.name,
+            looked_at=sessions,
+            to_delete=[s for s in sessions if not s.hard_links],
+            ignored=_hard_linked(sessions),
+        )
     if session_ids:
         raise InvalidInput(f"the {policy.name} policy chooses its own sessions; name sessions only with manual")
     scan = volume_scan(backend=backend)
@@ -264,7 +273,19 @@ def cleanup_plan(
     cutoff = now - policy.min_age
     # Strictly older: a session exactly at the limit stays for this round.
     due = [s for s in looked_at if s.modified_at is not None and s.modified_at < cutoff]
-    return CleanupPlan(policy=policy, volume=scan.volume, looked_at=looked_at, to_delete=due, ignored=scan.ignored)
+    return CleanupPlan(
+        policy=policy,
+        volume=scan.volume,
+        looked_at=looked_at,
+        to_delete=[s for s in due if not s.hard_links],
+        ignored=scan.ignored + _hard_linked(due),
+    )
+
+
+def _hard_linked(sessions: list[SessionScan]) -> list[str]:
+    """Sessions holding hard-linked files are reported and left alone: removing them would
+    free nothing for those files and change a file that may live outside the volume."""
+    return [f"{s.session_id} ({s.hard_links} hard-linked files, left alone)" for s in sessions if s.hard_links]
 
 
 # -- the batch -------------------------------------------------------------------------------

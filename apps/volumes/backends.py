@@ -33,6 +33,9 @@ class Entry:
     size: int
     mtime: datetime | None
     is_symlink: bool = False
+    # Names the file has (st_nlink): more than one means bytes shared with another path,
+    # maybe outside the volume; removing this name frees nothing and changes that file.
+    links: int = 1
 
     @property
     def name(self) -> str:
@@ -105,6 +108,7 @@ class LocalBackend:
             size=0 if stat_module.S_ISDIR(st.st_mode) else st.st_size,
             mtime=datetime.fromtimestamp(st.st_mtime, tz=UTC),
             is_symlink=is_link,
+            links=st.st_nlink if stat_module.S_ISREG(st.st_mode) else 1,
         )
 
     def iter_entries(self, path: str = "", *, recursive: bool = True) -> Iterator[Entry]:
