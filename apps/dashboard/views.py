@@ -119,8 +119,12 @@ def in_flight(request):
 def leaks(request):
     sections = overview_sections()
     rows = leak_rows(sections)
+    # Largest first, a page at a time: the total and the count still cover every leak.
+    page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
-        "leaks": rows,
+        "page": page,
+        "leaks": page.object_list,
+        "leak_count": len(rows),
         "leaked_bytes": sum(leak.get("bytes") or 0 for leak in rows),
         "errors": [section for section in sections if section.get("error")],
     }
