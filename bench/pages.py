@@ -44,7 +44,8 @@ def setup_django(workdir: Path) -> None:
             "ALLOWED_HOSTS": "testserver,127.0.0.1",
             "MIX_MEDIA_DIR": str(workdir / "media"),
             "MIX_OUTPUTS_DIR": str(workdir / "outputs"),
-            "SESSIONS_VOLUME_URL": f"local://{workdir / 'volume'}",
+            # The volume the seeded sessions are on, so the sessions pages show them.
+            "SESSIONS_VOLUME_URL": f"local://{workdir / 'music-split-jobs-data'}",
         }
     )
     import django

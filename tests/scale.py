@@ -12,6 +12,17 @@ from apps.audit.models import AuditEvent
 BATCH = 2000
 
 
+LEAK_EVERY = 50  # one pod in this many that should hold no volume still has them: a leak
+
+
+def _volumes_exist(pod, n: int) -> bool:
+    """Running and paused pods hold their volumes; stopped, deprovisioned and deleted pods
+    hold none (the services delete them), except one in LEAK_EVERY, for the overview's leaks."""
+    from apps.pods.models import Pod
+
+    return pod.status in Pod.HOLDS_VOLUMES or n % LEAK_EVERY == 0
+
+
 def seed_pods(count: int) -> None:
     from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, PodVolume, Snapshot, volume_docker_name
 
@@ -31,11 +42,11 @@ def seed_pods(count: int) -> None:
             name=name,
             docker_name=volume_docker_name(pod.pod_id, name),
             mount_path=mount,
-            exists=pod.status != Pod.Status.STOPPED,
+            exists=_volumes_exist(pod, n),
             size_bytes=4096 * (i + 1),
             measured_at=now,
         )
-        for pod in pods
+        for n, pod in enumerate(pods)
         for i, (name, mount) in enumerate(VOLUME_MOUNTS.items())
     ]
     PodVolume.objects.bulk_create(volumes, batch_size=BATCH)
