@@ -64,11 +64,12 @@ def sessions_gauge(*, volume: str) -> Gauge:
 def sessions_totals(*, volume: str) -> dict:
     """One query: live sessions and their bytes, and those past every policy's age."""
     cutoff = timezone.now() - stale_age()
-    live = Q(status__in=SeparationSession.LIVE)
-    stale = live & Q(modified_at__lt=cutoff)
-    return SeparationSession.objects.filter(volume=volume).aggregate(
-        live_count=Count("pk", filter=live),
-        live_bytes=Sum("total_bytes", filter=live, default=0),
+    stale = Q(modified_at__lt=cutoff)
+    # Live in the WHERE clause, not in a FILTER on each total: the database then reads only
+    # the live entries of its covering index, and tests one condition per row, not four.
+    return SeparationSession.objects.filter(volume=volume, status__in=SeparationSession.LIVE).aggregate(
+        live_count=Count("pk"),
+        live_bytes=Sum("total_bytes", default=0),
         stale_count=Count("pk", filter=stale),
         stale_bytes=Sum("total_bytes", filter=stale, default=0),
     )
