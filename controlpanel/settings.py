@@ -225,6 +225,11 @@ SNAPSHOT_RETENTION = envint("SNAPSHOT_RETENTION", 3)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
 AWS_ENDPOINT_URL = envstr("AWS_ENDPOINT_URL")
 AWS_REGION = envstr("AWS_REGION", envstr("AWS_DEFAULT_REGION", "us-east-1"))
+# A store that does not answer within these is unreachable; botocore retries a request
+# (connection errors, 5xx, throttling) until S3_MAX_ATTEMPTS attempts in all.
+S3_CONNECT_TIMEOUT_SECONDS = envfloat("S3_CONNECT_TIMEOUT_SECONDS", 5.0)
+S3_READ_TIMEOUT_SECONDS = envfloat("S3_READ_TIMEOUT_SECONDS", 120.0)
+S3_MAX_ATTEMPTS = envint("S3_MAX_ATTEMPTS", 3)
 
 # Mix jobs written by the mixing service.
 MIX_MEDIA_DIR = Path(envstr("MIX_MEDIA_DIR", str(VAR_DIR / "mix" / "media")))

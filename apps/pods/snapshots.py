@@ -160,9 +160,9 @@ def _s3_client():
         endpoint_url=settings.AWS_ENDPOINT_URL or None,
         region_name=settings.AWS_REGION,
         config=Config(
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=120,
+            retries={"max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"},
+            connect_timeout=settings.S3_CONNECT_TIMEOUT_SECONDS,
+            read_timeout=settings.S3_READ_TIMEOUT_SECONDS,
             # We checksum every byte ourselves (sha256, and MD5 against the ETag): one more
             # CRC pass per part on both ends would only cost CPU.
             request_checksum_calculation="when_required",
@@ -177,7 +177,11 @@ def _s3_error(store: "S3Store", key: str, exc: Exception) -> PanelError:
 
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
-        return StoreError(f"snapshot store {store.url} refused {key}: {code or exc}")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        # A HEAD answer has no body, so its code is only the status again ("500").
+        code = "" if code == str(status) else code
+        reason = f"{code} (HTTP {status})" if code and status else code or (f"HTTP {status}" if status else str(exc))
+        return StoreError(f"snapshot store {store.url} refused {key}: {reason}")
     return Unreachable(f"snapshot store {store.url} unreachable: {str(exc).splitlines()[0][:200]}")
 
 
@@ -217,8 +221,14 @@ class _S3Writer(ObjectWriter):
             self.upload_id = client.create_multipart_upload(Bucket=self.store.bucket, Key=self.full_key)["UploadId"]
             self.pool = ThreadPoolExecutor(max_workers=PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
         self.slots.acquire()
-        for done in [f for f in self.futures if f.done()]:
-            done.result()  # an earlier part failed: stop feeding this upload
+        try:
+            for done in [f for f in self.futures if f.done()]:
+                done.result()  # an earlier part failed: stop feeding this upload
+        except BaseException:
+            # No part takes this slot: without the release, the store's other writers would
+            # run with one slot fewer, and with every slot lost, wait forever.
+            self.slots.release()
+            raise
         self.futures.append(self.pool.submit(self._upload_part, len(self.futures) + 1, body))
 
     def write(self, chunk: bytes) -> None:
@@ -270,7 +280,7 @@ class _S3Writer(ObjectWriter):
             self.store.client.abort_multipart_upload(
                 Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id
             )
-        except Exception:  # noqa: S110 - the store is down; an unfinished upload holds no object and expires
+        except Exception:  # noqa: S110 - the store is failing: purging the failed snapshot aborts it later
             pass
 
 
@@ -335,8 +345,18 @@ class S3Store(SnapshotStore):
             raise _s3_error(self, key, exc) from exc
 
     def delete_prefix(self, prefix: str) -> int:
+        """Also aborts unfinished multipart uploads under the prefix: a snapshot that failed
+        while the store was failing could not abort its own (the abort failed too, or the
+        store started an upload whose id never reached us), and S3 keeps, and bills, their
+        parts until someone does."""
         removed = 0
         try:
+            uploads = self.client.get_paginator("list_multipart_uploads")
+            for page in uploads.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix) + "/"):
+                for upload in page.get("Uploads") or []:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix) + "/"):
                 objects = page.get("Contents") or []
