@@ -5,8 +5,9 @@ as a stream, proves an object holds exactly what was sent, and deletes a snapsho
 """
 
 import hashlib
+import logging
 import os
-import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +18,8 @@ from django.conf import settings
 
 from controlpanel.errors import InvalidInput, PanelError, Unreachable
 from controlpanel.paths import resolve_inside
+
+logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 # S3 parts: at least 5 MiB except the last; 8 MiB keeps memory flat and requests few.
@@ -140,11 +143,33 @@ class FileStore(SnapshotStore):
         return path.stat().st_size if path.is_file() else None
 
     def delete_prefix(self, prefix: str) -> int:
+        """Remove the folder's files and folders; returns the bytes freed. Symlinks are
+        removed, never followed; a file with a second name (a hard link, maybe from outside
+        the store) is left where it is: removing this name would free nothing and change
+        a file the store does not own."""
         folder = self._path(prefix)
         if not folder.exists():
             return 0
-        removed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-        shutil.rmtree(folder)
+        removed, kept = 0, []
+        for parent, folders, files in os.walk(folder, topdown=False):
+            for name in files:
+                path = os.path.join(parent, name)
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    kept.append(path)
+                    continue
+                os.unlink(path)
+                removed += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            for name in folders:
+                path = os.path.join(parent, name)
+                if os.path.islink(path):
+                    os.unlink(path)
+                elif not os.listdir(path):
+                    os.rmdir(path)
+        if not os.listdir(folder):
+            os.rmdir(folder)
+        if kept:
+            logger.warning("left %d hard-linked files in %s/%s: %s", len(kept), self.url, prefix, kept[:5])
         return removed
 
 

@@ -879,12 +879,6 @@ def test_snapshot_store_links_out_of_the_root_are_never_followed(outside, tally)
     tally.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pods/snapshots.py FileStore.delete_prefix rmtree()s a retired snapshot's folder and so unlinks a file "
-    "in it that is a hard link (st_nlink > 1) to a file outside the store: the outside file's link count changes and "
-    "the purge counts its bytes as reclaimed",
-)
 def test_snapshot_store_hard_link_out_of_the_root_is_left_alone(outside, tally):
     pod = Pod.objects.create(pod_id="snap-hard", host=host_default(), image="x", status=Pod.Status.STOPPED)
     _snapshot(pod, hours=1)
