@@ -123,6 +123,184 @@ def ensure_base_image(client, tag: str = BASE_IMAGE) -> str:
     return tag
 
 
+class SecondDockerd:
+    """A second, throwaway dockerd: its own data-root, exec-root (and so its own containerd)
+    and unix socket under a short /tmp folder (socket paths must stay under 108 bytes), its
+    own bridge and no iptables rules, so the host's network is left alone.
+
+    Not `--bridge=none`: a dockerd started that way deletes the interface named docker0 —
+    the main daemon's bridge — and every container the main daemon starts afterwards fails
+    with "could not find bridge docker0". A bridge with another name must exist before
+    dockerd starts; it uses the bridge's address as its pool.
+
+    `stop(kill=True)` is a crash (SIGKILL: running containers die with it, volumes stay);
+    `start()` again is the daemon coming back with the same data. `close()` removes it all."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="d2-", dir="/tmp"))
+        self.process: subprocess.Popen | None = None
+        self.answered = False  # it has served once: it may hold containers to remove
+        self.bridge = f"d2br{self.root.name[3:]}"[:15]  # interface names: at most 15 bytes
+        # 198.18.0.0/15 is reserved for benchmarks: no real network of the host uses it.
+        self.bridge_address = f"198.18.{sum(self.root.name.encode()) % 250 + 1}.1/24"
+
+    @property
+    def base_url(self) -> str:
+        return f"unix://{self.root / 'docker.sock'}"
+
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, timeout: int = 30):
+        import docker
+
+        return docker.DockerClient(base_url=self.base_url, timeout=timeout)
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        dockerd = shutil.which("dockerd")
+        if dockerd is None:
+            require_part("a second dockerd", "no dockerd binary", "Install Debian's docker.io")
+        if os.geteuid() != 0:
+            require_part("a second dockerd", "dockerd needs root", "Run the Docker tests as root (CI does)")
+        if self.running:
+            return
+        self._bridge_create()
+        with open(self.root / "dockerd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    dockerd,
+                    f"--data-root={self.data_root}",
+                    f"--exec-root={self.root / 'exec'}",
+                    f"--pidfile={self.root / 'dockerd.pid'}",
+                    f"--host={self.base_url}",
+                    f"--bridge={self.bridge}",
+                    "--iptables=false",
+                    "--ip6tables=false",
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running:
+            try:
+                self.client(timeout=2).ping()
+                self.answered = True
+                return
+            except Exception:  # not answering yet
+                time.sleep(0.1)
+        tail = (self.root / "dockerd.log").read_text(errors="replace").strip().splitlines()[-3:]
+        self.stop(kill=True)
+        require_part("a second dockerd", f"it did not answer within {timeout:.0f} s: {tail}", "See dockerd.log")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM and wait (SIGKILL if it hangs); `kill=True` sends SIGKILL at once, like a crash."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+        self._containerd_forget_if_dead()
+
+    def _containerd_forget_if_dead(self) -> None:
+        """dockerd's containerd dies with it, but stays a zombie until init reaps it (slowly,
+        here); its pid file then makes the next dockerd wait for a containerd that never answers."""
+        pidfile = self.root / "exec" / "containerd" / "containerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                state = "gone"
+            if state in {"Z", "X", "gone"}:
+                pidfile.unlink(missing_ok=True)
+                return
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def image_copy_from(self, client, tag: str) -> None:
+        """`docker save | docker load`: the second daemon cannot pull either."""
+        import docker
+
+        mine = self.client(timeout=120)
+        try:
+            mine.images.get(tag)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        # named=tag: without it the archive carries the image id only, not the tag.
+        mine.images.load(b"".join(client.images.get(tag).save(named=tag)))
+        mine.images.get(tag)
+
+    def close(self) -> None:
+        """Remove every container and volume it holds, stop it, unmount and delete its folder."""
+        try:
+            if self.answered and not self.running:
+                self.start()
+            # Containers left running by a crash would outlive a stopped daemon's shims.
+            if self.answered:
+                for container in self.client().containers.list(all=True):
+                    container.remove(force=True)
+        finally:
+            # Whatever happened above, nothing of this daemon may outlive the tests.
+            self.stop()
+            self._leftovers_kill()
+            self._unmount()
+            subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _bridge_create(self) -> None:
+        if shutil.which("ip") is None:
+            require_part("a second dockerd", "no `ip` command to make its bridge", "Install Debian's iproute2")
+        if Path(f"/sys/class/net/{self.bridge}").exists():
+            return
+        for command in (
+            ["ip", "link", "add", "name", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", self.bridge_address, "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ):
+            subprocess.run(command, capture_output=True, check=True)
+
+    def _leftovers_kill(self) -> None:
+        """containerd and shims this daemon started (their command lines name its folder)."""
+        marker = str(self.root).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), 9)
+            except (OSError, ProcessLookupError):
+                continue
+
+    def _unmount(self) -> None:
+        """dockerd makes its data-root a mount point and leaves it behind when it exits."""
+        prefix = str(self.root) + "/"
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
+        for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
 # --- S3 (moto's server, real HTTP) ----------------------------------------------------
 
 
