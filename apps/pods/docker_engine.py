@@ -12,6 +12,7 @@ from datetime import datetime
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from docker.types import Mount
@@ -54,7 +55,13 @@ class DockerEngine:
     def _errors(self, doing: str):
         try:
             yield
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            # The daemon went away in the middle of a streamed body (an archive being read).
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError,
+        ) as exc:
             raise Unreachable(f"Docker host {self.host_name!r} unreachable while {doing}: {_short(exc)}") from exc
         except docker.errors.DockerException as exc:
             if "Connection" in str(exc) or "connect" in str(exc):

@@ -54,8 +54,11 @@ from controlpanel.paths import validate_id
 logger = logging.getLogger(__name__)
 
 TASK = "apps.pods.tasks.run_pod_operation"
-# Volumes streamed at once during a snapshot; the store bounds the parts in memory overall.
-VOLUME_STREAMS = 2
+# Volumes streamed at once during a snapshot. One: dockerd holds a container's lock while an
+# archive streams out of it, so a second get_archive on the same container only waits, and
+# past DOCKER_TIMEOUT_SECONDS it fails the stop. The store still overlaps with the engine
+# (parts upload on the writer's own threads while the next bytes are read).
+VOLUME_STREAMS = 1
 POD_ACTIONS = ["provision", "stop", "start", "deprovision", "delete"]
 # Pages live at /pods/<name>/: a pod may not take one of these names.
 RESERVED_POD_IDS = {"provision", "reconcile", "sweep", "retention"}
@@ -405,9 +408,8 @@ def _volumes_stream(
     progress: Progress,
     operation: Operation | None,
 ) -> dict[str, dict[str, Any]]:
-    """Stream VOLUME_STREAMS volumes at a time (a volume of many small files keeps the engine
-    busy while a large one keeps the store busy). Threads only move bytes; every database
-    write (progress, log) happens here on the calling thread."""
+    """Stream VOLUME_STREAMS volumes at a time on worker threads. Threads only move bytes;
+    every database write (progress, log) happens here on the calling thread."""
     counter, cancel = _ByteCounter(), threading.Event()
     throttle = _Throttle()
     with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
@@ -659,12 +661,15 @@ def _pod_remove(*, pod_id: str, actor: Actor, operation: Operation | None, purge
         if purge_snapshots
         else (Pod.Status.DEPROVISIONING, Pod.Status.DEPROVISIONED, "pod.deprovision")
     )
+    # An unreachable host is refused before the pod changes state: it stays as it was
+    # (say `unknown`) instead of `deprovisioning` with an error nobody can act on.
+    engine = engine_for(pod_get(pod_id=pod_id).host)
+    engine.ping()
     with transaction.atomic():
         pod = _locked(pod_id)
         pod.transition(busy)
         pod.last_error = ""
         pod.save()
-    engine = engine_for(pod.host)
     snapshot_bytes = 0
     try:
         engine.container_remove(pod.container_name)
