@@ -55,38 +55,25 @@ def table(headers: list[str], rows: list[list], total: list | None = None) -> st
     return "\n".join(out)
 
 
+def _grouped(entries: list[dict], key: str, passed: str, harmed: str, *, total: str) -> tuple[list[list], list]:
+    """One row per `key` value (tried, how many `passed`, sum of `harmed`) and a total row."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for entry in entries:
+        groups[entry[key]].append(entry)
+
+    def row(name: str, items: list[dict]) -> list:
+        return [name, len(items), sum(e[passed] for e in items), sum(e[harmed] for e in items)]
+
+    return [row(name, items) for name, items in sorted(groups.items())], row(total, entries)
+
+
 def summarise(entries: list[dict]) -> tuple[str, bool]:
     faults = [e for e in entries if e["type"] == "fault"]
     inputs = [e for e in entries if e["type"] == "bad_input"]
     ok = bool(faults) and bool(inputs)
 
-    by_area: dict[str, list[dict]] = defaultdict(list)
-    for entry in faults:
-        by_area[entry["area"]].append(entry)
-    fault_rows = [
-        [area, len(items), sum(e["survived"] for e in items), sum(e["lost_bytes"] for e in items)]
-        for area, items in sorted(by_area.items())
-    ]
-    fault_total = [
-        "all fault points",
-        len(faults),
-        sum(e["survived"] for e in faults),
-        sum(e["lost_bytes"] for e in faults),
-    ]
-
-    by_surface: dict[str, list[dict]] = defaultdict(list)
-    for entry in inputs:
-        by_surface[entry["surface"]].append(entry)
-    input_rows = [
-        [surface, len(items), sum(e["rejected"] for e in items), sum(e["touched_outside"] for e in items)]
-        for surface, items in sorted(by_surface.items())
-    ]
-    input_total = [
-        "all bad inputs",
-        len(inputs),
-        sum(e["rejected"] for e in inputs),
-        sum(e["touched_outside"] for e in inputs),
-    ]
+    fault_rows, fault_total = _grouped(faults, "area", "survived", "lost_bytes", total="all fault points")
+    input_rows, input_total = _grouped(inputs, "surface", "rejected", "touched_outside", total="all bad inputs")
     ok = ok and fault_total[1] == fault_total[2] and fault_total[3] == 0
     ok = ok and input_total[1] == input_total[2] and input_total[3] == 0
 

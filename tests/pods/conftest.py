@@ -86,12 +86,17 @@ def new_pod_id(docker_client, pods_settings, db):
 
     yield make
     for pod_id in made:
+        remove_pod_objects(docker_client, pod_id)
+
+
+def remove_pod_objects(docker_client, pod_id: str) -> None:
+    """Remove the pod's container and eight volumes from one daemon, whatever is left of them."""
+    try:
+        docker_client.api.remove_container(container_name(pod_id), force=True)
+    except docker.errors.NotFound:
+        pass
+    for name in VOLUME_MOUNTS:
         try:
-            docker_client.api.remove_container(container_name(pod_id), force=True)
+            docker_client.api.remove_volume(volume_docker_name(pod_id, name), force=True)
         except docker.errors.NotFound:
             pass
-        for name in VOLUME_MOUNTS:
-            try:
-                docker_client.api.remove_volume(volume_docker_name(pod_id, name), force=True)
-            except docker.errors.NotFound:
-                pass

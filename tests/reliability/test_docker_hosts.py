@@ -12,7 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-import docker.errors
 import pytest
 
 from apps.pods import services, snapshots
@@ -85,15 +84,7 @@ def new_pod_id(docker_client, second_dockerd, hosts):
     clients = [docker_client] + ([second_dockerd.client()] if second_dockerd.running else [])
     for client in clients:
         for pod_id in made:
-            try:
-                client.api.remove_container(container_name(pod_id), force=True)
-            except docker.errors.NotFound:
-                pass
-            for name in VOLUME_MOUNTS:
-                try:
-                    client.api.remove_volume(volume_name(pod_id, name), force=True)
-                except docker.errors.NotFound:
-                    pass
+            pods_conftest.remove_pod_objects(client, pod_id)
 
 
 def digests(lines: list[str]) -> dict[str, str]:

@@ -11,11 +11,9 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import docker.errors
 import pytest
 
-from apps.pods.models import VOLUME_MOUNTS, container_name, volume_docker_name
-from tests.pods.conftest import MOUNTS, WRITE_SCRIPT, container_exists, pod_volumes, run_in
+from tests.pods.conftest import MOUNTS, WRITE_SCRIPT, container_exists, pod_volumes, remove_pod_objects, run_in
 from tests.reliability.deployment import Deployment, migrated_template, recover
 
 pytestmark = [pytest.mark.docker]
@@ -53,15 +51,7 @@ def deployment(tmp_path, template, pod_image, docker_client):
     yield panel
     panel.close()
     for pod_id in panel.pod_ids:
-        try:
-            docker_client.api.remove_container(container_name(pod_id), force=True)
-        except docker.errors.NotFound:
-            pass
-        for name in VOLUME_MOUNTS:
-            try:
-                docker_client.api.remove_volume(volume_docker_name(pod_id, name), force=True)
-            except docker.errors.NotFound:
-                pass
+        remove_pod_objects(docker_client, pod_id)
 
 
 def file_sums(docker_client, pod_id: str) -> dict[str, tuple[str, int]]:
