@@ -278,6 +278,9 @@ else:
         }
     }
 
+# The overview's added-up figures live in the cache until a change drops them, at most this long.
+OVERVIEW_CACHE_SECONDS = envint("OVERVIEW_CACHE_SECONDS", 30)
+
 # Pods: seconds a pod's container gets to exit on stop before it is killed (added by pods).
 POD_STOP_TIMEOUT_SECONDS = envint("POD_STOP_TIMEOUT_SECONDS", 10)
 # Pods: command for a pod's container when its image has none (empty = the image's own).

@@ -55,7 +55,10 @@ def audit_record(
     details: dict[str, Any] | None = None,
     operation: Operation | None = None,
 ) -> AuditEvent:
+    from apps.dashboard.services import overview_forget  # the dashboard reads audit, not the reverse
+
     user, name = actor_parts(actor)
+    overview_forget()
     return AuditEvent.objects.create(
         actor_user=user,
         actor_name=name,

@@ -1,10 +1,12 @@
 import importlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.apps import apps
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required, permission_required
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Max
 from django.shortcuts import get_object_or_404, redirect, render
@@ -18,6 +20,7 @@ from apps.audit.services import operation_retry
 from apps.dashboard import ratelimit
 from apps.dashboard.charts import bytes_chart
 from apps.dashboard.models import StorageSample
+from apps.dashboard.services import OVERVIEW_CACHE_KEY
 from controlpanel.errors import PanelError
 
 PAGE_SIZE = 50
@@ -74,6 +77,16 @@ def overview_sections() -> list[dict]:
     return sections
 
 
+def overview_figures() -> tuple[list[dict], datetime]:
+    """The sections and when they were added up: from the cache while nothing has changed
+    (see apps/dashboard/services.py), otherwise computed now."""
+    cached = cache.get(OVERVIEW_CACHE_KEY)
+    if cached is None:
+        cached = (overview_sections(), timezone.now())
+        cache.set(OVERVIEW_CACHE_KEY, cached, settings.OVERVIEW_CACHE_SECONDS)
+    return cached
+
+
 def leak_rows(sections: list[dict]) -> list[dict]:
     leaks = [leak for section in sections for leak in section.get("leaks", [])]
     return sorted(leaks, key=lambda leak: leak.get("bytes") or 0, reverse=True)
@@ -94,10 +107,11 @@ def in_flight_context() -> dict:
 
 @require_safe
 def overview(request):
-    sections = overview_sections()
+    sections, figures_at = overview_figures()
     leaks = leak_rows(sections)
     context = {
         "sections": sections,
+        "figures_at": figures_at,
         "leaks": leaks[:10],
         "leak_count": len(leaks),
         "leaked_bytes": sum(leak.get("bytes") or 0 for leak in leaks),
@@ -117,7 +131,7 @@ def in_flight(request):
 
 @require_safe
 def leaks(request):
-    sections = overview_sections()
+    sections, figures_at = overview_figures()
     rows = leak_rows(sections)
     # Largest first, a page at a time: the total and the count still cover every leak.
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -127,6 +141,7 @@ def leaks(request):
         "leak_count": len(rows),
         "leaked_bytes": sum(leak.get("bytes") or 0 for leak in rows),
         "errors": [section for section in sections if section.get("error")],
+        "figures_at": figures_at,
     }
     return render(request, "dashboard/leaks.html", context)
 

@@ -1,5 +1,7 @@
 """Template helpers every page uses: humanised sizes and status badges."""
 
+from datetime import UTC, datetime
+
 from django import template
 from django.utils.html import format_html
 from django.utils.text import slugify
@@ -37,3 +39,15 @@ def percent(part, whole) -> int:
         return max(0, min(100, int(float(part) * 100 / float(whole))))
     except (TypeError, ValueError, ZeroDivisionError):
         return 0
+
+
+@register.filter
+def utc(value, precision: str = "minutes") -> str:
+    """A time as UTC `YYYY-MM-DD HH:MM` (or `…:SS` with `utc:"seconds"`), "" for none.
+
+    List pages draw two per row: a plain strftime, not the localising `date` filter."""
+    if not isinstance(value, datetime):
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S" if precision == "seconds" else "%Y-%m-%d %H:%M")
