@@ -67,6 +67,8 @@ def list_view(request):
         "operations": Operation.objects.filter(target_type=TARGET_TYPE, target_id=volume)[:5],
         "events": AuditEvent.objects.filter(target_type=TARGET_TYPE, target_id=volume)[:10],
         "policies": [policy_get("download"), policy_get("exit")],
+        # Row links: one reverse for the page, not one per row (ids are validated [A-Za-z0-9_-]).
+        "detail_prefix": reverse("separations:detail", args=["_"])[:-2],
     }
     return render(request, "separations/list.html", context)
 

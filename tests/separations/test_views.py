@@ -40,7 +40,7 @@ def test_list_shows_sessions_with_age_bytes_stems_and_status(staff_client):
     sessions_sync_now(actor="test")
     page = staff_client.get(reverse("separations:list")).content.decode()
     assert "alpha" in page and "beta" in page
-    assert "3\xa0hours" in page
+    assert "3 h" in page
     assert "2/4" in page and "4/4" in page
     assert "badge-complete" in page and "badge-partial" in page
 

@@ -51,3 +51,21 @@ def utc(value, precision: str = "minutes") -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S" if precision == "seconds" else "%Y-%m-%d %H:%M")
+
+
+@register.filter
+def age(value, now=None) -> str:
+    """How long ago, in the two largest units ("3 d 4 h", "5 min"): cheaper than `timesince`,
+    which list pages would call once per row."""
+    if not isinstance(value, datetime):
+        return ""
+    now = now if isinstance(now, datetime) else datetime.now(UTC)
+    seconds = max(0, int((now - value).total_seconds()))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size} {unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts) if parts else "under a minute"
