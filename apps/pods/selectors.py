@@ -65,37 +65,41 @@ def pod_as_dict(pod: Pod) -> dict:
     }
 
 
-def snapshot_leaks(keep: int | None = None) -> list[Snapshot]:
-    """Failed snapshots and complete ones beyond retention (what the retention run will purge)."""
-    from apps.pods.services import snapshots_to_retire
-
-    return snapshots_to_retire(keep=keep)
+def pods_busy() -> QuerySet:
+    """Pod ids with an operation pending or running (as a subquery, or `set()` it)."""
+    return Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values_list("target_id", flat=True)
 
 
-def snapshot_leaks_totals(keep: int | None = None) -> dict:
-    """How many snapshots `snapshot_leaks` would list and their bytes, in one query, without
-    loading them: the same rules (`snapshots_to_retire`) written in SQL for the overview.
-
-    Snapshots of pods with work in flight and snapshots being restored are left out before
-    the latest `keep` complete snapshots of each pod are counted, as the retention run does."""
+def snapshots_past_retention(keep: int | None = None) -> QuerySet[Snapshot]:
+    """The retention rules, in one query: failed snapshots, and complete ones beyond the
+    latest `keep` of each pod (so never the one a stopped pod needs); never a snapshot of a
+    pod with work in flight, nor one being restored (those are left out before counting)."""
     keep = max(1, keep if keep is not None else settings.SNAPSHOT_RETENTION)
-    busy = Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values("target_id")
     restoring = Pod.objects.filter(restoring_snapshot__isnull=False).values("restoring_snapshot_id")
     candidates = (
         Snapshot.objects.filter(status__in=[Snapshot.Status.COMPLETE, Snapshot.Status.FAILED])
-        .exclude(pod__pod_id__in=busy)
+        .exclude(pod__pod_id__in=pods_busy())
         .exclude(pk__in=restoring)
     )
     ranked = candidates.filter(status=Snapshot.Status.COMPLETE).annotate(
         rank=Window(RowNumber(), partition_by=[F("pod_id")], order_by=[F("finished_at").desc(), F("id").desc()])
     )
     superseded = ranked.filter(rank__gt=keep).values("pk")
-    # `total_bytes or bytes_done`, as the retention run reports what it reclaims.
-    size = Case(When(total_bytes=0, then=F("bytes_done")), default=F("total_bytes"))
-    retire = Snapshot.objects.filter(
+    return Snapshot.objects.filter(
         Q(pk__in=candidates.filter(status=Snapshot.Status.FAILED).values("pk")) | Q(pk__in=superseded)
     )
-    return retire.aggregate(count=Count("pk"), bytes=Sum(size, default=0))
+
+
+def snapshot_leaks(keep: int | None = None) -> list[Snapshot]:
+    """Failed snapshots and complete ones beyond retention (what the retention run will purge)."""
+    return list(snapshots_past_retention(keep).select_related("pod").order_by("pod_id", "-finished_at", "-id"))
+
+
+def snapshot_leaks_totals(keep: int | None = None) -> dict:
+    """How many snapshots `snapshot_leaks` would list and their bytes, without loading them."""
+    # `total_bytes or bytes_done`, as the retention run reports what it reclaims.
+    size = Case(When(total_bytes=0, then=F("bytes_done")), default=F("total_bytes"))
+    return snapshots_past_retention(keep).aggregate(count=Count("pk"), bytes=Sum(size, default=0))
 
 
 LEFTOVERS_SHOWN = 200

@@ -47,6 +47,7 @@ from apps.pods.models import (
     Snapshot,
     volume_docker_name,
 )
+from apps.pods.selectors import pods_busy, snapshot_leaks
 from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
 from controlpanel.paths import validate_id
@@ -735,11 +736,7 @@ def _orphans_find(*, host: DockerHost, volumes: list[VolumeInfo]) -> list[tuple[
     """(volume, pod id, reason) for each volume no pod needs. Pods at work are never orphans."""
     pod_ids = {_pod_id_from_volume(v) for v in volumes}
     pods = {p.pod_id: p for p in Pod.objects.filter(pod_id__in=pod_ids)}
-    busy = set(
-        Operation.objects.filter(target_type="pod", target_id__in=pod_ids, status__in=Operation.ACTIVE).values_list(
-            "target_id", flat=True
-        )
-    )
+    busy = set(pods_busy().filter(target_id__in=pod_ids))
     found = []
     for volume in volumes:
         pod_id = _pod_id_from_volume(volume)
@@ -790,12 +787,9 @@ def pods_resume_interrupted(*, actor: Actor, operation: Operation | None = None)
     `operation_reap_stale`. Stop, start, deprovision and delete are queued again as new
     operations (each resumes: a verified snapshot is reused, a half restore is redone);
     provisioning is rolled back and the pod marked failed."""
-    busy = set(
-        Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values_list("target_id", flat=True)
-    )
     interrupted = (
         Pod.objects.filter(status__in=[*RESUME_ACTIONS, Pod.Status.PROVISIONING], last_error="", host__reachable=True)
-        .exclude(pod_id__in=busy)
+        .exclude(pod_id__in=pods_busy())
         .select_related("host")
     )
     resumed: dict[str, str] = {}
@@ -828,21 +822,18 @@ def _provision_roll_back(*, pod_id: str, actor: Actor, operation: Operation | No
         pod = _locked(pod_id)
         if pod.status != Pod.Status.PROVISIONING or pod.last_error:
             return "left alone: changed meanwhile"
-        pod.transition(Pod.Status.FAILED)
-        pod.last_error = "provisioning was interrupted (its worker stopped)"
+        pod.transition(Pod.Status.FAILED)  # claims it: a failed pod is never resumed again
         pod.save()
     leftover = _provision_cleanup(pod=pod, engine=engine_for(pod.host), operation=operation)
-    message = "provisioning was interrupted; rolled back" + (
+    message = "provisioning was interrupted (its worker stopped); rolled back" + (
         f", but cleanup left something behind: {leftover}" if leftover else ": container and volumes removed"
     )
-    Pod.objects.filter(pod_id=pod_id).update(last_error=message[:4000])
-    audit_record(
-        actor=actor,
+    _record_failure(
+        pod_id=pod_id,
+        to=Pod.Status.FAILED,
         action="pod.provision",
-        target_type="pod",
-        target_id=pod_id,
-        outcome=AuditEvent.Outcome.FAILED,
-        message=message,
+        exc=PanelError(message),
+        actor=actor,
         operation=operation,
     )
     _log(operation, f"{pod_id}: {message}")
@@ -883,11 +874,8 @@ def _reconcile_host(*, host: DockerHost, actor: Actor, operation: Operation | No
     host.save(update_fields=["reachable", "last_error", "checked_at"])
 
     changed = {}
-    busy = set(
-        Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values_list("target_id", flat=True)
-    )
     watched = [Pod.Status.RUNNING, Pod.Status.PAUSED, Pod.Status.UNKNOWN]
-    for pod in Pod.objects.filter(host=host, status__in=watched).exclude(pod_id__in=busy):
+    for pod in Pod.objects.filter(host=host, status__in=watched).exclude(pod_id__in=pods_busy()):
         container = engine.container_get(pod.container_name)
         running = container is not None and container.running
         target = Pod.Status.RUNNING if running else Pod.Status.PAUSED
@@ -1038,30 +1026,8 @@ def orphans_sweep(
 
 
 def snapshots_to_retire(*, keep: int | None = None) -> list[Snapshot]:
-    """Complete snapshots beyond the latest `keep` of each pod, and failed ones; never the
-    snapshot a stopped pod needs (its latest complete) nor one being restored."""
-    keep = max(1, keep if keep is not None else settings.SNAPSHOT_RETENTION)
-    busy = set(
-        Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values_list("target_id", flat=True)
-    )
-    restoring = set(Pod.objects.exclude(restoring_snapshot=None).values_list("restoring_snapshot_id", flat=True))
-    seen: dict[int, int] = {}
-    retire = []
-    queryset = (
-        Snapshot.objects.filter(status__in=[Snapshot.Status.COMPLETE, Snapshot.Status.FAILED])
-        .select_related("pod")
-        .order_by("pod_id", "-finished_at", "-id")
-    )
-    for snapshot in queryset.iterator():
-        if snapshot.pod.pod_id in busy or snapshot.pk in restoring:
-            continue
-        if snapshot.status == Snapshot.Status.FAILED:
-            retire.append(snapshot)
-            continue
-        seen[snapshot.pod_id] = seen.get(snapshot.pod_id, 0) + 1
-        if seen[snapshot.pod_id] > keep:
-            retire.append(snapshot)
-    return retire
+    """What retention purges now; the rules are `selectors.snapshots_past_retention`."""
+    return snapshot_leaks(keep=keep)
 
 
 def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operation: Operation | None = None) -> dict:
