@@ -301,9 +301,13 @@ def _printable(path: str) -> str:
     return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def output_path(session_id: str) -> Path:
+    return outputs_root() / session_id / OUTPUT_NAME
+
+
 def output_file(session_id: str) -> tuple[Path, int]:
     """The session's final_mix.wav and its size (0 when absent or not a regular file)."""
-    path = outputs_root() / session_id / OUTPUT_NAME
+    path = output_path(session_id)
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):  # a file where the session's folder should be
@@ -570,8 +574,9 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
         # The output belongs to the session: it goes only with the session's last job. One
         # left behind by an earlier run that stopped after the last job went goes now, once
         # it is older than any job TTL (nothing fresh is ever an orphan by accident).
-        output, _ = output_file(session_id)
-        report.bytes_reclaimed += _unlink_regular(output, root=outputs_root(), report=report, dry_run=report.dry_run)
+        report.bytes_reclaimed += _unlink_regular(
+            output_path(session_id), root=outputs_root(), report=report, dry_run=report.dry_run
+        )
     job_ids = [job["job_id"] for job in report.deleted_jobs[first_deleted:]]
     if job_ids and not report.dry_run:
         # Mirror rows are marked as each session finishes, so a killed run keeps what it did.
@@ -583,15 +588,12 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
 
 def _output_outlived_its_jobs(session_id: str, now: datetime) -> bool:
     """A session folder without job files whose output is older than the longest job TTL."""
-    output, size = output_file(session_id)
-    if not size:
+    try:
+        st = os.lstat(output_path(session_id))
+    except (FileNotFoundError, NotADirectoryError):
         return False
     longest = max(ttl for ttl in (ttl_for(state) for state in STATES) if ttl is not None)
-    try:
-        modified = datetime.fromtimestamp(os.lstat(output).st_mtime, tz=UTC)
-    except FileNotFoundError:
-        return False
-    return now - modified >= longest
+    return stat.S_ISREG(st.st_mode) and now - datetime.fromtimestamp(st.st_mtime, tz=UTC) >= longest
 
 
 def mixjobs_cleanup(

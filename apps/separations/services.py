@@ -104,7 +104,7 @@ class SessionScan:
             return
         self.file_count += 1
         self.total_bytes += entry.size
-        if getattr(entry, "links", 1) > 1:
+        if entry.links > 1:
             self.hard_links += 1
         if relative == "input.wav":
             self.input_present = True
