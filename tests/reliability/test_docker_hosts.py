@@ -21,6 +21,7 @@ from controlpanel.errors import PanelError, Unreachable
 from tests import parts
 from tests.pods import conftest as pods_conftest
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, run_in
+from tests.reliability.pod_files import digests, file_sizes, lost_bytes
 
 pods_settings = pods_conftest.pods_settings
 
@@ -85,22 +86,6 @@ def new_pod_id(docker_client, second_dockerd, hosts):
     for client in clients:
         for pod_id in made:
             pods_conftest.remove_pod_objects(client, pod_id)
-
-
-def digests(lines: list[str]) -> dict[str, str]:
-    """path → md5 of every file, from `listing`'s md5sum lines."""
-    return {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in lines if "|" not in line and "  " in line}
-
-
-def file_sizes(client, pod_id: str) -> dict[str, int]:
-    output = run_in(client, pod_id, f"find {' '.join(VOLUME_MOUNTS.values())} -type f -exec stat -c '%s|%n' {{}} +")
-    return {path: int(size) for size, path in (line.split("|", 1) for line in output.splitlines())}
-
-
-def lost_bytes(sizes: dict[str, int], before: list[str], after: list[str] | None) -> int:
-    """Bytes of the original files that are missing or different afterwards (None: nothing came back)."""
-    was, now = digests(before), digests(after or [])
-    return sum(sizes.get(path, 0) for path, md5 in was.items() if now.get(path) != md5)
 
 
 def volumes_on_disk(daemon: parts.SecondDockerd, pod_id: str) -> list[str]:
@@ -209,7 +194,7 @@ def test_a_crashed_host_marks_its_pods_unknown_deletes_nothing_and_they_come_bac
         "docker",
         "host killed (SIGKILL) with a pod on it; reconcile while down and after it is back",
         survived=not problems,
-        lost_bytes=lost_bytes(sizes, before, after),
+        lost_bytes=lost_bytes(sizes, digests(before), after and digests(after)),
     )
     assert not problems
 
@@ -290,7 +275,7 @@ def test_daemon_killed_while_the_snapshot_streams_keeps_the_volumes_and_the_retr
         "docker",
         f"daemon killed (SIGKILL) while a volume streamed into the snapshot; pod left {pod.status}",
         survived=not problems,
-        lost_bytes=lost_bytes(sizes, before, after),
+        lost_bytes=lost_bytes(sizes, digests(before), after and digests(after)),
     )
     assert not problems
 
@@ -342,7 +327,7 @@ def test_a_pod_whose_container_was_removed_behind_the_panel_still_stops_and_depr
         "docker",
         "container removed behind the panel (docker rm -f) before stop and before deprovision",
         survived=not problems,
-        lost_bytes=lost_bytes(sizes, before, after),
+        lost_bytes=lost_bytes(sizes, digests(before), after and digests(after)),
     )
     assert not problems
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.DEPROVISIONED

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pods.conftest import MOUNTS, WRITE_SCRIPT, container_exists, pod_volumes, remove_pod_objects, run_in
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, remove_pod_objects, run_in
 from tests.reliability.deployment import Deployment, migrated_template, recover
+from tests.reliability.pod_files import digests, file_sizes, lost_bytes
 
 pytestmark = [pytest.mark.docker]
 
@@ -54,29 +55,16 @@ def deployment(tmp_path, template, pod_image, docker_client):
         remove_pod_objects(docker_client, pod_id)
 
 
-def file_sums(docker_client, pod_id: str) -> dict[str, tuple[str, int]]:
-    """path → (md5, size) of every regular file in the eight mounts."""
-    mounts = " ".join(MOUNTS)
-    script = f"find {mounts} -type f -exec md5sum {{}} + ; echo ---; find {mounts} -type f -exec stat -c '%s %n' {{}} +"
-    sums, sizes = run_in(docker_client, pod_id, script).split("---\n")
-    by_path = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in sums.splitlines() if line}
-    size_of = {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in sizes.splitlines() if line}
-    return {path: (digest, size_of[path]) for path, digest in by_path.items() if not path.startswith("/etc/host")}
-
-
-def lost_bytes(before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]]) -> int:
-    return sum(size for path, (digest, size) in before.items() if after.get(path, ("", 0))[0] != digest)
-
-
-def provisioned(deployment: Deployment, docker_client, *, stopped: bool = False) -> tuple[str, dict]:
+def provisioned(deployment: Deployment, docker_client, *, stopped: bool = False) -> tuple[str, dict, dict]:
+    """A pod with data in it: its id, the md5 of every file and their sizes."""
     pod_id = f"k{os.urandom(5).hex()}"
     deployment.pod_ids.append(pod_id)
     deployment.run(f"from apps.pods.services import pod_provision\npod_provision(pod_id={pod_id!r}, actor='test')")
     run_in(docker_client, pod_id, BIG_SCRIPT)
-    before = file_sums(docker_client, pod_id)
+    before, sizes = digests(listing(docker_client, pod_id)), file_sizes(docker_client, pod_id)
     if stopped:
         deployment.run(f"from apps.pods.services import pod_stop\npod_stop(pod_id={pod_id!r}, actor='test')")
-    return pod_id, before
+    return pod_id, before, sizes
 
 
 def pod_status(deployment: Deployment, pod_id: str) -> str:
@@ -123,7 +111,7 @@ STOP_TRIGGERS = {
 
 @pytest.mark.parametrize("point", list(STOP_TRIGGERS))
 def test_worker_killed_during_stop_with_snapshot(deployment, docker_client, point, fault_point):
-    pod_id, before = provisioned(deployment, docker_client)
+    pod_id, before, sizes = provisioned(deployment, docker_client)
     worker = deployment.spawn(WORKER.format(action="stop", pod_id=pod_id))
     killed = kill_when(deployment, worker, lambda: STOP_TRIGGERS[point](deployment, docker_client, pod_id), what=point)
     seen = phase(deployment, docker_client, pod_id)
@@ -146,7 +134,7 @@ def test_worker_killed_during_stop_with_snapshot(deployment, docker_client, poin
     snapshots = snapshot_statuses(deployment, pod_id)
     one_snapshot = snapshots.count("complete") == 1 and "uploading" not in snapshots and "pending" not in snapshots
     deployment.run(f"from apps.pods.services import pod_start\npod_start(pod_id={pod_id!r}, actor='test')")
-    lost = lost_bytes(before, file_sums(docker_client, pod_id))
+    lost = lost_bytes(sizes, before, digests(listing(docker_client, pod_id)))
 
     survived = consistent_now and volumes_or_snapshot and stopped and no_orphans and one_snapshot and lost == 0
     fault_point("sigkill", f"stop-with-snapshot, killed {point}", survived=survived, lost_bytes=lost)
@@ -173,7 +161,7 @@ RESTORE_TRIGGERS = {
 
 @pytest.mark.parametrize("point", list(RESTORE_TRIGGERS))
 def test_worker_killed_during_restore(deployment, docker_client, point, fault_point):
-    pod_id, before = provisioned(deployment, docker_client, stopped=True)
+    pod_id, before, sizes = provisioned(deployment, docker_client, stopped=True)
     worker = deployment.spawn(WORKER.format(action="start", pod_id=pod_id))
     killed = kill_when(
         deployment, worker, lambda: RESTORE_TRIGGERS[point](deployment, docker_client, pod_id), what=point
@@ -185,7 +173,7 @@ def test_worker_killed_during_restore(deployment, docker_client, point, fault_po
     report = recover(deployment)
     running = pod_status(deployment, pod_id) == "running"
     eight = len(pod_volumes(docker_client, pod_id)) == 8
-    lost = lost_bytes(before, file_sums(docker_client, pod_id)) if running else sum(s for _, s in before.values())
+    lost = lost_bytes(sizes, before, digests(listing(docker_client, pod_id)) if running else None)
 
     survived = not_running_half and running and eight and lost == 0
     fault_point("sigkill", f"restore, killed {point}", survived=survived, lost_bytes=lost)
@@ -202,7 +190,7 @@ DEPROVISION_TRIGGERS = {
 
 @pytest.mark.parametrize("point", list(DEPROVISION_TRIGGERS))
 def test_worker_killed_during_deprovision(deployment, docker_client, point, fault_point):
-    pod_id, _ = provisioned(deployment, docker_client)
+    pod_id, _, _ = provisioned(deployment, docker_client)
     # A snapshot from an earlier stop, which deprovision must keep.
     deployment.run(
         "from apps.pods.services import pod_stop, pod_start\n"

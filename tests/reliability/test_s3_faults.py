@@ -33,6 +33,7 @@ from tests.pods.conftest import (
     pod_volumes,
     run_in,
 )
+from tests.reliability.pod_files import digests, file_sizes, lost_bytes
 
 # The pods tests' fixtures, shared (pytest finds fixtures among a module's names).
 new_pod_id = pods_conftest.new_pod_id
@@ -105,18 +106,6 @@ def s3_proxy(s3_server, s3_bucket, settings, monkeypatch):
     proxy.stop()
 
 
-def digests(lines: list[str]) -> dict[str, str]:
-    """path → md5 of every file, from `listing`'s md5sum lines."""
-    return {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in lines if "|" not in line and "  " in line}
-
-
-def file_sizes(docker_client, pod_id: str) -> dict[str, int]:
-    output = run_in(
-        docker_client, pod_id, f"find {' '.join(VOLUME_MOUNTS.values())} -type f -exec stat -c '%s|%n' {{}} +"
-    )
-    return {path: int(size) for size, path in (line.split("|", 1) for line in output.splitlines())}
-
-
 def archived_digests(docker_client, pod_id: str) -> dict[str, str]:
     """path → md5 of every file in the eight volumes, read through the engine's archive API:
     it works on the stopped container of a paused pod, where `listing` cannot exec."""
@@ -131,14 +120,6 @@ def archived_digests(docker_client, pod_id: str) -> dict[str, str]:
                 if member.isfile() and path not in DOCKER_MANAGED:
                     found[path] = hashlib.md5(tar.extractfile(member).read(), usedforsecurity=False).hexdigest()
     return found
-
-
-def lost_bytes(sizes: dict[str, int], before: dict[str, str], *afterwards: dict[str, str] | None) -> int:
-    """Bytes of the files in `before` that some later look did not find with the same md5
-    (a look that could not be taken, None, finds nothing)."""
-    return sum(
-        sizes.get(path, 0) for path, md5 in before.items() if any((seen or {}).get(path) != md5 for seen in afterwards)
-    )
 
 
 def running_pod_with_data(docker_client, new_pod_id) -> tuple[str, list[str], dict[str, int]]:
