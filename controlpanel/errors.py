@@ -32,3 +32,24 @@ class Busy(PanelError):
 
 class Unreachable(PanelError):
     """A part (Docker host, S3, Modal) could not be reached."""
+
+
+class Forbidden(PanelError):
+    """The person asking lacks the permission the action needs."""
+
+
+class IllegalTransition(PanelError):
+    """A status change the state machine does not allow; nothing was changed."""
+
+
+def http_status(exc: PanelError) -> int:
+    """The one rule for the status a refusal is shown with, on every page."""
+    if isinstance(exc, InvalidInput):
+        return 400
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Unreachable):
+        return 503
+    return 409  # busy, an illegal move, any other refusal: the request is fine, not now

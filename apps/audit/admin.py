@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from apps.audit.models import AuditEvent, Operation
-from apps.audit.services import operation_retry
+from apps.audit.operations import retry as operation_retry
 from controlpanel.errors import PanelError
 
 

@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.audit.names import AuditAction, Kind, TargetType
+
 
 class AuditEvent(models.Model):
     """Who did what to which object, and what came of it. Written in the same transaction
@@ -17,8 +19,8 @@ class AuditEvent(models.Model):
     # A person, or null when a schedule or task acted; `actor_name` is always filled.
     actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     actor_name = models.CharField(max_length=150)
-    action = models.CharField(max_length=80, db_index=True)
-    target_type = models.CharField(max_length=80)
+    action = models.CharField(max_length=80, db_index=True, choices=AuditAction.choices)
+    target_type = models.CharField(max_length=80, choices=TargetType.choices)
     target_id = models.CharField(max_length=255)
     outcome = models.CharField(max_length=20, choices=Outcome.choices)
     bytes_reclaimed = models.BigIntegerField(default=0)
@@ -51,8 +53,8 @@ class Operation(models.Model):
     ACTIVE = {Status.PENDING, Status.RUNNING}
     TERMINAL = {Status.SUCCEEDED, Status.FAILED, Status.ERRORED}
 
-    kind = models.CharField(max_length=80, db_index=True)
-    target_type = models.CharField(max_length=80)
+    kind = models.CharField(max_length=80, db_index=True, choices=Kind.choices)
+    target_type = models.CharField(max_length=80, choices=TargetType.choices)
     target_id = models.CharField(max_length=255)
     actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     actor_name = models.CharField(max_length=150)
@@ -91,6 +93,11 @@ class Operation(models.Model):
         return f"{self.kind} {self.target_type}:{self.target_id} ({self.status})"
 
     @property
+    def actor(self):
+        """Who asked: the user, or the schedule/CLI/API name when no person did."""
+        return self.actor_user or self.actor_name
+
+    @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
 
@@ -99,3 +106,26 @@ class Operation(models.Model):
         if not self.progress_total:
             return None
         return max(0, min(100, int(self.progress_done * 100 / self.progress_total)))
+
+
+class StorageSample(models.Model):
+    """Bytes and files held by one subject at one time; the charts are drawn from these.
+
+    `domain` is pods, sessions, mixjobs or volumes; `subject` names what was measured
+    inside it (a volume name, "all", a pod id). Kept here, below the domain apps, so that
+    every app records samples without importing the dashboard that draws them."""
+
+    domain = models.CharField(max_length=40)
+    subject = models.CharField(max_length=255)
+    total_bytes = models.BigIntegerField()
+    total_files = models.BigIntegerField(null=True, blank=True)
+    sampled_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # The table the dashboard app created first; moved here without copying a row.
+        db_table = "dashboard_storagesample"
+        ordering = ["-sampled_at", "-id"]
+        indexes = [models.Index(fields=["domain", "subject", "-sampled_at"], name="dashboard_s_domain_06b458_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.domain}/{self.subject} {self.total_bytes} B at {self.sampled_at:%Y-%m-%d %H:%M}"

@@ -1,37 +1,38 @@
-"""Create every app's django-q2 schedules idempotently (run by `make run` and on deploy)."""
+"""Create every declared schedule in django-q2, idempotently (run by `make run` and on deploy).
 
-import importlib
+A kind with a `schedule` runs through `apps.audit.operations.run_scheduled`; the panel's own
+housekeeping (reaping stale operations) is the one schedule that is not a kind of work.
+"""
 
-from django.apps import apps
 from django_q.models import Schedule
+
+from apps.audit.operations import SCHEDULE_TASK, kinds
+
+# (name, dotted function, args, minutes between runs)
+HOUSEKEEPING = [
+    ("reap stale operations", "apps.audit.tasks.reap_stale_operations_task", "", 5),
+]
 
 
 def collect_schedules() -> list[tuple[str, str, str, int]]:
-    found = []
-    for config in apps.get_app_configs():
-        if not config.name.startswith("apps."):
-            continue
-        try:
-            module = importlib.import_module(f"{config.name}.tasks")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{config.name}.tasks":
-                raise
-            continue
-        found.extend(getattr(module, "SCHEDULES", []))
+    found = list(HOUSEKEEPING)
+    for kind in kinds():
+        if kind.schedule is not None:
+            found.append((kind.schedule.name, SCHEDULE_TASK, repr(kind.name), kind.schedule.minutes))
     return found
 
 
 def schedules_sync() -> list[str]:
     """Create or update each declared schedule by name; leave admin-made ones alone."""
     changed = []
-    for name, func, schedule_type, minutes in collect_schedules():
-        schedule, created = Schedule.objects.get_or_create(
-            name=name, defaults={"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
-        )
+    for name, func, args, minutes in collect_schedules():
+        wanted = {"func": func, "args": args or None, "schedule_type": Schedule.MINUTES, "minutes": minutes}
+        schedule, created = Schedule.objects.get_or_create(name=name, defaults={**wanted, "repeats": -1})
         if created:
             changed.append(f"created {name}")
-        elif (schedule.func, schedule.schedule_type, schedule.minutes) != (func, schedule_type, minutes):
-            schedule.func, schedule.schedule_type, schedule.minutes = func, schedule_type, minutes
-            schedule.save(update_fields=["func", "schedule_type", "minutes"])
+        elif any(getattr(schedule, key) != value for key, value in wanted.items()):
+            for key, value in wanted.items():
+                setattr(schedule, key, value)
+            schedule.save(update_fields=list(wanted))
             changed.append(f"updated {name}")
     return changed

@@ -1,15 +1,10 @@
-"""Audit events and Operations: the panel's own history of work and outcomes.
+"""Audit events, storage samples and the life of an Operation row.
 
 Every domain service takes an `actor` (a User, or the name of a schedule/task such as
 "schedule:reconcile-pods") and records what it did with `audit_record`, inside the same
-transaction as the state change. Long work runs inside an Operation:
-
-    op = operation_create(kind="pod.stop", target_type="pod", target_id=pod.pod_id,
-                          actor=user, task="apps.pods.tasks.stop_pod_task")
-    operation_enqueue(operation=op)            # django-q2, after the transaction commits
-    ...
-    def stop_pod_task(operation_id):           # in apps/pods/tasks.py
-        operation_execute(operation_id=operation_id, work=lambda op: pod_stop(..., operation=op))
+transaction as the state change. Work is queued and run through the declared kinds in
+`apps.audit.operations` (`request`, `run_now`); this module keeps the row's own steps:
+create (the intent), claim, log, progress, finish, reap.
 """
 
 import logging
@@ -26,7 +21,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from apps.audit.models import AuditEvent, Operation
+from apps.audit.models import AuditEvent, Operation, StorageSample
 from controlpanel.errors import Busy, NotFound, PanelError
 
 logger = logging.getLogger(__name__)
@@ -55,10 +50,7 @@ def audit_record(
     details: dict[str, Any] | None = None,
     operation: Operation | None = None,
 ) -> AuditEvent:
-    from apps.dashboard.services import overview_forget  # the dashboard reads audit, not the reverse
-
     user, name = actor_parts(actor)
-    overview_forget()
     return AuditEvent.objects.create(
         actor_user=user,
         actor_name=name,
@@ -70,6 +62,16 @@ def audit_record(
         message=message[:4000],
         details=details or {},
         operation=operation,
+    )
+
+
+def storage_sample_record(
+    *, domain: str, subject: str, total_bytes: int, total_files: int | None = None
+) -> StorageSample:
+    """Record one measurement; every sync, inspection and operation that changes bytes held
+    calls this once per subject, so charts and totals move as soon as the bytes do."""
+    return StorageSample.objects.create(
+        domain=domain, subject=subject, total_bytes=int(total_bytes), total_files=total_files
     )
 
 
@@ -108,20 +110,6 @@ def operation_create(
         raise Busy(f"{target_type} {target_id!r} already has {what}; wait for it to finish") from None
 
 
-def operation_enqueue(*, operation: Operation) -> None:
-    """Hand the operation to django-q2 once the surrounding transaction has committed,
-    so a worker never looks for a row that is not there yet."""
-    if not operation.task:
-        raise ValueError(f"operation #{operation.pk} has no task to enqueue")
-
-    def send() -> None:
-        from django_q.tasks import async_task
-
-        async_task(operation.task, operation.pk, task_name=f"{operation.kind} #{operation.pk}")
-
-    transaction.on_commit(send)
-
-
 def operation_claim(*, operation_id: int) -> Operation | None:
     """Move pending → running with a conditional update: of two workers, one wins."""
     now = timezone.now()
@@ -141,6 +129,21 @@ def operation_log(operation: Operation, line: str) -> None:
     logger.info("operation #%s %s: %s", operation.pk, operation.kind, line)
 
 
+class Throttle:
+    """True at most once an interval: for writes that are cheap to ask for on every chunk."""
+
+    def __init__(self, interval: float | None = None):
+        self.interval = settings.OPERATION_PROGRESS_INTERVAL_SECONDS if interval is None else interval
+        self.last = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False
+
+
 class Progress:
     """Throttled progress writer: cheap to call per chunk, writes at most once an interval."""
 
@@ -149,7 +152,7 @@ class Progress:
         self.done = 0
         self.total = total
         self.unit = unit
-        self._last_write = 0.0
+        self.throttle = Throttle()
         self.flush()
 
     def set_total(self, total: int | None, unit: str | None = None) -> None:
@@ -160,11 +163,11 @@ class Progress:
 
     def advance(self, amount: int) -> None:
         self.done += amount
-        if time.monotonic() - self._last_write >= settings.OPERATION_PROGRESS_INTERVAL_SECONDS:
+        if self.throttle.due():
             self.flush()
 
     def flush(self) -> None:
-        self._last_write = time.monotonic()
+        self.throttle.last = time.monotonic()
         if self.operation is None:
             return
         self.operation.progress_done = self.done
@@ -184,11 +187,14 @@ def _finish(operation: Operation, *, status: str, result=None, error: str = "", 
     operation.save(update_fields=["status", "finished_at", "result", "error", "traceback"])
 
 
-def operation_execute(*, operation_id: int, work: Callable[[Operation], Any]) -> Operation:
+def operation_execute(
+    *, operation_id: int, work: Callable[[Operation], Any], describe: Callable[[dict], str] | None = None
+) -> Operation:
     """Claim the operation and run `work(operation)`; record succeeded, failed or errored.
 
-    Used by django-q2 tasks and by the synchronous CLI alike. Returns the finished row;
-    never raises for a PanelError (it is the operation's *failed* outcome)."""
+    `apps.audit.operations` calls this for every kind, queued or inline. Returns the finished
+    row; never raises for a PanelError (it is the operation's *failed* outcome). `describe`
+    turns a result into the sentence people read, kept in `result["summary"]`."""
     operation = operation_claim(operation_id=operation_id)
     if operation is None:
         existing = Operation.objects.filter(pk=operation_id).first()
@@ -209,46 +215,45 @@ def operation_execute(*, operation_id: int, work: Callable[[Operation], Any]) ->
             tb=traceback.format_exc(),
         )
     else:
+        if describe is not None and isinstance(result, dict):
+            result = {**result, "summary": describe(result)}
         _finish(operation, status=Operation.Status.SUCCEEDED, result=result)
     return operation
 
 
-def operation_retry(*, operation: Operation, actor: Actor) -> Operation:
-    """Queue the same work again as a new operation; the failed row stays as history."""
-    if operation.status not in {Operation.Status.FAILED, Operation.Status.ERRORED}:
-        raise PanelError(f"operation #{operation.pk} is {operation.status}; only failed work can be retried")
-    if not operation.task:
-        raise PanelError(f"operation #{operation.pk} ran inline (CLI) and has no task to retry")
-    retry = operation_create(
-        exclusive=operation.exclusive,
-        kind=operation.kind,
-        target_type=operation.target_type,
-        target_id=operation.target_id,
-        actor=actor,
-        task=operation.task,
-        params={**operation.params, "retry_of": operation.pk},
-    )
-    operation_enqueue(operation=retry)
-    return retry
-
-
 def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
-    """Mark running operations whose worker stopped sending heartbeats as errored, so the
-    target is free again and the domain's reconcile can roll the work forward or back."""
+    """Mark stale work as errored, so its target is free again and the domain's reconcile
+    can roll the work forward or back: running operations whose worker stopped sending
+    heartbeats, and pending ones no worker claimed in the same time (the queue lost them,
+    or they were never handed over)."""
     limit = older_than if older_than is not None else timedelta(seconds=settings.Q_CLUSTER["retry"])
-    cutoff = timezone.now() - limit
-    stale = Operation.objects.filter(status=Operation.Status.RUNNING, heartbeat_at__lt=cutoff)
-    return stale.update(
+    now = timezone.now()
+    cutoff = now - limit
+    running = Operation.objects.filter(status=Operation.Status.RUNNING, heartbeat_at__lt=cutoff).update(
         status=Operation.Status.ERRORED,
-        finished_at=timezone.now(),
+        finished_at=now,
         error="worker stopped sending heartbeats (killed or lost); the next run will finish the work",
+    )
+    pending = Operation.objects.filter(status=Operation.Status.PENDING, created_at__lt=cutoff).update(
+        status=Operation.Status.ERRORED,
+        finished_at=now,
+        error="no worker took this work in time (queue lost or not running); request it again",
+    )
+    return running + pending
+
+
+# --- transitional: the old entry points, until every app calls apps.audit.operations --------
+
+
+def operation_enqueue(*, operation: Operation) -> None:
+    from django_q.tasks import async_task
+
+    transaction.on_commit(
+        lambda: async_task(operation.task, operation.pk, task_name=f"{operation.kind} #{operation.pk}")
     )
 
 
 def operation_run_inline(*, operation: Operation, work: Callable[[Operation], Any]) -> Operation:
-    """Run a just-created operation in this process (CLI, synchronous callers) and raise the
-    service's own PanelError if it failed, so a NotFound stays a NotFound for the caller.
-    The row records the outcome either way."""
     raised: list[PanelError] = []
 
     def keep_error(op: Operation):

@@ -3,7 +3,7 @@
 from django.core.cache import cache
 from django.db import transaction
 
-from apps.dashboard.models import StorageSample
+from apps.audit.models import StorageSample
 
 # The overview and the leak report add up every domain (tens of thousands of rows); the
 # figures are kept in the shared cache until anything changes what they count. Every state

@@ -15,11 +15,10 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST, require_safe
 from django_q.models import Failure, Schedule
 
-from apps.audit.models import AuditEvent, Operation
-from apps.audit.services import operation_retry
+from apps.audit.charts import bytes_chart
+from apps.audit.models import AuditEvent, Operation, StorageSample
+from apps.audit.operations import retry as operation_retry
 from apps.dashboard import ratelimit
-from apps.dashboard.charts import bytes_chart
-from apps.dashboard.models import StorageSample
 from apps.dashboard.services import OVERVIEW_CACHE_KEY
 from controlpanel.errors import PanelError
 

@@ -8,7 +8,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.dashboard.models import StorageSample
+from apps.audit.models import StorageSample
 from apps.mixjobs.models import MixJob
 
 

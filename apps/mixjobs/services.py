@@ -38,8 +38,8 @@ from apps.audit.services import (
     audit_record,
     operation_create,
     operation_log,
+    storage_sample_record,
 )
-from apps.dashboard.services import storage_sample_record
 from apps.mixjobs.models import MixJob
 from apps.mixjobs.selectors import mixjobs_totals_forget
 from controlpanel.errors import Busy, InvalidInput

@@ -186,6 +186,6 @@ def overview_section() -> dict:
 
 
 def _human(value: int) -> str:
-    from apps.dashboard.templatetags.panel import humanize_bytes
+    from controlpanel.formatting import humanize_bytes
 
     return humanize_bytes(value)

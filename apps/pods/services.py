@@ -32,8 +32,8 @@ from apps.audit.services import (
     operation_create,
     operation_enqueue,
     operation_log,
+    storage_sample_record,
 )
-from apps.dashboard.services import storage_sample_record
 from apps.pods.docker_engine import DockerEngine, DockerFailure, VolumeInfo
 from apps.pods.models import (
     POD_LABEL,

@@ -9,10 +9,10 @@ from django.db.models import Count, Q, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.dashboard.models import StorageSample
-from apps.dashboard.templatetags.panel import humanize_bytes
+from apps.audit.models import StorageSample
 from apps.separations.models import SeparationSession
 from apps.separations.services import sessions_backend
+from controlpanel.formatting import humanize_bytes
 
 OLDEST_SHOWN = 5
 

@@ -34,8 +34,8 @@ from apps.audit.services import (
     operation_enqueue,
     operation_log,
     operation_run_inline,
+    storage_sample_record,
 )
-from apps.dashboard.services import storage_sample_record
 from apps.separations.models import STEMS, SeparationSession, session_transition
 from apps.volumes.backends import VolumeBackend, backend_for_url
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable

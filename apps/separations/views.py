@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
+from apps.audit.charts import bytes_chart
 from apps.audit.models import AuditEvent, Operation
-from apps.dashboard.charts import bytes_chart
 from apps.separations import selectors
 from apps.separations.models import SeparationSession
 from apps.separations.services import (

@@ -27,8 +27,8 @@ from apps.audit.services import (
     operation_enqueue,
     operation_log,
     operation_run_inline,
+    storage_sample_record,
 )
-from apps.dashboard.services import storage_sample_record
 from apps.volumes.backends import VolumeBackend, backend_for_url, clean_path
 from apps.volumes.models import CrossCheck, Finding, Inspection, LayoutRule, Severity, Volume
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable

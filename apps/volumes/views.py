@@ -9,8 +9,8 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
+from apps.audit.charts import bytes_chart
 from apps.audit.models import AuditEvent, Operation
-from apps.dashboard.charts import bytes_chart
 from apps.volumes import selectors
 from apps.volumes.models import Inspection, Volume
 from apps.volumes.services import (

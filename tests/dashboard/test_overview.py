@@ -8,8 +8,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from apps.audit.services import operation_create, operation_execute
-from apps.dashboard.services import storage_sample_record
+from apps.audit.services import operation_create, operation_execute, storage_sample_record
 from controlpanel.errors import PanelError
 
 pytestmark = pytest.mark.django_db

@@ -7,9 +7,8 @@ import pytest
 import time_machine
 from django.db import connection
 
-from apps.audit.models import AuditEvent, Operation
+from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.services import operation_create
-from apps.dashboard.models import StorageSample
 from apps.separations.models import SeparationSession
 from apps.separations.services import (
     TARGET_TYPE,

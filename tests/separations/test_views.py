@@ -8,8 +8,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 
 from apps.audit.models import AuditEvent, Operation
-from apps.audit.services import operation_create
-from apps.dashboard.services import storage_sample_record
+from apps.audit.services import operation_create, storage_sample_record
 from apps.separations import selectors
 from apps.separations.models import SeparationSession
 from apps.separations.services import TARGET_TYPE, sessions_sync_now

@@ -5,8 +5,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from apps.audit.models import AuditEvent, Operation
-from apps.dashboard.models import StorageSample
+from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.volumes.models import Inspection, LayoutRule
 from apps.volumes.services import (
     glob_regex,

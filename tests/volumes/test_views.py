@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 
 from apps.audit.models import Operation
-from apps.dashboard.services import storage_sample_record
+from apps.audit.services import storage_sample_record
 from apps.volumes import selectors
 from apps.volumes.models import CrossCheck, Inspection, LayoutRule, Volume
 from apps.volumes.services import layout_preset_import, volume_inspect

@@ -6,21 +6,9 @@ from django import template
 from django.utils.html import format_html
 from django.utils.text import slugify
 
+from controlpanel.formatting import humanize_bytes
+
 register = template.Library()
-
-_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-
-
-def humanize_bytes(value) -> str:
-    if value is None or value == "":
-        return "—"
-    size = float(value)
-    for unit in _UNITS:
-        if abs(size) < 1024 or unit == _UNITS[-1]:
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} PiB"  # unreachable; keeps type checkers calm
-
 
 register.filter("bytes", humanize_bytes)
 

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from datetime import datetime
 
-from apps.dashboard.models import StorageSample
-from apps.dashboard.templatetags.panel import humanize_bytes
+from apps.audit.models import StorageSample
+from controlpanel.formatting import humanize_bytes
 
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 640, 220, 70, 24, 10
 

@@ -1,0 +1,63 @@
+"""The panel's vocabulary, defined once: operation kinds, audit actions and target types.
+
+Strings only (no imports from the domain apps): each domain declares what its kinds do in
+its own `operations.py`; this module only names them so that a typo is an AttributeError,
+not a kind nobody runs or an action no filter finds.
+"""
+
+from django.db import models
+
+
+class TargetType(models.TextChoices):
+    POD = "pod", "pod"
+    PODS = "pods", "all pods"
+    SESSION_VOLUME = "session-volume", "sessions volume"
+    MIXJOB_SESSION = "mixjob-session", "mix-job session"
+    MIXJOBS = "mixjobs", "all mix jobs"
+    VOLUME = "volume", "volume"
+    VOLUMES = "volumes", "all volumes"
+
+
+class Kind(models.TextChoices):
+    """Operation kinds: `apps/<app>/operations.py` declares what each one does."""
+
+    POD_PROVISION = "pod.provision", "Provision pod"
+    POD_STOP = "pod.stop", "Stop pod"
+    POD_START = "pod.start", "Start pod"
+    POD_DEPROVISION = "pod.deprovision", "Deprovision pod"
+    POD_DELETE = "pod.delete", "Delete pod"
+    PODS_RECONCILE = "pods.reconcile", "Reconcile pods"
+    PODS_SWEEP_ORPHANS = "pods.sweep-orphans", "Sweep orphaned pod volumes"
+    PODS_RETENTION = "pods.retention", "Apply snapshot retention"
+    SESSIONS_SYNC = "sessions.sync", "Sync separation sessions"
+    SESSIONS_CLEANUP = "sessions.cleanup", "Clean up separation sessions"
+    MIXJOBS_SYNC = "mixjobs.sync", "Sync mix jobs"
+    MIXJOBS_CLEANUP = "mixjobs.cleanup", "Clean up expired mix jobs"
+    VOLUME_INSPECT = "volume.inspect", "Inspect volume"
+    VOLUME_CROSSCHECK = "volume.crosscheck", "Cross-check volume with S3"
+    VOLUMES_INSPECT_ALL = "volumes.inspect-all", "Inspect every volume"
+
+
+class AuditAction(models.TextChoices):
+    """What an audit event says was done. An operation kind audits as its own name."""
+
+    POD_PROVISION = "pod.provision", "pod provisioned"
+    POD_STOP = "pod.stop", "pod stopped"
+    POD_START = "pod.start", "pod started"
+    POD_DEPROVISION = "pod.deprovision", "pod deprovisioned"
+    POD_DELETE = "pod.delete", "pod deleted"
+    POD_RECONCILE = "pod.reconcile", "pod reconciled"
+    POD_RESUME = "pod.resume", "pod's interrupted work resumed"
+    PODS_SWEEP_ORPHANS = "pods.sweep-orphans", "orphaned pod volumes swept"
+    PODS_RETENTION = "pods.retention", "snapshot retention applied"
+    SNAPSHOT_DELETE = "snapshot.delete", "snapshot purged"
+    SESSIONS_SYNC = "sessions.sync", "sessions synced"
+    SESSIONS_CLEANUP = "sessions.cleanup", "sessions cleaned up"
+    MIXJOBS_SYNC = "mixjobs.sync", "mix jobs synced"
+    MIXJOBS_CLEANUP = "mixjobs.cleanup", "mix jobs cleaned up"
+    VOLUME_ADD = "volume.add", "volume added"
+    VOLUME_PRESET = "volume.preset", "layout preset applied"
+    VOLUME_INSPECT = "volume.inspect", "volume inspected"
+    VOLUME_CROSSCHECK = "volume.crosscheck", "volume cross-checked"
+    VOLUMES_INSPECT_ALL = "volumes.inspect-all", "inspections queued"
+    OPERATION_RETRY = "operation.retry", "operation retried"

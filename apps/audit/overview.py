@@ -1,0 +1,53 @@
+"""What each domain app offers the overview and the leak report, as typed objects.
+
+A domain app registers one `OverviewProvider` from its `AppConfig.ready()`; the dashboard,
+on top of every app, reads `overview_providers()` and imports none of them. A provider's
+`section()` reads the database only (no Docker, S3 or Modal call), so the overview stays
+fast; a part that is unreachable shows as the section's `error`.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Leak:
+    """Storage held that should not be, with the page that fixes it."""
+
+    label: str
+    domain: str
+    bytes: int | None
+    fix_url: str
+    fix_label: str
+
+
+@dataclass
+class OverviewSection:
+    """One card of the overview: what a domain holds, a few figures, and its leaks."""
+
+    title: str
+    url: str
+    bytes: int | None
+    rows: list[tuple[str, Any]] = field(default_factory=list)
+    leaks: list[Leak] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class OverviewProvider:
+    app_label: str
+    title: str
+    section: Callable[[], OverviewSection]
+    order: int = 100
+
+
+_PROVIDERS: dict[str, OverviewProvider] = {}
+
+
+def register_overview(provider: OverviewProvider) -> None:
+    _PROVIDERS[provider.app_label] = provider
+
+
+def overview_providers() -> list[OverviewProvider]:
+    return sorted(_PROVIDERS.values(), key=lambda provider: (provider.order, provider.app_label))

@@ -1,0 +1,33 @@
+"""How numbers read for people. Low in the layers so services, selectors, the CLI and
+templates all format bytes the same way (the exact value stays in the database and --json)."""
+
+_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+
+
+def humanize_bytes(value) -> str:
+    """`1536` → "1.5 KiB"; None or "" → "—" (not measured)."""
+    if value is None or value == "":
+        return "—"
+    size = float(value)
+    for unit in _UNITS:
+        if abs(size) < 1024 or unit == _UNITS[-1]:
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} PiB"  # unreachable; keeps type checkers calm
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """`plural(1, "file")` → "1 file"; `plural(3, "file")` → "3 files"."""
+    word = singular if count == 1 else (plural_form or f"{singular}s")
+    return f"{count:,} {word}"
+
+
+def first_line(exc: BaseException | str, *, default: str = "") -> str:
+    """The first non-empty line of an error's text, or its type's name: never an IndexError
+    on an empty message."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    if isinstance(exc, BaseException):
+        return default or type(exc).__name__
+    return default
