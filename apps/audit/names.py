@@ -33,6 +33,7 @@ class Kind(models.TextChoices):
     SESSIONS_CLEANUP = "sessions.cleanup", "Clean up separation sessions"
     MIXJOBS_SYNC = "mixjobs.sync", "Sync mix jobs"
     MIXJOBS_CLEANUP = "mixjobs.cleanup", "Clean up expired mix jobs"
+    MIXJOBS_CLEANUP_SESSION = "mixjobs.cleanup-session", "Clean up one session's expired mix jobs"
     VOLUME_INSPECT = "volume.inspect", "Inspect volume"
     VOLUME_CROSSCHECK = "volume.crosscheck", "Cross-check volume with S3"
     VOLUMES_INSPECT_ALL = "volumes.inspect-all", "Inspect every volume"
