@@ -93,7 +93,7 @@ def seed_audit(count: int) -> None:
     AuditEvent.objects.bulk_create(
         [
             AuditEvent(
-                actor_name="seed", action="pods.stop", target_type="pod", target_id=f"seed-{i}", outcome="succeeded"
+                actor_name="seed", action="pod.stop", target_type="pod", target_id=f"seed-{i}", outcome="succeeded"
             )
             for i in range(count)
         ],

@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.operations import kind_get, sentence
 from apps.audit.operations import retry as operation_retry
 from controlpanel.errors import PanelError
 
@@ -29,10 +30,34 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
 @admin.register(Operation)
 class OperationAdmin(ReadOnlyAdmin):
-    list_display = ["id", "kind", "target_type", "target_id", "actor_name", "status", "created_at", "finished_at"]
+    list_display = [
+        "id",
+        "label",
+        "target_type",
+        "target_id",
+        "actor_name",
+        "status",
+        "created_at",
+        "finished_at",
+        "outcome",
+    ]
     list_filter = ["status", "kind"]
     search_fields = ["target_id", "kind", "actor_name", "error"]
+    readonly_fields = ["label", "outcome"]
     actions = ["retry"]
+
+    @admin.display(description="what", ordering="kind")
+    def label(self, operation: Operation) -> str:
+        # Old rows may name a kind that is no longer declared: show the raw name.
+        try:
+            return kind_get(operation.kind).label
+        except PanelError:
+            return operation.kind
+
+    @admin.display(description="outcome")
+    def outcome(self, operation: Operation) -> str:
+        """The result in one sentence instead of its JSON; nothing while the work runs."""
+        return "" if operation.is_active else sentence(operation)
 
     @admin.action(description="Retry the selected failed operations", permissions=["retry"])
     def retry(self, request, queryset):
@@ -42,7 +67,7 @@ class OperationAdmin(ReadOnlyAdmin):
             except PanelError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
-                self.message_user(request, f"operation #{operation.pk} queued again as #{retry.pk}")
+                self.message_user(request, f"{self.label(operation)} #{operation.pk} queued again as #{retry.pk}")
 
     def has_retry_permission(self, request):
         return request.user.has_perm("audit.retry_operation")

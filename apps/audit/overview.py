@@ -51,3 +51,25 @@ def register_overview(provider: OverviewProvider) -> None:
 
 def overview_providers() -> list[OverviewProvider]:
     return sorted(_PROVIDERS.values(), key=lambda provider: (provider.order, provider.app_label))
+
+
+def overview_collect() -> list[OverviewSection]:
+    """Every registered section, now. A provider that raises a PanelError (a part out of
+    reach) becomes a section that says so, never an exception."""
+    from controlpanel.errors import PanelError
+
+    sections = []
+    for provider in overview_providers():
+        try:
+            sections.append(provider.section())
+        except PanelError as exc:
+            sections.append(OverviewSection(title=provider.title, url="", bytes=None, error=str(exc)))
+    return sections
+
+
+def bytes_held(sections: list[OverviewSection]) -> int:
+    return sum(section.bytes or 0 for section in sections)
+
+
+def bytes_leaked(sections: list[OverviewSection]) -> int:
+    return sum(leak.bytes or 0 for section in sections for leak in section.leaks)

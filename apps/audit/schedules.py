@@ -18,7 +18,7 @@ def collect_schedules() -> list[tuple[str, str, str, int]]:
     found = list(HOUSEKEEPING)
     for kind in kinds():
         if kind.schedule is not None:
-            found.append((kind.schedule.name, SCHEDULE_TASK, repr(kind.name), kind.schedule.minutes))
+            found.append((kind.schedule.name, SCHEDULE_TASK, repr(str(kind.name)), kind.schedule.minutes))
     return found
 
 

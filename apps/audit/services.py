@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from apps.audit.models import AuditEvent, Operation, StorageSample
 from controlpanel.errors import Busy, NotFound, PanelError
+from controlpanel.logs import operation_context
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,8 @@ def operation_execute(
         logger.warning("operation #%s is %s, not pending; not running it again", operation_id, existing.status)
         return existing
     try:
-        result = work(operation)
+        with operation_context(operation.pk, operation.kind):
+            result = work(operation)
     except PanelError as exc:
         _finish(operation, status=Operation.Status.FAILED, error=exc.message)
     except Exception as exc:  # an unexpected failure: keep the traceback for the log and the row
@@ -240,32 +242,3 @@ def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
         error="no worker took this work in time (queue lost or not running); request it again",
     )
     return running + pending
-
-
-# --- transitional: the old entry points, until every app calls apps.audit.operations --------
-
-
-def operation_enqueue(*, operation: Operation) -> None:
-    from django_q.tasks import async_task
-
-    transaction.on_commit(
-        lambda: async_task(operation.task, operation.pk, task_name=f"{operation.kind} #{operation.pk}")
-    )
-
-
-def operation_run_inline(*, operation: Operation, work: Callable[[Operation], Any]) -> Operation:
-    raised: list[PanelError] = []
-
-    def keep_error(op: Operation):
-        try:
-            return work(op)
-        except PanelError as exc:
-            raised.append(exc)
-            raise
-
-    finished = operation_execute(operation_id=operation.pk, work=keep_error)
-    if raised:
-        raise raised[0]
-    if finished.status != Operation.Status.SUCCEEDED:
-        raise PanelError(f"operation #{finished.pk} {finished.status}: {finished.error}")
-    return finished

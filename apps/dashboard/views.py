@@ -1,25 +1,17 @@
-import importlib
-from datetime import datetime, timedelta
-
-from django.apps import apps
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required, permission_required
-from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Max
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST, require_safe
 from django_q.models import Failure, Schedule
 
-from apps.audit.charts import bytes_chart
-from apps.audit.models import AuditEvent, Operation, StorageSample
+from apps.audit.models import AuditEvent, Operation
 from apps.audit.operations import retry as operation_retry
+from apps.audit.overview import bytes_held, bytes_leaked
 from apps.dashboard import ratelimit
-from apps.dashboard.services import OVERVIEW_CACHE_KEY
+from apps.dashboard.selectors import in_flight_context, leak_rows, overview_figures, recent_charts
 from controlpanel.errors import PanelError
 
 PAGE_SIZE = 50
@@ -52,58 +44,6 @@ class RateLimitedLoginView(auth_views.LoginView):
         return super().form_valid(form)
 
 
-def overview_sections() -> list[dict]:
-    """Each app may offer `selectors.overview_section()`; the overview shows what they return."""
-    sections = []
-    for config in apps.get_app_configs():
-        if not config.name.startswith("apps.") or config.label == "dashboard":
-            continue
-        try:
-            module = importlib.import_module(f"{config.name}.selectors")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{config.name}.selectors":
-                raise
-            continue
-        section_fn = getattr(module, "overview_section", None)
-        if section_fn is not None:
-            try:
-                section = section_fn()
-            except PanelError as exc:
-                # A part being unreachable is shown on the page, never a 500.
-                section = {"title": config.verbose_name, "error": str(exc)}
-            if section:
-                sections.append(section)
-    return sections
-
-
-def overview_figures() -> tuple[list[dict], datetime]:
-    """The sections and when they were added up: from the cache while nothing has changed
-    (see apps/dashboard/services.py), otherwise computed now."""
-    cached = cache.get(OVERVIEW_CACHE_KEY)
-    if cached is None:
-        cached = (overview_sections(), timezone.now())
-        cache.set(OVERVIEW_CACHE_KEY, cached, settings.OVERVIEW_CACHE_SECONDS)
-    return cached
-
-
-def leak_rows(sections: list[dict]) -> list[dict]:
-    leaks = [leak for section in sections for leak in section.get("leaks", [])]
-    return sorted(leaks, key=lambda leak: leak.get("bytes") or 0, reverse=True)
-
-
-def in_flight_context() -> dict:
-    """Running work, and what finished in the last ten minutes (so a result stays visible)."""
-    recent = timezone.now() - timedelta(minutes=10)
-    return {
-        "active_operations": list(Operation.objects.filter(status__in=Operation.ACTIVE).order_by("created_at")[:20]),
-        "finished_operations": list(
-            Operation.objects.filter(status__in=Operation.TERMINAL, finished_at__gte=recent).order_by("-finished_at")[
-                :5
-            ]
-        ),
-    }
-
-
 @require_safe
 def overview(request):
     sections, figures_at = overview_figures()
@@ -113,8 +53,8 @@ def overview(request):
         "figures_at": figures_at,
         "leaks": leaks[:10],
         "leak_count": len(leaks),
-        "leaked_bytes": sum(leak.get("bytes") or 0 for leak in leaks),
-        "held_bytes": sum(section.get("bytes") or 0 for section in sections),
+        "leaked_bytes": bytes_leaked(sections),
+        "held_bytes": bytes_held(sections),
         "charts": recent_charts(),
         "recent_events": AuditEvent.objects.select_related("actor_user")[:10],
         **in_flight_context(),
@@ -138,25 +78,11 @@ def leaks(request):
         "page": page,
         "leaks": page.object_list,
         "leak_count": len(rows),
-        "leaked_bytes": sum(leak.get("bytes") or 0 for leak in rows),
-        "errors": [section for section in sections if section.get("error")],
+        "leaked_bytes": bytes_leaked(sections),
+        "errors": [section for section in sections if section.error],
         "figures_at": figures_at,
     }
     return render(request, "dashboard/leaks.html", context)
-
-
-def recent_charts(limit: int = 6) -> list[dict]:
-    """Bytes over time for the most recently measured subjects of every domain."""
-    subjects = (
-        StorageSample.objects.values("domain", "subject").annotate(last=Max("sampled_at")).order_by("-last")[:limit]
-    )
-    return [
-        {
-            "title": f"{row['domain']}: {row['subject']}",
-            "chart": bytes_chart(domain=row["domain"], subject=row["subject"]),
-        }
-        for row in subjects
-    ]
 
 
 @require_safe

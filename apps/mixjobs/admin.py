@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.shortcuts import redirect
 from django.urls import reverse
 
+from apps.audit.names import Kind
+from apps.audit.operations import user_may
 from apps.mixjobs.models import MixJob
 
 
@@ -25,9 +27,9 @@ class MixJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Clean up expired jobs of the selected sessions (preview first)", permissions=["cleanup"])
     def clean_up_expired(self, request, queryset):
-        # The same confirmation page as the dashboard: it previews, the person confirms.
+        # One confirmation path: the cleanup page's `confirm_page` previews, the person confirms.
         sessions = sorted(set(queryset.values_list("session_id", flat=True)))
         return redirect(f"{reverse('mixjobs:cleanup')}?{urlencode([('session', s) for s in sessions])}")
 
     def has_cleanup_permission(self, request):
-        return request.user.has_perm("mixjobs.cleanup_mixjob")
+        return user_may(request.user, Kind.MIXJOBS_CLEANUP_SESSION)

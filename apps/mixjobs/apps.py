@@ -5,3 +5,14 @@ class MixjobsConfig(AppConfig):
     name = "apps.mixjobs"
     label = "mixjobs"
     verbose_name = "Mix jobs"
+
+    def ready(self):
+        from apps.audit.operations import register
+        from apps.audit.overview import OverviewProvider, register_overview
+        from apps.mixjobs.operations import KINDS
+        from apps.mixjobs.selectors import OVERVIEW_TITLE, overview_section
+
+        register(*KINDS)
+        register_overview(
+            OverviewProvider(app_label=self.label, title=OVERVIEW_TITLE, section=overview_section, order=30)
+        )

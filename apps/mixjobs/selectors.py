@@ -9,7 +9,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.models import StorageSample
+from apps.audit.overview import Leak, OverviewSection
 from apps.mixjobs.models import MixJob
+
+# What sync measures: every job file, index file and output, as one subject.
+SAMPLE_DOMAIN = "mixjobs"
+SAMPLE_SUBJECT = "all"
 
 
 def live_jobs() -> QuerySet[MixJob]:
@@ -25,6 +30,7 @@ def expired_filter() -> Q:
     return Q(expires_at__lte=timezone.now(), problem="")
 
 
+OVERVIEW_TITLE = "Mix jobs"
 TOTALS_CACHE_KEY = "mixjobs:totals"
 TOTALS_CACHE_SECONDS = 60
 
@@ -58,31 +64,32 @@ def _mixjobs_totals() -> dict:
 
 def mixjobs_held_bytes() -> int | None:
     """Job files, index files and outputs, as the last sync measured them (one query)."""
-    sample = StorageSample.objects.filter(domain="mixjobs", subject="all").order_by("-sampled_at").first()
+    sample = StorageSample.objects.filter(domain=SAMPLE_DOMAIN, subject=SAMPLE_SUBJECT).order_by("-sampled_at").first()
     return sample.total_bytes if sample else None
 
 
-def overview_section() -> dict:
+def overview_section() -> OverviewSection:
+    """The overview's card and the leak report's rows (registered in MixjobsConfig.ready())."""
     totals = mixjobs_totals()
     held = mixjobs_held_bytes()
     leaks = []
     if totals["expired"]:
         leaks.append(
-            {
-                "label": f"{totals['expired']} expired mix job(s) not yet removed",
-                "domain": "mixjobs",
-                "bytes": totals["expired_bytes"],
-                "fix_url": reverse("mixjobs:cleanup"),
-                "fix_label": "Clean up expired jobs",
-            }
+            Leak(
+                label=f"{totals['expired']} expired mix job(s) not yet removed",
+                domain=SAMPLE_DOMAIN,
+                bytes=totals["expired_bytes"],
+                fix_url=reverse("mixjobs:cleanup"),
+                fix_label="Clean up expired jobs",
+            )
         )
     rows = [("jobs", totals["jobs"])]
     rows += [(state, count) for state, count in sorted(totals["by_state"].items()) if state]
     rows += [("stalled", totals["stalled"]), ("problems", totals["problems"])]
-    return {
-        "title": "Mix jobs",
-        "url": reverse("mixjobs:list"),
-        "bytes": held if held is not None else totals["jobs_bytes"] + totals["indexes_bytes"],
-        "rows": rows,
-        "leaks": leaks,
-    }
+    return OverviewSection(
+        title=OVERVIEW_TITLE,
+        url=reverse("mixjobs:list"),
+        bytes=held if held is not None else totals["jobs_bytes"] + totals["indexes_bytes"],
+        rows=rows,
+        leaks=leaks,
+    )

@@ -5,12 +5,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from apps.audit.services import operation_enqueue
+from apps.audit.names import Kind
+from apps.audit.operations import request as request_work
+from apps.audit.operations import request_many
 from apps.mixjobs.models import MixJob
+from apps.mixjobs.operations import CLEANUP_PERMISSION
 from apps.mixjobs.selectors import expired_filter, live_jobs, mixjobs_held_bytes, mixjobs_totals, stalled_filter
-from apps.mixjobs.services import mixjobs_cleanup, mixjobs_cleanup_start, mixjobs_sync_start
+from apps.mixjobs.services import mixjobs_cleanup_preview
 from controlpanel.errors import PanelError
-from controlpanel.paths import validate_id
+from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
 YES = "yes"
@@ -47,73 +50,53 @@ def list_view(request):
     return render(request, "mixjobs/list.html", context)
 
 
-def _sessions(request) -> list[str]:
-    return [validate_id(value, kind="session id") for value in request.GET.getlist("session") if value]
+def _sessions(values: list[str]) -> list[str]:
+    # A session named twice is one cleanup, not two.
+    return list(dict.fromkeys(value for value in values if value))
 
 
 @require_safe
 def cleanup_confirm(request):
-    """The dry run: what would go and how many bytes. Looking writes nothing."""
-    context = {
+    """The dry run: every file that would go and every file kept, and why. Looking writes nothing."""
+    page = {
         "title": "Clean up expired mix jobs",
-        "action_url": reverse("mixjobs:cleanup-run"),
         "cancel_url": reverse("mixjobs:list"),
         "confirm_label": "Delete these jobs",
     }
+    sessions = _sessions(request.GET.getlist("session"))
     try:
-        sessions = _sessions(request)
-        reports = [
-            mixjobs_cleanup(actor=request.user, session_id=session, dry_run=True, audit=False)
-            for session in (sessions or [None])
-        ]
+        preview = mixjobs_cleanup_preview(session_ids=sessions)
     except PanelError as exc:
-        return render(request, "dashboard/confirm.html", {**context, "error": str(exc)}, status=400)
-    items = [{"label": path, "bytes": None, "note": "file"} for report in reports for path in report.deleted_files] + [
-        {"label": s["path"], "bytes": None, "note": f"kept: {s['reason']}"} for r in reports for s in r.skipped
-    ]
-    jobs = sum(len(report.deleted_jobs) for report in reports)
-    context.update(
-        {
-            "summary": (
-                f"{jobs} expired job(s) in {', '.join(sessions) or 'all sessions'}: their JSON and index files, "
-                "and a session's final_mix.wav only when none of its jobs remain. "
-                "Each file is read again just before it is deleted."
-            ),
-            "items": items,
-            "total_bytes": sum(report.bytes_reclaimed for report in reports),
-            "fields": [("session", session) for session in sessions],
-        }
-    )
-    if not jobs:
-        context["action_url"] = ""
-        context["summary"] = "Nothing has expired: there is nothing to delete."
-    return render(request, "dashboard/confirm.html", context)
+        return confirm_page(request, **page, error=exc)
+    fields = [("session", session) for session in sessions]
+    return confirm_page(request, **page, preview=preview, action_url=reverse("mixjobs:cleanup-run"), fields=fields)
 
 
 @require_POST
-@permission_required("mixjobs.cleanup_mixjob", raise_exception=True)
+@permission_required(CLEANUP_PERMISSION, raise_exception=True)
 def cleanup_run(request):
-    if request.POST.get("confirm") != YES:
+    if not is_confirmed(request):
         return redirect("mixjobs:cleanup")
+    sessions = _sessions(request.POST.getlist("session"))
     try:
-        sessions = [validate_id(v, kind="session id") for v in request.POST.getlist("session") if v]
-        operations = [mixjobs_cleanup_start(actor=request.user, session_id=s) for s in (sessions or [None])]
+        if sessions:
+            # All or none: a session refused leaves no other one pending and never queued.
+            operations = request_many(Kind.MIXJOBS_CLEANUP_SESSION, sessions, actor=request.user)
+        else:
+            operations = [request_work(Kind.MIXJOBS_CLEANUP, actor=request.user)]
     except PanelError as exc:
         messages.error(request, str(exc))
         return redirect("mixjobs:list")
-    for operation in operations:
-        operation_enqueue(operation=operation)
     messages.success(request, f"Cleanup queued as operation #{operations[0].pk}.")
     return redirect("dashboard:operation", operation_id=operations[0].pk)
 
 
 @require_POST
-@permission_required("mixjobs.cleanup_mixjob", raise_exception=True)
+@permission_required(CLEANUP_PERMISSION, raise_exception=True)
 def sync_run(request):
     try:
-        operation = mixjobs_sync_start(actor=request.user)
+        operation = request_work(Kind.MIXJOBS_SYNC, actor=request.user)
     except PanelError as exc:
         messages.error(request, str(exc))
         return redirect("mixjobs:list")
-    operation_enqueue(operation=operation)
     return redirect("dashboard:operation", operation_id=operation.pk)

@@ -1,13 +1,17 @@
-"""Admin: hosts are edited here; pods change only through actions that call the services,
-after the same confirmation page the dashboard shows."""
+"""Admin: hosts are edited here; pods change only through actions that ask for the same
+operation kinds as the pages, after the same confirmation page."""
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.template.response import TemplateResponse
 
+from apps.audit import operations
+from apps.audit.admin import ReadOnlyAdmin
+from apps.pods.actions import PAGE_ACTIONS, PodAction
 from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
-from apps.pods.services import pod_preview, pod_request
+from apps.pods.services import pod_preview
 from controlpanel.errors import PanelError
+from controlpanel.formatting import plural
+from controlpanel.preview import Preview, PreviewItem, confirm_page, is_confirmed
 
 
 @admin.register(DockerHost)
@@ -39,23 +43,65 @@ class SnapshotInline(admin.TabularInline):
         return False
 
 
-def _pod_action(action: str, permission: str, description: str):
-    @admin.action(description=description, permissions=[permission])
+def _pods_preview(pods: list[Pod], action: PodAction) -> tuple[Preview, PanelError | None]:
+    """One preview for the selected pods; a pod the action does not fit is named, not hidden."""
+    delete, keep, errors = [], [], []
+    for pod in pods:
+        try:
+            preview = pod_preview(pod_id=pod.pod_id, action=action)
+        except PanelError as exc:
+            errors.append(str(exc))
+            continue
+        delete += preview.delete or [PreviewItem(pod.pod_id, why=preview.summary)]
+        keep += preview.keep
+    names = ", ".join(pod.pod_id for pod in pods)
+    preview = Preview(
+        title=f"{action.name.capitalize()} {plural(len(pods), 'pod')}",
+        summary=f"{action.name.capitalize()}: {names}. " + " ".join(errors),
+        delete=delete,
+        keep=keep,
+        destructive=action.destructive,
+    )
+    refused = PanelError("; ".join(errors)) if errors and len(errors) == len(pods) else None
+    return preview, refused
+
+
+def _admin_action(action: PodAction):
+    @admin.action(description=action.admin_label, permissions=[f"{action.name}_pod"])
     def run(modeladmin, request, queryset):
         pods = list(queryset)
-        if request.POST.get("confirm") != "yes":
-            return modeladmin.confirm_page(request, pods, action)
+        if not is_confirmed(request):
+            preview, error = _pods_preview(pods, action)
+            fields = [("action", request.POST["action"])]
+            fields += [(helpers.ACTION_CHECKBOX_NAME, str(pod.pk)) for pod in pods]
+            return confirm_page(
+                request,
+                title=preview.title,
+                preview=preview,
+                error=error,
+                action_url=request.get_full_path(),
+                cancel_url=request.get_full_path(),
+                confirm_label=action.confirm_label,
+                fields=fields,
+            )
         for pod in pods:
             try:
-                operation = pod_request(action=action, pod_id=pod.pod_id, actor=request.user)
+                operation = operations.request(action.kind, pod.pod_id, actor=request.user)
             except PanelError as exc:
                 modeladmin.message_user(request, str(exc), messages.ERROR)
             else:
-                modeladmin.message_user(request, f"pod {pod.pod_id}: {action} queued as operation #{operation.pk}")
+                modeladmin.message_user(request, f"pod {pod.pod_id}: {action.name} queued as operation #{operation.pk}")
         return None
 
-    run.__name__ = f"{action}_pods"
+    run.__name__ = f"{action.name}_pods"
     return run
+
+
+def _may(action: PodAction):
+    def has_permission(modeladmin, request) -> bool:
+        return operations.user_may(request.user, action.kind)
+
+    return has_permission
 
 
 @admin.register(Pod)
@@ -77,12 +123,7 @@ class PodAdmin(admin.ModelAdmin):
         "restoring_snapshot",
     ]
     inlines = [PodVolumeInline, SnapshotInline]
-    actions = [
-        _pod_action("stop", "stop", "Stop (snapshot, verify, then remove volumes)"),
-        _pod_action("start", "start", "Start (reattach or restore)"),
-        _pod_action("deprovision", "deprovision", "Deprovision (remove container and volumes)"),
-        _pod_action("delete", "purge", "Delete (container, volumes and snapshots)"),
-    ]
+    actions = [_admin_action(action) for action in PAGE_ACTIONS]
 
     def has_add_permission(self, request):
         return False  # provisioning goes through the pods page or the CLI
@@ -95,73 +136,25 @@ class PodAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)
         return actions
 
-    def has_stop_permission(self, request):
-        return request.user.has_perm("pods.stop_pod")
 
-    def has_start_permission(self, request):
-        return request.user.has_perm("pods.start_pod")
-
-    def has_deprovision_permission(self, request):
-        return request.user.has_perm("pods.deprovision_pod")
-
-    def has_purge_permission(self, request):
-        return request.user.has_perm("pods.delete_pod")
-
-    def confirm_page(self, request, pods: list[Pod], action: str):
-        """The shared confirmation page: what each pod loses and how many bytes."""
-        items, errors = [], []
-        for pod in pods:
-            try:
-                preview = pod_preview(pod_id=pod.pod_id, action=action)
-            except PanelError as exc:
-                errors.append(str(exc))
-                continue
-            items += preview["items"] or [{"label": pod.pod_id, "bytes": None, "note": preview["summary"]}]
-        fields = [("action", request.POST["action"])]
-        fields += [(helpers.ACTION_CHECKBOX_NAME, str(pod.pk)) for pod in pods]
-        names = ", ".join(pod.pod_id for pod in pods)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"{action.capitalize()} {len(pods)} pod{'s' if len(pods) != 1 else ''}",
-            "summary": f"{action.capitalize()}: {names}. " + " ".join(errors),
-            "items": items,
-            "total_bytes": sum(item["bytes"] or 0 for item in items),
-            "action_url": request.get_full_path(),
-            "cancel_url": request.get_full_path(),
-            "confirm_label": f"{action.capitalize()} {names}",
-            "fields": fields,
-            "error": "; ".join(errors) if errors and len(errors) == len(pods) else "",
-        }
-        return TemplateResponse(request, "dashboard/confirm.html", context)
+# `has_stop_pod_permission`, …: each action is offered to the roles its kind allows.
+for _action in PAGE_ACTIONS:
+    setattr(PodAdmin, f"has_{_action.name}_pod_permission", _may(_action))
 
 
 @admin.register(Snapshot)
-class SnapshotAdmin(admin.ModelAdmin):
+class SnapshotAdmin(ReadOnlyAdmin):
+    """Snapshots go through retention or the pod's Delete, never a row delete."""
+
     list_display = ["id", "pod", "status", "total_bytes", "store_url", "started_at", "finished_at"]
     list_filter = ["status"]
     search_fields = ["pod__pod_id"]
     list_select_related = ["pod"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # snapshots go through retention or the pod's Delete
-
 
 @admin.register(OrphanVolume)
-class OrphanVolumeAdmin(admin.ModelAdmin):
+class OrphanVolumeAdmin(ReadOnlyAdmin):
+    """What the last reconcile saw; the orphan sweep removes them."""
+
     list_display = ["docker_name", "host", "pod_id", "reason", "size_bytes", "created_at", "seen_at"]
     list_filter = ["host"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -6,7 +6,8 @@ State lives here; every change of it happens in `apps.pods.services`.
 from django.db import models
 from django.utils import timezone
 
-from controlpanel.errors import PanelError
+from controlpanel.errors import IllegalTransition as IllegalTransition  # re-exported: older imports
+from controlpanel.transitions import StateMachine
 
 # The eight volumes of every pod: name → mount path, in a fixed order.
 VOLUME_MOUNTS: dict[str, str] = {
@@ -23,6 +24,8 @@ VOLUME_PREFIX = "pinacle-vol-"
 CONTAINER_PREFIX = "pinacle-pod-"
 POD_LABEL = "pinacle.pod"
 VOLUME_LABEL = "pinacle.volume"
+# How storage samples, charts and the overview's leaks name the bytes pods hold.
+DOMAIN = "pods"
 
 
 def volume_docker_name(pod_id: str, volume: str) -> str:
@@ -31,10 +34,6 @@ def volume_docker_name(pod_id: str, volume: str) -> str:
 
 def container_name(pod_id: str) -> str:
     return f"{CONTAINER_PREFIX}{pod_id}"
-
-
-class IllegalTransition(PanelError):
-    """A status change the state machine does not allow; nothing was changed."""
 
 
 class DockerHost(models.Model):
@@ -54,7 +53,7 @@ class DockerHost(models.Model):
         return self.name
 
 
-class Pod(models.Model):
+class Pod(StateMachine, models.Model):
     class Status(models.TextChoices):
         PROVISIONING = "provisioning", "provisioning"
         RUNNING = "running", "running"
@@ -130,14 +129,13 @@ class Pod(models.Model):
     def __str__(self) -> str:
         return self.pod_id
 
-    def transition(self, to: str) -> None:
-        """Move to `to` or refuse with a line a person understands; saving is the caller's job."""
-        if to not in self.TRANSITIONS.get(self.status, set()):
-            raise IllegalTransition(f"pod {self.pod_id!r} is {self.status}; it cannot go to {to}")
+    def state_label(self) -> str:
+        return f"pod {self.pod_id!r}"
+
+    def on_transition(self, before: str, to: str, **details) -> None:
         now = timezone.now()
-        if to != self.status:
+        if to != before:
             self.status_changed_at = now
-        self.status = to
         self.updated_at = now
 
     @property
@@ -169,7 +167,7 @@ class PodVolume(models.Model):
         return self.docker_name
 
 
-class Snapshot(models.Model):
+class Snapshot(StateMachine, models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         UPLOADING = "uploading", "uploading"
@@ -215,10 +213,8 @@ class Snapshot(models.Model):
     def __str__(self) -> str:
         return f"snapshot #{self.pk} of {self.pod_id} ({self.status})"
 
-    def transition(self, to: str) -> None:
-        if to not in self.TRANSITIONS.get(self.status, set()):
-            raise IllegalTransition(f"snapshot #{self.pk} is {self.status}; it cannot go to {to}")
-        self.status = to
+    def state_label(self) -> str:
+        return f"snapshot #{self.pk}"
 
     @property
     def prefix(self) -> str:

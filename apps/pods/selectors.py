@@ -6,7 +6,10 @@ from django.db.models.functions import Coalesce, RowNumber
 from django.urls import reverse
 
 from apps.audit.models import Operation
-from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
+from apps.audit.names import TargetType
+from apps.audit.overview import Leak, OverviewSection
+from apps.pods.models import DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
+from controlpanel.formatting import humanize_bytes
 
 
 def pods_with_totals() -> QuerySet[Pod]:
@@ -67,7 +70,9 @@ def pod_as_dict(pod: Pod) -> dict:
 
 def pods_busy() -> QuerySet:
     """Pod ids with an operation pending or running (as a subquery, or `set()` it)."""
-    return Operation.objects.filter(target_type="pod", status__in=Operation.ACTIVE).values_list("target_id", flat=True)
+    return Operation.objects.filter(target_type=TargetType.POD, status__in=Operation.ACTIVE).values_list(
+        "target_id", flat=True
+    )
 
 
 def snapshots_past_retention(keep: int | None = None) -> QuerySet[Snapshot]:
@@ -103,9 +108,11 @@ def snapshot_leaks_totals(keep: int | None = None) -> dict:
 
 
 LEFTOVERS_SHOWN = 200
+SWEEP_LABEL = "Review orphan sweep"
 
 
-def overview_section() -> dict:
+def overview_section() -> OverviewSection:
+    """The pods' card on the overview and their leaks: database reads only, no Docker call."""
     pods = dict(Pod.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     held = PodVolume.objects.filter(exists=True).aggregate(total=Sum("size_bytes"))["total"] or 0
     snapshot_bytes = (
@@ -113,13 +120,7 @@ def overview_section() -> dict:
     )
     sweep_url = reverse("pods:sweep")
     leaks = [
-        {
-            "label": f"orphaned volume {row.docker_name} ({row.reason})",
-            "domain": "pods",
-            "bytes": row.size_bytes,
-            "fix_url": sweep_url,
-            "fix_label": "Review orphan sweep",
-        }
+        Leak(f"orphaned volume {row.docker_name} ({row.reason})", DOMAIN, row.size_bytes, sweep_url, SWEEP_LABEL)
         for row in OrphanVolume.objects.all()[:200]
     ]
     # Volumes that still exist for pods that should hold none: each pod's is one leak, the
@@ -132,60 +133,51 @@ def overview_section() -> dict:
         .order_by("-total", "pod__pod_id")[:LEFTOVERS_SHOWN]
     )
     for row in leftovers:
+        pod_id, status = row["pod__pod_id"], row["pod__status"]
+        fix_url = reverse("pods:confirm", args=[pod_id, "deprovision"]) if status != Pod.Status.DELETED else sweep_url
         leaks.append(
-            {
-                "label": f"{row['n']} volumes of {row['pod__status']} pod {row['pod__pod_id']} still exist",
-                "domain": "pods",
-                "bytes": row["total"],
-                "fix_url": reverse("pods:confirm", args=[row["pod__pod_id"], "deprovision"])
-                if row["pod__status"] != Pod.Status.DELETED
-                else sweep_url,
-                "fix_label": "Review removal",
-            }
+            Leak(
+                f"{row['n']} volumes of {status} pod {pod_id} still exist",
+                DOMAIN,
+                row["total"],
+                fix_url,
+                "Review removal",
+            )
         )
     everything = leftover_volumes.aggregate(pods=Count("pod", distinct=True), total=Sum("size_bytes", default=0))
     if everything["pods"] > len(leftovers):
         leaks.append(
-            {
-                "label": f"volumes of {everything['pods'] - len(leftovers)} more stopped, deprovisioned, deleted"
+            Leak(
+                f"volumes of {everything['pods'] - len(leftovers)} more stopped, deprovisioned, deleted"
                 " or failed pods still exist",
-                "domain": "pods",
-                "bytes": everything["total"] - sum(row["total"] or 0 for row in leftovers),
-                "fix_url": sweep_url,
-                "fix_label": "Review orphan sweep",
-            }
+                DOMAIN,
+                everything["total"] - sum(row["total"] or 0 for row in leftovers),
+                sweep_url,
+                SWEEP_LABEL,
+            )
         )
     retire = snapshot_leaks_totals()
     if retire["count"]:
         leaks.append(
-            {
-                "label": f"{retire['count']} failed or superseded snapshots past retention"
-                f" ({settings.SNAPSHOT_RETENTION})",
-                "domain": "pods",
-                "bytes": retire["bytes"],
-                "fix_url": reverse("pods:retention"),
-                "fix_label": "Review retention",
-            }
+            Leak(
+                f"{retire['count']} failed or superseded snapshots past retention ({settings.SNAPSHOT_RETENTION})",
+                DOMAIN,
+                retire["bytes"],
+                reverse("pods:retention"),
+                "Review retention",
+            )
         )
     unreachable = list(DockerHost.objects.filter(reachable=False).values_list("name", "last_error"))
-    section = {
-        "title": "Pods",
-        "url": reverse("pods:list"),
-        "bytes": held + snapshot_bytes,
-        "rows": [
+    return OverviewSection(
+        title="Pods",
+        url=reverse("pods:list"),
+        bytes=held + snapshot_bytes,
+        rows=[
             ("pods", sum(pods.values())),
             *[(status, n) for status, n in sorted(pods.items())],
-            ("in volumes", _human(held)),
-            ("in snapshots", _human(snapshot_bytes)),
+            ("in volumes", humanize_bytes(held)),
+            ("in snapshots", humanize_bytes(snapshot_bytes)),
         ],
-        "leaks": leaks,
-    }
-    if unreachable:
-        section["error"] = "; ".join(error or f"Docker host {name!r} unreachable" for name, error in unreachable)
-    return section
-
-
-def _human(value: int) -> str:
-    from controlpanel.formatting import humanize_bytes
-
-    return humanize_bytes(value)
+        leaks=leaks,
+        error="; ".join(error or f"Docker host {name!r} unreachable" for name, error in unreachable),
+    )

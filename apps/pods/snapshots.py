@@ -18,6 +18,7 @@ from django.conf import settings
 
 from controlpanel.errors import InvalidInput, PanelError, Unreachable
 from controlpanel.paths import resolve_inside
+from controlpanel.s3 import s3_client, s3_error
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ PARTS_IN_FLIGHT = 4
 
 
 class StoreError(PanelError):
-    """The store refused or lost an object."""
+    """The store refused, lost an object, or answered with other bytes than were sent."""
 
 
 class ObjectWriter:
@@ -176,38 +177,11 @@ class FileStore(SnapshotStore):
 # --- s3:// -----------------------------------------------------------------------------
 
 
-def _s3_client():
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.AWS_ENDPOINT_URL or None,
-        region_name=settings.AWS_REGION,
-        config=Config(
-            retries={"max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"},
-            connect_timeout=settings.S3_CONNECT_TIMEOUT_SECONDS,
-            read_timeout=settings.S3_READ_TIMEOUT_SECONDS,
-            # We checksum every byte ourselves (sha256, and MD5 against the ETag): one more
-            # CRC pass per part on both ends would only cost CPU.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            max_pool_connections=PARTS_IN_FLIGHT + 2,
-        ),
-    )
-
-
-def _s3_error(store: "S3Store", key: str, exc: Exception) -> PanelError:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        # A HEAD answer has no body, so its code is only the status again ("500").
-        code = "" if code == str(status) else code
-        reason = f"{code} (HTTP {status})" if code and status else code or (f"HTTP {status}" if status else str(exc))
-        return StoreError(f"snapshot store {store.url} refused {key}: {reason}")
-    return Unreachable(f"snapshot store {store.url} unreachable: {str(exc).splitlines()[0][:200]}")
+def _store_error(store: "S3Store", key: str, exc: Exception) -> PanelError:
+    """S3's failure, told as the snapshot store's: out of reach stays Unreachable; any
+    refusal (a missing bucket included) is a StoreError naming the store and the key."""
+    error = s3_error(exc, where=f"snapshot store {store.url}", what=key)
+    return error if isinstance(error, Unreachable) else StoreError(error.message)
 
 
 class _S3Writer(ObjectWriter):
@@ -264,7 +238,7 @@ class _S3Writer(ObjectWriter):
                 del self.buffer[:PART_SIZE]
                 self._send_part(body)
         except Exception as exc:
-            raise _s3_error(self.store, self.key, exc) from exc
+            raise _store_error(self.store, self.key, exc) from exc
 
     def close(self) -> None:
         client = self.store.client
@@ -288,7 +262,7 @@ class _S3Writer(ObjectWriter):
             combined = hashlib.md5(b"".join(p["md5"] for p in parts), usedforsecurity=False).hexdigest()
             self.expected_etag = f"{combined}-{len(parts)}"
         except Exception as exc:
-            raise _s3_error(self.store, self.key, exc) from exc
+            raise _store_error(self.store, self.key, exc) from exc
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
@@ -323,7 +297,7 @@ class S3Store(SnapshotStore):
         # One client per store, shared by the streaming threads (boto3 clients are thread-safe).
         with self._client_lock:
             if self._client is None:
-                self._client = _s3_client()
+                self._client = s3_client(max_pool_connections=PARTS_IN_FLIGHT + 2)
         return self._client
 
     def verify(self, key: str, *, expected_bytes: int, expected_sha256: str, expected_etag: str | None = None) -> None:
@@ -334,7 +308,7 @@ class S3Store(SnapshotStore):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
         except Exception as exc:
-            raise _s3_error(self, key, exc) from exc
+            raise _store_error(self, key, exc) from exc
         if head["ContentLength"] != expected_bytes:
             raise StoreError(f"{self.url}/{key} holds {head['ContentLength']} bytes, expected {expected_bytes}")
         etag = head.get("ETag", "").strip('"')
@@ -355,7 +329,7 @@ class S3Store(SnapshotStore):
             body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
             yield from body.iter_chunks(CHUNK_SIZE)
         except Exception as exc:
-            raise _s3_error(self, key, exc) from exc
+            raise _store_error(self, key, exc) from exc
 
     def size(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
@@ -365,9 +339,9 @@ class S3Store(SnapshotStore):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise _s3_error(self, key, exc) from exc
+            raise _store_error(self, key, exc) from exc
         except Exception as exc:
-            raise _s3_error(self, key, exc) from exc
+            raise _store_error(self, key, exc) from exc
 
     def delete_prefix(self, prefix: str) -> int:
         """Also aborts unfinished multipart uploads under the prefix: a snapshot that failed
@@ -392,7 +366,7 @@ class S3Store(SnapshotStore):
                     Bucket=self.bucket, Delete={"Objects": [{"Key": obj["Key"]} for obj in objects], "Quiet": True}
                 )
         except Exception as exc:
-            raise _s3_error(self, prefix, exc) from exc
+            raise _store_error(self, prefix, exc) from exc
         return removed
 
 

@@ -1,36 +1,27 @@
-"""Pod pages: thin. GET shows (and confirms); POST checks permission, enqueues, redirects."""
+"""Pod pages: thin. GET shows (and confirms, through the one confirmation page); POST asks
+for the work as an operation kind and redirects."""
 
 from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
+from apps.audit import operations
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import Kind, TargetType
+from apps.pods.actions import PAGE_ACTIONS, POD_ACTIONS, PROVISION
 from apps.pods.models import DockerHost
 from apps.pods.selectors import pods_with_totals
-from apps.pods.services import (
-    orphans_plan,
-    pod_action_allowed,
-    pod_get,
-    pod_preview,
-    pod_request,
-    pods_request,
-    snapshots_to_retire,
-)
+from apps.pods.services import orphans_preview, pod_get, pod_preview, retention_preview
 from controlpanel.errors import InvalidInput, NotFound, PanelError
+from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
-CONFIRM_LABELS = {
-    "stop": "Snapshot, then delete the volumes",
-    "start": "Start the pod",
-    "deprovision": "Delete the container and volumes",
-    "delete": "Delete the pod, its volumes and snapshots",
-}
 
 
 def _pod_or_404(pod_id: str):
@@ -51,6 +42,31 @@ def known_pod(view):
     return checked
 
 
+def may(kind_of):
+    """Refuse (403) a person whose role lacks the permission the kind of work declares.
+    `kind_of(**view_kwargs)` names the kind."""
+
+    def decorate(view):
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            if not operations.user_may(request.user, kind_of(**kwargs)):
+                raise PermissionDenied
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def _queue(request, kind: str, target_id: str | None = None, **params) -> Operation | None:
+    """Ask for the work; a refusal is one line on the next page, and None."""
+    try:
+        return operations.request(kind, target_id, actor=request.user, **params)
+    except PanelError as exc:
+        messages.error(request, str(exc))
+        return None
+
+
 @require_safe
 def list_view(request):
     page = Paginator(pods_with_totals(), PAGE_SIZE).get_page(request.GET.get("page"))
@@ -58,7 +74,7 @@ def list_view(request):
         "page": page,
         "hosts": DockerHost.objects.all(),
         "active_operations": Operation.objects.filter(
-            target_type__in=["pod", "pods"], status__in=Operation.ACTIVE
+            target_type__in=[TargetType.POD, TargetType.PODS], status__in=Operation.ACTIVE
         ).order_by("created_at")[:20],
     }
     return render(request, "pods/list.html", context)
@@ -67,171 +83,111 @@ def list_view(request):
 @require_safe
 def detail_view(request, pod_id: str):
     pod = _pod_or_404(pod_id)
+    on_pod = {"target_type": TargetType.POD, "target_id": pod.pod_id}
     context = {
         "pod": pod,
         "volumes": pod.volumes.order_by("id"),
         "snapshots": pod.snapshots.all()[:20],
-        "events": AuditEvent.objects.filter(target_type="pod", target_id=pod.pod_id).select_related("actor_user")[:50],
-        "operations": Operation.objects.filter(target_type="pod", target_id=pod.pod_id).order_by("-created_at")[:5],
-        "actions": [action for action in CONFIRM_LABELS if pod_action_allowed(pod, action)],
+        "events": AuditEvent.objects.filter(**on_pod).select_related("actor_user")[:50],
+        "operations": Operation.objects.filter(**on_pod).order_by("-created_at")[:5],
+        "actions": [action for action in PAGE_ACTIONS if action.allowed(pod)],
     }
     return render(request, "pods/detail.html", context)
+
+
+def _page_action(name: str):
+    action = POD_ACTIONS.get(name)
+    if action is None or not action.on_pod_page:
+        raise Http404("no such action")
+    return action
 
 
 @require_safe
 def confirm_view(request, pod_id: str, action: str):
     """The confirmation page: exactly what will be deleted, and how many bytes."""
-    if action not in CONFIRM_LABELS:
-        raise Http404("no such action")
+    pod_action = _page_action(action)
     pod = _pod_or_404(pod_id)
-    context = {
-        "title": f"{action.capitalize()} pod {pod.pod_id}",
-        "action_url": reverse(f"pods:{action}", args=[pod.pod_id]),
-        "cancel_url": reverse("pods:detail", args=[pod.pod_id]),
-        "confirm_label": CONFIRM_LABELS[action],
-        "fields": [],
-    }
     try:
-        preview = pod_preview(pod_id=pod.pod_id, action=action)
+        preview, error = pod_preview(pod_id=pod.pod_id, action=pod_action), None
     except PanelError as exc:
-        context.update(error=str(exc), summary="Nothing was changed.", items=[], total_bytes=0)
-    else:
-        context.update(summary=preview["summary"], items=preview["items"], total_bytes=preview["total_bytes"])
-    return render(request, "dashboard/confirm.html", context)
+        preview, error = None, exc
+    return confirm_page(
+        request,
+        title=f"{pod_action.name.capitalize()} pod {pod.pod_id}",
+        preview=preview,
+        error=error,
+        action_url=reverse(f"pods:{pod_action.name}", args=[pod.pod_id]),
+        cancel_url=reverse("pods:detail", args=[pod.pod_id]),
+        confirm_label=pod_action.confirm_label,
+    )
 
 
-def _enqueue(request, action: str, pod_id: str):
-    if request.POST.get("confirm") != "yes":
-        return redirect("pods:confirm", pod_id=pod_id, action=action)
-    try:
-        operation = pod_request(action=action, pod_id=pod_id, actor=request.user)
-    except (InvalidInput, NotFound) as exc:
-        raise Http404(str(exc)) from None
-    except PanelError as exc:
-        messages.error(request, str(exc))
-        return redirect("pods:detail", pod_id=pod_id)
-    messages.success(request, f"Pod {pod_id}: {action} queued as operation #{operation.pk}.")
+@known_pod
+@require_POST
+@may(lambda action, **_: POD_ACTIONS[action].kind)
+def action_view(request, pod_id: str, action: str):
+    """Stop, start, deprovision or delete, once confirmed (the URL names the action)."""
+    pod_action = _page_action(action)
+    if not is_confirmed(request):
+        return redirect("pods:confirm", pod_id=pod_id, action=pod_action.name)
+    operation = _queue(request, pod_action.kind, pod_id)
+    if operation is not None:
+        messages.success(request, f"Pod {pod_id}: {pod_action.name} queued as operation #{operation.pk}.")
     return redirect("pods:detail", pod_id=pod_id)
 
 
-@known_pod
 @require_POST
-@permission_required("pods.stop_pod", raise_exception=True)
-def stop_view(request, pod_id: str):
-    return _enqueue(request, "stop", pod_id)
-
-
-@known_pod
-@require_POST
-@permission_required("pods.start_pod", raise_exception=True)
-def start_view(request, pod_id: str):
-    return _enqueue(request, "start", pod_id)
-
-
-@known_pod
-@require_POST
-@permission_required("pods.deprovision_pod", raise_exception=True)
-def deprovision_view(request, pod_id: str):
-    return _enqueue(request, "deprovision", pod_id)
-
-
-@known_pod
-@require_POST
-@permission_required("pods.delete_pod", raise_exception=True)
-def delete_view(request, pod_id: str):
-    return _enqueue(request, "delete", pod_id)
-
-
-@require_POST
-@permission_required("pods.provision_pod", raise_exception=True)
+@may(lambda **_: PROVISION.kind)
 def provision_view(request):
     pod_id = request.POST.get("pod_id", "").strip()
-    params = {"image": request.POST.get("image", "").strip() or None, "host": request.POST.get("host") or None}
-    try:
-        operation = pod_request(action="provision", pod_id=pod_id, actor=request.user, params=params)
-    except PanelError as exc:
-        messages.error(request, str(exc))
-        return redirect("pods:list")
-    messages.success(request, f"Pod {pod_id}: provision queued as operation #{operation.pk}.")
+    image = request.POST.get("image", "").strip() or None
+    operation = _queue(request, PROVISION.kind, pod_id, image=image, host=request.POST.get("host") or None)
+    if operation is not None:
+        messages.success(request, f"Pod {pod_id}: provision queued as operation #{operation.pk}.")
     return redirect("pods:list")
 
 
 @require_POST
-@permission_required("pods.change_pod", raise_exception=True)
+@may(lambda **_: Kind.PODS_RECONCILE)
 def reconcile_view(request):
-    try:
-        operation = pods_request(action="reconcile", actor=request.user)
-    except PanelError as exc:
-        messages.error(request, str(exc))
-    else:
+    operation = _queue(request, Kind.PODS_RECONCILE)
+    if operation is not None:
         messages.success(request, f"Reconcile queued as operation #{operation.pk}.")
     return redirect("pods:list")
 
 
-@require_safe
-def sweep_confirm_view(request):
-    context = {
-        "title": "Sweep orphaned pod volumes",
-        "action_url": reverse("pods:sweep-run"),
-        "cancel_url": reverse("pods:list"),
-        "confirm_label": "Delete these volumes",
-        "fields": [],
-    }
-    try:
-        plan = orphans_plan()
-    except PanelError as exc:
-        context.update(error=str(exc), summary="Nothing was changed.", items=[], total_bytes=0)
-    else:
-        context.update(
-            summary=f"These {len(plan)} volumes belong to no pod that needs them and are older than the grace "
-            "period. They will be deleted (each is checked again just before).",
-            items=[{"label": f"{p['host'].name}: {p['name']}", "bytes": p["bytes"], "note": p["reason"]} for p in plan],
-            total_bytes=sum(p["bytes"] or 0 for p in plan),
-        )
-    return render(request, "dashboard/confirm.html", context)
-
-
-@require_POST
-@permission_required("pods.sweep_orphans", raise_exception=True)
-def sweep_run_view(request):
-    if request.POST.get("confirm") != "yes":
-        return redirect("pods:sweep")
-    try:
-        operation = pods_request(action="sweep-orphans", actor=request.user)
-    except PanelError as exc:
-        messages.error(request, str(exc))
-        return redirect("pods:list")
-    return redirect("dashboard:operation", operation_id=operation.pk)
+# The two housekeeping pages (pods:sweep, pods:retention, each with its `-run`): the kind
+# each asks for, the preview it confirms and the button that confirms it.
+HOUSEKEEPING = {
+    "sweep": (Kind.PODS_SWEEP_ORPHANS, orphans_preview, "Delete these volumes"),
+    "retention": (Kind.PODS_RETENTION, retention_preview, "Purge these snapshots"),
+}
 
 
 @require_safe
-def retention_confirm_view(request):
-    retire = snapshots_to_retire()
-    context = {
-        "title": "Purge old snapshots",
-        "summary": "Failed snapshots and complete ones beyond the latest kept per pod will be deleted from their "
-        "store. The snapshot a stopped pod needs is never among them.",
-        "items": [
-            {"label": f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", "bytes": s.total_bytes, "note": s.store_url}
-            for s in retire
-        ],
-        "total_bytes": sum(s.total_bytes for s in retire),
-        "action_url": reverse("pods:retention-run"),
-        "cancel_url": reverse("pods:list"),
-        "confirm_label": "Purge these snapshots",
-        "fields": [],
-    }
-    return render(request, "dashboard/confirm.html", context)
+def housekeeping_confirm_view(request, page: str):
+    kind, preview_of, confirm_label = HOUSEKEEPING[page]
+    try:
+        preview, error = preview_of(), None
+    except PanelError as exc:
+        preview, error = None, exc
+    return confirm_page(
+        request,
+        title=preview.title if preview else operations.kind_get(kind).label,
+        preview=preview,
+        error=error,
+        action_url=reverse(f"pods:{page}-run"),
+        cancel_url=reverse("pods:list"),
+        confirm_label=confirm_label,
+    )
 
 
 @require_POST
-@permission_required("pods.sweep_orphans", raise_exception=True)
-def retention_run_view(request):
-    if request.POST.get("confirm") != "yes":
-        return redirect("pods:retention")
-    try:
-        operation = pods_request(action="retention", actor=request.user)
-    except PanelError as exc:
-        messages.error(request, str(exc))
+@may(lambda page, **_: HOUSEKEEPING[page][0])
+def housekeeping_run_view(request, page: str):
+    if not is_confirmed(request):
+        return redirect(f"pods:{page}")
+    operation = _queue(request, HOUSEKEEPING[page][0])
+    if operation is None:
         return redirect("pods:list")
     return redirect("dashboard:operation", operation_id=operation.pk)

@@ -7,8 +7,10 @@ from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.urls import reverse
 
+from apps.audit.names import Kind
+from apps.audit.operations import request as request_work
 from apps.separations.models import SeparationSession
-from apps.separations.services import sessions_sync_enqueue
+from apps.separations.operations import CLEANUP_PERMISSION, SYNC_PERMISSION
 from controlpanel.errors import PanelError
 
 
@@ -43,10 +45,10 @@ class SeparationSessionAdmin(admin.ModelAdmin):
         return [f.name for f in self.model._meta.fields]
 
     def has_cleanup_permission(self, request):
-        return request.user.has_perm("separations.cleanup_separationsession")
+        return request.user.has_perm(CLEANUP_PERMISSION)
 
     def has_sync_permission(self, request):
-        return request.user.has_perm("separations.sync_separationsession")
+        return request.user.has_perm(SYNC_PERMISSION)
 
     @admin.action(description="Clean up selected sessions (manual, one batch)", permissions=["cleanup"])
     def cleanup_selected(self, request, queryset):
@@ -68,7 +70,7 @@ class SeparationSessionAdmin(admin.ModelAdmin):
     @admin.action(description="Sync the mirror from the volume", permissions=["sync"])
     def sync_volume(self, request, queryset):
         try:
-            operation = sessions_sync_enqueue(actor=request.user)
+            operation = request_work(Kind.SESSIONS_SYNC, actor=request.user)
         except PanelError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return

@@ -5,9 +5,10 @@
     POST /api/sessions/<session_id>/cleanup
     → {"deleted": [...], "bytes_reclaimed": N, "commits": N}
 
-401 wrong or missing token (also when no token is configured: the API is off), 400 bad
-id, 404 unknown session, 409 another batch holds the volume, 503 the volume is unreachable.
-The token is never logged or echoed.
+401 wrong or missing token (also when no token is configured: the API is off); refusals
+follow `controlpanel.errors.http_status`: 400 bad id, 404 unknown session, 409 another batch
+holds the volume (or any other refusal), 503 the volume is unreachable. Each call runs one
+`sessions.cleanup` operation inline (`run_now`). The token is never logged or echoed.
 """
 
 import hmac
@@ -19,8 +20,10 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from apps.separations.services import sessions_cleanup_now
-from controlpanel.errors import Busy, InvalidInput, NotFound, PanelError, Unreachable
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from controlpanel.errors import PanelError, http_status
+from controlpanel.paths import validate_id
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +49,13 @@ def _run(request, *, policy: str, session_ids: list[str] = ()) -> JsonResponse:
         response["WWW-Authenticate"] = 'Bearer realm="sessions"'
         return response
     try:
-        result = sessions_cleanup_now(policy=policy, session_ids=session_ids, actor=API_ACTOR)
-    except InvalidInput as exc:
-        return _error(str(exc), 400)
-    except NotFound as exc:
-        return _error(str(exc), 404)
-    except Busy as exc:
-        return _error(str(exc), 409)
-    except Unreachable as exc:
-        return _error(str(exc), 503)
+        # The id is checked first, whatever else is wrong: `..` (even sent as %2E%2E) is a
+        # bad request, never looked up as a session.
+        for session_id in session_ids:
+            validate_id(session_id, kind="session id")
+        result = run_now(Kind.SESSIONS_CLEANUP, actor=API_ACTOR, policy=policy, session_ids=list(session_ids)).result
     except PanelError as exc:
-        return _error(str(exc), 500)
+        return _error(str(exc), http_status(exc))
     return JsonResponse(
         {"deleted": result["deleted"], "bytes_reclaimed": result["bytes_reclaimed"], "commits": result["commits"]}
     )

@@ -5,3 +5,14 @@ class SeparationsConfig(AppConfig):
     name = "apps.separations"
     label = "separations"
     verbose_name = "Separation sessions"
+
+    def ready(self) -> None:
+        from apps.audit.operations import register
+        from apps.audit.overview import OverviewProvider, register_overview
+        from apps.separations import selectors
+        from apps.separations.operations import KINDS
+
+        register(*KINDS)
+        register_overview(
+            OverviewProvider(app_label=self.label, title=selectors.TITLE, section=selectors.overview_section, order=20)
+        )

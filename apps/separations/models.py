@@ -1,16 +1,18 @@
 from django.db import models
 from django.utils import timezone
 
-from controlpanel.errors import PanelError
+from controlpanel.transitions import StateMachine
 
 STEMS = ("drums", "bass", "vocals", "other")
 
 
-class SeparationSession(models.Model):
+class SeparationSession(StateMachine, models.Model):
     """The panel's mirror of one `sessions/<session_id>/` folder on the sessions volume.
 
     Rows are written by `sessions_sync` and by cleanup batches; a deleted session keeps its
-    row (who deleted it, when, why) so the history survives the bytes."""
+    row (who deleted it, when, why) so the history survives the bytes. Live states move
+    freely as the folder changes; deleted is final except when the folder shows up again
+    (an uncommitted deletion)."""
 
     class Status(models.TextChoices):
         COMPLETE = "complete", "complete"  # input and all four stems
@@ -19,6 +21,12 @@ class SeparationSession(models.Model):
         DELETED = "deleted", "deleted"  # gone from the volume
 
     LIVE = {Status.COMPLETE, Status.PARTIAL, Status.EMPTY}
+    TRANSITIONS = {
+        Status.COMPLETE: {Status.PARTIAL, Status.EMPTY, Status.DELETED},
+        Status.PARTIAL: {Status.COMPLETE, Status.EMPTY, Status.DELETED},
+        Status.EMPTY: {Status.COMPLETE, Status.PARTIAL, Status.DELETED},
+        Status.DELETED: {Status.COMPLETE, Status.PARTIAL, Status.EMPTY},
+    }
 
     session_id = models.CharField(max_length=128)
     # The volume's name (its backend URL can change; the name identifies the bytes).
@@ -71,21 +79,14 @@ class SeparationSession(models.Model):
     def is_live(self) -> bool:
         return self.status in self.LIVE
 
+    def state_label(self) -> str:
+        return f"session {self.session_id!r}"
 
-class TransitionError(PanelError):
-    pass
-
-
-def session_transition(session: SeparationSession, to: str, *, by: str = "", reason: str = "") -> None:
-    """Move a session to `to` (unsaved). Live states move freely as the folder changes;
-    deleted is final except when the folder shows up again (an uncommitted deletion)."""
-    if session.status == SeparationSession.Status.DELETED and to == SeparationSession.Status.DELETED:
-        raise TransitionError(f"session {session.session_id!r} is already deleted")
-    if to == SeparationSession.Status.DELETED:
-        session.deleted_at = timezone.now()
-        session.deleted_by = by[:150]
-        session.deleted_reason = reason[:300]
-    elif session.status == SeparationSession.Status.DELETED:
-        # It came back: clear the deletion so the page does not claim it is gone.
-        session.deleted_at, session.deleted_by, session.deleted_reason = None, "", ""
-    session.status = to
+    def on_transition(self, before: str, to: str, *, by: str = "", reason: str = "", **details) -> None:
+        if to == self.Status.DELETED:
+            self.deleted_at = timezone.now()
+            self.deleted_by = by[:150]
+            self.deleted_reason = reason[:300]
+        elif before == self.Status.DELETED:
+            # It came back: clear the deletion so the page does not claim it is gone.
+            self.deleted_at, self.deleted_by, self.deleted_reason = None, "", ""

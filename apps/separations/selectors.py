@@ -10,11 +10,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.models import StorageSample
+from apps.audit.overview import Leak, OverviewSection
 from apps.separations.models import SeparationSession
-from apps.separations.services import sessions_backend
-from controlpanel.formatting import humanize_bytes
+from apps.separations.services import SAMPLE_DOMAIN, sessions_volume_name
+from controlpanel.formatting import humanize_bytes, plural
 
 OLDEST_SHOWN = 5
+TITLE = "Separation sessions"
 
 
 @dataclass
@@ -47,12 +49,12 @@ def stale_age() -> timedelta:
 
 
 def volume_name() -> str:
-    return sessions_backend().name
+    return sessions_volume_name()
 
 
 def sessions_gauge(*, volume: str) -> Gauge:
     """One query: the latest size sample of the volume."""
-    sample = StorageSample.objects.filter(domain="sessions", subject=volume).order_by("-sampled_at").first()
+    sample = StorageSample.objects.filter(domain=SAMPLE_DOMAIN, subject=volume).order_by("-sampled_at").first()
     return Gauge(
         volume=volume,
         used=sample.total_bytes if sample else None,
@@ -83,51 +85,49 @@ def sessions_oldest(*, volume: str, limit: int = OLDEST_SHOWN) -> list[Separatio
     )
 
 
-def overview_section() -> dict:
+def overview_section() -> OverviewSection:
     """Bytes against the budget and the leaks, in two queries."""
     volume = volume_name()
     gauge = sessions_gauge(volume=volume)
     totals = sessions_totals(volume=volume)
-    fix_url = reverse("separations:cleanup", args=["exit"])
     leaks = []
     stale_hours = f"{stale_age().total_seconds() / 3600:g} h"
     over_by = gauge.used - gauge.budget if gauge.over else 0
     if totals["stale_count"]:
-        count = totals["stale_count"]
-        label = f"{count} session{'s' if count != 1 else ''} older than {stale_hours} on {volume}"
+        label = f"{plural(totals['stale_count'], 'session')} older than {stale_hours} on {volume}"
         if over_by:
             label += f" (volume over its budget by {humanize_bytes(over_by)})"
         leaks.append(
-            {
-                "label": label,
-                "domain": "sessions",
-                "bytes": totals["stale_bytes"],
-                "fix_url": fix_url,
-                "fix_label": "Clean up (exit policy)",
-            }
+            Leak(
+                label=label,
+                domain=SAMPLE_DOMAIN,
+                bytes=totals["stale_bytes"],
+                fix_url=reverse("separations:cleanup", args=["exit"]),
+                fix_label="Clean up (exit policy)",
+            )
         )
     elif over_by:
         leaks.append(
-            {
-                "label": f"volume {volume} over its {humanize_bytes(gauge.budget)} budget",
-                "domain": "sessions",
-                "bytes": over_by,
-                "fix_url": reverse("separations:list"),
-                "fix_label": "Review sessions",
-            }
+            Leak(
+                label=f"volume {volume} over its {humanize_bytes(gauge.budget)} budget",
+                domain=SAMPLE_DOMAIN,
+                bytes=over_by,
+                fix_url=reverse("separations:list"),
+                fix_label="Review sessions",
+            )
         )
     budget_text = f"{humanize_bytes(gauge.budget)}"
     if gauge.used is not None:
         budget_text = f"{gauge.percent}% of {budget_text}" + (" (over)" if gauge.over else "")
-    return {
-        "title": "Separation sessions",
-        "url": reverse("separations:list"),
-        "bytes": gauge.used if gauge.used is not None else totals["live_bytes"],
-        "rows": [
+    return OverviewSection(
+        title=TITLE,
+        url=reverse("separations:list"),
+        bytes=gauge.used if gauge.used is not None else totals["live_bytes"],
+        rows=[
             ("Volume", volume),
             ("Sessions", totals["live_count"]),
             ("Budget", budget_text),
             ("Measured", f"{gauge.measured_at:%Y-%m-%d %H:%M} UTC" if gauge.measured_at else "never synced"),
         ],
-        "leaks": leaks,
-    }
+        leaks=leaks,
+    )

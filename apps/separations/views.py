@@ -13,19 +13,16 @@ from django.views.decorators.http import require_POST, require_safe
 
 from apps.audit.charts import bytes_chart
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import Kind, TargetType
+from apps.audit.operations import request as request_work
+from apps.audit.operations import user_may
 from apps.separations import selectors
 from apps.separations.models import SeparationSession
-from apps.separations.services import (
-    POLICIES,
-    TARGET_TYPE,
-    cleanup_plan,
-    policy_get,
-    sessions_backend,
-    sessions_cleanup_enqueue,
-    sessions_sync_enqueue,
-)
+from apps.separations.operations import CLEANUP_PERMISSION, SYNC_PERMISSION
+from apps.separations.services import POLICIES, SAMPLE_DOMAIN, cleanup_plan, policy_get, sessions_backend
 from controlpanel.errors import InvalidInput, PanelError
 from controlpanel.paths import validate_id
+from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
 
@@ -63,9 +60,9 @@ def list_view(request):
         "page": Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page")),
         "gauge": gauge,
         "oldest": selectors.sessions_oldest(volume=volume) if gauge.over else [],
-        "chart": bytes_chart(domain="sessions", subject=volume),
-        "operations": Operation.objects.filter(target_type=TARGET_TYPE, target_id=volume)[:5],
-        "events": AuditEvent.objects.filter(target_type=TARGET_TYPE, target_id=volume)[:10],
+        "chart": bytes_chart(domain=SAMPLE_DOMAIN, subject=volume),
+        "operations": Operation.objects.filter(target_type=TargetType.SESSION_VOLUME, target_id=volume)[:5],
+        "events": AuditEvent.objects.filter(target_type=TargetType.SESSION_VOLUME, target_id=volume)[:10],
         "policies": [policy_get("download"), policy_get("exit")],
         # Row links: one reverse for the page, not one per row (ids are validated [A-Za-z0-9_-]).
         "detail_prefix": reverse("separations:detail", args=["_"])[:-2],
@@ -97,10 +94,12 @@ def cleanup_confirm(request, policy: str):
     """GET only: what the batch would delete now, read from the volume; changes nothing."""
     chosen = policy_get(policy)
     session_ids = _session_ids(request)
-    context = {
+    page = {
         "title": f"Clean up sessions: {chosen.name} policy",
-        "summary": chosen.description,
-        "action_url": reverse("separations:cleanup-run", args=[policy]),
+        # A role that may not clean up sees the preview without a button it cannot use.
+        "action_url": reverse("separations:cleanup-run", args=[policy])
+        if user_may(request.user, Kind.SESSIONS_CLEANUP)
+        else "",
         "fields": [("session", sid) for sid in session_ids],
         "cancel_url": reverse("separations:list"),
         "confirm_label": "Delete these sessions",
@@ -108,36 +107,20 @@ def cleanup_confirm(request, policy: str):
     try:
         plan = cleanup_plan(backend=sessions_backend(), policy=chosen, session_ids=session_ids)
     except PanelError as exc:
-        return render(request, "dashboard/confirm.html", {**context, "error": str(exc)})
-    context["items"] = [
-        {
-            "label": s.session_id,
-            "bytes": s.total_bytes,
-            "note": f"last written {s.modified_at:%Y-%m-%d %H:%M} UTC, {s.file_count} files"
-            + (", symlinks removed unfollowed" if s.symlinks or s.is_symlink else "")
-            if s.modified_at
-            else f"{s.file_count} files",
-        }
-        for s in plan.to_delete
-    ]
-    context["total_bytes"] = plan.total_bytes
-    context["summary"] = (
-        f"{chosen.description}. Looked at {len(plan.looked_at)} on {plan.volume}; "
-        f"{len(plan.to_delete)} would be deleted, then one commit if the volume needs it."
-    )
-    if not plan.to_delete:
-        context["action_url"] = ""
-    return render(request, "dashboard/confirm.html", context)
+        return confirm_page(request, error=exc, **page)
+    return confirm_page(request, preview=plan.preview(), **page)
 
 
 @known_policy
 @require_POST
-@permission_required("separations.cleanup_separationsession", raise_exception=True)
+@permission_required(CLEANUP_PERMISSION, raise_exception=True)
 def cleanup_run(request, policy: str):
-    if request.POST.get("confirm") != "yes":
+    if not is_confirmed(request):
         return redirect(reverse("separations:cleanup", args=[policy]))
     try:
-        operation = sessions_cleanup_enqueue(policy=policy, session_ids=_session_ids(request), actor=request.user)
+        operation = request_work(
+            Kind.SESSIONS_CLEANUP, actor=request.user, policy=policy, session_ids=_session_ids(request)
+        )
     except PanelError as exc:
         messages.error(request, str(exc))
         return redirect("separations:list")
@@ -146,10 +129,10 @@ def cleanup_run(request, policy: str):
 
 
 @require_POST
-@permission_required("separations.sync_separationsession", raise_exception=True)
+@permission_required(SYNC_PERMISSION, raise_exception=True)
 def sync_run(request):
     try:
-        operation = sessions_sync_enqueue(actor=request.user)
+        operation = request_work(Kind.SESSIONS_SYNC, actor=request.user)
     except PanelError as exc:
         messages.error(request, str(exc))
         return redirect("separations:list")

@@ -5,9 +5,13 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.forms import ModelForm
 
+from apps.audit.admin import ReadOnlyAdmin
+from apps.audit.names import Kind
+from apps.audit.operations import request as request_operation
+from apps.audit.operations import user_may
 from apps.volumes.backends import backend_for_url
 from apps.volumes.models import CrossCheck, Finding, Inspection, LayoutRule, Volume
-from apps.volumes.services import layout_preset_import, layout_rule_clean, volume_inspect_enqueue
+from apps.volumes.services import layout_preset_import, layout_rule_clean
 from controlpanel.errors import PanelError
 from controlpanel.paths import validate_id
 
@@ -62,7 +66,7 @@ class VolumeAdmin(admin.ModelAdmin):
     actions = ["import_s3_mount_preset", "import_volume_cache_preset", "inspect_now"]
 
     def has_inspect_permission(self, request):
-        return request.user.has_perm("volumes.inspect_volume")
+        return user_may(request.user, Kind.VOLUME_INSPECT)
 
     def _import(self, request, queryset, preset: str):
         for volume in queryset:
@@ -85,7 +89,7 @@ class VolumeAdmin(admin.ModelAdmin):
     def inspect_now(self, request, queryset):
         for volume in queryset:
             try:
-                operation = volume_inspect_enqueue(volume=volume, actor=request.user)
+                operation = request_operation(Kind.VOLUME_INSPECT, volume.name, actor=request.user)
             except PanelError as exc:
                 self.message_user(request, f"{volume.name}: {exc}", messages.ERROR)
             else:
@@ -97,14 +101,6 @@ class LayoutRuleAdmin(admin.ModelAdmin):
     form = LayoutRuleForm
     list_display = ["volume", "kind", "path", "count_mode", "count", "severity", "preset", "enabled"]
     list_filter = ["volume", "kind", "severity", "preset", "enabled"]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class FindingInline(admin.TabularInline):

@@ -7,7 +7,11 @@ from django.db.models import Count, OuterRef, Subquery
 from django.urls import reverse
 
 from apps.audit.models import Operation
+from apps.audit.names import Kind, TargetType
+from apps.audit.overview import Leak, OverviewSection
 from apps.volumes.models import Finding, Inspection, Severity, Volume
+
+OVERVIEW_TITLE = "Modal volumes"
 
 
 @dataclass
@@ -34,7 +38,7 @@ def volume_rows() -> list[VolumeRow]:
     """Every volume with its latest inspection, in two queries."""
     latest = Inspection.objects.filter(volume=OuterRef("pk")).order_by("-inspected_at", "-id")
     last_run = Operation.objects.filter(
-        target_type="volume", target_id=OuterRef("name"), kind="volume.inspect"
+        target_type=TargetType.VOLUME, target_id=OuterRef("name"), kind=Kind.VOLUME_INSPECT
     ).order_by("-created_at", "-id")
     volumes = Volume.objects.annotate(
         latest_id=Subquery(latest.values("pk")[:1]),
@@ -69,7 +73,7 @@ def volume_rows() -> list[VolumeRow]:
     return rows
 
 
-def overview_section() -> dict:
+def overview_section() -> OverviewSection:
     """Total bytes of the latest inspections, findings by severity, and error findings as
     leaks, in three queries."""
     rows = volume_rows()
@@ -84,23 +88,23 @@ def overview_section() -> dict:
         for finding in errors[:50]:
             name = names[finding.inspection_id]
             leaks.append(
-                {
-                    "label": f"{name}: {finding.message}",
-                    "domain": "volumes",
-                    "bytes": finding.bytes,
-                    "fix_url": reverse("volumes:detail", args=[name]),
-                    "fix_label": "Open the volume",
-                }
+                Leak(
+                    label=f"{name}: {finding.message}",
+                    domain="volumes",
+                    bytes=finding.bytes,
+                    fix_url=reverse("volumes:detail", args=[name]),
+                    fix_label="Open the volume",
+                )
             )
-    return {
-        "title": "Modal volumes",
-        "url": reverse("volumes:list"),
-        "bytes": total,
-        "rows": [
+    return OverviewSection(
+        title=OVERVIEW_TITLE,
+        url=reverse("volumes:list"),
+        bytes=total,
+        rows=[
             ("volumes", len(rows)),
             ("inspected", len(inspected)),
             ("findings", " / ".join(f"{severities[s]} {s}" for s in reversed(Severity.values))),
             ("monthly cost", f"${cost:,.2f}"),
         ],
-        "leaks": leaks,
-    }
+        leaks=leaks,
+    )

@@ -11,15 +11,12 @@ from django.views.decorators.http import require_POST, require_safe
 
 from apps.audit.charts import bytes_chart
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import Kind, TargetType
+from apps.audit.operations import request as request_operation
 from apps.volumes import selectors
 from apps.volumes.models import Inspection, Volume
-from apps.volumes.services import (
-    TARGET_TYPE,
-    volume_backend,
-    volume_crosscheck_enqueue,
-    volume_inspect_enqueue,
-    volume_price_per_gb_month,
-)
+from apps.volumes.operations import CROSSCHECK_PERMISSION, INSPECT_PERMISSION
+from apps.volumes.services import volume_backend, volume_price_per_gb_month
 from controlpanel.errors import InvalidInput, PanelError
 from controlpanel.paths import validate_id
 
@@ -58,8 +55,8 @@ def detail_view(request, name: str):
         volume_backend(volume=volume)
     except PanelError as exc:
         error = str(exc)
-    operations = list(Operation.objects.filter(target_type=TARGET_TYPE, target_id=volume.name)[:5])
-    last_inspect = next((op for op in operations if op.kind == "volume.inspect"), None)
+    operations = list(Operation.objects.filter(target_type=TargetType.VOLUME, target_id=volume.name)[:5])
+    last_inspect = next((op for op in operations if op.kind == Kind.VOLUME_INSPECT), None)
     if not error and last_inspect and last_inspect.status in {Operation.Status.FAILED, Operation.Status.ERRORED}:
         error = f"The last inspection failed: {last_inspect.error}"
     history = list(
@@ -80,18 +77,18 @@ def detail_view(request, name: str):
         "chart": bytes_chart(domain="volumes", subject=volume.name),
         "operations": operations,
         "crosschecks": list(volume.crosschecks.all()[:5]),
-        "events": AuditEvent.objects.filter(target_type=TARGET_TYPE, target_id=volume.name)[:10],
+        "events": AuditEvent.objects.filter(target_type=TargetType.VOLUME, target_id=volume.name)[:10],
     }
     return render(request, "volumes/detail.html", context)
 
 
 @known_volume
 @require_POST
-@permission_required("volumes.inspect_volume", raise_exception=True)
+@permission_required(INSPECT_PERMISSION, raise_exception=True)
 def inspect_run(request, name: str):
     volume = _volume_or_404(name)
     try:
-        operation = volume_inspect_enqueue(volume=volume, actor=request.user)
+        operation = request_operation(Kind.VOLUME_INSPECT, volume.name, actor=request.user)
     except PanelError as exc:
         messages.error(request, str(exc))
     else:
@@ -101,12 +98,13 @@ def inspect_run(request, name: str):
 
 @known_volume
 @require_POST
-@permission_required("volumes.crosscheck_volume", raise_exception=True)
+@permission_required(CROSSCHECK_PERMISSION, raise_exception=True)
 def crosscheck_run(request, name: str):
     volume = _volume_or_404(name)
     try:
-        operation = volume_crosscheck_enqueue(
-            volume=volume,
+        operation = request_operation(
+            Kind.VOLUME_CROSSCHECK,
+            volume.name,
             folder=request.POST.get("folder", ""),
             s3_url=request.POST.get("s3_url", "").strip(),
             actor=request.user,

@@ -79,22 +79,20 @@ def test_leftover_volume_leaks_are_capped_and_the_rest_counted_in_one_line(monke
     make_pod("tiny", Pod.Status.DELETED, existing=1, size=50)
     make_pod("fine", Pod.Status.RUNNING, existing=4, size=999)  # holds its volumes: no leak
 
-    leaks = [leak for leak in pod_selectors.overview_section()["leaks"] if "still exist" in leak["label"]]
+    leaks = [leak for leak in pod_selectors.overview_section().leaks if "still exist" in leak.label]
 
-    assert [leak["label"] for leak in leaks] == [
+    assert [leak.label for leak in leaks] == [
         "2 volumes of deprovisioned pod big still exist",
         "1 volumes of stopped pod mid still exist",
         "volumes of 2 more stopped, deprovisioned, deleted or failed pods still exist",
     ]
-    assert [leak["bytes"] for leak in leaks] == [1000, 400, 150]
+    assert [leak.bytes for leak in leaks] == [1000, 400, 150]
 
 
 def test_all_leftover_leaks_listed_when_under_the_cap():
     make_pod("gone", Pod.Status.DEPROVISIONED, existing=3, size=10)
-    leaks = [leak for leak in pod_selectors.overview_section()["leaks"] if "still exist" in leak["label"]]
-    assert [(leak["label"], leak["bytes"]) for leak in leaks] == [
-        ("3 volumes of deprovisioned pod gone still exist", 30)
-    ]
+    leaks = [leak for leak in pod_selectors.overview_section().leaks if "still exist" in leak.label]
+    assert [(leak.label, leak.bytes) for leak in leaks] == [("3 volumes of deprovisioned pod gone still exist", 30)]
 
 
 def test_mix_job_pages_are_counted_from_the_totals_and_a_sync_shows_at_once(staff_client):

@@ -11,11 +11,18 @@ from tests import scale
 pytestmark = pytest.mark.django_db
 
 # (url name, most queries allowed). The panel's own fixed cost on every page: session,
-# user, and the permission lookups the templates make.
+# user, and the permission lookups the templates make. Measured cold (the figures cache
+# cleared); tests/dashboard/test_overview_cache.py counts the cached pages exactly.
 LIST_PAGES = [
+    # session, user, newest audit event + storage sample ids, every domain's section (about
+    # a dozen, their own aggregates), the charts' subjects and one per chart (at most 6),
+    # work in flight, work just finished, recent audit events.
     ("dashboard:overview", 30),
+    # session, user, newest change ids, every domain's section.
     ("dashboard:leaks", 25),
+    # session, user, count, a page of operations, schedules, failed queue tasks.
     ("dashboard:operations", 15),
+    # session, user, count, a page of events (with their users, joined).
     ("dashboard:audit", 10),
     ("pods:list", 15),
     ("separations:list", 15),

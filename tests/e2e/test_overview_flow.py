@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from apps.audit.models import AuditEvent, Operation
-from apps.separations.services import sessions_sync_now
-from apps.separations.tasks import sessions_cleanup_task
+from apps.audit.names import Kind
+from apps.audit.operations import run_now, run_operation
 from tests.separations.helpers import put_session, volume_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -20,7 +20,7 @@ def run_like_a_worker(operation_id: int, *, delay: float) -> threading.Thread:
 
     def work():
         time.sleep(delay)
-        sessions_cleanup_task(operation_id)
+        run_operation(operation_id)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -33,7 +33,7 @@ def test_overview_leak_fix_with_preview_progress_and_audit(logged_in_page, live_
     for index in range(3):
         put_session(f"stale-{index}", mtime=now - timedelta(hours=6 + index), input_bytes=50_000)
     put_session("fresh", mtime=now - timedelta(minutes=2), input_bytes=50_000)
-    sessions_sync_now(actor="test")
+    run_now(Kind.SESSIONS_SYNC, actor="test")
 
     page.goto(f"{live_server.url}/")
     assert page.locator(".domain h2", has_text="Separation sessions").first.is_visible()

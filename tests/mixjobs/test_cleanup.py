@@ -9,8 +9,9 @@ from subprocess import PIPE
 import pytest
 import time_machine
 
-from apps.audit.models import AuditEvent
-from apps.mixjobs import services
+from apps.audit.models import AuditEvent, Operation
+from apps.mixjobs import files
+from apps.mixjobs.services import cleanup as cleanup_service
 from apps.mixjobs.services import cleanup_expired_jobs, mixjobs_cleanup, session_lock
 from controlpanel.errors import InvalidInput
 from tests.mixjobs.helpers import atomic_write, index_path, job_path, media, output_path, write_job
@@ -33,6 +34,38 @@ def test_complete_job_expires_at_exactly_48_hours_not_a_second_before(clock):
     assert not job_path("s1", "just-expired").exists() and not index_path("just-expired").exists()
     assert job_path("s1", "almost").exists() and index_path("almost").exists()
     assert output_path("s1").exists()  # a sibling job remains: the shared output stays
+
+
+def test_the_mixing_services_cleanup_is_an_operation_with_an_audit_event(clock):
+    write_job("s1", "old", state="complete", updated_at=NOW - timedelta(hours=50))
+    write_job("s1", "new", state="complete", updated_at=NOW)
+    assert cleanup_expired_jobs("s1") == 1
+    operation = Operation.objects.get()
+    assert (operation.kind, operation.target_type, operation.target_id) == (
+        "mixjobs.cleanup-session",
+        "mixjob-session",
+        "s1",
+    )
+    assert (operation.status, operation.actor_name, operation.result["deleted_jobs"]) == (
+        "succeeded",
+        "mixing-service",
+        1,
+    )
+    assert operation.result["summary"].startswith("Deleted 1 expired job (2 files), reclaiming ")
+    event = AuditEvent.objects.get()
+    assert (event.action, event.target_id, event.actor_name, event.operation) == (
+        "mixjobs.cleanup",
+        "s1",
+        "mixing-service",
+        operation,
+    )
+    assert event.bytes_reclaimed == operation.result["bytes_reclaimed"] > 0
+
+
+def test_a_refused_session_id_leaves_no_operation(clock):
+    with pytest.raises(InvalidInput):
+        cleanup_expired_jobs("../etc")
+    assert not Operation.objects.exists() and not AuditEvent.objects.exists()
 
 
 def test_failed_jobs_expire_after_24_hours(clock):
@@ -104,7 +137,7 @@ def test_problem_files_are_reported_and_never_deleted(clock, content, reason):
 
 
 def test_huge_job_file_is_a_problem_not_a_memory_hog(clock, monkeypatch):
-    monkeypatch.setattr(services, "MAX_JOB_FILE_BYTES", 1000)
+    monkeypatch.setattr(files, "MAX_JOB_FILE_BYTES", 1000)
     write_job("s1", "big", state="complete", updated_at=NOW - timedelta(hours=50), extra={"blob": "x" * 5000})
     report = mixjobs_cleanup(actor="tests", session_id="s1")
     assert job_path("s1", "big").exists() and "larger than 1000" in report.skipped[0]["reason"]
@@ -148,7 +181,7 @@ def test_symlinked_session_or_output_folder_is_not_followed(clock, tmp_path):
 
 def test_job_rewritten_between_scan_and_delete_is_kept(clock, monkeypatch):
     write_job("s1", "j", state="complete", updated_at=NOW - timedelta(hours=50))
-    real_read = services.read_job_file
+    real_read = cleanup_service.read_job_file
     calls = {"n": 0}
 
     def read_then_writer_updates(*, session_id, path, **options):
@@ -157,7 +190,7 @@ def test_job_rewritten_between_scan_and_delete_is_kept(clock, monkeypatch):
             write_job("s1", "j", state="queued", updated_at=NOW)
         return real_read(session_id=session_id, path=path, **options)
 
-    monkeypatch.setattr(services, "read_job_file", read_then_writer_updates)
+    monkeypatch.setattr(cleanup_service, "read_job_file", read_then_writer_updates)
     report = mixjobs_cleanup(actor="tests", session_id="s1")
     assert report.deleted_jobs == []
     assert json.loads(job_path("s1", "j").read_text())["state"] == "queued"
@@ -241,7 +274,7 @@ def test_naive_and_offset_times_are_both_utc(clock):
 
 def test_a_cleanup_that_dies_between_two_files_leaves_the_job_for_the_next_run(clock, monkeypatch):
     write_job("s1", "old", state="complete", updated_at=NOW - timedelta(days=3))
-    original = services._unlink_regular
+    original = cleanup_service._unlink_regular
     calls = []
 
     def die_after_first(path, **kwargs):
@@ -250,14 +283,14 @@ def test_a_cleanup_that_dies_between_two_files_leaves_the_job_for_the_next_run(c
         calls.append(path)
         return original(path, **kwargs)
 
-    monkeypatch.setattr(services, "_unlink_regular", die_after_first)
+    monkeypatch.setattr(cleanup_service, "_unlink_regular", die_after_first)
     with pytest.raises(KeyboardInterrupt):
         cleanup_expired_jobs("s1")
     # The index went first; the job file, which is what the next run looks for, is still there.
     assert calls == [index_path("old")]
     assert job_path("s1", "old").exists() and not index_path("old").exists()
 
-    monkeypatch.setattr(services, "_unlink_regular", original)
+    monkeypatch.setattr(cleanup_service, "_unlink_regular", original)
     assert cleanup_expired_jobs("s1") == 1
     assert not job_path("s1", "old").exists() and not output_path("s1").exists()
 

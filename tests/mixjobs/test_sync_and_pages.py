@@ -7,9 +7,9 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.operations import run_operation
 from apps.mixjobs.models import MixJob
 from apps.mixjobs.services import mixjobs_sync
-from apps.mixjobs.tasks import mixjobs_cleanup_task
 from tests.mixjobs.helpers import atomic_write, job_path, output_path, write_job
 
 pytestmark = pytest.mark.django_db
@@ -96,7 +96,7 @@ def test_preview_then_confirm_runs_the_cleanup_as_an_operation(staff_client, clo
         response = staff_client.post(reverse("mixjobs:cleanup-run"), {"confirm": "yes"})
     operation = Operation.objects.get(kind="mixjobs.cleanup")
     assert response["Location"] == reverse("dashboard:operation", args=[operation.pk]) and len(callbacks) == 1
-    mixjobs_cleanup_task(operation.pk)  # what the worker does with the queued id
+    run_operation(operation.pk)  # what the worker does with the queued id
     operation.refresh_from_db()
     assert operation.status == "succeeded" and operation.result["deleted_jobs"] == 1
     assert not job_path("s1", "old").exists()

@@ -4,13 +4,15 @@ retrying the same action finishes the job."""
 
 import pytest
 
+from apps.audit import operations
 from apps.audit.models import AuditEvent
+from apps.audit.names import Kind, TargetType
 from apps.audit.services import operation_create
 from apps.pods import services
 from apps.pods.docker_engine import DockerEngine, DockerFailure
-from apps.pods.models import DockerHost, IllegalTransition, Pod, Snapshot
+from apps.pods.models import DockerHost, Pod, Snapshot
 from apps.pods.snapshots import S3Store, StoreError, _S3Writer
-from controlpanel.errors import Busy, InvalidInput, NotFound, PanelError, Unreachable
+from controlpanel.errors import Busy, IllegalTransition, InvalidInput, NotFound, PanelError, Unreachable
 from tests.parts import free_port
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, run_in
 
@@ -203,11 +205,11 @@ def test_unknown_pod_and_illegal_transitions_say_what_is_wrong(docker_client, ne
 def test_second_stop_while_one_is_running_is_refused(docker_client, new_pod_id):
     pod_id = new_pod_id()
     services.pod_provision(pod_id=pod_id, actor="test")
-    services.pod_operation_create(action="stop", pod_id=pod_id, actor="admin-1")
+    operations.request(Kind.POD_STOP, pod_id, actor="admin-1")
     with pytest.raises(Busy, match="already has pod.stop in progress"):
-        services.pod_operation_create(action="stop", pod_id=pod_id, actor="admin-2")
+        operations.request(Kind.POD_STOP, pod_id, actor="admin-2")
     with pytest.raises(Busy):
-        operation_create(kind="pod.stop", target_type="pod", target_id=pod_id, actor="admin-3")
+        operation_create(kind=Kind.POD_STOP, target_type=TargetType.POD, target_id=pod_id, actor="admin-3")
 
 
 def test_unreachable_host_is_refused_marks_pods_unknown_and_recovers(docker_client, new_pod_id, settings):

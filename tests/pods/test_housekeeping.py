@@ -10,6 +10,7 @@ import time_machine
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
+from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import operation_create
 from apps.pods import services
 from apps.pods.models import OrphanVolume, Pod, Snapshot
@@ -70,7 +71,7 @@ def test_sweep_removes_only_old_orphans_and_never_what_a_busy_pod_needs(docker_c
     pod_row(f"{suffix}c", Pod.Status.STOPPING)
     pod_row(f"{suffix}d", Pod.Status.RUNNING)
     pod_row(f"{suffix}e", Pod.Status.STOPPED)
-    operation_create(kind="pod.start", target_type="pod", target_id=f"{suffix}e", actor="someone")
+    operation_create(kind=Kind.POD_START, target_type=TargetType.POD, target_id=f"{suffix}e", actor="someone")
 
     # Younger than the grace period: nothing is even listed.
     young = services.orphans_sweep(actor="test", name_prefix=prefix)
@@ -83,14 +84,14 @@ def test_sweep_removes_only_old_orphans_and_never_what_a_busy_pod_needs(docker_c
         assert listed[orphan]["bytes"] >= 64 * 1024
         assert listed[of_stopped]["reason"].endswith("is stopped")
         assert all(exists(docker_client, name) for name in listed)
-        assert AuditEvent.objects.filter(action="pods.sweep_orphans", outcome="dry_run").exists()
+        assert AuditEvent.objects.filter(action=AuditAction.PODS_SWEEP_ORPHANS, outcome="dry_run").exists()
 
         result = services.orphans_sweep(actor="test", name_prefix=prefix)
 
     assert set(result["removed"]) == {orphan, of_stopped}
     assert not exists(docker_client, orphan) and not exists(docker_client, of_stopped)
     assert exists(docker_client, of_stopping) and exists(docker_client, of_running) and exists(docker_client, of_busy)
-    event = AuditEvent.objects.filter(action="pods.sweep_orphans", outcome="succeeded").first()
+    event = AuditEvent.objects.filter(action=AuditAction.PODS_SWEEP_ORPHANS, outcome="succeeded").first()
     assert event.bytes_reclaimed >= 64 * 1024
 
 

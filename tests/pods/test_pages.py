@@ -1,11 +1,17 @@
 """Pages and admin: thin layers over the same services, with the shared confirmation page."""
 
+import json
+from io import StringIO
+
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from apps.audit.models import Operation
+from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import AuditAction, Kind, TargetType
+from apps.audit.overview import OverviewSection, overview_providers
 from apps.pods import selectors, services
 from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
 from tests.pods.conftest import pod_volumes
@@ -129,11 +135,18 @@ def test_overview_section_reports_leaks_and_unreachable_hosts():
         section = selectors.overview_section()
     assert len(queries) <= 9
 
-    labels = {leak["label"]: leak for leak in section["leaks"]}
-    assert labels["orphaned volume pinacle-vol-zzz-opt (no pod)"]["bytes"] == 77
-    assert labels["1 volumes of stopped pod leftover still exist"]["bytes"] == 500
-    assert any("past retention" in label and leak["bytes"] == 33 for label, leak in labels.items())
-    assert "unreachable" in section["error"]
+    labels = {leak.label: leak for leak in section.leaks}
+    assert labels["orphaned volume pinacle-vol-zzz-opt (no pod)"].bytes == 77
+    assert labels["1 volumes of stopped pod leftover still exist"].bytes == 500
+    assert any("past retention" in label and leak.bytes == 33 for label, leak in labels.items())
+    assert all(leak.domain == "pods" and leak.fix_url for leak in section.leaks)
+    assert "unreachable" in section.error
+
+
+def test_pods_register_their_overview_provider():
+    provider = next(p for p in overview_providers() if p.app_label == "pods")
+    assert (provider.title, provider.order, provider.section) == ("Pods", 10, selectors.overview_section)
+    assert isinstance(provider.section(), OverviewSection)
 
 
 def test_admin_pages_render(staff_client):
@@ -152,3 +165,55 @@ def test_sweep_and_retention_previews_change_nothing(staff_client, pods_settings
     assert staff_client.get(reverse("pods:sweep")).status_code == 200
     assert staff_client.get(reverse("pods:retention")).status_code == 200
     assert (Operation.objects.count(), DockerHost.objects.count()) == before
+
+
+def test_an_empty_retention_preview_offers_no_button_and_a_full_one_does(staff_client):
+    body = staff_client.get(reverse("pods:retention")).content.decode()
+    assert "Nothing to delete." in body and "Purge these snapshots" not in body
+
+    pod = make_pod("retired", status=Pod.Status.STOPPED)
+    Snapshot.objects.create(pod=pod, store_url="file:///s", status="failed", bytes_done=2048)
+    body = staff_client.get(reverse("pods:retention")).content.decode()
+    assert "retired snapshot #" in body and "2.0 KiB" in body
+    assert "Purge these snapshots" in body and reverse("pods:retention-run") in body
+    assert Operation.objects.count() == 0
+
+
+@pytest.mark.docker
+def test_admin_action_page_button_and_cli_stop_as_the_same_kind_of_work(
+    staff_client, staff_user, q_sync, docker_client, new_pod_id, django_capture_on_commit_callbacks
+):
+    by_admin, by_page, by_cli = new_pod_id(), new_pod_id(), new_pod_id()
+    for pod_id in (by_admin, by_page, by_cli):
+        services.pod_provision(pod_id=pod_id, actor="test")
+    admin_pk = Pod.objects.get(pod_id=by_admin).pk
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(
+            reverse("admin:pods_pod_changelist"),
+            {"action": "stop_pods", "_selected_action": [admin_pk], "confirm": "yes"},
+        )
+    assert response.status_code == 302
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_client.post(reverse("pods:stop", args=[by_page]), {"confirm": "yes"})
+    assert response.status_code == 302
+    assert json.loads(call_command_output("pods", "stop", by_cli))["pod_id"] == by_cli
+
+    for pod_id in (by_admin, by_page, by_cli):
+        operation = Operation.objects.get(target_id=pod_id)
+        assert (operation.kind, operation.target_type, operation.status) == (Kind.POD_STOP, TargetType.POD, "succeeded")
+        assert operation.result["summary"].startswith(f"Pod {pod_id} stopped: snapshot #")
+        event = AuditEvent.objects.get(action=AuditAction.POD_STOP, target_id=pod_id)
+        assert (event.target_type, event.outcome, event.operation_id) == (TargetType.POD, "succeeded", operation.pk)
+        assert event.bytes_reclaimed >= 0 and event.details["snapshot"] == operation.result["snapshot"]
+        assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
+        assert pod_volumes(docker_client, pod_id) == []
+    people = Operation.objects.filter(target_id__in=[by_admin, by_page])
+    assert set(people.values_list("actor_user", flat=True)) == {staff_user.pk}
+    assert Operation.objects.get(target_id=by_cli).actor_name.startswith("cli:")
+
+
+def call_command_output(*args) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()

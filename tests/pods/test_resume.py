@@ -5,6 +5,7 @@ never one whose failure is waiting for a person, never one another operation hol
 import pytest
 
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import operation_create
 from apps.pods import services
 from apps.pods.models import DockerHost, Pod
@@ -28,7 +29,7 @@ def test_only_pods_a_dead_worker_left_are_queued_again(host):
     make_pod(host, "failed-stop", Pod.Status.STOPPING, last_error="volume is in use")
     make_pod(host, "held", Pod.Status.DEPROVISIONING)
     make_pod(host, "settled", Pod.Status.STOPPED)
-    operation_create(kind="pod.deprovision", target_type="pod", target_id="held", actor="someone")
+    operation_create(kind=Kind.POD_DEPROVISION, target_type=TargetType.POD, target_id="held", actor="someone")
 
     resumed = services.pods_resume_interrupted(actor="schedule:reconcile-pods")
 
@@ -39,7 +40,7 @@ def test_only_pods_a_dead_worker_left_are_queued_again(host):
         ("pod.start", "killed-restore"),
         ("pod.stop", "killed-stop"),
     ]
-    assert AuditEvent.objects.filter(action="pod.resume").count() == 3
+    assert AuditEvent.objects.filter(action=AuditAction.POD_RESUME).count() == 3
     # Asked again while those are queued: nothing more.
     assert services.pods_resume_interrupted(actor="schedule:reconcile-pods") == {}
 

@@ -2,7 +2,7 @@
 that a test can SIGKILL at any instant.
 
 Each process is `manage.py shell -c CODE`, calling the same task functions django-q2 calls
-(`apps.pods.tasks.run_pod_operation`, …), so what dies is exactly a worker's work. The test
+(`apps.audit.operations.run_operation`), so what dies is exactly a worker's work. The test
 process reads the database file with `sqlite3` and Docker with the SDK to decide when to
 kill, and never imports the deployment's settings."""
 

@@ -32,10 +32,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.models import Operation
-from apps.audit.services import operation_execute
+from apps.audit.operations import execute
 from apps.mixjobs.models import MixJob
 from apps.pods.models import Pod, Snapshot
-from apps.pods.services import host_default, pod_operation_run
+from apps.pods.services import host_default
 from apps.pods.snapshots import store_from_url
 from apps.volumes.models import Volume
 from controlpanel.errors import InvalidInput
@@ -268,7 +268,7 @@ def test_form_fields_refuse_hostile_ids(client, staff_user, outside, tally, tmp_
         operation = Operation.objects.filter(kind="pod.provision").order_by("-pk").first()
         if response.status_code != 302 or operation is None:
             return False
-        finished = operation_execute(operation_id=operation.pk, work=pod_operation_run)
+        finished = execute(operation.pk)
         done = finished.status == Operation.Status.FAILED and clear_message(finished.error)
         finished.delete()  # the next value starts from the same rows
         return done and not Pod.objects.exists()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.audit.names import Kind
+from apps.audit.operations import request
 from apps.pods import services, snapshots
 from apps.pods.models import VOLUME_MOUNTS, DockerHost, IllegalTransition, OrphanVolume, Pod, Snapshot, container_name
 from apps.pods.models import volume_docker_name as volume_name
@@ -154,7 +156,7 @@ def test_a_crashed_host_marks_its_pods_unknown_deletes_nothing_and_they_come_bac
             if f"is unknown; it cannot go to {verb}" not in str(exc):
                 problems.append(f"{verb} was refused without saying why: {exc}")
     try:
-        services.pod_operation_create(action="stop", pod_id=pod_id, actor="test")
+        request(Kind.POD_STOP, pod_id, actor="test")
         problems.append("a stop request for a pod on a dead host was accepted")
     except PanelError as exc:
         if "is unknown" not in str(exc):

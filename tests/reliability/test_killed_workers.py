@@ -27,11 +27,9 @@ BIG_SCRIPT = WRITE_SCRIPT + (
 )
 
 WORKER = """
-from apps.pods.services import pod_operation_create
-from apps.pods.tasks import run_pod_operation
-operation = pod_operation_create(action={action!r}, pod_id={pod_id!r}, actor="worker")
-print(operation.pk, flush=True)
-run_pod_operation(operation.pk)
+from apps.audit.operations import run_now
+from apps.pods.actions import POD_ACTIONS
+run_now(POD_ACTIONS[{action!r}].kind, {pod_id!r}, actor="worker")
 print("finished", flush=True)
 """
 
@@ -281,11 +279,9 @@ def seed_mixjobs(deployment: Deployment) -> dict[str, set[Path]]:
 
 
 CLEANUP_WORKER = """
-from apps.mixjobs.services import mixjobs_cleanup_start
-from apps.mixjobs.tasks import mixjobs_cleanup_task
-operation = mixjobs_cleanup_start(actor="worker")
-print(operation.pk, flush=True)
-mixjobs_cleanup_task(operation.pk)
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+run_now(Kind.MIXJOBS_CLEANUP, actor="worker")
 print("finished", flush=True)
 """
 

@@ -12,8 +12,9 @@ pytestmark = [pytest.mark.scaleout, pytest.mark.postgres, pytest.mark.redis]
 
 ENQUEUE_TWICE_OVER = """
 from django_q.tasks import async_task
-from apps.separations.services import sessions_cleanup_enqueue
-operation = sessions_cleanup_enqueue(policy="exit", actor="scaleout-test")
+from apps.audit.names import Kind
+from apps.audit.operations import request
+operation = request(Kind.SESSIONS_CLEANUP, actor="scaleout-test", policy="exit")
 for _ in range(3):
     async_task(operation.task, operation.pk, task_name=f"duplicate delivery of #{operation.pk}")
 print(operation.pk)

@@ -46,3 +46,19 @@ def put_modal_session(server, volume: str, session_id: str, *, mtime: datetime, 
     server.put_file(volume, f"sessions/{session_id}/input.wav", size=input_bytes, mtime=mtime)
     for stem in STEM_NAMES:
         server.put_file(volume, f"sessions/{session_id}/output/{stem}.flac", size=stem_bytes, mtime=mtime)
+
+
+def sync_now(actor: str = "test") -> dict:
+    """A sync run inline, as the CLI runs it: the finished operation's result."""
+    from apps.audit.names import Kind
+    from apps.audit.operations import run_now
+
+    return run_now(Kind.SESSIONS_SYNC, actor=actor).result
+
+
+def cleanup_now(*, policy: str, actor: str = "test", session_ids=()) -> dict:
+    """A cleanup batch run inline, as the API and the CLI run it."""
+    from apps.audit.names import Kind
+    from apps.audit.operations import run_now
+
+    return run_now(Kind.SESSIONS_CLEANUP, actor=actor, policy=policy, session_ids=list(session_ids)).result

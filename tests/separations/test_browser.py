@@ -4,8 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apps.separations.services import sessions_sync_now
-from tests.separations.helpers import put_session, volume_root
+from tests.separations.helpers import put_session, sync_now, volume_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -16,7 +15,7 @@ def test_clean_up_old_sessions_from_the_page(logged_in_page, live_server, settin
     put_session("stale-one", mtime=now - timedelta(hours=5))
     put_session("stale-two", mtime=now - timedelta(hours=4))
     put_session("fresh", mtime=now - timedelta(minutes=5))
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     browser_page = logged_in_page
     browser_page.goto(f"{live_server.url}/sessions/")
     assert browser_page.locator(".gauge.over").is_visible()

@@ -10,15 +10,17 @@ from django.db import connection
 from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.services import operation_create
 from apps.separations.models import SeparationSession
-from apps.separations.services import (
-    TARGET_TYPE,
-    sessions_cleanup,
-    sessions_cleanup_now,
-    sessions_sync_now,
-)
+from apps.separations.services import TARGET_TYPE, sessions_cleanup
 from apps.volumes.backends import backend_for_url
 from controlpanel.errors import Busy, InvalidInput, NotFound, Unreachable
-from tests.separations.helpers import put_modal_session, put_session, session_bytes, volume_root
+from tests.separations.helpers import (
+    cleanup_now,
+    put_modal_session,
+    put_session,
+    session_bytes,
+    sync_now,
+    volume_root,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +54,7 @@ def test_sync_mirrors_sessions_and_samples_the_volume_size(clock):
     put_session("partial1", mtime=ago(minutes=5), stems=("drums",))
     (volume_root() / "sessions" / "empty1").mkdir()
     (volume_root() / "other.txt").write_bytes(b"x" * 7)  # outside sessions/: counted in the volume size only
-    result = sessions_sync_now(actor="test")
+    result = sync_now(actor="test")
     rows = {row.session_id: row for row in SeparationSession.objects.all()}
     assert rows["complete1"].status == "complete" and rows["complete1"].stems_present == 4
     assert rows["complete1"].total_bytes == session_bytes() and rows["complete1"].file_count == 5
@@ -69,11 +71,11 @@ def test_sync_mirrors_sessions_and_samples_the_volume_size(clock):
 def test_sync_marks_sessions_gone_from_the_volume_as_deleted(clock):
     put_session("a", mtime=ago(hours=1))
     put_session("b", mtime=ago(hours=1))
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     import shutil
 
     shutil.rmtree(volume_root() / "sessions" / "a")
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     gone = SeparationSession.objects.get(session_id="a")
     assert gone.status == "deleted" and "gone from the volume" in gone.deleted_reason
     assert SeparationSession.objects.get(session_id="b").status == "complete"
@@ -82,7 +84,7 @@ def test_sync_marks_sessions_gone_from_the_volume_as_deleted(clock):
 def test_sync_ignores_names_that_are_not_ids(clock):
     put_session("ok", mtime=ago(hours=1))
     put_session("bad.name", mtime=ago(hours=9))
-    result = sessions_sync_now(actor="test")
+    result = sync_now(actor="test")
     assert list(SeparationSession.objects.values_list("session_id", flat=True)) == ["ok"]
     assert result["ignored"] == ["bad.name"]
 
@@ -94,7 +96,7 @@ def test_download_policy_deletes_only_sessions_strictly_older_than_one_hour(cloc
     put_session("exactly1h", mtime=ago(hours=1))
     put_session("older", mtime=ago(hours=1, seconds=1))
     put_session("young", mtime=ago(minutes=59))
-    result = sessions_cleanup_now(policy="download", actor="test")
+    result = cleanup_now(policy="download", actor="test")
     assert result["deleted"] == ["older"]
     assert result["bytes_reclaimed"] == session_bytes()
     assert not on_disk("older")
@@ -106,7 +108,7 @@ def test_download_policy_never_looks_past_the_20_oldest(clock, settings):
     for i in range(20):
         put_session(f"s{i:02d}", mtime=ago(hours=5, minutes=i))
     put_session("s21st", mtime=ago(hours=2))
-    result = sessions_cleanup_now(policy="download", actor="test")
+    result = cleanup_now(policy="download", actor="test")
     assert len(result["deleted"]) == 20
     assert on_disk("s21st")
     event = AuditEvent.objects.get(action="sessions.cleanup")
@@ -117,7 +119,7 @@ def test_exit_policy_looks_at_100_oldest_older_than_two_hours(clock):
     put_session("a", mtime=ago(hours=2))  # exactly the limit: kept
     put_session("b", mtime=ago(hours=2, minutes=1))
     put_session("c", mtime=ago(hours=1, minutes=30))  # old for download, young for exit
-    result = sessions_cleanup_now(policy="exit", actor="test")
+    result = cleanup_now(policy="exit", actor="test")
     assert result["deleted"] == ["b"]
     assert on_disk("a") and on_disk("c")
 
@@ -127,14 +129,14 @@ def test_policies_are_configurable(clock, settings):
     settings.SESSIONS_POLICY_DOWNLOAD_AGE_MINUTES = 10
     put_session("a", mtime=ago(minutes=30))
     put_session("b", mtime=ago(minutes=20))
-    assert sessions_cleanup_now(policy="download", actor="test")["deleted"] == ["a"]
+    assert cleanup_now(policy="download", actor="test")["deleted"] == ["a"]
     assert on_disk("b")
 
 
 def test_manual_cleanup_deletes_one_session_now_whatever_its_age(clock):
     put_session("fresh", mtime=ago(seconds=1))
     put_session("other", mtime=ago(hours=9))
-    result = sessions_cleanup_now(policy="manual", session_ids=["fresh"], actor="test")
+    result = cleanup_now(policy="manual", session_ids=["fresh"], actor="test")
     assert result["deleted"] == ["fresh"]
     assert not on_disk("fresh") and on_disk("other")
     row = SeparationSession.objects.get(session_id="fresh")
@@ -144,7 +146,7 @@ def test_manual_cleanup_deletes_one_session_now_whatever_its_age(clock):
 def test_manual_cleanup_of_an_unknown_session_is_not_found_and_touches_nothing(clock):
     put_session("a", mtime=ago(hours=9))
     with pytest.raises(NotFound):
-        sessions_cleanup_now(policy="manual", session_ids=["nope"], actor="test")
+        cleanup_now(policy="manual", session_ids=["nope"], actor="test")
     assert on_disk("a")
 
 
@@ -152,7 +154,7 @@ def test_manual_cleanup_of_an_unknown_session_is_not_found_and_touches_nothing(c
 def test_bad_ids_are_refused_before_anything(clock, bad):
     put_session("a", mtime=ago(hours=9))
     with pytest.raises(InvalidInput):
-        sessions_cleanup_now(policy="manual", session_ids=[bad], actor="test")
+        cleanup_now(policy="manual", session_ids=[bad], actor="test")
     assert on_disk("a")
     assert not Operation.objects.exists()
 
@@ -160,12 +162,12 @@ def test_bad_ids_are_refused_before_anything(clock, bad):
 def test_the_tmp_uuid_form_is_a_valid_id(clock):
     session_id = f"tmp{uuid.uuid4().hex}"
     put_session(session_id, mtime=ago(hours=3))
-    assert sessions_cleanup_now(policy="manual", session_ids=[session_id], actor="t")["deleted"] == [session_id]
+    assert cleanup_now(policy="manual", session_ids=[session_id], actor="t")["deleted"] == [session_id]
 
 
 def test_unknown_policy_is_refused(clock):
     with pytest.raises(InvalidInput):
-        sessions_cleanup_now(policy="everything", actor="test")
+        cleanup_now(policy="everything", actor="test")
 
 
 # -- safety --------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def test_a_symlink_in_a_session_is_removed_never_followed(clock, tmp_path):
     (folder / "input-link.wav").symlink_to(outside / "keep.wav")
     for path in [folder / "output" / "escape", folder / "input-link.wav", folder / "output", folder]:
         os.utime(path, (ago(hours=3).timestamp(),) * 2, follow_symlinks=False)
-    result = sessions_cleanup_now(policy="download", actor="test")
+    result = cleanup_now(policy="download", actor="test")
     assert result["deleted"] == ["linked"]
     assert not folder.exists()
     assert (outside / "keep.wav").read_bytes() == b"k" * 10
@@ -194,7 +196,7 @@ def test_a_session_folder_that_is_a_symlink_loses_the_link_only(clock, tmp_path)
     (outside / "input.wav").write_bytes(b"x")
     (volume_root() / "sessions").mkdir(parents=True)
     (volume_root() / "sessions" / "linkdir").symlink_to(outside)
-    result = sessions_cleanup_now(policy="manual", session_ids=["linkdir"], actor="test")
+    result = cleanup_now(policy="manual", session_ids=["linkdir"], actor="test")
     assert result["deleted"] == ["linkdir"]
     assert not (volume_root() / "sessions" / "linkdir").is_symlink()
     assert (outside / "input.wav").exists()
@@ -206,9 +208,9 @@ def test_a_sessions_folder_pointing_outside_the_volume_is_refused(clock, tmp_pat
     volume_root().mkdir(parents=True)
     (volume_root() / "sessions").symlink_to(outside.parent / "fake-root" / "sessions")
     with pytest.raises(InvalidInput):
-        sessions_cleanup_now(policy="manual", session_ids=["victim"], actor="test")
+        cleanup_now(policy="manual", session_ids=["victim"], actor="test")
     # The policy scan does not follow the link either: nothing is due, nothing removed.
-    assert sessions_cleanup_now(policy="exit", actor="test")["deleted"] == []
+    assert cleanup_now(policy="exit", actor="test")["deleted"] == []
     assert (outside.parent / "fake-root" / "sessions" / "victim" / "input.wav").exists()
 
 
@@ -218,7 +220,7 @@ def test_nothing_outside_sessions_is_touched(clock):
     keep.parent.mkdir()
     keep.write_bytes(b"w")
     os.utime(keep, (ago(days=30).timestamp(),) * 2)
-    sessions_cleanup_now(policy="exit", actor="test")
+    cleanup_now(policy="exit", actor="test")
     assert keep.exists()
     assert not on_disk("old")
 
@@ -229,7 +231,7 @@ def test_nothing_outside_sessions_is_touched(clock):
 def test_a_batch_writes_one_audit_event_with_its_commit_count(clock):
     put_session("a", mtime=ago(hours=3))
     put_session("b", mtime=ago(hours=4))
-    sessions_cleanup_now(policy="exit", actor="test")
+    cleanup_now(policy="exit", actor="test")
     event = AuditEvent.objects.get(action="sessions.cleanup")
     assert event.target_type == TARGET_TYPE and event.target_id == VOLUME
     assert sorted(event.details["deleted"]) == ["a", "b"]
@@ -242,7 +244,7 @@ def test_a_second_batch_while_one_runs_is_refused(clock):
     put_session("a", mtime=ago(hours=3))
     operation_create(kind="sessions.cleanup", target_type=TARGET_TYPE, target_id=VOLUME, actor="other")
     with pytest.raises(Busy, match="already has sessions.cleanup in progress"):
-        sessions_cleanup_now(policy="exit", actor="test")
+        cleanup_now(policy="exit", actor="test")
     assert on_disk("a")
 
 
@@ -251,22 +253,22 @@ def test_two_batches_at_once_only_one_runs(clock, monkeypatch):
     """Two threads ask at the same moment; the volume's exclusive operation lets one in."""
     for i in range(3):
         put_session(f"s{i}", mtime=ago(hours=3))
-    import apps.separations.services as services
+    import apps.separations.services.cleanup as batch
 
     entered, release = threading.Event(), threading.Event()
-    real_plan = services.cleanup_plan
+    real_plan = batch.cleanup_plan
 
     def slow_plan(**kwargs):  # hold the first batch inside its work
         entered.set()
         release.wait(timeout=10)
         return real_plan(**kwargs)
 
-    monkeypatch.setattr(services, "cleanup_plan", slow_plan)
+    monkeypatch.setattr(batch, "cleanup_plan", slow_plan)
     outcomes = {}
 
     def first():
         try:
-            outcomes["first"] = sessions_cleanup_now(policy="exit", actor="first")
+            outcomes["first"] = cleanup_now(policy="exit", actor="first")
         finally:
             connection.close()
 
@@ -274,7 +276,7 @@ def test_two_batches_at_once_only_one_runs(clock, monkeypatch):
     thread.start()
     assert entered.wait(timeout=10)
     with pytest.raises(Busy):
-        sessions_cleanup_now(policy="exit", actor="second")
+        cleanup_now(policy="exit", actor="second")
     release.set()
     thread.join(timeout=20)
     assert sorted(outcomes["first"]["deleted"]) == ["s0", "s1", "s2"]
@@ -288,7 +290,7 @@ def test_modal_from_outside_removes_without_commit(clock, modal_server, settings
     settings.SESSIONS_VOLUME_URL = f"modal://{VOLUME}?environment=main"
     put_modal_session(modal_server, VOLUME, "old", mtime=ago(hours=3))
     put_modal_session(modal_server, VOLUME, "new", mtime=ago(minutes=3))
-    result = sessions_cleanup_now(policy="download", actor="test")
+    result = cleanup_now(policy="download", actor="test")
     assert summary(result) == {"deleted": ["old"], "bytes_reclaimed": session_bytes(), "commits": 0}
     assert modal_server.removals(VOLUME) == ["sessions/old"]
     assert modal_server.commits() == 0
@@ -299,7 +301,7 @@ def test_modal_sync_samples_the_volume(clock, modal_server, settings):
     settings.SESSIONS_VOLUME_URL = f"modal://{VOLUME}"
     put_modal_session(modal_server, VOLUME, "a", mtime=ago(hours=3))
     modal_server.put_file(VOLUME, "cache/x.bin", size=5)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     assert SeparationSession.objects.get(session_id="a").status == "complete"
     assert StorageSample.objects.get(subject=VOLUME).total_bytes == session_bytes() + 5
 
@@ -311,7 +313,7 @@ def test_modal_unreachable_fails_with_one_line_and_touches_nothing(clock, modal_
     put_modal_session(modal_server, VOLUME, "old", mtime=ago(hours=3))
     modal_server.stop()
     with pytest.raises(Unreachable) as caught:
-        sessions_cleanup_now(policy="exit", actor="test")
+        cleanup_now(policy="exit", actor="test")
     assert "\n" not in str(caught.value)
     assert Operation.objects.get().status == "failed"
 
@@ -336,7 +338,7 @@ def test_inside_a_container_a_batch_commits_exactly_once(clock, in_container, mo
     for i in range(5):
         put_session(f"s{i}", mtime=ago(hours=3), root=in_container)
     put_session("young", mtime=ago(minutes=1), root=in_container)
-    result = sessions_cleanup_now(policy="exit", actor="test")
+    result = cleanup_now(policy="exit", actor="test")
     assert len(result["deleted"]) == 5 and result["commits"] == 1
     assert modal_server.commits(VOLUME) == 1
     assert sorted(p.name for p in (in_container / "sessions").iterdir()) == ["young"]
@@ -345,7 +347,7 @@ def test_inside_a_container_a_batch_commits_exactly_once(clock, in_container, mo
 
 def test_inside_a_container_a_batch_that_deletes_nothing_commits_nothing(clock, in_container, modal_server):
     put_session("young", mtime=ago(minutes=1), root=in_container)
-    result = sessions_cleanup_now(policy="exit", actor="test")
+    result = cleanup_now(policy="exit", actor="test")
     assert summary(result) == {"deleted": [], "bytes_reclaimed": 0, "commits": 0}
     assert modal_server.commits() == 0
 
@@ -356,7 +358,7 @@ def test_a_failed_commit_fails_the_batch_and_says_so(clock, in_container, modal_
     put_session("old", mtime=ago(hours=3), root=in_container)
     modal_server.fail_next("VolumeCommit", Status.FAILED_PRECONDITION, "volume busy")
     with pytest.raises(Exception, match="commit failed"):
-        sessions_cleanup_now(policy="exit", actor="test")
+        cleanup_now(policy="exit", actor="test")
     event = AuditEvent.objects.get(action="sessions.cleanup")
     assert event.outcome == "failed"
     assert Operation.objects.get().status == "failed"
@@ -371,24 +373,26 @@ def test_the_service_can_run_against_a_given_backend(clock, tmp_path):
 
 def test_a_deleted_session_that_reappears_is_live_again(clock):
     put_session("back", mtime=ago(hours=3))
-    sessions_cleanup_now(policy="manual", session_ids=["back"], actor="test")
+    cleanup_now(policy="manual", session_ids=["back"], actor="test")
     put_session("back", mtime=ago(minutes=1))
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     row = SeparationSession.objects.get(session_id="back")
     assert row.status == "complete" and row.deleted_at is None
     assert SeparationSession.objects.count() == 1
 
 
 def test_the_schedule_steps_aside_while_a_batch_runs(clock):
-    from apps.separations.tasks import sessions_sync_scheduled
+    from apps.audit.names import Kind
+    from apps.audit.operations import run_scheduled
 
     put_session("a", mtime=ago(hours=1))
     operation_create(kind="sessions.cleanup", target_type=TARGET_TYPE, target_id=VOLUME, actor="x")
-    assert sessions_sync_scheduled().startswith("skipped")
+    assert run_scheduled(Kind.SESSIONS_SYNC).startswith("skipped")
     assert not SeparationSession.objects.exists()
     Operation.objects.update(status="succeeded")
-    assert "1 sessions" in sessions_sync_scheduled()
+    assert run_scheduled(Kind.SESSIONS_SYNC).startswith(f"succeeded: Mirrored 1 session on {VOLUME} (1 new, 0 gone)")
     assert SeparationSession.objects.get().session_id == "a"
+    assert Operation.objects.get(kind="sessions.sync").actor_name == "schedule:sync-sessions"
 
 
 def test_a_removal_refused_by_modal_stops_the_batch_and_is_audited(clock, modal_server, settings):
@@ -399,7 +403,7 @@ def test_a_removal_refused_by_modal_stops_the_batch_and_is_audited(clock, modal_
     put_modal_session(modal_server, VOLUME, "b", mtime=ago(hours=4))
     modal_server.fail_next("VolumeRemoveFile2", Status.PERMISSION_DENIED, "read-only token")
     with pytest.raises(Unreachable, match="read-only token"):
-        sessions_cleanup_now(policy="exit", actor="test")
+        cleanup_now(policy="exit", actor="test")
     # The first refusal stops the batch: "b" was never tried, both are still there.
     assert modal_server.removals(VOLUME) == ["sessions/a"]
     assert {"sessions/a", "sessions/b"} <= set(modal_server.paths(VOLUME))

@@ -8,11 +8,12 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.overview import Leak, OverviewSection, overview_providers
 from apps.audit.services import operation_create, storage_sample_record
 from apps.separations import selectors
 from apps.separations.models import SeparationSession
-from apps.separations.services import TARGET_TYPE, sessions_sync_now
-from tests.separations.helpers import put_session, session_bytes, volume_root
+from apps.separations.services import TARGET_TYPE
+from tests.separations.helpers import put_session, session_bytes, sync_now, volume_root
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +37,7 @@ def on_disk(session_id):
 def test_list_shows_sessions_with_age_bytes_stems_and_status(staff_client):
     put_session("alpha", mtime=NOW - timedelta(hours=3))
     put_session("beta", mtime=NOW - timedelta(minutes=5), stems=("drums", "bass"))
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     page = staff_client.get(reverse("separations:list")).content.decode()
     assert "alpha" in page and "beta" in page
     assert "3 h" in page
@@ -48,7 +49,7 @@ def test_gauge_turns_red_over_budget_and_lists_the_oldest(staff_client, settings
     settings.SESSIONS_VOLUME_MAX_BYTES = 2000
     put_session("oldest", mtime=NOW - timedelta(hours=9))
     put_session("newer", mtime=NOW - timedelta(hours=1))
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     page = staff_client.get(reverse("separations:list")).content.decode()
     assert 'class="gauge over"' in page
     assert "Oldest sessions to clean" in page
@@ -57,7 +58,7 @@ def test_gauge_turns_red_over_budget_and_lists_the_oldest(staff_client, settings
 
 def test_gauge_is_calm_under_budget(staff_client):
     put_session("a", mtime=NOW)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     page = staff_client.get(reverse("separations:list")).content.decode()
     assert 'class="gauge"' in page and "Oldest sessions to clean" not in page
 
@@ -66,7 +67,7 @@ def test_list_page_query_count(staff_client, settings, django_assert_num_queries
     settings.SESSIONS_VOLUME_MAX_BYTES = 10  # over budget, so the oldest-sessions table is queried too
     for i in range(30):
         put_session(f"s{i:02d}", mtime=NOW - timedelta(hours=i))
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     # 1 session, 2 user, 3 latest size sample (gauge), 4 count and 5 rows of the page,
     # 6 chart samples, 7 oldest sessions, 8 recent batches, 9 audit events.
     # A superuser's permission checks need no query.
@@ -91,7 +92,7 @@ def test_bad_volume_url_is_one_line_on_the_page(staff_client, settings):
 
 def test_detail_page(staff_client):
     put_session("alpha", mtime=NOW)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     assert staff_client.get(reverse("separations:detail", args=["alpha"])).status_code == 200
     assert staff_client.get("/sessions/a.b/").status_code == 404
 
@@ -112,8 +113,10 @@ def test_get_previews_the_batch_and_changes_nothing(staff_client):
 
 def test_preview_of_an_unknown_session_says_so(staff_client):
     volume_root().mkdir(parents=True)
-    page = staff_client.get(reverse("separations:cleanup", args=["manual"]) + "?session=nope").content.decode()
-    assert "is not on volume" in page
+    response = staff_client.get(reverse("separations:cleanup", args=["manual"]) + "?session=nope")
+    assert response.status_code == 404
+    assert "is not on volume" in response.content.decode()
+    assert 'name="confirm"' not in response.content.decode()
 
 
 def test_post_queues_the_batch_and_the_worker_deletes(staff_client, q_sync, django_capture_on_commit_callbacks):
@@ -163,7 +166,7 @@ def test_sync_button(staff_client, q_sync, django_capture_on_commit_callbacks):
 def test_admin_cleanup_action_opens_the_same_confirmation(staff_client):
     put_session("a", mtime=NOW)
     put_session("b", mtime=NOW)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     ids = list(SeparationSession.objects.values_list("pk", flat=True))
     response = staff_client.post(
         reverse("admin:separations_separationsession_changelist"),
@@ -178,7 +181,7 @@ def test_admin_cleanup_action_opens_the_same_confirmation(staff_client):
 
 def test_admin_changelist_renders(staff_client):
     put_session("a", mtime=NOW)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     assert staff_client.get(reverse("admin:separations_separationsession_changelist")).status_code == 200
 
 
@@ -189,20 +192,28 @@ def test_overview_section_reports_bytes_budget_and_leaks(settings, django_assert
     settings.SESSIONS_VOLUME_MAX_BYTES = 2000
     put_session("stale", mtime=NOW - timedelta(hours=5))
     put_session("fresh", mtime=NOW)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     with django_assert_max_num_queries(2):  # latest sample, one aggregate over the mirror
         section = selectors.overview_section()
-    assert section["bytes"] == 2 * session_bytes()
-    assert ("Sessions", 2) in section["rows"]
-    [leak] = section["leaks"]
-    assert leak["bytes"] == session_bytes() and "1 session older than 2 h" in leak["label"]
-    assert "over its budget" in leak["label"]
-    assert leak["fix_url"] == reverse("separations:cleanup", args=["exit"])
+    assert isinstance(section, OverviewSection) and section.title == "Separation sessions"
+    assert section.bytes == 2 * session_bytes()
+    assert ("Sessions", 2) in section.rows
+    [leak] = section.leaks
+    assert isinstance(leak, Leak) and leak.domain == "sessions"
+    assert leak.bytes == session_bytes() and "1 session older than 2 h" in leak.label
+    assert "over its budget" in leak.label
+    assert leak.fix_url == reverse("separations:cleanup", args=["exit"])
+
+
+def test_the_overview_provider_is_registered():
+    [provider] = [p for p in overview_providers() if p.app_label == "separations"]
+    assert provider.order == 20 and provider.title == "Separation sessions"
+    assert provider.section is selectors.overview_section
 
 
 def test_overview_page_renders_the_section(staff_client):
     put_session("a", mtime=NOW)
-    sessions_sync_now(actor="test")
+    sync_now(actor="test")
     assert "Separation sessions" in staff_client.get(reverse("dashboard:overview")).content.decode()
 
 
@@ -241,7 +252,7 @@ def test_preview_with_modal_down_is_one_line_on_the_page(staff_client, modal_ser
     modal_server.create_volume(VOLUME)
     modal_server.stop()
     response = staff_client.get(reverse("separations:cleanup", args=["exit"]))
-    assert response.status_code == 200
+    assert response.status_code == 503  # the one rule (controlpanel.errors.http_status): unreachable
     page = response.content.decode()
     assert "unreachable" in page and "Traceback" not in page
     assert 'name="confirm"' not in page  # no button to confirm a batch that cannot be previewed

@@ -6,7 +6,9 @@ pointing at it, so the tests drive the same code the pages and the CLI use."""
 import uuid
 from pathlib import Path
 
-from apps.volumes.models import Volume
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.volumes.models import CrossCheck, Inspection, Volume
 
 TRAIN, DEV = 4667, 1832
 RESULT_FOLDERS = ("smoke", "train", "checkpoints", "tensorboard", "wandb")
@@ -82,3 +84,15 @@ def lay_out_volume_cache_plan(world, *, train: int = TRAIN, dev: int = DEV) -> N
         world.put(f"cache/tusz/dev/{i:05d}.npz", 2)
     world.put("cache/tusz/manifest.json", 10)
     world.put("cache/tusz/_dataset_index.json", 20)
+
+
+def inspect_now(volume: Volume, *, actor: str = "test") -> Inspection:
+    """The CLI's path: one inspection operation run inline; its stored inspection."""
+    operation = run_now(Kind.VOLUME_INSPECT, volume.name, actor=actor)
+    return Inspection.objects.get(pk=operation.result["inspection_id"])
+
+
+def crosscheck_now(volume: Volume, *, folder: str, s3_url: str, actor: str = "test") -> CrossCheck:
+    """The CLI's path: one cross-check operation run inline; its stored result."""
+    operation = run_now(Kind.VOLUME_CROSSCHECK, volume.name, actor=actor, folder=folder, s3_url=s3_url)
+    return CrossCheck.objects.get(pk=operation.result["crosscheck_id"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apps.volumes.backends import LocalBackend, backend_for_url
-from apps.volumes.modal_backend import ModalBackend
+from apps.volumes.backends.modal import ModalBackend
 from controlpanel.errors import InvalidInput, NotFound, Unreachable
 
 VOLUME = "contract-volume"

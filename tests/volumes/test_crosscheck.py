@@ -7,8 +7,8 @@ import pytest
 
 from apps.audit.models import Operation
 from apps.volumes.models import CrossCheck
-from apps.volumes.services import volume_crosscheck_now
 from controlpanel.errors import InvalidInput, NotFound, Unreachable
+from tests.volumes.helpers import crosscheck_now
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +38,7 @@ def test_crosscheck_reports_each_side_and_size_mismatches(world, s3_server, s3_b
     )
     volume = world.volume()
 
-    check = volume_crosscheck_now(
-        volume=volume, folder="cache/tusz/train", s3_url=f"s3://{s3_bucket}/cache/tusz/train", actor="test"
-    )
+    check = crosscheck_now(volume, folder="cache/tusz/train", s3_url=f"s3://{s3_bucket}/cache/tusz/train", actor="test")
 
     assert (check.volume_files, check.volume_bytes) == (4, 67)
     assert (check.s3_files, check.s3_bytes) == (4, 66)
@@ -55,6 +53,9 @@ def test_crosscheck_reports_each_side_and_size_mismatches(world, s3_server, s3_b
     }
     assert not check.in_sync
     assert CrossCheck.objects.get().operation.status == Operation.Status.SUCCEEDED
+    assert check.operation.result["summary"] == (
+        "Out of sync: 2 files match, 1 file only on the volume (7 B), 1 file only on S3 (5 B), 1 size mismatch."
+    )
 
 
 def test_a_fully_populated_cache_is_in_sync_across_pages(local_world, s3_server, s3_bucket):
@@ -65,13 +66,12 @@ def test_a_fully_populated_cache_is_in_sync_across_pages(local_world, s3_server,
     put_objects(s3_server, s3_bucket, objects)
     volume = local_world.volume()
 
-    check = volume_crosscheck_now(
-        volume=volume, folder="cache/tusz/dev/", s3_url=f"s3://{s3_bucket}/cache/tusz/dev/", actor="test"
-    )
+    check = crosscheck_now(volume, folder="cache/tusz/dev/", s3_url=f"s3://{s3_bucket}/cache/tusz/dev/", actor="test")
 
     assert check.in_sync
     assert check.matched_files == check.s3_files == check.volume_files == 1005
     assert check.s3_bytes == sum(objects.values())
+    assert check.operation.result["summary"] == "In sync: 1,005 files match (2.0 KiB)."
 
 
 def test_s3_down_is_one_line_and_stores_nothing(local_world, s3_server, s3_bucket):
@@ -79,8 +79,8 @@ def test_s3_down_is_one_line_and_stores_nothing(local_world, s3_server, s3_bucke
     volume = local_world.volume()
     s3_server.stop()
     try:
-        with pytest.raises(Unreachable, match="S3 unreachable"):
-            volume_crosscheck_now(volume=volume, folder="cache", s3_url=f"s3://{s3_bucket}/cache", actor="test")
+        with pytest.raises(Unreachable, match=rf"S3 bucket '{s3_bucket}' unreachable"):
+            crosscheck_now(volume, folder="cache", s3_url=f"s3://{s3_bucket}/cache", actor="test")
     finally:
         s3_server.start()
     assert not CrossCheck.objects.exists()
@@ -89,14 +89,14 @@ def test_s3_down_is_one_line_and_stores_nothing(local_world, s3_server, s3_bucke
 
 def test_an_unknown_bucket_is_not_found(local_world, s3_bucket):
     local_world.put("cache/a.npz", 1)
-    with pytest.raises(NotFound, match="bucket 'no-such-bucket' does not exist"):
-        volume_crosscheck_now(volume=local_world.volume(), folder="cache", s3_url="s3://no-such-bucket/x", actor="test")
+    with pytest.raises(NotFound, match="S3 bucket 'no-such-bucket': the bucket does not exist"):
+        crosscheck_now(local_world.volume(), folder="cache", s3_url="s3://no-such-bucket/x", actor="test")
 
 
 def test_a_missing_volume_folder_is_not_found(local_world, s3_bucket):
     local_world.put("cache/a.npz", 1)
     with pytest.raises(NotFound, match="nothing/ does not exist"):
-        volume_crosscheck_now(volume=local_world.volume(), folder="nothing", s3_url=f"s3://{s3_bucket}/x", actor="test")
+        crosscheck_now(local_world.volume(), folder="nothing", s3_url=f"s3://{s3_bucket}/x", actor="test")
 
 
 @pytest.mark.parametrize(
@@ -105,5 +105,5 @@ def test_a_missing_volume_folder_is_not_found(local_world, s3_bucket):
 )
 def test_bad_input_is_refused_before_an_operation_is_written(local_world, folder, s3_url):
     with pytest.raises(InvalidInput):
-        volume_crosscheck_now(volume=local_world.volume(), folder=folder, s3_url=s3_url, actor="test")
+        crosscheck_now(local_world.volume(), folder=folder, s3_url=s3_url, actor="test")
     assert not Operation.objects.exists()

@@ -11,10 +11,10 @@ from apps.volumes.services import (
     glob_regex,
     inspection_as_dict,
     volume_inspect,
-    volume_inspect_now,
     volume_monthly_cost,
 )
 from controlpanel.errors import NotFound, Unreachable
+from tests.volumes.helpers import inspect_now
 
 pytestmark = pytest.mark.django_db
 
@@ -96,19 +96,20 @@ def test_progress_counts_the_entries_seen(local_world):
         local_world.put(f"f{i % 5}/{i}.bin", 1)
     volume = local_world.volume()
 
-    inspection = volume_inspect_now(volume=volume, actor="test")
+    inspection = inspect_now(volume)
 
     operation = Operation.objects.get(kind="volume.inspect")
     assert operation.status == Operation.Status.SUCCEEDED
     assert (operation.progress_done, operation.progress_unit) == (2505, "files")  # 2,500 files and 5 folders
     assert operation.result["inspection_id"] == inspection.pk
     assert inspection.operation_id == operation.pk
+    assert operation.result["summary"] == "2.4 KiB in 2,500 files; 0 findings."
 
 
 def test_largest_files_are_a_bounded_heap(local_world, monkeypatch):
     for size in [5, 90, 1, 70, 30, 60]:
         local_world.put(f"d/{size}.bin", size)
-    monkeypatch.setattr("apps.volumes.services.LARGEST_FILES", 3)
+    monkeypatch.setattr("apps.volumes.services.inspection.LARGEST_FILES", 3)
     from apps.volumes import services
 
     totals = services.volume_walk(backend=services.volume_backend(volume=local_world.volume()), depth=1, largest=3)
@@ -153,7 +154,7 @@ def test_a_missing_local_folder_fails_the_operation_with_one_line(tmp_path):
 
     volume = Volume.objects.create(name="gone", url=f"local://{tmp_path / 'nowhere'}")
     with pytest.raises(NotFound, match="does not exist"):
-        volume_inspect_now(volume=volume, actor="test")
+        inspect_now(volume)
     operation = Operation.objects.get(kind="volume.inspect")
     assert operation.status == Operation.Status.FAILED
     assert "nowhere" in operation.error and "\n" not in operation.error
@@ -169,7 +170,7 @@ def test_modal_down_fails_the_operation_as_unreachable(modal_server):
     volume = world.volume()
     modal_server.stop()
     with pytest.raises(Unreachable):
-        volume_inspect_now(volume=volume, actor="test")
+        inspect_now(volume)
     operation = Operation.objects.get(kind="volume.inspect")
     assert operation.status == Operation.Status.FAILED and "unreachable" in operation.error
     assert not Inspection.objects.exists()
@@ -180,4 +181,4 @@ def test_an_unknown_modal_volume_is_not_found(modal_server):
 
     volume = Volume.objects.create(name="nope", url="modal://no-such-volume?environment=main")
     with pytest.raises(NotFound):
-        volume_inspect_now(volume=volume, actor="test")
+        inspect_now(volume)

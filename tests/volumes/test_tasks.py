@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from apps.audit.models import Operation
+from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import Kind, TargetType
+from apps.audit.operations import SCHEDULE_TASK, Schedule, kind_get, run_scheduled
+from apps.audit.schedules import collect_schedules
 from apps.audit.services import operation_create
 from apps.volumes.models import Inspection, Volume
-from apps.volumes.services import volume_inspect_now
-from apps.volumes.tasks import SCHEDULES, volumes_inspect_scheduled
-from tests.volumes.helpers import LocalWorld, ModalWorld
+from tests.volumes.helpers import LocalWorld, ModalWorld, inspect_now
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,24 +22,42 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_schedule_inspects_every_volume_and_one_failure_stops_no_other(
     tmp_path, q_sync, django_capture_on_commit_callbacks
 ):
-    assert ("inspect volumes", "apps.volumes.tasks.volumes_inspect_scheduled", "I", 360) in SCHEDULES
+    schedule = Schedule("inspect volumes", 360, "schedule:inspect-volumes")
+    assert kind_get(Kind.VOLUMES_INSPECT_ALL).schedule == schedule
+    assert ("inspect volumes", SCHEDULE_TASK, "'volumes.inspect-all'", 360) in collect_schedules()
     good = LocalWorld(tmp_path / "good", name="good")
     good.put("a/b.bin", 10)
     good.volume()
     Volume.objects.create(name="gone", url=f"local://{tmp_path / 'gone'}")
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert volumes_inspect_scheduled() == "2 inspections queued"
+        assert run_scheduled(Kind.VOLUMES_INSPECT_ALL) == "succeeded: 2 inspections queued."
 
-    statuses = dict(Operation.objects.values_list("target_id", "status"))
+    statuses = dict(Operation.objects.filter(kind=Kind.VOLUME_INSPECT).values_list("target_id", "status"))
     assert statuses == {"good": "succeeded", "gone": "failed"}
     assert Inspection.objects.get().volume.name == "good"
     assert Operation.objects.get(target_id="good").actor_name == "schedule:inspect-volumes"
+    round_ = Operation.objects.get(kind=Kind.VOLUMES_INSPECT_ALL)
+    assert (round_.target_id, round_.status, round_.progress_done) == ("all", "succeeded", 2)
+    assert AuditEvent.objects.get(action="volumes.inspect-all").actor_name == "schedule:inspect-volumes"
+
+
+def test_the_schedule_skips_a_volume_already_being_inspected(tmp_path, q_sync, django_capture_on_commit_callbacks):
+    for name in ("busy", "idle"):
+        LocalWorld(tmp_path / name, name=name).volume()
+    operation_create(kind=Kind.VOLUME_INSPECT, target_type=TargetType.VOLUME, target_id="busy", actor="someone")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = run_scheduled(Kind.VOLUMES_INSPECT_ALL)
+
+    assert result == "succeeded: 1 inspection queued, 1 volume skipped (already being inspected)."
+    assert Inspection.objects.get().volume.name == "idle"
+    assert Operation.objects.filter(kind=Kind.VOLUME_INSPECT, target_id="busy").count() == 1
 
 
 def test_a_second_inspection_while_one_is_pending_is_refused_with_a_message(staff_client, local_world):
     volume = local_world.volume()
-    operation_create(kind="volume.inspect", target_type="volume", target_id=volume.name, actor="someone")
+    operation_create(kind="volume.inspect", target_type=TargetType.VOLUME, target_id=volume.name, actor="someone")
     response = staff_client.post(reverse("volumes:inspect", args=[volume.name]), follow=True)
     assert "already has volume.inspect in progress" in response.content.decode()
     assert Operation.objects.count() == 1
@@ -48,7 +67,7 @@ def test_a_modal_volume_is_priced_at_the_modal_rate(modal_server, settings):
     settings.PRICE_MODAL_VOLUME_GB_MONTH = 0.15
     world = ModalWorld(modal_server)
     world.put("cache/tusz/train/big.npz", 450 * 1000**3)  # the fake stores only the size
-    inspection = volume_inspect_now(volume=world.volume(), actor="test")
+    inspection = inspect_now(world.volume())
     assert inspection.total_bytes == 450 * 1000**3
     assert inspection.monthly_cost == 67.5
     operation = Operation.objects.get(kind="volume.inspect")

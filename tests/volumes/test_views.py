@@ -8,7 +8,7 @@ from apps.audit.services import storage_sample_record
 from apps.volumes import selectors
 from apps.volumes.models import CrossCheck, Inspection, LayoutRule, Volume
 from apps.volumes.services import layout_preset_import, volume_inspect
-from tests.volumes.helpers import ModalWorld, lay_out_s3_mount_plan
+from tests.volumes.helpers import ModalWorld, inspect_now, lay_out_s3_mount_plan
 
 pytestmark = pytest.mark.django_db
 
@@ -36,12 +36,11 @@ def test_list_page_shows_latest_bytes_findings_and_cost(staff_client, local_worl
 
 
 def test_list_page_says_when_the_last_inspection_failed(staff_client, tmp_path):
-    from apps.volumes.services import volume_inspect_now
     from controlpanel.errors import NotFound
 
     volume = Volume.objects.create(name="gone", url=f"local://{tmp_path / 'gone'}")
     with pytest.raises(NotFound):
-        volume_inspect_now(volume=volume, actor="test")
+        inspect_now(volume)
     page = staff_client.get(reverse("volumes:list")).content.decode()
     assert f"Last inspection failed: volume folder {tmp_path / 'gone'} does not exist" in page
 
@@ -154,12 +153,12 @@ def test_overview_section_counts_findings_and_lists_error_findings_as_leaks(loca
     inspected_volume(local_world, stray_bytes=700)
     with django_assert_max_num_queries(3):  # volumes+latest, finding counts, error findings
         section = selectors.overview_section()
-    assert section["bytes"] == Inspection.objects.get().total_bytes
-    assert ("findings", "1 error / 0 warning / 0 info") in section["rows"]
-    [leak] = section["leaks"]
-    assert leak["bytes"] == 700 and leak["domain"] == "volumes"
-    assert "results/ should not exist" in leak["label"]
-    assert leak["fix_url"] == reverse("volumes:detail", args=["brain-go-brr-results"])
+    assert section.bytes == Inspection.objects.get().total_bytes
+    assert ("findings", "1 error / 0 warning / 0 info") in section.rows
+    [leak] = section.leaks
+    assert leak.bytes == 700 and leak.domain == "volumes"
+    assert "results/ should not exist" in leak.label
+    assert leak.fix_url == reverse("volumes:detail", args=["brain-go-brr-results"])
 
 
 def test_overview_page_renders_the_section(staff_client, local_world):

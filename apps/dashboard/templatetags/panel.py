@@ -1,4 +1,5 @@
-"""Template helpers every page uses: humanised sizes and status badges."""
+"""Template helpers every page uses: humanised sizes, status badges, and operations told
+in words (their kind's label, the sentence of their result)."""
 
 from datetime import UTC, datetime
 
@@ -6,9 +7,14 @@ from django import template
 from django.utils.html import format_html
 from django.utils.text import slugify
 
+from apps.audit import operations
+from apps.audit.models import Operation
+from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
 register = template.Library()
+
+RETRYABLE = {Operation.Status.FAILED, Operation.Status.ERRORED}
 
 register.filter("bytes", humanize_bytes)
 
@@ -19,6 +25,33 @@ def badge(status) -> str:
     A plain tag, not an included template: list pages draw one per row."""
     text = str(status)
     return format_html('<span class="badge badge-{}">{}</span>', slugify(text), text)
+
+
+@register.filter
+def kind_label(kind_name) -> str:
+    """The declared label of a kind of work; an old row of a kind no longer declared keeps its raw name."""
+    try:
+        return operations.kind_get(kind_name).label
+    except PanelError:
+        return str(kind_name)
+
+
+@register.filter
+def outcome(operation) -> str:
+    """One sentence for people about how the operation ended, or where it is."""
+    return operations.sentence(operation)
+
+
+@register.filter
+def can_retry(operation, user) -> bool:
+    """Offer Retry only where it can work: failed work of a declared kind, and a person who
+    may both retry and ask for that kind."""
+    if operation.status not in RETRYABLE or not user.has_perm("audit.retry_operation"):
+        return False
+    try:
+        return operations.user_may(user, operation.kind)
+    except PanelError:
+        return False
 
 
 @register.filter

@@ -2,14 +2,9 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.audit.services import operation_run_inline
-from apps.mixjobs.services import (
-    mixjobs_cleanup,
-    mixjobs_cleanup_report,
-    mixjobs_cleanup_start,
-    mixjobs_sync_run,
-    mixjobs_sync_start,
-)
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.mixjobs.services import mixjobs_cleanup
 from controlpanel.errors import PanelError
 
 
@@ -25,16 +20,16 @@ class Command(BaseCommand):
     def handle(self, *args, action, session, dry_run, json: bool, **options):
         try:
             if action == "sync":
-                result = self._operation(mixjobs_sync_start(actor="cli"), mixjobs_sync_run)
+                result = _printed(run_now(Kind.MIXJOBS_SYNC, actor="cli").result)
             elif dry_run:
-                report = mixjobs_cleanup(actor="cli", session_id=session, dry_run=True)
-                result = report.as_dict()
+                # Deletes nothing and starts no operation; the audit log still records the look.
+                result = mixjobs_cleanup(actor="cli", session_id=session, dry_run=True).as_dict()
+            elif session is not None:
+                # `itemised`: the CLI prints every deleted job and file, so the result keeps them.
+                operation = run_now(Kind.MIXJOBS_CLEANUP_SESSION, session, actor="cli", itemised=True)
+                result = _printed(operation.result)
             else:
-                # The operation row keeps counts; the CLI prints the full lists it was given.
-                reports = []
-                operation = mixjobs_cleanup_start(actor="cli", session_id=session)
-                self._operation(operation, lambda operation: reports.append(mixjobs_cleanup_report(operation)) or {})
-                result = reports[0].as_dict()
+                result = _printed(run_now(Kind.MIXJOBS_CLEANUP, actor="cli", itemised=True).result)
         except PanelError as exc:
             raise CommandError(str(exc)) from None
         if json:
@@ -53,8 +48,10 @@ class Command(BaseCommand):
             for skipped in result["skipped"]:
                 self.stdout.write(f"  skipped {skipped['path']}: {skipped['reason']}")
 
-    def _operation(self, operation, run):
-        return operation_run_inline(operation=operation, work=lambda op: run(operation=op)).result
+
+def _printed(result: dict) -> dict:
+    """The service's result as the CLI always printed it (the operation adds a sentence for pages)."""
+    return {key: value for key, value in result.items() if key != "summary"}
 
 
 def _json(result: dict) -> str:

@@ -1,19 +1,28 @@
 """python manage.py pods provision|stop|start|deprovision|delete POD_ID, reconcile,
 sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json].
 
-Synchronous: the work runs as an Operation right here (same service as the pages and
-schedules); a failure prints one line and exits non-zero."""
+Synchronous: the work runs as an Operation right here (`run_now`, the same kinds as the
+pages and schedules); a failure prints one line and exits non-zero."""
 
 import getpass
 import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.audit.models import Operation
-from apps.audit.services import operation_execute
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.pods.actions import POD_ACTIONS, PROVISION
 from apps.pods.selectors import pod_as_dict, pods_with_totals
-from apps.pods.services import pod_get, pod_operation_create, pod_operation_run, pods_operation_create
+from apps.pods.services import pod_get
 from controlpanel.errors import PanelError
+from controlpanel.formatting import first_line
+
+# The housekeeping subcommands, by the kind each runs.
+HOUSEKEEPING = {
+    "reconcile": Kind.PODS_RECONCILE,
+    "sweep-orphans": Kind.PODS_SWEEP_ORPHANS,
+    "retention": Kind.PODS_RETENTION,
+}
 
 
 class Command(BaseCommand):
@@ -50,17 +59,17 @@ class Command(BaseCommand):
                 return self._list(as_json=options["as_json"])
             if action == "show":
                 return self._show(pod_id=options["pod_id"], as_json=options["as_json"])
-            if action in {"reconcile", "sweep-orphans", "retention"}:
-                params = {"dry_run": options.get("dry_run", False), "keep": options.get("keep")}
-                operation = pods_operation_create(action=action, actor=actor, params=params)
+            if action in HOUSEKEEPING:
+                params = {
+                    "sweep-orphans": {"dry_run": options.get("dry_run")},
+                    "retention": {"keep": options.get("keep")},
+                }
+                operation = run_now(HOUSEKEEPING[action], actor=actor, **params.get(action, {}))
             else:
-                params = {"image": options.get("image"), "host": options.get("host")} if action == "provision" else {}
-                operation = pod_operation_create(action=action, pod_id=options["pod_id"], actor=actor, params=params)
+                params = {"image": options["image"], "host": options["host"]} if action == PROVISION.name else {}
+                operation = run_now(POD_ACTIONS[action].kind, options["pod_id"], actor=actor, **params)
         except PanelError as exc:
-            raise CommandError(str(exc)) from None
-        operation = operation_execute(operation_id=operation.pk, work=pod_operation_run)
-        if operation.status != Operation.Status.SUCCEEDED:
-            raise CommandError(operation.error.splitlines()[0] if operation.error else f"operation {operation.status}")
+            raise CommandError(first_line(exc)) from None
         self.stdout.write(self._summary(action, operation.result))
         return None
 
@@ -78,7 +87,8 @@ class Command(BaseCommand):
                 else:
                     lines.append(f"{host}: unreachable ({report['error']}); {len(report['unknown'])} pods unknown")
             return "\n".join(lines)
-        return json.dumps(result, sort_keys=True)
+        # The exact result, as before the sentence people read was added to it.
+        return json.dumps({key: value for key, value in result.items() if key != "summary"}, sort_keys=True)
 
     def _list(self, *, as_json: bool) -> None:
         rows = [

@@ -5,14 +5,9 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.separations.services import (
-    POLICIES,
-    cleanup_plan,
-    policy_get,
-    sessions_backend,
-    sessions_cleanup_now,
-    sessions_sync_now,
-)
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.separations.services import POLICIES, cleanup_plan, policy_get, sessions_backend
 from controlpanel.errors import PanelError
 
 
@@ -32,7 +27,7 @@ class Command(BaseCommand):
             if action == "sync":
                 if dry_run:
                     raise CommandError("sync changes only the panel's mirror; it has no --dry-run")
-                result = sessions_sync_now(actor=actor)
+                result = run_now(Kind.SESSIONS_SYNC, actor=actor).result
                 text = (
                     f"{result['sessions']} sessions on {result['volume']} ({result['new']} new, "
                     f"{result['gone']} gone), {result['total_bytes']} bytes in {result['total_files']} files"
@@ -49,7 +44,7 @@ class Command(BaseCommand):
                         + "".join(f"\n  {s.session_id}  {s.total_bytes} bytes" for s in plan.to_delete)
                     )
                 else:
-                    result = sessions_cleanup_now(policy=policy, session_ids=session, actor=actor)
+                    result = run_now(Kind.SESSIONS_CLEANUP, actor=actor, policy=policy, session_ids=session).result
                     text = (
                         f"deleted {len(result['deleted'])} sessions, {result['bytes_reclaimed']} bytes reclaimed, "
                         f"{result['commits']} commit{'s' if result['commits'] != 1 else ''}"

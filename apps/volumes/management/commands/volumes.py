@@ -6,17 +6,11 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.volumes.models import Volume
-from apps.volumes.services import (
-    PRESETS,
-    crosscheck_as_dict,
-    inspection_as_dict,
-    layout_preset_import,
-    volume_add,
-    volume_crosscheck_now,
-    volume_get,
-    volume_inspect_now,
-)
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.volumes.models import CrossCheck, Inspection, Volume
+from apps.volumes.presets import PRESETS
+from apps.volumes.services import crosscheck_as_dict, inspection_as_dict, layout_preset_import, volume_add, volume_get
 from controlpanel.errors import PanelError
 
 
@@ -65,7 +59,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  [{rule.severity}] {rule}")
 
     def do_inspect(self, *, actor, name, as_json, **_):
-        inspection = volume_inspect_now(volume=volume_get(name=name), actor=actor)
+        operation = run_now(Kind.VOLUME_INSPECT, name, actor=actor)
+        inspection = Inspection.objects.get(pk=operation.result["inspection_id"])
         report = inspection_as_dict(inspection)
         if as_json:
             self.stdout.write(json.dumps(report, indent=2, sort_keys=True))
@@ -79,7 +74,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  [{finding['severity']}] {finding['message']}")
 
     def do_crosscheck(self, *, actor, name, folder, s3_url, as_json, **_):
-        check = volume_crosscheck_now(volume=volume_get(name=name), folder=folder, s3_url=s3_url, actor=actor)
+        operation = run_now(Kind.VOLUME_CROSSCHECK, name, actor=actor, folder=folder, s3_url=s3_url)
+        check = CrossCheck.objects.get(pk=operation.result["crosscheck_id"])
         report = crosscheck_as_dict(check)
         if as_json:
             self.stdout.write(json.dumps(report, indent=2, sort_keys=True))

@@ -21,17 +21,14 @@ from urllib.parse import parse_qs, urlparse
 from django.conf import settings
 
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
+from controlpanel.formatting import first_line
 
-from .backends import Entry, LocalBackend, clean_path
+from .base import Entry, clean_path
+from .local import LocalBackend
 
 # The SDK retries a first connection for about a minute; a page or an API call must not
 # hang that long on an outage, so we knock on the server's port first.
 CONNECT_TIMEOUT_SECONDS = 5
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class ModalBackend:
@@ -74,20 +71,20 @@ class ModalBackend:
             return exc
         if isinstance(exc, mx.AuthError):
             return Unreachable(
-                f"{self._where}: Modal refused the credentials ({_first_line(exc)}); "
+                f"{self._where}: Modal refused the credentials ({first_line(exc)[:300]}); "
                 "set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
             )
         if isinstance(exc, mx.PermissionDeniedError):
-            return Unreachable(f"{self._where}: Modal denied permission ({_first_line(exc)})")
+            return Unreachable(f"{self._where}: Modal denied permission ({first_line(exc)[:300]})")
         if isinstance(exc, mx.NotFoundError | FileNotFoundError):
             if path:
                 return NotFound(f"{path} does not exist on {self._where}")
-            return NotFound(f"{self._where} not found: {_first_line(exc)}")
+            return NotFound(f"{self._where} not found: {first_line(exc)[:300]}")
         if isinstance(exc, mx.InvalidError):
-            return InvalidInput(f"{self._where}: {_first_line(exc)}")
+            return InvalidInput(f"{self._where}: {first_line(exc)[:300]}")
         if isinstance(exc, OSError | TimeoutError | mx.Error):
-            return Unreachable(f"{self._where} unreachable: {_first_line(exc)}")
-        return Unreachable(f"{self._where}: unexpected Modal error {type(exc).__name__}: {_first_line(exc)}")
+            return Unreachable(f"{self._where} unreachable: {first_line(exc)[:300]}")
+        return Unreachable(f"{self._where}: unexpected Modal error {type(exc).__name__}: {first_line(exc)[:300]}")
 
     def _probe(self) -> None:
         """Fail fast, with one line, when the Modal server does not accept connections."""

@@ -1,0 +1,194 @@
+"""The pods' kinds of work, declared once: what runs, who may ask, what it is called, the
+sentence it ends with and when it runs by itself. `PodsConfig.ready()` registers them;
+pages, the admin, the CLI, reconcile's resume and the schedules all go through
+`apps.audit.operations.request` / `run_now` with these names."""
+
+from apps.audit.models import Operation
+from apps.audit.names import AuditAction, Kind, TargetType
+from apps.audit.operations import OperationKind, Schedule
+from apps.pods import services
+from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAction
+from apps.pods.models import VOLUME_PREFIX
+from controlpanel.formatting import humanize_bytes, plural
+
+# --- running them ------------------------------------------------------------------------
+
+
+def _provision(operation: Operation) -> dict:
+    params = operation.params or {}
+    return services.pod_provision(
+        pod_id=operation.target_id,
+        actor=operation.actor,
+        image=params.get("image"),
+        host_name=params.get("host"),
+        operation=operation,
+    )
+
+
+def _on_pod(service):
+    def run(operation: Operation) -> dict:
+        return service(pod_id=operation.target_id, actor=operation.actor, operation=operation)
+
+    return run
+
+
+def _reconcile(operation: Operation) -> dict:
+    return services.pods_reconcile(actor=operation.actor, operation=operation)
+
+
+def _sweep(operation: Operation) -> dict:
+    params = operation.params or {}
+    return services.orphans_sweep(
+        actor=operation.actor,
+        dry_run=bool(params.get("dry_run")),
+        name_prefix=params.get("name_prefix") or VOLUME_PREFIX,
+        operation=operation,
+    )
+
+
+def _retention(operation: Operation) -> dict:
+    return services.snapshots_apply_retention(
+        actor=operation.actor, keep=(operation.params or {}).get("keep"), operation=operation
+    )
+
+
+# --- the sentence each ends with ---------------------------------------------------------
+
+
+def _provisioned(result: dict) -> str:
+    return f"Pod {result['pod_id']} provisioned with {plural(len(result['volumes']), 'volume')}."
+
+
+def _stopped(result: dict) -> str:
+    return (
+        f"Pod {result['pod_id']} stopped: snapshot #{result['snapshot']} holds "
+        f"{humanize_bytes(result['snapshot_bytes'])}; its container and volumes are removed."
+    )
+
+
+def _started(result: dict) -> str:
+    if result.get("restored_snapshot"):
+        return f"Pod {result['pod_id']} started from snapshot #{result['restored_snapshot']} (checksums verified)."
+    return f"Pod {result['pod_id']} started with its volumes reattached."
+
+
+def _deprovisioned(result: dict) -> str:
+    return f"Pod {result['pod_id']} deprovisioned: {plural(len(result['volumes_removed']), 'volume')} removed."
+
+
+def _deleted(result: dict) -> str:
+    return (
+        f"Pod {result['pod_id']} deleted: {plural(len(result['volumes_removed']), 'volume')} removed, "
+        f"{humanize_bytes(result['snapshot_bytes_purged'])} of snapshots purged."
+    )
+
+
+def _reconciled(result: dict) -> str:
+    hosts = result.get("hosts", {})
+    reachable = [report for report in hosts.values() if report.get("reachable")]
+    changed = sum(len(report["changed"]) for report in reachable)
+    orphans = sum(len(report["orphans"]) for report in reachable)
+    sentence = (
+        f"{plural(len(hosts), 'host')} checked: {plural(changed, 'pod')} changed, "
+        f"{plural(orphans, 'orphaned volume')} found"
+    )
+    if len(reachable) < len(hosts):
+        sentence += f"; {plural(len(hosts) - len(reachable), 'host')} unreachable"
+    if result.get("resumed"):
+        sentence += f"; {plural(len(result['resumed']), 'interrupted pod')} taken up again"
+    return sentence + "."
+
+
+def _swept(result: dict) -> str:
+    if result.get("dry_run"):
+        found = sum(entry["bytes"] or 0 for entry in result["orphans"])
+        return f"{plural(len(result['orphans']), 'orphaned volume')} would be removed ({humanize_bytes(found)})."
+    return f"{plural(len(result['removed']), 'orphaned volume')} removed, {humanize_bytes(result['bytes'])} reclaimed."
+
+
+def _retired(result: dict) -> str:
+    return f"{plural(len(result['purged']), 'snapshot')} purged, {humanize_bytes(result['bytes'])} reclaimed."
+
+
+# --- the declarations --------------------------------------------------------------------
+# Names are plain strings (`str(Kind.X)` is its value): a schedule carries the name as the
+# repr of its argument, and the repr of a Kind member is not something a worker can read.
+
+
+def _checker(action: PodAction):
+    def check(target_id: str, params: dict) -> None:
+        services.pod_action_check(pod_id=target_id, action=action)
+
+    return check
+
+
+def _pod_kind(action: PodAction, run, describe, progress_unit: str = "") -> OperationKind:
+    return OperationKind(
+        name=str(action.kind),
+        target_type=TargetType.POD,
+        run=run,
+        permission=action.permission,
+        audit_action=action.audit_action,
+        label=Kind(action.kind).label,
+        progress_unit=progress_unit,
+        describe=describe,
+        check=_checker(action),
+    )
+
+
+def _pods_kind(
+    kind: Kind,
+    run,
+    describe,
+    schedule: Schedule,
+    *,
+    progress_unit: str,
+    permission: str = "pods.sweep_orphans",
+    audit_action: str | None = None,
+) -> OperationKind:
+    """Work on all pods, one run at a time: its target is the kind's own second name
+    ("reconcile", "sweep-orphans", "retention")."""
+    return OperationKind(
+        name=str(kind),
+        target_type=TargetType.PODS,
+        target_id=kind.value.split(".", 1)[1],
+        run=run,
+        permission=permission,
+        audit_action=audit_action or AuditAction(kind.value),
+        label=kind.label,
+        progress_unit=progress_unit,
+        describe=describe,
+        schedule=schedule,
+    )
+
+
+KINDS = [
+    _pod_kind(PROVISION, _provision, _provisioned),
+    _pod_kind(STOP, _on_pod(services.pod_stop), _stopped, progress_unit="bytes"),
+    _pod_kind(START, _on_pod(services.pod_start), _started, progress_unit="bytes"),
+    _pod_kind(DEPROVISION, _on_pod(services.pod_deprovision), _deprovisioned),
+    _pod_kind(DELETE, _on_pod(services.pod_delete), _deleted),
+    _pods_kind(
+        Kind.PODS_RECONCILE,
+        _reconcile,
+        _reconciled,
+        Schedule("reconcile pods", 1, "schedule:reconcile-pods"),
+        permission="pods.change_pod",
+        audit_action=AuditAction.POD_RECONCILE,
+        progress_unit="hosts",
+    ),
+    _pods_kind(
+        Kind.PODS_SWEEP_ORPHANS,
+        _sweep,
+        _swept,
+        Schedule("sweep orphaned pod volumes", 60, "schedule:sweep-orphans"),
+        progress_unit="volumes",
+    ),
+    _pods_kind(
+        Kind.PODS_RETENTION,
+        _retention,
+        _retired,
+        Schedule("apply snapshot retention", 60, "schedule:snapshot-retention"),
+        progress_unit="snapshots",
+    ),
+]

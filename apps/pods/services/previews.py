@@ -1,0 +1,88 @@
+"""What an action would do, before anyone confirms it: the check a request must pass, and
+the `Preview` the confirmation pages (pages and admin alike) show. Reads only."""
+
+from django.conf import settings
+
+from apps.pods.actions import PROVISION, PodAction, pod_action
+from apps.pods.models import VOLUME_PREFIX, Pod, Snapshot
+from apps.pods.services.housekeeping import orphans_plan, snapshots_to_retire
+from apps.pods.services.state import _volumes, pod_get, pod_id_check
+from controlpanel.errors import InvalidInput
+from controlpanel.preview import Preview, PreviewItem
+
+
+def pod_action_check(*, pod_id: str, action: PodAction | str) -> Pod | None:
+    """Refuse a request the pod's status does not allow, before any row is written. A pod
+    to provision need not exist yet; any other action needs the pod."""
+    action = pod_action(action) if isinstance(action, str) else action
+    if action is PROVISION:
+        pod_id_check(pod_id)
+        pod = Pod.objects.filter(pod_id=pod_id).first()
+        if pod is not None and not action.allowed(pod):
+            raise InvalidInput(f"pod {pod_id!r} already exists and is {pod.status}")
+        return pod
+    pod = pod_get(pod_id=pod_id)
+    if not action.allowed(pod):
+        raise action.refusal(pod)
+    return pod
+
+
+def pod_preview(*, pod_id: str, action: PodAction | str) -> Preview:
+    """What an action on one pod deletes (volumes, snapshots) and keeps, with bytes."""
+    action = pod_action(action) if isinstance(action, str) else action
+    pod = pod_get(pod_id=pod_id)
+    if action is not PROVISION and not action.allowed(pod):
+        raise action.refusal(pod)
+    delete: list[PreviewItem] = []
+    keep: list[PreviewItem] = []
+    if action.volume_fate:
+        # A volume already gone holds nothing now, whatever it measured last.
+        delete += [
+            PreviewItem(v.docker_name, bytes=v.size_bytes, why=action.volume_fate)
+            if v.exists
+            else PreviewItem(v.docker_name, why="already gone")
+            for v in _volumes(pod)
+        ]
+        fate = "purged from" if action.purges_snapshots else "kept in"
+        snapshots = [
+            PreviewItem(f"snapshot #{s.pk} ({s.status})", bytes=s.total_bytes, why=f"{fate} {s.store_url}")
+            for s in pod.snapshots.exclude(status=Snapshot.Status.DELETED)
+        ]
+        (delete if action.purges_snapshots else keep).extend(snapshots)
+    restore = (
+        " from its latest complete snapshot (checksums verified first)" if pod.status == Pod.Status.STOPPED else ""
+    )
+    summary = action.summary.format(pod_id=pod.pod_id, store=settings.SNAPSHOT_STORE_URL, restore=restore)
+    return Preview(
+        title=f"{action.name.capitalize()} pod {pod.pod_id}",
+        summary=summary,
+        delete=delete,
+        keep=keep,
+        destructive=action.destructive,
+    )
+
+
+def orphans_preview(*, name_prefix: str = VOLUME_PREFIX, host_name: str | None = None) -> Preview:
+    """The orphan sweep's confirmation: each volume no pod needs, older than the grace period."""
+    plan = orphans_plan(name_prefix=name_prefix, host_name=host_name)
+    return Preview(
+        title="Sweep orphaned pod volumes",
+        summary=f"These {len(plan)} volumes belong to no pod that needs them and are older than the grace "
+        "period. They will be deleted (each is checked again just before).",
+        delete=[PreviewItem(f"{p['host'].name}: {p['name']}", bytes=p["bytes"], why=p["reason"]) for p in plan],
+    )
+
+
+def retention_preview(*, keep: int | None = None) -> Preview:
+    """Retention's confirmation: failed snapshots and complete ones beyond the latest kept."""
+    return Preview(
+        title="Purge old snapshots",
+        summary="Failed snapshots and complete ones beyond the latest kept per pod will be deleted from their "
+        "store. The snapshot a stopped pod needs is never among them.",
+        delete=[
+            PreviewItem(
+                f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", bytes=s.total_bytes or s.bytes_done, why=s.store_url
+            )
+            for s in snapshots_to_retire(keep=keep)
+        ],
+    )

@@ -1,0 +1,275 @@
+"""Moving a pod's bytes: streaming its eight volumes into the snapshot store and verifying
+them, restoring them into new volumes, and purging a snapshot from its store.
+
+Bytes move on worker threads; every database write (progress, log) happens on the calling
+thread."""
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import PurePosixPath
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit.models import Operation
+from apps.audit.names import AuditAction, TargetType
+from apps.audit.services import Actor, Progress, Throttle, audit_record
+from apps.pods.docker_engine import DockerEngine
+from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
+from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volumes_remove
+from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
+from controlpanel.errors import PanelError
+
+# Volumes streamed at once during a snapshot. One: dockerd holds a container's lock while an
+# archive streams out of it, so a second get_archive on the same container only waits, and
+# past DOCKER_TIMEOUT_SECONDS it fails the stop. The store still overlaps with the engine
+# (parts upload on the writer's own threads while the next bytes are read).
+VOLUME_STREAMS = 1
+
+
+def _container_create(*, pod: Pod, engine: DockerEngine, volumes: list[PodVolume], copy_image_content: bool):
+    return engine.container_create(
+        name=pod.container_name,
+        image=pod.image,
+        mounts={v.docker_name: v.mount_path for v in volumes},
+        labels=_labels(pod.pod_id),
+        copy_image_content=copy_image_content,
+    )
+
+
+def _container_for_volumes(*, pod: Pod, engine: DockerEngine) -> None:
+    """Make sure a container with the eight volumes exists (not started) to read them through."""
+    if engine.container_get(pod.container_name) is None:
+        _container_create(pod=pod, engine=engine, volumes=_volumes(pod), copy_image_content=False)
+
+
+class _ByteCounter:
+    """Bytes moved by the streaming threads, collected by the main thread for progress."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def add(self, amount: int) -> None:
+        with self._lock:
+            self._pending += amount
+
+    def take(self) -> int:
+        with self._lock:
+            amount, self._pending = self._pending, 0
+        return amount
+
+
+def _volume_stream(
+    *, engine: DockerEngine, store: SnapshotStore, container: str, mount_path: str, key: str, counter, cancel
+) -> dict:
+    """One volume: tar out of the container → sha256 → store, never more than a part in memory."""
+    digest, count = hashlib.sha256(), 0
+    writer = store.writer(key)
+    try:
+        for chunk in engine.archive_read(container=container, path=mount_path):
+            if cancel.is_set():
+                raise PanelError("stopped: another volume of this snapshot failed")
+            digest.update(chunk)
+            writer.write(chunk)
+            count += len(chunk)
+            counter.add(len(chunk))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return {
+        "key": key,
+        "mount_path": mount_path,
+        "bytes": count,
+        "sha256": digest.hexdigest(),
+        "etag": writer.expected_etag,
+    }
+
+
+def _volumes_stream(
+    *,
+    pod: Pod,
+    volumes: list[PodVolume],
+    engine: DockerEngine,
+    store: SnapshotStore,
+    snapshot: Snapshot,
+    progress: Progress,
+    operation: Operation | None,
+) -> dict[str, dict[str, Any]]:
+    """Stream VOLUME_STREAMS volumes at a time on worker threads. Threads only move bytes;
+    every database write (progress, log) happens here on the calling thread."""
+    counter, cancel = _ByteCounter(), threading.Event()
+    throttle = Throttle()
+    with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
+        futures = {
+            pool.submit(
+                _volume_stream,
+                engine=engine,
+                store=store,
+                container=pod.container_name,
+                mount_path=volume.mount_path,
+                key=f"{snapshot.prefix}/{volume.name}.tar",
+                counter=counter,
+                cancel=cancel,
+            ): volume
+            for volume in volumes
+        }
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(
+                    pending, timeout=max(0.2, settings.OPERATION_PROGRESS_INTERVAL_SECONDS), return_when=FIRST_EXCEPTION
+                )
+                progress.advance(counter.take())
+                if throttle.due():
+                    Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
+                for future in done:
+                    entry = future.result()  # raises the volume's failure
+                    volume = futures[future]
+                    _log(operation, f"{volume.docker_name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}…")
+        except BaseException:
+            cancel.set()
+            raise
+    by_name = {futures[f].name: f.result() for f in futures}
+    return {volume.name: by_name[volume.name] for volume in volumes}
+
+
+def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation: Operation | None) -> None:
+    for name, entry in manifest.items():
+        store.verify(
+            entry["key"],
+            expected_bytes=entry["bytes"],
+            expected_sha256=entry["sha256"],
+            expected_etag=entry["etag"],
+        )
+        _log(operation, f"verified {name} in {store.url}")
+    if json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))["volumes"] != manifest:
+        raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
+
+
+def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | None) -> Snapshot:
+    store = store_from_url()
+    volumes = _volumes(pod)
+    missing = [v.docker_name for v in volumes if not engine.volume_exists(v.docker_name)]
+    if missing:
+        raise PanelError(f"pod {pod.pod_id!r} is missing volumes {', '.join(missing)}; nothing was removed")
+    info = engine.container_get(pod.container_name)
+    if info is not None and info.status != "created":
+        engine.container_stop(pod.container_name)
+        _log(operation, f"stopped container {pod.container_name}")
+    _container_for_volumes(pod=pod, engine=engine)
+    # Earlier attempts that died mid-upload are failed now: this operation holds the pod.
+    Snapshot.objects.filter(pod=pod, status__in=[Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]).update(
+        status=Snapshot.Status.FAILED, error="interrupted; superseded by a later attempt", finished_at=timezone.now()
+    )
+    # The progress bar's total comes from the last reconcile's measurement: measuring now
+    # (`docker system df`) would walk every volume on the host before the first byte moves.
+    measured = [v.size_bytes for v in volumes if v.size_bytes is not None]
+    expected = sum(measured) if measured else None
+    snapshot = Snapshot.objects.create(
+        pod=pod, store_url=store.url, operation=operation, expected_bytes=expected, started_at=timezone.now()
+    )
+    progress = Progress(operation, total=expected, unit="bytes")
+    try:
+        snapshot.transition(Snapshot.Status.UPLOADING)
+        snapshot.save(update_fields=["status"])
+        manifest = _volumes_stream(
+            pod=pod,
+            volumes=volumes,
+            engine=engine,
+            store=store,
+            snapshot=snapshot,
+            progress=progress,
+            operation=operation,
+        )
+        # The manifest is written last: a snapshot without one never counts as complete.
+        manifest_body = json.dumps({"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest}, indent=1)
+        store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())
+        _snapshot_verify(store=store, snapshot=snapshot, manifest=manifest, operation=operation)
+    except BaseException as exc:
+        snapshot.status = Snapshot.Status.FAILED
+        snapshot.error = _error_text(exc)
+        snapshot.finished_at = timezone.now()
+        snapshot.bytes_done = progress.done
+        snapshot.save(update_fields=["status", "error", "finished_at", "bytes_done"])
+        raise
+    progress.flush()
+    snapshot.transition(Snapshot.Status.COMPLETE)
+    snapshot.manifest = manifest
+    snapshot.total_bytes = sum(entry["bytes"] for entry in manifest.values())
+    snapshot.bytes_done = snapshot.total_bytes
+    snapshot.finished_at = timezone.now()
+    snapshot.save(update_fields=["status", "manifest", "total_bytes", "bytes_done", "finished_at"])
+    # The archive sizes are a fresh measurement of what the volumes held.
+    for volume in volumes:
+        volume.size_bytes, volume.measured_at = manifest[volume.name]["bytes"], snapshot.finished_at
+    PodVolume.objects.bulk_update(volumes, ["size_bytes", "measured_at"])
+    return snapshot
+
+
+def _hashing(chunks: Iterator[bytes], digest, counter: list[int], progress: Progress) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        counter[0] += len(chunk)
+        progress.advance(len(chunk))
+        yield chunk
+
+
+def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: Operation | None) -> str:
+    store: SnapshotStore = store_from_url(snapshot.store_url)
+    manifest = snapshot.manifest
+    if set(manifest) != set(VOLUME_MOUNTS):
+        raise StoreError(f"snapshot #{snapshot.pk} does not hold all eight volumes")
+    # Volumes of a stopped pod were verified gone when it stopped: any found now are left
+    # over from an earlier failed restore and hold nothing the snapshot does not.
+    engine.container_remove(pod.container_name)
+    _volumes_remove(pod=pod, engine=engine, operation=operation)
+    volumes = _volumes(pod)
+    for volume in volumes:
+        engine.volume_create(name=volume.docker_name, labels=_labels(pod.pod_id, volume.name))
+    info = _container_create(pod=pod, engine=engine, volumes=volumes, copy_image_content=False)
+    progress = Progress(operation, total=snapshot.total_bytes, unit="bytes")
+    for volume in volumes:
+        entry = manifest[volume.name]
+        digest, counter = hashlib.sha256(), [0]
+        # The tar holds the mount folder itself (`workspace/…`): unpack it into the parent.
+        parent = str(PurePosixPath(volume.mount_path).parent)
+        engine.archive_write(
+            container=pod.container_name,
+            path=parent,
+            chunks=_hashing(store.read(entry["key"]), digest, counter, progress),
+        )
+        if counter[0] != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
+            raise StoreError(
+                f"snapshot #{snapshot.pk} {volume.name}: read {counter[0]} bytes with sha256 "
+                f"{digest.hexdigest()[:12]}…, manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
+            )
+        _log(operation, f"restored {volume.docker_name}: {counter[0]} bytes, sha256 matches")
+    progress.flush()
+    engine.container_start(pod.container_name)
+    return info.id
+
+
+def _snapshot_purge(*, snapshot: Snapshot, actor: Actor, operation: Operation | None) -> int:
+    store = store_from_url(snapshot.store_url)
+    removed = store.delete_prefix(snapshot.prefix)
+    with transaction.atomic():
+        snapshot.transition(Snapshot.Status.DELETED)
+        snapshot.save(update_fields=["status"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.SNAPSHOT_DELETE,
+            target_type=TargetType.POD,
+            target_id=snapshot.pod.pod_id,
+            bytes_reclaimed=removed,
+            message=f"snapshot #{snapshot.pk} purged from {snapshot.store_url}",
+            operation=operation,
+        )
+    _log(operation, f"purged snapshot #{snapshot.pk} ({removed} bytes)")
+    return removed

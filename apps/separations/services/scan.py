@@ -1,0 +1,158 @@
+"""Reading the sessions volume: one streamed pass over it, or one session folder.
+
+The volume (a Modal Volume or a local folder, `settings.SESSIONS_VOLUME_URL`) holds
+
+    sessions/<session_id>/input.wav
+    sessions/<session_id>/output/{drums,bass,vocals,other}.flac
+
+Only folders whose names are valid ids count as sessions; anything else under `sessions/`
+is reported and never touched.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+
+from apps.audit.services import Progress
+from apps.separations.models import STEMS, SeparationSession
+from apps.volumes.backends import VolumeBackend, backend_for_url
+from controlpanel.errors import InvalidInput, NotFound, Unreachable
+from controlpanel.paths import validate_id
+
+SESSIONS_DIR = "sessions"
+STEM_FILES = {f"output/{stem}.flac": stem for stem in STEMS}
+
+
+def sessions_backend() -> VolumeBackend:
+    return backend_for_url(settings.SESSIONS_VOLUME_URL)
+
+
+def sessions_volume_name() -> str:
+    """The volume's name: what the sessions operations hold and the mirror rows belong to."""
+    return sessions_backend().name
+
+
+@dataclass
+class SessionScan:
+    """One `sessions/<id>/` folder as found on the volume."""
+
+    session_id: str
+    total_bytes: int = 0
+    file_count: int = 0
+    input_present: bool = False
+    stems: set[str] = field(default_factory=set)
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+    symlinks: int = 0
+    is_symlink: bool = False  # the session folder itself is a link: removing it removes the link
+    is_file: bool = False  # a plain file where a folder should be: not a session, never touched
+    hard_links: int = 0  # files with another name (maybe outside the volume): the session is left alone
+
+    def touch(self, mtime: datetime | None) -> None:
+        if mtime is None:
+            return
+        if self.created_at is None or mtime < self.created_at:
+            self.created_at = mtime
+        if self.modified_at is None or mtime > self.modified_at:
+            self.modified_at = mtime
+
+    @property
+    def path(self) -> str:
+        return f"{SESSIONS_DIR}/{self.session_id}"
+
+    @property
+    def status(self) -> str:
+        if self.file_count == 0:
+            return SeparationSession.Status.EMPTY
+        if self.input_present and len(self.stems) == len(STEMS):
+            return SeparationSession.Status.COMPLETE
+        return SeparationSession.Status.PARTIAL
+
+    def add(self, relative: str, entry) -> None:
+        """Count one entry found below the session folder (`relative` to it)."""
+        self.touch(entry.mtime)
+        if entry.is_symlink:
+            self.symlinks += 1  # never followed, never counted as bytes; removed with the folder
+            return
+        if entry.is_dir:
+            return
+        self.file_count += 1
+        self.total_bytes += entry.size
+        if entry.links > 1:
+            self.hard_links += 1
+        if relative == "input.wav":
+            self.input_present = True
+        elif relative in STEM_FILES:
+            self.stems.add(STEM_FILES[relative])
+
+
+@dataclass
+class VolumeScan:
+    volume: str
+    total_bytes: int = 0
+    total_files: int = 0
+    sessions: dict[str, SessionScan] = field(default_factory=dict)
+    # Names under sessions/ that are not valid ids (or are files): reported, never touched.
+    ignored: list[str] = field(default_factory=list)
+
+
+def volume_check(backend: VolumeBackend) -> None:
+    """The volume itself missing is an outage of the sessions domain, not an unknown session."""
+    try:
+        backend.check()
+    except NotFound as exc:
+        raise Unreachable(f"sessions volume unavailable: {exc}") from None
+
+
+def volume_scan(*, backend: VolumeBackend, progress: Progress | None = None) -> VolumeScan:
+    """One streamed pass over the whole volume: its size, and a summary per session."""
+    volume_check(backend)
+    scan = VolumeScan(volume=backend.name)
+    ignored: set[str] = set()
+    for entry in backend.iter_entries("", recursive=True):
+        if progress is not None:
+            progress.advance(1)  # throttled: writes at most once an interval
+        if not entry.is_dir and not entry.is_symlink:
+            scan.total_bytes += entry.size
+            scan.total_files += 1
+        parts = entry.path.split("/")
+        if parts[0] != SESSIONS_DIR or len(parts) < 2:
+            continue
+        name = parts[1]
+        if name in ignored:
+            continue
+        try:
+            validate_id(name, kind="session id")
+        except InvalidInput:
+            ignored.add(name)
+            continue
+        session = scan.sessions.setdefault(name, SessionScan(session_id=name))
+        if len(parts) == 2:
+            session.touch(entry.mtime)
+            session.is_symlink = entry.is_symlink
+            session.is_file = not entry.is_dir and not entry.is_symlink
+            continue
+        session.add("/".join(parts[2:]), entry)
+    for name, session in list(scan.sessions.items()):
+        if session.is_file:
+            ignored.add(name)
+            del scan.sessions[name]
+    scan.ignored = sorted(ignored)
+    return scan
+
+
+def session_scan(*, backend: VolumeBackend, session_id: str) -> SessionScan:
+    """One session, read directly (a manual cleanup must not list the whole volume)."""
+    validate_id(session_id, kind="session id")
+    path = f"{SESSIONS_DIR}/{session_id}"
+    volume_check(backend)
+    folder = backend.stat(path)
+    if folder is None or not (folder.is_dir or folder.is_symlink):
+        raise NotFound(f"session {session_id!r} is not on volume {backend.name}")
+    session = SessionScan(session_id=session_id, is_symlink=folder.is_symlink)
+    session.touch(folder.mtime)
+    if not folder.is_symlink:
+        for entry in backend.iter_entries(path, recursive=True):
+            session.add(entry.path[len(path) + 1 :], entry)
+    return session

@@ -1,0 +1,231 @@
+"""Inspection: one streaming walk per inspection (sizes per folder, extensions, largest
+files, layout rules) and the row it leaves. A walk never holds the list of entries: it
+keeps running totals, a heap of the largest files and one counter per rule."""
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from apps.audit.models import Operation
+from apps.audit.names import AuditAction, TargetType
+from apps.audit.services import Actor, Progress, audit_record, operation_log, storage_sample_record
+from apps.volumes.backends import VolumeBackend
+from apps.volumes.models import Finding, Inspection, Severity, Volume
+from apps.volumes.services.registry import volume_backend, volume_monthly_cost
+from apps.volumes.services.rules import RuleEvaluator, RuleState
+
+LARGEST_FILES = 20
+GROWTH_ROWS = 50
+# Progress is written per this many entries (and at most once a second by Progress itself).
+PROGRESS_EVERY = 1000
+
+
+@dataclass
+class WalkTotals:
+    total_bytes: int = 0
+    total_files: int = 0
+    total_folders: int = 0
+    symlinks: int = 0
+    folders: dict[str, list[int]] = field(default_factory=dict)
+    extensions: dict[str, list[int]] = field(default_factory=dict)
+    largest: list[tuple[int, str]] = field(default_factory=list)
+
+
+def volume_walk(
+    *,
+    backend: VolumeBackend,
+    depth: int,
+    evaluator: RuleEvaluator | None = None,
+    progress: Progress | None = None,
+    largest: int = LARGEST_FILES,
+) -> WalkTotals:
+    """One streaming pass: totals, per-folder sums to `depth`, extensions, the largest files
+    (a bounded heap) and rule counters. Memory grows with folders, never with files.
+
+    Backends list a folder's files one after another, so per file we only add to a running
+    sum; the sum goes to the enclosing folders and the rules once per run of one folder."""
+    totals = WalkTotals()
+    folders, extensions, heap = totals.folders, totals.extensions, totals.largest
+    evaluator = evaluator or RuleEvaluator([])
+    watched_files = evaluator.files
+    seen = 0
+    current: str | None = None  # the folder of the run of files being summed
+    run_bytes = run_files = 0
+    counting: list[RuleState] = []
+    heap_floor = -1  # once the heap is full, a file must be bigger than this to get in
+
+    def flush() -> None:
+        if not run_files:
+            return
+        totals.total_bytes += run_bytes
+        totals.total_files += run_files
+        level, slash = 0, 0
+        while level < depth and current:
+            slash = current.find("/", slash + 1) if level else current.find("/")
+            key = current if slash == -1 else current[:slash]
+            pair = folders.get(key)
+            if pair is None:
+                pair = folders[key] = [0, 0]
+            pair[0] += run_bytes
+            pair[1] += run_files
+            level += 1
+            if slash == -1:
+                break
+        evaluator.run(current, run_bytes, run_files)
+
+    next_progress = PROGRESS_EVERY if progress is not None else -1
+    extension_pair = extensions.get
+    for seen, entry in enumerate(backend.iter_entries(""), 1):
+        if seen == next_progress:
+            progress.advance(PROGRESS_EVERY)
+            next_progress += PROGRESS_EVERY
+        path = entry.path
+        if entry.is_dir and not entry.is_symlink:
+            totals.total_folders += 1
+            if path.count("/") < depth and path not in folders:
+                folders[path] = [0, 0]  # an empty folder is still listed
+            evaluator.folder(path)
+            continue
+        size = entry.size
+        if entry.is_symlink:
+            totals.symlinks += 1
+        slash = path.rfind("/")
+        parent = path[:slash] if slash > 0 else ""
+        if parent != current:
+            flush()
+            current, run_bytes, run_files = parent, 0, 0
+            counting = evaluator.counting_in(parent)
+        run_bytes += size
+        run_files += 1
+        # A dot that starts the name (".bashrc") is no extension.
+        dot = path.rfind(".")
+        ext = path[dot:].lower() if dot > slash + 1 else "(none)"
+        pair = extension_pair(ext)
+        if pair is None:
+            pair = extensions[ext] = [0, 0]
+        pair[0] += 1
+        pair[1] += size
+        if size > heap_floor:
+            if len(heap) < largest:
+                heapq.heappush(heap, (size, path))
+            else:
+                heapq.heappushpop(heap, (size, path))
+            if len(heap) >= largest:
+                heap_floor = heap[0][0]
+        if watched_files and path in watched_files:
+            evaluator.file_seen(path)
+        for state in counting:
+            if state.regex.fullmatch(path):
+                state.matches += 1
+    flush()
+    if progress is not None:
+        progress.advance(seen % PROGRESS_EVERY)
+        progress.flush()
+    return totals
+
+
+def growth_between(*, before: dict[str, list[int]], after: dict[str, list[int]]) -> list[dict]:
+    rows = []
+    for folder in before.keys() | after.keys():
+        old = before.get(folder, [0, 0])
+        new = after.get(folder, [0, 0])
+        if old[0] != new[0] or old[1] != new[1]:
+            rows.append(
+                {
+                    "folder": folder,
+                    "before": old[0],
+                    "after": new[0],
+                    "delta": new[0] - old[0],
+                    "files_delta": new[1] - old[1],
+                }
+            )
+    rows.sort(key=lambda row: (-abs(row["delta"]), -abs(row["files_delta"]), row["folder"]))
+    return rows[:GROWTH_ROWS]
+
+
+def volume_inspect(*, volume: Volume, actor: Actor, operation: Operation | None = None) -> Inspection:
+    """Walk the volume once and store what was found. Unreachable/NotFound when the
+    volume cannot be read; nothing is stored then."""
+    backend = volume_backend(volume=volume)
+    rules = list(volume.rules.filter(enabled=True))
+    evaluator = RuleEvaluator(rules)
+    progress = Progress(operation, unit="files")
+    if operation is not None:
+        operation_log(
+            operation, f"inspecting {volume.url} ({len(rules)} rules, folders to depth {volume.folder_depth})"
+        )
+    started = time.monotonic()
+    backend.check()
+    totals = volume_walk(backend=backend, depth=volume.folder_depth, evaluator=evaluator, progress=progress)
+    seconds = time.monotonic() - started
+    findings, passed = evaluator.findings()
+    previous = Inspection.objects.filter(volume=volume).only("folders", "total_bytes", "total_files").first()
+    largest = sorted(totals.largest, key=lambda pair: (-pair[0], pair[1]))
+    with transaction.atomic():
+        inspection = Inspection.objects.create(
+            volume=volume,
+            operation=operation,
+            seconds=round(seconds, 3),
+            total_bytes=totals.total_bytes,
+            total_files=totals.total_files,
+            total_folders=totals.total_folders,
+            symlinks=totals.symlinks,
+            folder_depth=volume.folder_depth,
+            folders=totals.folders,
+            extensions=totals.extensions,
+            largest=[[path, size] for size, path in largest],
+            growth=growth_between(before=previous.folders, after=totals.folders) if previous else [],
+            bytes_delta=totals.total_bytes - previous.total_bytes if previous else None,
+            files_delta=totals.total_files - previous.total_files if previous else None,
+            rules_checked=len(rules),
+            rules_passed=passed,
+            monthly_cost=volume_monthly_cost(url=volume.url, total_bytes=totals.total_bytes),
+        )
+        for finding in findings:
+            finding.inspection = inspection
+        Finding.objects.bulk_create(findings)
+        storage_sample_record(
+            domain="volumes", subject=volume.name, total_bytes=totals.total_bytes, total_files=totals.total_files
+        )
+        errors = sum(1 for f in findings if f.severity == Severity.ERROR)
+        audit_record(
+            actor=actor,
+            action=AuditAction.VOLUME_INSPECT,
+            target_type=TargetType.VOLUME,
+            target_id=volume.name,
+            message=f"{totals.total_bytes} bytes in {totals.total_files} files; "
+            f"{len(findings)} findings ({errors} errors), {passed} of {len(rules)} rules hold",
+            operation=operation,
+        )
+    if operation is not None:
+        operation_log(operation, f"{totals.total_files} files, {totals.total_bytes} bytes, {len(findings)} findings")
+    return inspection
+
+
+def inspection_as_dict(inspection: Inspection) -> dict[str, Any]:
+    return {
+        "volume": inspection.volume.name,
+        "url": inspection.volume.url,
+        "inspection_id": inspection.pk,
+        "inspected_at": inspection.inspected_at.isoformat(),
+        "seconds": inspection.seconds,
+        "total_bytes": inspection.total_bytes,
+        "total_files": inspection.total_files,
+        "total_folders": inspection.total_folders,
+        "bytes_delta": inspection.bytes_delta,
+        "files_delta": inspection.files_delta,
+        "monthly_cost_usd": inspection.monthly_cost,
+        "rules_checked": inspection.rules_checked,
+        "rules_passed": inspection.rules_passed,
+        "findings": [
+            {"severity": f.severity, "message": f.message, "bytes": f.bytes, "rule_id": f.rule_id}
+            for f in inspection.findings.all()
+        ],
+        "folders": inspection.folders,
+        "extensions": inspection.extensions,
+        "largest": inspection.largest,
+        "growth": inspection.growth,
+    }
