@@ -255,16 +255,43 @@ PRICE_MODAL_VOLUME_GB_MONTH = envfloat("PRICE_MODAL_VOLUME_GB_MONTH", 0.15)
 PRICE_S3_GB_MONTH = envfloat("PRICE_S3_GB_MONTH", 0.023)
 PRICE_LOCAL_GB_MONTH = envfloat("PRICE_LOCAL_GB_MONTH", 0.0)
 
+# Notifications through Apprise (https://github.com/caronc/apprise/wiki): comma-separated
+# URLs, or NOTIFY_URLS_FILE naming a file that holds them (they often carry tokens). Off when empty.
+NOTIFY_URLS = [url.strip() for url in envsecret("NOTIFY_URLS").replace("\n", ",").split(",") if url.strip()]
+NOTIFY_REPEAT_MINUTES = envint("NOTIFY_REPEAT_MINUTES", 60)
+NOTIFY_LEAK_BYTES = envint("NOTIFY_LEAK_BYTES", 1024**3)
+NOTIFY_TIMEOUT_SECONDS = envint("NOTIFY_TIMEOUT_SECONDS", 10)
+
+# /healthz answers within this many seconds whatever hangs; a worker must have reported lately.
+HEALTH_TIMEOUT_SECONDS = envfloat("HEALTH_TIMEOUT_SECONDS", 4.0)
+HEALTH_WORKER_SECONDS = envint("HEALTH_WORKER_SECONDS", 120)
+# /metrics (Prometheus text format) is on when METRICS_TOKEN is set; scrapers send it as Bearer.
+METRICS_TOKEN = envsecret("METRICS_TOKEN")
+
 # Operations: how often progress is written while bytes move.
 OPERATION_PROGRESS_INTERVAL_SECONDS = envfloat("OPERATION_PROGRESS_INTERVAL_SECONDS", 1.0)
 
+# LOG_FORMAT=json: one JSON object a line (with the operation's id and kind inside operations).
+LOG_FORMAT = envstr("LOG_FORMAT", "plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"operation": {"()": "controlpanel.logs.OperationFilter"}},
+    "formatters": {
+        "plain": {
+            "()": "controlpanel.logs.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
+        "json": {"()": "controlpanel.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["operation"]},
+    },
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # Apprise logs the URLs it sends to at debug level, and URLs can hold tokens.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "apprise": {"level": "WARNING"}},
 }
 
 # Cache: shared by web and workers (login rate limiting, short-lived page data).

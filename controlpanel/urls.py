@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from apps.audit import views as audit_views
 from apps.dashboard.views import RateLimitedLoginView
 
 admin.site.site_header = "Storage control panel"
@@ -12,6 +13,8 @@ admin.site.login = RateLimitedLoginView.as_view()
 urlpatterns = [
     path("login/", RateLimitedLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", audit_views.healthz, name="healthz"),
+    path("metrics", audit_views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("pods/", include("apps.pods.urls")),
     path("sessions/", include("apps.separations.urls")),

@@ -16,6 +16,8 @@ class TargetType(models.TextChoices):
     MIXJOBS = "mixjobs", "all mix jobs"
     VOLUME = "volume", "volume"
     VOLUMES = "volumes", "all volumes"
+    PANEL = "panel", "the panel"
+    NOTIFICATION = "notification", "notification"
 
 
 class Kind(models.TextChoices):
@@ -37,6 +39,8 @@ class Kind(models.TextChoices):
     VOLUME_INSPECT = "volume.inspect", "Inspect volume"
     VOLUME_CROSSCHECK = "volume.crosscheck", "Cross-check volume with S3"
     VOLUMES_INSPECT_ALL = "volumes.inspect-all", "Inspect every volume"
+    PANEL_WATCH = "panel.watch", "Watch the leak total"
+    PANEL_DIGEST = "panel.digest", "Send the daily digest"
 
 
 class AuditAction(models.TextChoices):
@@ -62,3 +66,5 @@ class AuditAction(models.TextChoices):
     VOLUME_CROSSCHECK = "volume.crosscheck", "volume cross-checked"
     VOLUMES_INSPECT_ALL = "volumes.inspect-all", "inspections queued"
     OPERATION_RETRY = "operation.retry", "operation retried"
+    NOTIFY_SENT = "notify.sent", "notification sent"
+    NOTIFY_FAILED = "notify.failed", "notification failed"

@@ -83,10 +83,11 @@ _KINDS: dict[str, OperationKind] = {}
 def register(*kinds: OperationKind) -> None:
     """Called from each app's `AppConfig.ready()`; a name declared twice is a bug."""
     for kind in kinds:
-        existing = _KINDS.get(kind.name)
+        name = str(kind.name)  # a Kind member or its value: both name the same kind
+        existing = _KINDS.get(name)
         if existing is not None and existing != kind:
-            raise RuntimeError(f"operation kind {kind.name!r} is declared twice")
-        _KINDS[kind.name] = kind
+            raise RuntimeError(f"operation kind {name!r} is declared twice")
+        _KINDS[name] = kind
 
 
 def kind_get(name: str) -> OperationKind:
@@ -155,13 +156,29 @@ def request_many(kind: str, target_ids: Iterable[str | None], *, actor: Actor, *
     return operations
 
 
+def _execute(kind: OperationKind, operation_id: int, work: Callable[[Operation], Any]) -> Operation:
+    finished = operation_execute(operation_id=operation_id, work=work, describe=kind.describe)
+    if finished.status in {Operation.Status.FAILED, Operation.Status.ERRORED}:
+        from apps.audit.notify import notify  # notify records through services, which this sits on
+
+        notify(
+            event="operation.failed",
+            subject=f"{kind.name}:{finished.target_id}",
+            title=f"{kind.label} {finished.target_id} {finished.status}",
+            body=f"Operation #{finished.pk} ({kind.label}, {finished.target_id}, asked by {finished.actor_name}) "
+            f"{finished.status}: {finished.error}",
+            level="failure",
+        )
+    return finished
+
+
 def execute(operation_id: int) -> Operation:
     """Claim and run one operation by its kind; the finished row."""
     operation = Operation.objects.filter(pk=operation_id).only("kind").first()
     if operation is None:
         raise NotFound(f"operation #{operation_id} does not exist")
     kind = kind_get(operation.kind)
-    return operation_execute(operation_id=operation_id, work=kind.run, describe=kind.describe)
+    return _execute(kind, operation_id, kind.run)
 
 
 def run_now(kind: str, target_id: str | None = None, *, actor: Actor, **params) -> Operation:
@@ -179,7 +196,7 @@ def run_now(kind: str, target_id: str | None = None, *, actor: Actor, **params) 
             raised.append(exc)
             raise
 
-    finished = operation_execute(operation_id=operation.pk, work=keep_error, describe=spec.describe)
+    finished = _execute(spec, operation.pk, keep_error)
     if raised:
         raise raised[0]
     if finished.status != Operation.Status.SUCCEEDED:
@@ -224,5 +241,5 @@ def run_scheduled(kind_name: str) -> str:
     except Busy as exc:
         logger.info("%s skipped: %s", schedule.name, exc)
         return f"skipped: {exc}"
-    finished = operation_execute(operation_id=operation.pk, work=kind.run, describe=kind.describe)
+    finished = _execute(kind, operation.pk, kind.run)
     return f"{finished.status}: {sentence(finished)}"

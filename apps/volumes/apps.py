@@ -5,3 +5,17 @@ class VolumesConfig(AppConfig):
     name = "apps.volumes"
     label = "volumes"
     verbose_name = "Volumes"
+
+    def ready(self):
+        from apps.audit.health import register_health
+        from apps.audit.operations import register
+        from apps.audit.overview import OverviewProvider, register_overview
+        from apps.volumes import health, operations, selectors
+
+        register(*operations.KINDS)
+        register_health(*health.CHECKS)
+        register_overview(
+            OverviewProvider(
+                app_label=self.label, title=selectors.OVERVIEW_TITLE, section=selectors.overview_section, order=40
+            )
+        )

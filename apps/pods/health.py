@@ -1,0 +1,46 @@
+"""What `/healthz` asks of the pods' parts: each Docker host answers, and the snapshot store
+takes a small write, reads it back and deletes it. Registered by PodsConfig.ready()."""
+
+import uuid
+
+from django.conf import settings
+
+from apps.audit.health import HealthCheck
+from apps.pods.models import DockerHost
+from apps.pods.services import engine_for
+from apps.pods.snapshots import store_from_url
+
+
+def _host_check(host: DockerHost) -> HealthCheck:
+    def run() -> str:
+        engine_for(host).ping()
+        return "answers"
+
+    return HealthCheck(f"docker host {host.name}", run)
+
+
+def docker_hosts() -> list[HealthCheck]:
+    # Only names and messages leave this module: a host's URL can carry a user name.
+    hosts = list(DockerHost.objects.order_by("name")) or [DockerHost(name="local", base_url=settings.DOCKER_HOST)]
+    return [_host_check(host) for host in hosts]
+
+
+def snapshot_store_writable() -> str:
+    store = store_from_url()
+    # A folder of its own per probe (no pod id starts with a dot): probes running at once
+    # never delete each other's object.
+    folder = f".healthz/{uuid.uuid4().hex}"
+    body = b"healthz"
+    store.put_small(f"{folder}/probe", body)
+    try:
+        if store.get_small(f"{folder}/probe") != body:
+            raise RuntimeError("the snapshot store did not read back what was written")
+    finally:
+        store.delete_prefix(folder)
+    return "takes a write, reads it back"
+
+
+CHECKS = [
+    HealthCheck("docker hosts", expand=docker_hosts),
+    HealthCheck("snapshot store", snapshot_store_writable),
+]

@@ -1,0 +1,49 @@
+"""/healthz on the pods' real parts: the local dockerd answers, a host that accepts and never
+answers is reported within the deadline, the snapshot store takes a write (file and S3)."""
+
+import time
+
+import pytest
+
+from apps.pods.models import DockerHost
+from tests.fakes.silent_server import SilentServer
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+
+@pytest.fixture
+def silent_host():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def test_healthz_reports_each_docker_host_and_cuts_off_a_hung_one(client, docker_client, silent_host, settings):
+    settings.HEALTH_TIMEOUT_SECONDS = 2
+    DockerHost.objects.create(name="local", base_url=settings.DOCKER_HOST)
+    DockerHost.objects.create(name="hung", base_url=silent_host.url)
+    started = time.monotonic()
+    checks = client.get("/healthz").json()["checks"]
+    assert time.monotonic() - started < 4
+    assert checks["docker host local"] == {"ok": True, "message": "answers"}
+    assert checks["docker host hung"] == {"ok": False, "message": "no answer within 2 s"}
+    assert silent_host.url not in str(checks)
+
+
+def test_the_snapshot_store_check_writes_reads_and_cleans_up(client, docker_client, panel_paths):
+    checks = client.get("/healthz").json()["checks"]
+    assert checks["snapshot store"] == {"ok": True, "message": "takes a write, reads it back"}
+    leftovers = [p for p in (panel_paths / "snapshots").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+@pytest.mark.s3
+def test_the_snapshot_store_check_on_s3_and_when_the_bucket_is_gone(
+    client, docker_client, s3_server, s3_bucket, settings
+):
+    settings.SNAPSHOT_STORE_URL = f"s3://{s3_bucket}/snaps"
+    assert client.get("/healthz").json()["checks"]["snapshot store"]["ok"] is True
+    assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
+    settings.SNAPSHOT_STORE_URL = "s3://no-such-bucket-here/snaps"
+    store = client.get("/healthz").json()["checks"]["snapshot store"]
+    assert store["ok"] is False and "no-such-bucket-here" in store["message"]
