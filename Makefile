@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint format install migrate bench clean base-image
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-seaweedfs.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-seaweedfs.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +23,7 @@ run: migrate
 	$(PY) manage.py runpanel
 
 test: $(STAMP)
+	@bash .ci/parts-up
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py check

