@@ -88,7 +88,7 @@ def pod_image(docker_client):
 
 S3_SERVERS = {"moto": parts.S3Server, "seaweedfs": parts.SeaweedFSServer}
 # Which S3 servers the S3 tests run on, e.g. `TEST_S3_SERVERS=seaweedfs` to try one alone.
-S3_SERVERS_USED = os.environ.get("TEST_S3_SERVERS", "moto").split(",")
+S3_SERVERS_USED = os.environ.get("TEST_S3_SERVERS", "moto,seaweedfs").split(",")
 
 
 @pytest.fixture(scope="session", params=S3_SERVERS_USED)

@@ -129,3 +129,34 @@ class StorageSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.domain}/{self.subject} {self.total_bytes} B at {self.sampled_at:%Y-%m-%d %H:%M}"
+
+
+class Hold(models.Model):
+    """ "Don't touch this one": a person's hold on a pod, a snapshot, a session, a mix-job
+    session or a volume folder. While a hold is active every scheduled or automatic deletion
+    skips the item (and says it kept it "on hold"), and a manual deletion is refused."""
+
+    target_type = models.CharField(max_length=80, choices=TargetType.choices)
+    target_id = models.CharField(max_length=255)
+    reason = models.CharField(max_length=300)
+    held_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    held_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Null: until released. A hold past `until` no longer holds anything.
+    until = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id", "released_at"])]
+        permissions = [("hold_storage", "Can set and release holds")]
+
+    def __str__(self) -> str:
+        return f"hold on {self.target_type} {self.target_id}: {self.reason}"
+
+    def is_active(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.released_at is None and (self.until is None or self.until > now)

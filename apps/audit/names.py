@@ -17,6 +17,9 @@ class TargetType(models.TextChoices):
     VOLUME = "volume", "volume"
     VOLUMES = "volumes", "all volumes"
     PANEL = "panel", "the panel"
+    SNAPSHOT = "snapshot", "snapshot"
+    SEPARATION_SESSION = "separation-session", "separation session"
+    VOLUME_FOLDER = "volume-folder", "volume folder"
     NOTIFICATION = "notification", "notification"
 
 
@@ -67,4 +70,6 @@ class AuditAction(models.TextChoices):
     VOLUMES_INSPECT_ALL = "volumes.inspect-all", "inspections queued"
     OPERATION_RETRY = "operation.retry", "operation retried"
     NOTIFY_SENT = "notify.sent", "notification sent"
+    HOLD_SET = "hold.set", "hold set"
+    HOLD_RELEASE = "hold.release", "hold released"
     NOTIFY_FAILED = "notify.failed", "notification failed"
