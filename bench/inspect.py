@@ -101,7 +101,7 @@ def main() -> int:
         from apps.volumes.models import Volume
         from apps.volumes.services import layout_preset_import
 
-        root = workdir / "volume"
+        root = workdir / "volumes" / "bench"  # VAR_DIR/volumes/: the one place in VAR_DIR a volume may be
         print(f"building {args.files:,} files in {args.folders:,} folders under {root} ...", flush=True)
         expected_bytes = build_tree(root, files=args.files, folders=args.folders)
         volume = Volume.objects.create(name="bench", url=f"local://{root}", folder_depth=3)

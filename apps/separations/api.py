@@ -4,6 +4,7 @@
     POST /api/sessions/cleanup-on-exit
     POST /api/sessions/<session_id>/cleanup
     → {"deleted": [...], "bytes_reclaimed": N, "commits": N}
+      (+ "skipped": ["<id>: <reason>", ...] when a session could not be read or removed)
 
 401 wrong or missing token (also when no token is configured: the API is off); refusals
 follow `controlpanel.errors.http_status`: 400 bad id, 404 unknown session, 409 another batch
@@ -56,9 +57,11 @@ def _run(request, *, policy: str, session_ids: list[str] = ()) -> JsonResponse:
         result = run_now(Kind.SESSIONS_CLEANUP, actor=API_ACTOR, policy=policy, session_ids=list(session_ids)).result
     except PanelError as exc:
         return _error(str(exc), http_status(exc))
-    return JsonResponse(
-        {"deleted": result["deleted"], "bytes_reclaimed": result["bytes_reclaimed"], "commits": result["commits"]}
-    )
+    answer = {"deleted": result["deleted"], "bytes_reclaimed": result["bytes_reclaimed"], "commits": result["commits"]}
+    if result.get("skipped"):
+        # Sessions that could not be read or removed, each with its reason; the rest went on.
+        answer["skipped"] = result["skipped"]
+    return JsonResponse(answer)
 
 
 # The separation service is not a browser session: it authenticates with its token, so

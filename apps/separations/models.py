@@ -45,6 +45,9 @@ class SeparationSession(StateMachine, models.Model):
     deleted_at = models.DateTimeField(null=True, blank=True)
     deleted_by = models.CharField(max_length=150, blank=True)
     deleted_reason = models.CharField(max_length=300, blank=True)
+    # What the last scan could not read or would not open ("could not read 1 folder: output
+    # (Permission denied)"); "" when nothing. Totals are a lower bound while it is set.
+    problems = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["modified_at", "session_id"]

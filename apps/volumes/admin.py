@@ -9,9 +9,9 @@ from apps.audit.admin import ReadOnlyAdmin
 from apps.audit.names import Kind
 from apps.audit.operations import request as request_operation
 from apps.audit.operations import user_may
-from apps.volumes.backends import backend_for_url
+from apps.volumes.backends import volume_url_clean
 from apps.volumes.models import CrossCheck, Finding, Inspection, LayoutRule, Volume
-from apps.volumes.services import layout_preset_import, layout_rule_clean
+from apps.volumes.services import layout_preset_import, layout_rule_clean, volume_url_check
 from controlpanel.errors import PanelError
 from controlpanel.paths import validate_id
 
@@ -28,11 +28,14 @@ class VolumeForm(ModelForm):
             raise ValidationError(str(exc)) from None
 
     def clean_url(self):
+        url = self.cleaned_data["url"]
         try:
-            backend_for_url(self.cleaned_data["url"])
+            if "url" not in self.changed_data:
+                # Saving rules on an unchanged volume must not depend on Modal answering now.
+                return volume_url_clean(url)
+            return volume_url_check(url=url)
         except PanelError as exc:
             raise ValidationError(str(exc)) from None
-        return self.cleaned_data["url"]
 
 
 class LayoutRuleForm(ModelForm):

@@ -78,6 +78,10 @@ class Inspection(models.Model):
     total_files = models.BigIntegerField(default=0)
     total_folders = models.BigIntegerField(default=0)
     symlinks = models.BigIntegerField(default=0)
+    # FIFOs, sockets, devices: never opened, not counted as files (a finding names them).
+    special_files = models.BigIntegerField(default=0)
+    # Folders the walk could not list: when non-zero every total is a lower bound.
+    unreadable_folders = models.BigIntegerField(default=0)
     folder_depth = models.PositiveSmallIntegerField(default=3)
     # {"cache/tusz": [bytes, files], ...}: every folder down to folder_depth, with what is below it.
     folders = models.JSONField(default=dict, blank=True)
@@ -99,6 +103,10 @@ class Inspection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.volume} at {self.inspected_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def totals_are_lower_bound(self) -> bool:
+        return self.unreadable_folders > 0
 
     @property
     def folder_rows(self) -> list[dict]:

@@ -47,11 +47,16 @@ def _inspect(operation: Operation) -> dict[str, Any]:
         "findings": inspection.findings.count(),
         "rules_checked": inspection.rules_checked,
         "rules_passed": inspection.rules_passed,
+        "unreadable_folders": inspection.unreadable_folders,
+        "special_files": inspection.special_files,
     }
 
 
 def _describe_inspection(result: dict) -> str:
     sentence = f"{humanize_bytes(result['total_bytes'])} in {plural(result['total_files'], 'file')}"
+    if result.get("unreadable_folders"):
+        # Totals below a folder that could not be read are missing: say so before the figures.
+        sentence = f"At least {sentence} ({plural(result['unreadable_folders'], 'folder')} could not be read)"
     if result.get("rules_checked"):
         sentence += f"; {result['rules_passed']} of {plural(result['rules_checked'], 'layout rule')} hold"
     return f"{sentence}; {plural(result['findings'], 'finding')}."

@@ -5,6 +5,9 @@ runs, see `apps/separations/operations.py`), deletes folder by folder, verifies,
 **once** (only where a commit means something), then marks the mirror rows and writes one
 audit event with the commit count, in the same transaction. Nothing outside `sessions/` is
 ever removed, and only folders whose names are valid ids.
+
+A session that cannot be read (found by the plan) or removed (a permission error on the way)
+is skipped with its reason; the batch goes on with the others and says what it skipped.
 """
 
 import logging
@@ -20,7 +23,7 @@ from apps.audit.services import Actor, Progress, actor_parts, audit_record, oper
 from apps.separations.services.mirror import mirror_deleted
 from apps.separations.services.plan import cleanup_plan, policy_get
 from apps.separations.services.scan import SESSIONS_DIR, SessionScan, sessions_backend
-from apps.volumes.backends import VolumeBackend
+from apps.volumes.backends import Unreadable, VolumeBackend
 from controlpanel.errors import NotFound, PanelError
 from controlpanel.formatting import humanize_bytes, plural
 from controlpanel.paths import validate_id
@@ -31,9 +34,10 @@ CLEANUP_PROGRESS_UNIT = "sessions"
 
 
 def _remove(
-    *, backend: VolumeBackend, sessions: list[SessionScan], volume: str, operation: Operation | None
+    *, backend: VolumeBackend, sessions: list[SessionScan], volume: str, operation: Operation | None, skipped: list[str]
 ) -> tuple[list[SessionScan], PanelError | None]:
-    """Remove each session folder; stop at the first refusal. What was removed, and why it stopped."""
+    """Remove each session folder; stop at the first refusal, skip (into `skipped`, with the
+    reason) one that cannot be removed. What was removed, and why it stopped."""
     progress = Progress(operation, total=len(sessions), unit=CLEANUP_PROGRESS_UNIT)
     removed: list[SessionScan] = []
     for session in sessions:
@@ -46,6 +50,12 @@ def _remove(
         except NotFound:
             # Gone between the plan and now (someone else removed it): not ours to count.
             logger.info("session %s was already gone from %s", session.session_id, volume)
+            continue
+        except Unreadable as exc:
+            # This folder only (permissions): the other sessions are still due.
+            skipped.append(f"{session.session_id}: {exc}")
+            if operation is not None:
+                operation_log(operation, f"skipped {path}: {exc}")
             continue
         except PanelError as exc:
             return removed, exc
@@ -103,7 +113,13 @@ def sessions_cleanup(
             f"{chosen.description}; looked at {len(plan.looked_at)}, {len(plan.to_delete)} to delete "
             f"({plan.total_bytes} bytes) on {plan.volume}",
         )
-    removed, failure = _remove(backend=backend, sessions=plan.to_delete, volume=plan.volume, operation=operation)
+    skipped = list(plan.skipped)
+    if operation is not None:
+        for line in skipped:
+            operation_log(operation, f"skipped {line}")
+    removed, failure = _remove(
+        backend=backend, sessions=plan.to_delete, volume=plan.volume, operation=operation, skipped=skipped
+    )
     removed, commits, failure = _commit_and_verify(
         backend=backend, removed=removed, volume=plan.volume, failure=failure
     )
@@ -116,6 +132,7 @@ def sessions_cleanup(
         "policy": chosen.name,
         "volume": plan.volume,
         "looked_at": len(plan.looked_at),
+        "skipped": skipped,
     }
     reason = f"cleanup policy {chosen.name}" + (f" by {actor_name}" if actor_name else "")
     with transaction.atomic():
@@ -130,6 +147,7 @@ def sessions_cleanup(
             message=(
                 f"{chosen.name}: deleted {len(removed)} of {len(plan.to_delete)} due "
                 f"({len(plan.looked_at)} looked at), {commits} commit{'s' if commits != 1 else ''}"
+                + (f"; skipped {len(skipped)}: {'; '.join(skipped)[:300]}" if skipped else "")
                 + (f"; {failure}" if failure else "")
             ),
             details={**result, "due": [s.session_id for s in plan.to_delete], "ignored": plan.ignored[:50]},
@@ -143,11 +161,21 @@ def sessions_cleanup(
 def cleanup_sentence(result: dict[str, Any]) -> str:
     """`Deleted 4 sessions, 248.0 MiB reclaimed.` (and the commit, where there was one)."""
     deleted = len(result.get("deleted", []))
+    skipped = result.get("skipped") or []
+    # "Skipped 1 session that could not be read or removed: abc: could not read 1 folder: ..."
+    skipped_text = f" Skipped {plural(len(skipped), 'session')} that could not be read or removed: " + (
+        "; ".join(skipped)[:300] + "."
+    )
     if not deleted:
-        return f"Nothing was due: looked at {plural(result.get('looked_at', 0), 'session')}, deleted none."
+        return (
+            f"Nothing was due: looked at {plural(result.get('looked_at', 0), 'session')}, deleted none."
+            if not skipped
+            else f"Deleted none (looked at {plural(result.get('looked_at', 0), 'session')})." + skipped_text
+        )
     commits = result.get("commits", 0)
     return (
         f"Deleted {plural(deleted, 'session')}, {humanize_bytes(result.get('bytes_reclaimed', 0))} reclaimed"
         + (f", {plural(commits, 'commit')}" if commits else "")
         + "."
+        + (skipped_text if skipped else "")
     )

@@ -29,6 +29,7 @@ MIRROR_FIELDS = [
     "modified_at",
     "last_seen_at",
     "status",
+    "problems",
 ]
 DELETION_FIELDS = ["deleted_at", "deleted_by", "deleted_reason"]
 
@@ -41,6 +42,7 @@ def _fill(row: SeparationSession, scan: SessionScan, now: datetime) -> None:
     row.created_at = scan.created_at
     row.modified_at = scan.modified_at
     row.last_seen_at = now
+    row.problems = scan.problems
 
 
 def mirror_deleted(*, volume: str, sessions: list[SessionScan], by: str, reason: str) -> None:
@@ -114,6 +116,9 @@ def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: 
         "total_bytes": scan.total_bytes,
         "total_files": scan.total_files,
         "ignored": scan.ignored[:50],
+        # Unreadable folders and special files: the sessions stay, their totals a lower bound.
+        "problems": scan.problems,
+        "problem_count": scan.problem_count,
     }
     if operation is not None:
         operation_log(
@@ -121,6 +126,8 @@ def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: 
             f"{result['sessions']} sessions ({result['new']} new, {result['gone']} gone), "
             f"{scan.total_bytes} bytes in {scan.total_files} files on {scan.volume}",
         )
+        for line in scan.problems:
+            operation_log(operation, f"problem: {line}")
     return result
 
 
@@ -130,4 +137,10 @@ def sync_sentence(result: dict[str, Any]) -> str:
         f"Mirrored {plural(result.get('sessions', 0), 'session')} on {result.get('volume', '?')} "
         f"({result.get('new', 0)} new, {result.get('gone', 0)} gone); "
         f"{humanize_bytes(result.get('total_bytes'))} in {plural(result.get('total_files', 0), 'file')}."
+        + (
+            f" {plural(result['problem_count'], 'problem')} (unreadable folders, special files): "
+            + "; ".join(result.get("problems", []))[:300]
+            if result.get("problem_count")
+            else ""
+        )
     )

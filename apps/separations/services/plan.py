@@ -84,6 +84,7 @@ def _oldest_first(session: SessionScan):
 
 
 HARD_LINKED_WHY = "hard-linked files: removing them frees nothing and may change a file outside the volume"
+UNREADABLE_WHY = "could not be read, so what it holds is unknown: skipped"
 
 
 @dataclass
@@ -96,6 +97,8 @@ class CleanupPlan:
     hard_linked: list[SessionScan] = field(default_factory=list)
     # Names under sessions/ that are not session ids: reported, never touched.
     not_ids: list[str] = field(default_factory=list)
+    # Due or named, but holding folders that could not be read: skipped with the reason.
+    unreadable: list[SessionScan] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -103,9 +106,16 @@ class CleanupPlan:
 
     @property
     def ignored(self) -> list[str]:
-        return self.not_ids + [
-            f"{s.session_id} ({s.hard_links} hard-linked files, left alone)" for s in self.hard_linked
-        ]
+        return (
+            self.not_ids
+            + [f"{s.session_id} ({s.hard_links} hard-linked files, left alone)" for s in self.hard_linked]
+            + self.skipped
+        )
+
+    @property
+    def skipped(self) -> list[str]:
+        """`abc: could not read 1 folder: output (Permission denied)`: what a batch skips and why."""
+        return [f"{s.session_id}: {s.problems}" for s in self.unreadable]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +124,7 @@ class CleanupPlan:
             "looked_at": len(self.looked_at),
             "would_delete": [s.session_id for s in self.to_delete],
             "bytes": self.total_bytes,
+            "skipped": self.skipped,
         }
 
     def why(self, session: SessionScan) -> str:
@@ -126,6 +137,10 @@ class CleanupPlan:
         reason += f"; {plural(session.file_count, 'file')}"
         if session.symlinks or session.is_symlink:
             reason += ", symlinks removed unfollowed"
+        if session.special:
+            reason += (
+                f", {plural(len(session.special), 'special file')} ({', '.join(session.special)}) unlinked unopened"
+            )
         return reason
 
     def preview(self) -> Preview:
@@ -145,8 +160,24 @@ class CleanupPlan:
                 )
                 for s in self.hard_linked
             ]
+            + [
+                PreviewItem(name=s.session_id, bytes=s.total_bytes, why=f"{UNREADABLE_WHY} ({s.problems})", path=s.path)
+                for s in self.unreadable
+            ]
             + [PreviewItem(name=name, why="not a session id: never touched") for name in self.not_ids],
         )
+
+
+def _sorted_out(due: list[SessionScan]) -> dict[str, list[SessionScan]]:
+    """What of `due` is deleted, and what is left alone and why."""
+    return {
+        # Unreadable sessions are skipped: what they hold (hard links?) cannot be known.
+        "unreadable": [s for s in due if s.unreadable],
+        # Sessions holding hard-linked files are left alone: removing them would free nothing
+        # for those files and change a file that may live outside the volume.
+        "hard_linked": [s for s in due if s.hard_links and not s.unreadable],
+        "to_delete": [s for s in due if not s.hard_links and not s.unreadable],
+    }
 
 
 def cleanup_plan(
@@ -159,13 +190,7 @@ def cleanup_plan(
         if not ids:
             raise InvalidInput("a manual cleanup needs at least one session id")
         sessions = [session_scan(backend=backend, session_id=sid) for sid in ids]
-        return CleanupPlan(
-            policy=policy,
-            volume=backend.name,
-            looked_at=sessions,
-            to_delete=[s for s in sessions if not s.hard_links],
-            hard_linked=[s for s in sessions if s.hard_links],
-        )
+        return CleanupPlan(policy=policy, volume=backend.name, looked_at=sessions, **_sorted_out(sessions))
     if session_ids:
         raise InvalidInput(f"the {policy.name} policy chooses its own sessions; name sessions only with manual")
     scan = volume_scan(backend=backend)
@@ -173,13 +198,4 @@ def cleanup_plan(
     cutoff = now - policy.min_age
     # Strictly older: a session exactly at the limit stays for this round.
     due = [s for s in looked_at if s.modified_at is not None and s.modified_at < cutoff]
-    return CleanupPlan(
-        policy=policy,
-        volume=scan.volume,
-        looked_at=looked_at,
-        to_delete=[s for s in due if not s.hard_links],
-        # Sessions holding hard-linked files are left alone: removing them would free nothing
-        # for those files and change a file that may live outside the volume.
-        hard_linked=[s for s in due if s.hard_links],
-        not_ids=scan.ignored,
-    )
+    return CleanupPlan(policy=policy, volume=scan.volume, looked_at=looked_at, not_ids=scan.ignored, **_sorted_out(due))

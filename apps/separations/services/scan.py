@@ -7,6 +7,11 @@ The volume (a Modal Volume or a local folder, `settings.SESSIONS_VOLUME_URL`) ho
 
 Only folders whose names are valid ids count as sessions; anything else under `sessions/`
 is reported and never touched.
+
+Nothing here opens a file, so a FIFO or a device cannot block a scan: special files are
+counted apart and reported. A folder that cannot be read is a problem of its session (which
+a cleanup then skips, with the reason) or, for the volume root or `sessions/` itself, a
+one-line refusal: a scan that cannot see the sessions must not report them gone.
 """
 
 from dataclasses import dataclass, field
@@ -16,11 +21,14 @@ from django.conf import settings
 
 from apps.audit.services import Progress
 from apps.separations.models import STEMS, SeparationSession
-from apps.volumes.backends import VolumeBackend, backend_for_url
+from apps.volumes.backends import Unreadable, VolumeBackend, backend_for_url
 from controlpanel.errors import InvalidInput, NotFound, Unreachable
+from controlpanel.formatting import plural
 from controlpanel.paths import validate_id
 
 SESSIONS_DIR = "sessions"
+# Problems kept by name (the count is exact); a session keeps its own, up to this many too.
+PROBLEM_SAMPLES = 50
 STEM_FILES = {f"output/{stem}.flac": stem for stem in STEMS}
 
 
@@ -48,6 +56,12 @@ class SessionScan:
     is_symlink: bool = False  # the session folder itself is a link: removing it removes the link
     is_file: bool = False  # a plain file where a folder should be: not a session, never touched
     hard_links: int = 0  # files with another name (maybe outside the volume): the session is left alone
+    # Folders inside the session that could not be read ("output: Permission denied"): its
+    # totals are a lower bound and a cleanup skips it with this reason.
+    unreadable: list[str] = field(default_factory=list)
+    # FIFOs, sockets, devices ("output/x.flac: FIFO"): never opened, not counted as files;
+    # removing the session unlinks them.
+    special: list[str] = field(default_factory=list)
 
     def touch(self, mtime: datetime | None) -> None:
         if mtime is None:
@@ -69,9 +83,27 @@ class SessionScan:
             return SeparationSession.Status.COMPLETE
         return SeparationSession.Status.PARTIAL
 
+    @property
+    def problems(self) -> str:
+        """One line for the mirror and the pages, "" when there is none."""
+        parts = []
+        if self.unreadable:
+            parts.append(f"could not read {plural(len(self.unreadable), 'folder')}: {', '.join(self.unreadable)}")
+        if self.special:
+            parts.append(f"{plural(len(self.special), 'special file')} (never opened): {', '.join(self.special)}")
+        return "; ".join(parts)[:300]
+
     def add(self, relative: str, entry) -> None:
         """Count one entry found below the session folder (`relative` to it)."""
+        if entry.unreadable:
+            if len(self.unreadable) < PROBLEM_SAMPLES:
+                self.unreadable.append(f"{relative or '.'} ({entry.unreadable})")
+            return
         self.touch(entry.mtime)
+        if entry.special:
+            if len(self.special) < PROBLEM_SAMPLES:
+                self.special.append(f"{relative} ({entry.special})")
+            return
         if entry.is_symlink:
             self.symlinks += 1  # never followed, never counted as bytes; removed with the folder
             return
@@ -95,6 +127,15 @@ class VolumeScan:
     sessions: dict[str, SessionScan] = field(default_factory=dict)
     # Names under sessions/ that are not valid ids (or are files): reported, never touched.
     ignored: list[str] = field(default_factory=list)
+    # Unreadable folders and special files anywhere ("sessions/a/output: Permission denied"),
+    # the first PROBLEM_SAMPLES of `problem_count`.
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def problem(self, path: str, reason: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < PROBLEM_SAMPLES:
+            self.problems.append(f"{path or '/'}: {reason}")
 
 
 def volume_check(backend: VolumeBackend) -> None:
@@ -113,7 +154,16 @@ def volume_scan(*, backend: VolumeBackend, progress: Progress | None = None) -> 
     for entry in backend.iter_entries("", recursive=True):
         if progress is not None:
             progress.advance(1)  # throttled: writes at most once an interval
-        if not entry.is_dir and not entry.is_symlink:
+        if entry.path in {"", SESSIONS_DIR} and entry.unreadable:
+            raise Unreadable(
+                f"{entry.path or 'the root'} of sessions volume {backend.name} cannot be read "
+                f"({entry.unreadable}); nothing was changed"
+            )
+        if entry.unreadable:
+            scan.problem(entry.path, f"could not be read ({entry.unreadable})")
+        elif entry.special:
+            scan.problem(entry.path, f"{entry.special}, never opened")
+        elif not entry.is_dir and not entry.is_symlink:
             scan.total_bytes += entry.size
             scan.total_files += 1
         parts = entry.path.split("/")
@@ -128,7 +178,7 @@ def volume_scan(*, backend: VolumeBackend, progress: Progress | None = None) -> 
             ignored.add(name)
             continue
         session = scan.sessions.setdefault(name, SessionScan(session_id=name))
-        if len(parts) == 2:
+        if len(parts) == 2 and not entry.unreadable:
             session.touch(entry.mtime)
             session.is_symlink = entry.is_symlink
             session.is_file = not entry.is_dir and not entry.is_symlink

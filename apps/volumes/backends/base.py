@@ -1,5 +1,11 @@
 """The backend interface: what every volume backend offers, the entries it streams, the
-path rule every backend applies, and the errors it raises (from `controlpanel.errors`)."""
+path rule every backend applies, and the errors it raises (from `controlpanel.errors`, plus
+`Unreadable` and `VolumeChanged`).
+
+A walk never blocks and never gives up on the first bad folder: special files (FIFO, socket,
+device) are entries with `special` set and are never opened; a folder that cannot be listed
+is an entry with `unreadable` set (the reason), after which the walk goes on. A root that
+disappears or is replaced during a walk ends it with `VolumeChanged`."""
 
 import posixpath
 from collections.abc import Iterator
@@ -9,7 +15,27 @@ from typing import Protocol
 
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
 
-__all__ = ["Entry", "InvalidInput", "NotFound", "PanelError", "Unreachable", "VolumeBackend", "clean_path"]
+__all__ = [
+    "Entry",
+    "InvalidInput",
+    "NotFound",
+    "PanelError",
+    "Unreachable",
+    "Unreadable",
+    "VolumeBackend",
+    "VolumeChanged",
+    "clean_path",
+]
+
+
+class Unreadable(PanelError):
+    """One path the panel may not read or change (permissions, an I/O error): that path is
+    skipped with this reason and the rest of the work goes on."""
+
+
+class VolumeChanged(PanelError):
+    """The volume's root disappeared or was replaced while it was being walked: what was
+    read describes no volume, so nothing may be stored from it."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +48,13 @@ class Entry:
     # Names the file has (st_nlink): more than one means bytes shared with another path,
     # maybe outside the volume; removing this name frees nothing and changes that file.
     links: int = 1
+    # Not a regular file, folder or symlink ("FIFO", "socket", "character device"...): never
+    # opened (a FIFO would block the reader for good), counted apart, reported as a problem.
+    special: str = ""
+    # Set on a folder whose contents could not be listed (the reason, e.g. "Permission
+    # denied"). The folder was yielded before as a plain entry; this one only marks it, so
+    # totals below it are a lower bound.
+    unreadable: str = ""
 
     @property
     def name(self) -> str:
@@ -38,7 +71,9 @@ class VolumeBackend(Protocol):
         """Raise Unreachable/NotFound with a clear message when the volume cannot be used."""
 
     def iter_entries(self, path: str = "", *, recursive: bool = True) -> Iterator[Entry]:
-        """Entries below `path` (not `path` itself), streamed; folders before their contents."""
+        """Entries below `path` (not `path` itself), streamed; folders before their contents.
+        A folder that cannot be listed comes again with `unreadable` set; VolumeChanged when
+        the root went away or was replaced during the walk."""
 
     def stat(self, path: str) -> Entry | None:
         """The entry at `path`, or None when nothing is there."""

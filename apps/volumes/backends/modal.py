@@ -29,6 +29,8 @@ from .local import LocalBackend
 # The SDK retries a first connection for about a minute; a page or an API call must not
 # hang that long on an outage, so we knock on the server's port first.
 CONNECT_TIMEOUT_SECONDS = 5
+# Modal's entry types beyond file, folder and symlink (FileEntryType values), as the panel names them.
+SPECIAL_TYPES = {0: "entry of unknown type", 4: "FIFO", 5: "socket"}
 
 
 class ModalBackend:
@@ -79,7 +81,8 @@ class ModalBackend:
         if isinstance(exc, mx.NotFoundError | FileNotFoundError):
             if path:
                 return NotFound(f"{path} does not exist on {self._where}")
-            return NotFound(f"{self._where} not found: {first_line(exc)[:300]}")
+            # Modal's own words repeat the name; say what to check instead.
+            return NotFound(f"{self._where} not found: check the name and environment (`modal volume list`)")
         if isinstance(exc, mx.InvalidError):
             return InvalidInput(f"{self._where}: {first_line(exc)[:300]}")
         if isinstance(exc, OSError | TimeoutError | mx.Error):
@@ -121,12 +124,14 @@ class ModalBackend:
 
         path = item.path.lstrip("/")
         is_dir = item.type == FileEntryType.DIRECTORY
+        special = SPECIAL_TYPES.get(item.type, "")
         return Entry(
             path=path,
             is_dir=is_dir,
-            size=0 if is_dir else int(item.size),
+            size=0 if is_dir or special else int(item.size),
             mtime=datetime.fromtimestamp(item.mtime, tz=UTC) if item.mtime else None,
             is_symlink=item.type == FileEntryType.SYMLINK,
+            special=special,
         )
 
     # -- the interface ----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from apps.volumes.services.registry import (
     volume_get,
     volume_monthly_cost,
     volume_price_per_gb_month,
+    volume_url_check,
 )
 from apps.volumes.services.rules import (
     RuleEvaluator,
@@ -66,5 +67,6 @@ __all__ = [
     "volume_inspect",
     "volume_monthly_cost",
     "volume_price_per_gb_month",
+    "volume_url_check",
     "volume_walk",
 ]

@@ -12,7 +12,7 @@ from django.db import transaction
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, audit_record
-from apps.volumes.backends import clean_path
+from apps.volumes.backends import Unreadable, clean_path
 from apps.volumes.models import CrossCheck, Volume
 from apps.volumes.services.inspection import PROGRESS_EVERY
 from apps.volumes.services.registry import s3_monthly_cost, volume_backend
@@ -81,8 +81,14 @@ def volume_crosscheck(
     cut = len(folder) + 1 if folder else 0
     check = CrossCheck(volume=volume, operation=operation, folder=folder, s3_url=s3_url)
     for entry in backend.iter_entries(folder):
-        if entry.is_dir:
-            continue
+        if entry.unreadable:
+            # A folder we cannot list would show its files as "only on S3": refuse instead.
+            raise Unreadable(
+                f"{entry.path or '/'} on volume {volume.name} could not be read ({entry.unreadable}); "
+                "a cross-check needs every file: fix its permissions and run it again"
+            )
+        if entry.is_dir or entry.special:
+            continue  # a FIFO or device is no file to compare (and is never opened)
         on_volume[entry.path[cut:]] = entry.size
         check.volume_files += 1
         check.volume_bytes += entry.size

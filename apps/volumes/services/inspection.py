@@ -1,6 +1,11 @@
 """Inspection: one streaming walk per inspection (sizes per folder, extensions, largest
 files, layout rules) and the row it leaves. A walk never holds the list of entries: it
-keeps running totals, a heap of the largest files and one counter per rule."""
+keeps running totals, a heap of the largest files and one counter per rule.
+
+A walk never opens a file. Special files (FIFO, socket, device) are counted apart and
+reported as a finding; folders that cannot be read are a finding too (how many, which, and
+that the totals are a lower bound), and the inspection still finishes. A root that
+disappears or is replaced during the walk fails the inspection and stores nothing."""
 
 import heapq
 import time
@@ -12,15 +17,18 @@ from django.db import transaction
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, audit_record, operation_log, storage_sample_record
-from apps.volumes.backends import VolumeBackend
+from apps.volumes.backends import VolumeBackend, VolumeChanged
 from apps.volumes.models import Finding, Inspection, Severity, Volume
 from apps.volumes.services.registry import volume_backend, volume_monthly_cost
 from apps.volumes.services.rules import RuleEvaluator, RuleState
+from controlpanel.formatting import plural
 
 LARGEST_FILES = 20
 GROWTH_ROWS = 50
 # Progress is written per this many entries (and at most once a second by Progress itself).
 PROGRESS_EVERY = 1000
+# Paths named in a finding about special files or unreadable folders; the count is exact.
+PROBLEM_SAMPLES = 10
 
 
 @dataclass
@@ -32,6 +40,17 @@ class WalkTotals:
     folders: dict[str, list[int]] = field(default_factory=dict)
     extensions: dict[str, list[int]] = field(default_factory=dict)
     largest: list[tuple[int, str]] = field(default_factory=list)
+    special_files: int = 0
+    unreadable_folders: int = 0
+    # The first PROBLEM_SAMPLES of each: [(path, what it is / why it could not be read)]
+    special_samples: list[tuple[str, str]] = field(default_factory=list)
+    unreadable_samples: list[tuple[str, str]] = field(default_factory=list)
+
+    def problem(self, kind: str, path: str, reason: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        samples = self.special_samples if kind == "special_files" else self.unreadable_samples
+        if len(samples) < PROBLEM_SAMPLES:
+            samples.append((path, reason))
 
 
 def volume_walk(
@@ -83,6 +102,12 @@ def volume_walk(
             progress.advance(PROGRESS_EVERY)
             next_progress += PROGRESS_EVERY
         path = entry.path
+        if entry.unreadable:
+            totals.problem("unreadable_folders", path, entry.unreadable)
+            continue
+        if entry.special:
+            totals.problem("special_files", path, entry.special)
+            continue
         if entry.is_dir and not entry.is_symlink:
             totals.total_folders += 1
             if path.count("/") < depth and path not in folders:
@@ -146,6 +171,30 @@ def growth_between(*, before: dict[str, list[int]], after: dict[str, list[int]])
     return rows[:GROWTH_ROWS]
 
 
+def _problem_finding(severity: str, count: int, what: str, samples: list[tuple[str, str]]) -> Finding:
+    """`2 folders could not be read …: secret (Permission denied), deep/er (…) and 3 more`."""
+    named = ", ".join(f"{path or '/'} ({reason})" for path, reason in samples)
+    more = count - len(samples)
+    return Finding(severity=severity, message=f"{what}: {named}{f' and {more} more' if more else ''}"[:500])
+
+
+def _problem_findings(totals: WalkTotals) -> list[Finding]:
+    """Unreadable folders and special files as findings, each one line a person can act on."""
+    findings = []
+    if totals.unreadable_folders:
+        what = (
+            f"{plural(totals.unreadable_folders, 'folder')} could not be read, "
+            "so the totals and rule counts are a lower bound"
+        )
+        findings.append(_problem_finding(Severity.ERROR, totals.unreadable_folders, what, totals.unreadable_samples))
+    if totals.special_files:
+        what = (
+            f"{plural(totals.special_files, 'special file')} (not a file, folder or symlink; never opened, not counted)"
+        )
+        findings.append(_problem_finding(Severity.WARNING, totals.special_files, what, totals.special_samples))
+    return findings
+
+
 def volume_inspect(*, volume: Volume, actor: Actor, operation: Operation | None = None) -> Inspection:
     """Walk the volume once and store what was found. Unreachable/NotFound when the
     volume cannot be read; nothing is stored then."""
@@ -159,9 +208,13 @@ def volume_inspect(*, volume: Volume, actor: Actor, operation: Operation | None 
         )
     started = time.monotonic()
     backend.check()
-    totals = volume_walk(backend=backend, depth=volume.folder_depth, evaluator=evaluator, progress=progress)
+    try:
+        totals = volume_walk(backend=backend, depth=volume.folder_depth, evaluator=evaluator, progress=progress)
+    except VolumeChanged as exc:
+        raise VolumeChanged(f"{exc}; the inspection stored nothing") from None
     seconds = time.monotonic() - started
     findings, passed = evaluator.findings()
+    findings = _problem_findings(totals) + findings
     previous = Inspection.objects.filter(volume=volume).only("folders", "total_bytes", "total_files").first()
     largest = sorted(totals.largest, key=lambda pair: (-pair[0], pair[1]))
     with transaction.atomic():
@@ -173,6 +226,8 @@ def volume_inspect(*, volume: Volume, actor: Actor, operation: Operation | None 
             total_files=totals.total_files,
             total_folders=totals.total_folders,
             symlinks=totals.symlinks,
+            special_files=totals.special_files,
+            unreadable_folders=totals.unreadable_folders,
             folder_depth=volume.folder_depth,
             folders=totals.folders,
             extensions=totals.extensions,
@@ -215,6 +270,10 @@ def inspection_as_dict(inspection: Inspection) -> dict[str, Any]:
         "total_bytes": inspection.total_bytes,
         "total_files": inspection.total_files,
         "total_folders": inspection.total_folders,
+        "special_files": inspection.special_files,
+        "unreadable_folders": inspection.unreadable_folders,
+        # True when folders could not be read: every total is then a lower bound.
+        "totals_are_lower_bound": inspection.unreadable_folders > 0,
         "bytes_delta": inspection.bytes_delta,
         "files_delta": inspection.files_delta,
         "monthly_cost_usd": inspection.monthly_cost,

@@ -8,7 +8,7 @@ from django.db import transaction
 
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, audit_record
-from apps.volumes.backends import VolumeBackend, backend_for_url
+from apps.volumes.backends import VolumeBackend, backend_for_url, volume_url_clean
 from apps.volumes.models import Volume
 from controlpanel.errors import InvalidInput, NotFound
 from controlpanel.paths import validate_id
@@ -29,9 +29,20 @@ def volume_get(*, name: str) -> Volume:
     return volume
 
 
+def volume_url_check(*, url: str) -> str:
+    """The URL to store for a volume being registered, or a one-line refusal: malformed or
+    unsupported URLs, system folders and the panel's own data (see `backends.roots`), and a
+    Modal volume that does not exist (or that Modal cannot confirm now) are refused."""
+    clean = volume_url_clean(url)
+    if clean.startswith("modal://"):
+        # A typo in a Modal name would otherwise only show at the first inspection.
+        backend_for_url(clean).check()
+    return clean
+
+
 def volume_add(*, name: str, url: str, actor: Actor, purpose: str = "", notes: str = "") -> Volume:
     validate_id(name, kind="volume name")
-    backend_for_url(url)  # refuses unsupported or malformed URLs before anything is written
+    url = volume_url_check(url=url)  # refused before anything is written; stored normalised
     with transaction.atomic():
         if Volume.objects.filter(name=name).exists():
             raise InvalidInput(f"volume {name!r} is already registered")

@@ -31,6 +31,7 @@ class Command(BaseCommand):
                 text = (
                     f"{result['sessions']} sessions on {result['volume']} ({result['new']} new, "
                     f"{result['gone']} gone), {result['total_bytes']} bytes in {result['total_files']} files"
+                    + "".join(f"\n  problem: {line}" for line in result.get("problems", []))
                 )
             else:
                 if not policy:
@@ -42,6 +43,7 @@ class Command(BaseCommand):
                         f"dry run, {plan.policy.description}: looked at {len(plan.looked_at)} on {plan.volume}, "
                         f"would delete {len(plan.to_delete)} ({plan.total_bytes} bytes)"
                         + "".join(f"\n  {s.session_id}  {s.total_bytes} bytes" for s in plan.to_delete)
+                        + "".join(f"\n  skipped {line}" for line in plan.skipped)
                     )
                 else:
                     result = run_now(Kind.SESSIONS_CLEANUP, actor=actor, policy=policy, session_ids=session).result
@@ -49,6 +51,7 @@ class Command(BaseCommand):
                         f"deleted {len(result['deleted'])} sessions, {result['bytes_reclaimed']} bytes reclaimed, "
                         f"{result['commits']} commit{'s' if result['commits'] != 1 else ''}"
                         + "".join(f"\n  {sid}" for sid in result["deleted"])
+                        + "".join(f"\n  skipped {line}" for line in result.get("skipped", []))
                     )
         except PanelError as exc:
             raise CommandError(str(exc)) from None

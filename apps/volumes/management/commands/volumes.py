@@ -65,8 +65,9 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps(report, indent=2, sort_keys=True))
             return
+        at_least = "at least " if report["totals_are_lower_bound"] else ""
         self.stdout.write(
-            f"{name}: {report['total_bytes']} bytes in {report['total_files']} files, "
+            f"{name}: {at_least}{report['total_bytes']} bytes in {report['total_files']} files, "
             f"{report['rules_passed']} of {report['rules_checked']} rules hold, "
             f"~${report['monthly_cost_usd']:.2f}/month"
         )
