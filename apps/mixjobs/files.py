@@ -7,8 +7,10 @@ Layout written by the mixing service (atomic renames, no cleanup of its own):
     MIX_OUTPUTS_DIR/<session_id>/final_mix.wav       the session's output, shared by its jobs
 
 Readers meet partial, corrupt, huge or hostile files: nothing here raises for bad content,
-it records a `problem` or yields a `Skipped`, and nothing follows a symlink. Sync and
-cleanup (`apps.mixjobs.services`) read through this module only.
+it records a `problem` or yields a `Skipped`, and nothing follows a symlink. Nothing here can
+block either: only regular files are opened (a FIFO, socket, device or folder named `x.json`
+is a problem with its reason, found by `lstat` before any `open`). Sync and cleanup
+(`apps.mixjobs.services`) read through this module only.
 """
 
 import errno
@@ -19,7 +21,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +32,7 @@ from django.utils import timezone
 
 from apps.mixjobs.models import MixJob
 from controlpanel.errors import Busy, InvalidInput
+from controlpanel.formatting import humanize_bytes
 from controlpanel.paths import validate_id
 
 INDEX_FOLDER = "jobs_index"
@@ -37,6 +40,8 @@ OUTPUT_NAME = "final_mix.wav"
 LOCK_NAME = ".lock"
 # A job file bigger than this is not a job the mixing service wrote: report it, do not parse it.
 MAX_JOB_FILE_BYTES = 16 * 1024 * 1024
+# An index holds two ids; anything near this size is not one.
+MAX_INDEX_FILE_BYTES = 1024 * 1024
 # `extra` is free-form and can be large; the mirror keeps small ones only.
 MAX_EXTRA_BYTES = 16 * 1024
 LOCK_WAIT_SECONDS = 10.0
@@ -90,9 +95,13 @@ class JobFile:
     updated_at: datetime | None = None
     extra: dict = field(default_factory=dict)
     problem: str = ""
+    # The (st_dev, st_ino) of the file that was read: cleanup deletes only that very file.
+    ident: tuple[int, int] | None = None
     index_path: Path | None = None
     index_bytes: int = 0
     index_session: str | None = None
+    # Why the index could not be read (FIFO, too large…); the job itself may still be fine.
+    index_problem: str = ""
 
     @property
     def expires_at(self) -> datetime | None:
@@ -109,19 +118,83 @@ class JobFile:
         return expires is not None and now >= expires
 
 
-def _read_regular_file(path: Path, *, limit: int) -> bytes:
-    """Read a regular file without following a symlink at its last component."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+class Unreadable(Exception):
+    """A file the panel will not or cannot read, with the reason for people and the bytes it
+    holds on disk (an over-large file still counts in the bytes held; a FIFO holds none)."""
+
+    def __init__(self, reason: str, *, size: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.size = size
+
+
+@dataclass(frozen=True)
+class FileRead:
+    raw: bytes
+    ident: tuple[int, int]  # (st_dev, st_ino)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+FILE_TYPES = [
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISLNK, "symlink"),
+]
+
+
+def file_type(mode: int) -> str:
+    return next((name for test, name in FILE_TYPES if test(mode)), "special file")
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"{humanize_bytes(size)}, larger than the {humanize_bytes(limit)} limit; not read"
+
+
+def read_regular_file(path: Path, *, limit: int) -> FileRead:
+    """Read a regular file; never blocks and never follows a symlink at its last component.
+
+    `lstat` first, so a FIFO (whose `open` waits for a writer for good), a socket, a device
+    or a folder is never opened; then `open` with O_NONBLOCK|O_NOFOLLOW and `fstat`, so a
+    FIFO swapped in between the two is not waited on either. A file that is not there
+    raises FileNotFoundError; anything else the panel will not read raises `Unreadable`."""
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # e.g. jobs_index is a file (ENOTDIR)
+        raise Unreadable(f"unreadable: {exc.strerror}") from None
+    if stat.S_ISLNK(before.st_mode):
+        raise Unreadable("symlink, not followed")
+    if not stat.S_ISREG(before.st_mode):
+        raise Unreadable(f"{file_type(before.st_mode)}, not a regular file")
+    if before.st_size > limit:
+        raise Unreadable(_too_large(before.st_size, limit), size=before.st_size)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        reason = "symlink, not followed" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}"
+        raise Unreadable(reason, size=before.st_size) from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidInput("not a regular file")
-        if st.st_size > limit:
-            raise InvalidInput(f"{st.st_size} bytes, larger than {limit}")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        if not stat.S_ISREG(st.st_mode):  # replaced between the lstat and the open
+            raise Unreadable(f"{file_type(st.st_mode)}, not a regular file")
+        chunks, read = [], 0
+        # Read at most one byte past the limit: a file growing while it is read is refused too.
+        while read <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - read))):
             chunks.append(chunk)
-        return b"".join(chunks)
+            read += len(chunk)
+        if read > limit:
+            size = max(read, st.st_size)
+            raise Unreadable(_too_large(size, limit), size=size)
+        return FileRead(raw=b"".join(chunks), ident=(st.st_dev, st.st_ino))
     finally:
         os.close(fd)
 
@@ -133,18 +206,20 @@ def read_job_file(*, session_id: str, path: Path, with_index: bool = True, for_m
     free-form fields the mirror keeps."""
     job_id = path.name[: -len(".json")]
     try:
-        raw = _read_regular_file(path, limit=MAX_JOB_FILE_BYTES)
-    except OSError as exc:
-        reason = "symlink, not followed" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}"
-        return JobFile(session_id=session_id, job_id=job_id, path=path, size=0, fingerprint="", problem=reason)
-    except InvalidInput as exc:
-        return JobFile(session_id=session_id, job_id=job_id, path=path, size=0, fingerprint="", problem=str(exc))
+        found = read_regular_file(path, limit=MAX_JOB_FILE_BYTES)
+    except (FileNotFoundError, Unreadable) as exc:
+        # Gone since its folder was listed, or a file that is not read (FIFO, too large…):
+        # an over-large file still counts its bytes.
+        size, problem = (exc.size, exc.reason) if isinstance(exc, Unreadable) else (0, "vanished while being read")
+        return JobFile(session_id=session_id, job_id=job_id, path=path, size=size, fingerprint="", problem=problem)
+    raw = found.raw
     job = JobFile(
         session_id=session_id,
         job_id=job_id,
         path=path,
         size=len(raw),
-        fingerprint=hashlib.sha256(raw).hexdigest(),
+        fingerprint=found.fingerprint,
+        ident=found.ident,
     )
     try:
         content = json.loads(raw)
@@ -192,29 +267,52 @@ def read_job_file(*, session_id: str, path: Path, with_index: bool = True, for_m
     return job
 
 
-def read_index(job: JobFile) -> None:
+@dataclass
+class IndexFile:
+    """`jobs_index/<job>.json` as found now: the session it names, or why it cannot be read."""
+
+    path: Path
+    size: int = 0
+    session_id: str | None = None
+    problem: str = ""
+    ident: tuple[int, int] | None = None
+    fingerprint: str = ""
+
+
+def read_index_file(job_id: str) -> IndexFile | None:
+    """The job's index, or None when there is none (or the id cannot name a file)."""
     try:
-        validate_id(job.job_id, kind="job id")
+        validate_id(job_id, kind="job id")
     except InvalidInput:
-        return
-    path = media_root() / INDEX_FOLDER / f"{job.job_id}.json"
+        return None
+    path = media_root() / INDEX_FOLDER / f"{job_id}.json"
     try:
-        raw = _read_regular_file(path, limit=1024 * 1024)
+        found = read_regular_file(path, limit=MAX_INDEX_FILE_BYTES)
     except FileNotFoundError:
-        return
-    except (OSError, InvalidInput):
-        job.index_path = path
-        job.index_session = None
-        return
-    job.index_path = path
-    job.index_bytes = len(raw)
+        return None
+    except Unreadable as exc:
+        return IndexFile(path=path, size=exc.size, problem=exc.reason)
+    index = IndexFile(path=path, size=len(found.raw), ident=found.ident, fingerprint=found.fingerprint)
     try:
-        content = json.loads(raw)
-        job.index_session = content.get("session_id") if isinstance(content, dict) else None
+        content = json.loads(found.raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        job.index_session = None
-    if job.index_session is not None and not isinstance(job.index_session, str):
-        job.index_session = None
+        return index
+    session = content.get("session_id") if isinstance(content, dict) else None
+    index.session_id = session if isinstance(session, str) else None
+    return index
+
+
+def read_index(job: JobFile) -> None:
+    index = read_index_file(job.job_id)
+    if index is None:
+        return
+    job.index_path = index.path
+    job.index_bytes = index.size
+    job.index_session = index.session_id
+    if index.problem:
+        # Not the job's problem: cleanup re-reads the index under the lock before touching it.
+        job.index_problem = index.problem
+        return
     if job.index_session != job.session_id and not job.problem:
         job.problem = f"index points at session {str(job.index_session)[:60]!r}"
 
@@ -267,7 +365,12 @@ def session_folders(*, session_id: str | None = None) -> Iterator[tuple[str, Pat
 def iter_job_files(jobs_folder: Path) -> Iterator[Path | Skipped]:
     """Job files of a session; a name that is not a valid job id is a Skipped (never a row:
     the id would be whatever bytes the name holds)."""
-    with os.scandir(jobs_folder) as entries:
+    try:
+        entries = os.scandir(jobs_folder)
+    except OSError as exc:  # removed or made unreadable since it was found
+        yield Skipped(printable(str(jobs_folder)), f"unreadable: {exc.strerror}")
+        return
+    with entries:
         for entry in entries:
             if not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
@@ -302,11 +405,19 @@ def output_file(session_id: str) -> tuple[Path, int]:
 def session_lock(jobs_folder: Path, *, wait: float = LOCK_WAIT_SECONDS):
     """Hold `<session>/jobs/.lock` exclusively; the mixing service may take the same lock."""
     path = jobs_folder / LOCK_NAME
+    with suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISLNK(mode):  # a device is never opened at all
+            raise InvalidInput(f"{path} cannot be used as a lock: a {file_type(mode)}; session left alone")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        # O_NONBLOCK: a FIFO put in place of the lock file must not hold the cleanup in open().
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as exc:  # a symlink (ELOOP), a folder (EISDIR), no permission…
         raise InvalidInput(f"{path} cannot be used as a lock: {exc.strerror}; session left alone") from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InvalidInput(f"{path} cannot be used as a lock: a {file_type(mode)}; session left alone")
         deadline = time.monotonic() + wait
         while True:
             try:

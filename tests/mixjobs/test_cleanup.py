@@ -11,6 +11,7 @@ import time_machine
 
 from apps.audit.models import AuditEvent, Operation
 from apps.mixjobs import files
+from apps.mixjobs.aside import SetAside
 from apps.mixjobs.services import cleanup as cleanup_service
 from apps.mixjobs.services import cleanup_expired_jobs, mixjobs_cleanup, session_lock
 from controlpanel.errors import InvalidInput
@@ -140,7 +141,7 @@ def test_huge_job_file_is_a_problem_not_a_memory_hog(clock, monkeypatch):
     monkeypatch.setattr(files, "MAX_JOB_FILE_BYTES", 1000)
     write_job("s1", "big", state="complete", updated_at=NOW - timedelta(hours=50), extra={"blob": "x" * 5000})
     report = mixjobs_cleanup(actor="tests", session_id="s1")
-    assert job_path("s1", "big").exists() and "larger than 1000" in report.skipped[0]["reason"]
+    assert job_path("s1", "big").exists() and "larger than the 1000 B limit" in report.skipped[0]["reason"]
 
 
 @pytest.mark.parametrize("session_id", ["..", "../etc", "a/b", "", "a\x00b", "x" * 200, "\u0430dmin"])
@@ -272,27 +273,43 @@ def test_naive_and_offset_times_are_both_utc(clock):
     assert cleanup_expired_jobs("s1") == 1
 
 
-def test_a_cleanup_that_dies_between_two_files_leaves_the_job_for_the_next_run(clock, monkeypatch):
-    write_job("s1", "old", state="complete", updated_at=NOW - timedelta(days=3))
-    original = cleanup_service._unlink_regular
+@pytest.mark.parametrize(
+    ("killed_at", "call"),
+    [((cleanup_service, "_claim"), 1), ((SetAside, "unlink"), 1), ((SetAside, "unlink"), 2)],
+    ids=["setting-the-job-aside", "before-any-unlink", "between-the-two-unlinks"],
+)
+def test_a_cleanup_killed_with_files_set_aside_is_finished_by_the_next_run(clock, monkeypatch, killed_at, call):
+    write_job("s1", "old", state="complete", updated_at=NOW - timedelta(days=3), output=False)
+    body = job_path("s1", "old").read_bytes()
+    original = getattr(*killed_at)
     calls = []
 
-    def die_after_first(path, **kwargs):
-        if calls:
+    def killed(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
             raise KeyboardInterrupt("the worker is killed here")
-        calls.append(path)
-        return original(path, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(cleanup_service, "_unlink_regular", die_after_first)
+    monkeypatch.setattr(*killed_at, killed)
     with pytest.raises(KeyboardInterrupt):
         cleanup_expired_jobs("s1")
-    # The index went first; the job file, which is what the next run looks for, is still there.
-    assert calls == [index_path("old")]
-    assert job_path("s1", "old").exists() and not index_path("old").exists()
+    jobs = media() / "s1" / "jobs"
+    set_aside = sorted(p.name for p in jobs.glob(".old.json*.panel-cleanup-*"))
+    # An index never outlives its job; the job's bytes are under its name or set aside.
+    assert job_path("s1", "old").exists() or not index_path("old").exists()
+    if call == 1:
+        held = [path.read_bytes() for path in [job_path("s1", "old"), *(jobs / n for n in set_aside)] if path.exists()]
+        assert body in held
+    else:
+        assert [name.split(".panel-cleanup-")[0] for name in set_aside] == [".old.json.index"]
 
-    monkeypatch.setattr(cleanup_service, "_unlink_regular", original)
-    assert cleanup_expired_jobs("s1") == 1
-    assert not job_path("s1", "old").exists() and not output_path("s1").exists()
+    monkeypatch.setattr(*killed_at, original)
+    report = mixjobs_cleanup(actor="tests", session_id="s1")
+    # The next run puts the files back, judges the job again and finishes it.
+    assert len(report.restored) == len(set_aside)
+    assert [job["job_id"] for job in report.deleted_jobs] == (["old"] if call == 1 else [])
+    assert not job_path("s1", "old").exists() and not index_path("old").exists()
+    assert [p.name for p in jobs.iterdir()] == [".lock"]
 
 
 def test_an_output_left_without_jobs_goes_once_older_than_any_ttl(clock):

@@ -1,8 +1,11 @@
 """Delete expired mix jobs by TTL, straight from the files (no sync needed first).
 
-Holds the session's lock file, re-reads each job just before deleting it, never follows a
-symlink, and writes one audit event per run. The dry run is the same walk without the
-unlinks; `mixjobs_cleanup_preview` turns it into the confirmation page's `Preview`.
+Holds the session's lock file, re-reads each job and its index just before deleting them,
+sets each file aside and proves it is the one judged before unlinking it
+(`apps.mixjobs.aside`: a writer that skips the lock cannot lose a fresh job), never follows
+a symlink, never opens anything but a regular file, and writes one audit event per run.
+The dry run is the same walk without the unlinks; `mixjobs_cleanup_preview` turns it into
+the confirmation page's `Preview`.
 """
 
 import os
@@ -19,8 +22,11 @@ from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import run_now
 from apps.audit.services import Actor, Progress, actor_parts, audit_record, operation_log
+from apps.mixjobs.aside import SetAside, index_aside_path, restore_set_aside, set_aside
 from apps.mixjobs.files import (
     LOCK_NAME,
+    MAX_INDEX_FILE_BYTES,
+    MAX_JOB_FILE_BYTES,
     STATES,
     JobFile,
     Skipped,
@@ -29,6 +35,7 @@ from apps.mixjobs.files import (
     output_path,
     outputs_root,
     read_index,
+    read_index_file,
     read_job_file,
     session_folders,
     session_lock,
@@ -53,6 +60,8 @@ class CleanupReport:
     bytes_reclaimed: int = 0
     skipped: list[dict] = field(default_factory=list)
     sessions_seen: int = 0
+    # Files a killed earlier run left set aside, and what this run did with each.
+    restored: list[str] = field(default_factory=list)
     actor: Any = None
     file_bytes: dict[str, int] = field(default_factory=dict)
     # Why each file goes, and (dry runs only) every job file kept: what the preview shows.
@@ -86,6 +95,7 @@ class CleanupReport:
             "bytes_reclaimed": self.bytes_reclaimed,
             "skipped": self.skipped,
             "sessions_seen": self.sessions_seen,
+            "restored": self.restored,
         }
 
     def as_result(self, *, itemised: bool = False) -> dict[str, Any]:
@@ -111,35 +121,100 @@ def _shown_name(path: Path | str) -> str:
     return str(path)
 
 
-def _unlink_regular(path: Path, *, root: Path, report: CleanupReport, dry_run: bool, why: str = "") -> int:
-    """Remove one regular file proven inside `root`; return the bytes it held (0 if skipped)."""
+def _removable(path: Path, *, root: Path, report: CleanupReport) -> os.stat_result | None:
+    """The lstat of a regular file proven inside `root` with no other name; None (and why,
+    in the report) for anything else."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return 0
+        return None
     if stat.S_ISLNK(st.st_mode):
         report.skip(path, "symlink, not followed")
-        return 0
+        return None
     if not stat.S_ISREG(st.st_mode):
         report.skip(path, "not a regular file")
-        return 0
+        return None
     if st.st_nlink > 1:
         # Another name (maybe outside every root) holds the same bytes: removing this one
         # would free nothing and change a file the panel does not own.
         report.skip(path, f"hard link ({st.st_nlink} names), left alone")
-        return 0
+        return None
     if not report.inside(path, root):
         report.skip(path, f"outside {root}")
-        return 0
-    if not dry_run:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return 0
-    report.deleted_files.append(str(path))
-    report.file_bytes[str(path)] = st.st_size
-    report.why[str(path)] = why
-    return st.st_size
+        return None
+    return st
+
+
+def _claim(
+    path: Path,
+    *,
+    root: Path,
+    report: CleanupReport,
+    ident: tuple[int, int] | None = None,
+    fingerprint: str | None = None,
+    limit: int = MAX_JOB_FILE_BYTES,
+) -> SetAside | None:
+    """Set aside one removable file, proven to be the file judged: `ident` and `fingerprint`
+    from its last read, or for a file never read (the output) the identity its lstat shows.
+    A dry run moves nothing (`aside` is None); None when the file stays, with why."""
+    st = _removable(path, root=root, report=report)
+    if st is None:
+        return None
+    if report.dry_run:
+        return SetAside(path=path, aside=None, size=st.st_size)
+    claimed = set_aside(path, ident=ident or (st.st_dev, st.st_ino), fingerprint=fingerprint, limit=limit)
+    if isinstance(claimed, str):
+        report.skip(path, claimed)
+        return None
+    return claimed
+
+
+def _finish(claimed: SetAside, *, report: CleanupReport, why: str) -> int:
+    """Unlink a file set aside (a dry run only records it); return the bytes it held."""
+    claimed.unlink()
+    return _record(claimed, report=report, why=why)
+
+
+def _record(claimed: SetAside, *, report: CleanupReport, why: str) -> int:
+    report.deleted_files.append(str(claimed.path))
+    report.file_bytes[str(claimed.path)] = claimed.size
+    report.why[str(claimed.path)] = why
+    return claimed.size
+
+
+def _claim_index(
+    job: JobFile, *, session_id: str, jobs_folder: Path, report: CleanupReport
+) -> tuple[bool, SetAside | None]:
+    """The job's index, read again now (under the lock), set aside if it still names this
+    session. Returns whether the job may go, and the index set aside: None when the index
+    stays (none, unreadable, or rewritten since the scan to name another session; the report
+    says why). An index rewritten while it was being set aside keeps its job too."""
+    index = read_index_file(job.job_id)
+    if index is None:
+        return True, None
+    if index.problem:
+        report.skip(index.path, f"index is {index.problem}; left alone")
+        return True, None
+    if index.session_id != session_id:
+        report.skip(index.path, f"index names session {str(index.session_id)[:60]!r}, left alone")
+        return True, None
+    st = _removable(index.path, root=media_root(), report=report)
+    if st is None:
+        return True, None
+    if report.dry_run:
+        return True, SetAside(path=index.path, aside=None, size=st.st_size)
+    claimed = set_aside(
+        index.path,
+        ident=index.ident,
+        fingerprint=index.fingerprint,
+        limit=MAX_INDEX_FILE_BYTES,
+        aside=index_aside_path(index.path, jobs_folder),
+    )
+    if isinstance(claimed, str):
+        report.skip(index.path, f"index {claimed}")
+        report.skip(job.path, "kept with its index, which changed while it was being removed")
+        return False, None
+    return True, claimed
 
 
 def _expiry(job: JobFile) -> str:
@@ -157,6 +232,9 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
     expired: list[JobFile] = []
     remaining = 0
     first_deleted = len(report.deleted_jobs)
+    if not report.dry_run:
+        for folder in (jobs_folder, output_path(session_id).parent):
+            report.restored += restore_set_aside(folder)
     for path in iter_job_files(jobs_folder):
         if isinstance(path, Skipped):
             report.skip(path.path, path.reason)
@@ -176,25 +254,34 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
             if report.dry_run:  # only a preview lists what stays; a real run keeps its pace
                 report.keep(path, job.size, _not_yet(job))
     for job in expired:
-        # Re-read just before deleting: a job rewritten since the scan is no longer the one we judged.
+        # Re-read just before deleting: a job rewritten since the scan is no longer the one
+        # judged, even when it is still expired (same content, not merely "still expired").
         again = read_job_file(session_id=session_id, path=job.path, with_index=False, for_mirror=False)
         if again.fingerprint != job.fingerprint or not again.is_expired(now):
             report.skip(job.path, "changed since it was scanned")
             remaining += 1
             continue
         why = f"{job.state} job {job.job_id}, expired {_expiry(job)}"
-        # The index goes first and the job file last: a run killed in between leaves the
-        # expired job file, so the next run finds the job and finishes it (the other order
-        # would leave an index file nothing points at).
-        reclaimed = 0
-        if job.index_path is not None and job.index_session == session_id:
-            reclaimed += _unlink_regular(
-                job.index_path, root=media_root(), report=report, dry_run=report.dry_run, why=f"index of the {why}"
-            )
-        elif job.index_path is not None:
-            report.skip(job.index_path, f"index names session {str(job.index_session)[:60]!r}, left alone")
-        reclaimed += _unlink_regular(job.path, root=media_root(), report=report, dry_run=report.dry_run, why=why)
-        report.bytes_reclaimed += reclaimed
+        # Both files are set aside, the index first, each proven to be the file just read;
+        # then the job is unlinked, then the index. At every moment an index has its job, and
+        # a run killed in between leaves files set aside that the next run puts back (or, for
+        # an index whose job is gone, removes).
+        proceed, index = _claim_index(job, session_id=session_id, jobs_folder=jobs_folder, report=report)
+        claimed = (
+            _claim(job.path, root=media_root(), report=report, ident=again.ident, fingerprint=again.fingerprint)
+            if proceed
+            else None
+        )
+        if claimed is None:
+            if index is not None:
+                index.put_back()  # the job stays (a writer restarted it): so does its index
+            remaining += 1
+            continue
+        claimed.unlink()
+        if index is not None:
+            index.unlink()
+            report.bytes_reclaimed += _record(index, report=report, why=f"index of the {why}")
+        report.bytes_reclaimed += _record(claimed, report=report, why=why)
         report.deleted_jobs.append({"session_id": session_id, "job_id": job.job_id, "state": job.state})
     _clean_output(session_id=session_id, remaining=remaining, any_expired=bool(expired), now=now, report=report)
     job_ids = [job["job_id"] for job in report.deleted_jobs[first_deleted:]]
@@ -220,7 +307,9 @@ def _clean_output(*, session_id: str, remaining: int, any_expired: bool, now: da
             reason = f"{plural(remaining, 'job')} of the session remain" if remaining else "younger than any job TTL"
             report.keep(path, None, f"the session's output; {reason}")
         return
-    report.bytes_reclaimed += _unlink_regular(path, root=outputs_root(), report=report, dry_run=report.dry_run, why=why)
+    claimed = _claim(path, root=outputs_root(), report=report)
+    if claimed is not None:
+        report.bytes_reclaimed += _finish(claimed, report=report, why=why)
 
 
 def _output_outlived_its_jobs(session_id: str, now: datetime) -> bool:

@@ -10,7 +10,15 @@ from django.utils import timezone
 
 from apps.audit.models import Operation
 from apps.audit.services import Actor, Progress, operation_log, storage_sample_record
-from apps.mixjobs.files import JobFile, Skipped, iter_job_files, output_file, read_job_file, session_folders
+from apps.mixjobs.files import (
+    JobFile,
+    Skipped,
+    iter_job_files,
+    output_file,
+    printable,
+    read_job_file,
+    session_folders,
+)
 from apps.mixjobs.models import MixJob
 from apps.mixjobs.selectors import SAMPLE_DOMAIN, SAMPLE_SUBJECT, mixjobs_totals_forget
 from controlpanel.formatting import humanize_bytes
@@ -110,6 +118,9 @@ def mixjobs_sync(*, actor: Actor, operation: Operation | None = None) -> dict[st
             if len(job.job_id) > 128:
                 skipped.append(Skipped(str(path), "job id longer than 128 characters"))
                 continue
+            if job.index_problem:
+                # The job's row is fine; its index is a FIFO, too large… and shown as skipped.
+                skipped.append(Skipped(printable(str(job.index_path)), f"index is {job.index_problem}"))
             batch.append(_row(job, output=output, now=started, token=token))
             seen += 1
             problems += bool(job.problem)
