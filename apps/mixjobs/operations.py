@@ -5,6 +5,7 @@ Pages, the admin, the CLI, schedules and `cleanup_expired_jobs` start them throu
 services below directly.
 """
 
+from apps.audit.holds import hold_refuse
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import OperationKind, Schedule
@@ -53,6 +54,8 @@ def run_cleanup_session(operation: Operation) -> dict:
 
 def check_session(target_id: str, params: dict) -> None:
     validate_id(target_id, kind="session id")
+    # Asking for one session's cleanup is a manual deletion: refused while it is on hold.
+    hold_refuse(target_type=TargetType.MIXJOB_SESSION, target_id=target_id, what=f"mix-job session {target_id}")
 
 
 MIXJOBS_SYNC = OperationKind(

@@ -61,6 +61,8 @@ def _run(request, *, policy: str, session_ids: list[str] = ()) -> JsonResponse:
     if result.get("skipped"):
         # Sessions that could not be read or removed, each with its reason; the rest went on.
         answer["skipped"] = result["skipped"]
+    if result.get("on_hold"):
+        answer["on_hold"] = result["on_hold"]  # due, but a person put them on hold
     return JsonResponse(answer)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from apps.audit.holds import ON_HOLD, held_ids, hold_for
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import run_now
@@ -338,12 +339,18 @@ def mixjobs_cleanup(
     now = timezone.now()
     report = CleanupReport(dry_run=dry_run, actor=actor)
     progress = Progress(operation, unit="sessions")
+    held = held_ids(target_type=TargetType.MIXJOB_SESSION)
     for item in session_folders(session_id=session_id):
         if isinstance(item, Skipped):
             report.skip(item.path, item.reason)
             continue
         name, jobs_folder = item
         report.sessions_seen += 1
+        if name in held:
+            # A person put the session on hold: nothing of it goes, and the report says so.
+            report.skip(jobs_folder, ON_HOLD)
+            progress.advance(1)
+            continue
         if dry_run:
             _clean_session(session_id=name, jobs_folder=jobs_folder, now=now, report=report)
         else:
@@ -422,6 +429,9 @@ def cleanup_expired_jobs(session_id: str) -> int:
 
     Call it before enqueueing new work; it takes the session's lock file, so hold that lock
     yourself while writing job files and the two never meet half-way. It runs as an
-    operation (a row, an audit event) like every other cleanup; a bad id raises InvalidInput."""
+    operation (a row, an audit event) like every other cleanup; a bad id raises InvalidInput.
+    A session a person put on hold is kept: this routine call deletes nothing there."""
+    if hold_for(target_type=TargetType.MIXJOB_SESSION, target_id=session_id) is not None:
+        return 0
     operation = run_now(Kind.MIXJOBS_CLEANUP_SESSION, session_id, actor="mixing-service")
     return operation.result["deleted_jobs"]

@@ -117,6 +117,8 @@ def sessions_cleanup(
     if operation is not None:
         for line in skipped:
             operation_log(operation, f"skipped {line}")
+        for session in plan.held:
+            operation_log(operation, f"kept {session.session_id}: on hold")
     removed, failure = _remove(
         backend=backend, sessions=plan.to_delete, volume=plan.volume, operation=operation, skipped=skipped
     )
@@ -133,6 +135,7 @@ def sessions_cleanup(
         "volume": plan.volume,
         "looked_at": len(plan.looked_at),
         "skipped": skipped,
+        "on_hold": [s.session_id for s in plan.held],
     }
     reason = f"cleanup policy {chosen.name}" + (f" by {actor_name}" if actor_name else "")
     with transaction.atomic():

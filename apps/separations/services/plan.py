@@ -13,6 +13,8 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from apps.audit.holds import ON_HOLD, held_ids, hold_refuse
+from apps.audit.names import TargetType
 from apps.separations.services.scan import SessionScan, session_scan, volume_scan
 from apps.volumes.backends import VolumeBackend
 from controlpanel.errors import InvalidInput
@@ -73,8 +75,11 @@ def cleanup_params_check(*, policy: str, session_ids: Sequence[str] = ()) -> tup
 
 
 def cleanup_check(target_id: str, params: dict[str, Any]) -> None:
-    """The cleanup kind's `check`: a bad policy or id leaves no operation behind."""
-    cleanup_params_check(policy=params.get("policy", ""), session_ids=params.get("session_ids") or ())
+    """The cleanup kind's `check`: a bad policy or id, or a named session on hold, leaves no
+    operation behind."""
+    _, ids = cleanup_params_check(policy=params.get("policy", ""), session_ids=params.get("session_ids") or ())
+    for session_id in ids:
+        hold_refuse(target_type=TargetType.SEPARATION_SESSION, target_id=session_id, what=f"session {session_id}")
 
 
 def _oldest_first(session: SessionScan):
@@ -99,6 +104,8 @@ class CleanupPlan:
     not_ids: list[str] = field(default_factory=list)
     # Due or named, but holding folders that could not be read: skipped with the reason.
     unreadable: list[SessionScan] = field(default_factory=list)
+    # Due, but a person put them on hold: kept, and said so.
+    held: list[SessionScan] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -110,6 +117,7 @@ class CleanupPlan:
             self.not_ids
             + [f"{s.session_id} ({s.hard_links} hard-linked files, left alone)" for s in self.hard_linked]
             + self.skipped
+            + [f"{s.session_id} ({ON_HOLD})" for s in self.held]
         )
 
     @property
@@ -164,12 +172,20 @@ class CleanupPlan:
                 PreviewItem(name=s.session_id, bytes=s.total_bytes, why=f"{UNREADABLE_WHY} ({s.problems})", path=s.path)
                 for s in self.unreadable
             ]
+            + [PreviewItem(name=s.session_id, bytes=s.total_bytes, why=ON_HOLD, path=s.path) for s in self.held]
             + [PreviewItem(name=name, why="not a session id: never touched") for name in self.not_ids],
         )
 
 
 def _sorted_out(due: list[SessionScan]) -> dict[str, list[SessionScan]]:
     """What of `due` is deleted, and what is left alone and why."""
+    held = held_ids(target_type=TargetType.SEPARATION_SESSION, target_ids=[s.session_id for s in due])
+    if held:
+        # A policy skips what a person put on hold (a manual batch naming one is refused earlier).
+        return {
+            **_sorted_out([s for s in due if s.session_id not in held]),
+            "held": [s for s in due if s.session_id in held],
+        }
     return {
         # Unreadable sessions are skipped: what they hold (hard links?) cannot be known.
         "unreadable": [s for s in due if s.unreadable],
