@@ -1,35 +1,147 @@
 """Report: faults injected and hostile inputs tried, and what survived them.
 
-    .venv/bin/python bench/faults.py                 # the reliability tests, then the table
+    .venv/bin/python bench/faults.py                 # the reliability tests and issue #15's cases, then the tables
     .venv/bin/python bench/faults.py -- -k sigkill   # pass pytest options after --
 
-Runs `pytest tests/reliability` (real dockerd, moto's S3 server, killed worker processes)
-with `FAULT_REPORT` pointing at a temporary file; every case records what it tried there
-(see tests/reliability/conftest.py), and this script prints:
+Runs `pytest tests/reliability` (real dockerd, S3 servers, killed worker processes) and the
+test files of issue #15's cases (CASES below) with `FAULT_REPORT` pointing at a temporary
+file. Every reliability case records what it tried there (see tests/reliability/conftest.py),
+and this file, loaded into the run as a pytest plugin, records every test's outcome. Printed:
 
+- issue #15's cases, one row each (the tests that prove it, by node-id pattern): tests run and
+  passed, hangs (failed by the per-test timeout), errored (a test that failed or errored, an
+  input not refused cleanly, a fault not survived), bytes lost, files touched outside the roots;
 - fault points tried, survived (invariants held and the retry finished), bytes lost;
-- bad inputs tried, rejected cleanly (a clear message, no traceback), files touched
-  outside the storage roots.
+- bad inputs tried, rejected cleanly (a clear message, no traceback), files touched outside roots.
 
-Exits non-zero when a test failed, when any byte was lost or any file outside a root was
-touched, or when nothing was recorded at all (a report of zero cases proves nothing).
+Exits non-zero when a test failed, when a case has no passing test (a row of zero tests proves
+nothing), when any byte was lost or any file outside a root was touched, or when nothing was
+recorded at all.
 """
 
 import argparse
+import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@dataclass(frozen=True)
+class Case:
+    """One of issue #15's cases and the tests that prove it: `path-glob` or `path-glob::name-regex`."""
+
+    label: str
+    tests: tuple[str, ...]
+
+    def matches(self, nodeid: str) -> bool:
+        path, _, name = nodeid.partition("::")
+        for pattern in self.tests:
+            glob, _, regex = pattern.partition("::")
+            if fnmatch.fnmatch(path, glob) and (not regex or re.search(regex, name)):
+                return True
+        return False
+
+    def matches_file(self, path: str) -> bool:
+        return any(fnmatch.fnmatch(path, pattern.partition("::")[0]) for pattern in self.tests)
+
+    def files(self) -> set[str]:
+        return {pattern.partition("::")[0] for pattern in self.tests}
+
+
+BAD_INPUT = "tests/reliability/test_bad_input.py"
+CASES = [
+    Case(
+        "FIFO and special files never block",
+        (
+            "tests/mixjobs/test_special_files.py::fifo|special|socket|json",
+            "tests/volumes/test_hostile_files.py::fifo",
+            "tests/separations/test_hostile_files.py::special_files",
+            f"{BAD_INPUT}::blocks_on_a_fifo",
+        ),
+    ),
+    Case(
+        "unreadable folder",
+        (
+            "tests/volumes/test_hostile_files.py::unreadable|cannot_read|at_least",
+            "tests/separations/test_hostile_files.py::unreadable|cannot_be_removed",
+        ),
+    ),
+    Case("vanishing root", ("tests/volumes/test_hostile_files.py::moves_during|removed_during",)),
+    Case(
+        "refused system roots",
+        ("tests/volumes/test_refused_urls.py::system|own_data|symlink|normalised|before_the_rule|mount",),
+    ),
+    Case("full snapshot store", ("tests/pods/test_snapshot_full.py",)),
+    Case("failed stream names its volume", ("tests/pods/test_snapshot_faults.py::names_the_volume",)),
+    # Rows below for mix jobs merged from the mix-job helper's proposal (tests/mixjobs).
+    Case(
+        "lock-less writer",
+        (
+            "tests/mixjobs/test_lockless_writer.py",
+            "tests/mixjobs/test_cleanup.py::killed_with_files_set_aside",
+            "tests/mixjobs/test_guards.py::renamed_in|newer_job",
+        ),
+    ),
+    Case("over-large job", ("tests/mixjobs/test_special_files.py::over_large",)),
+    Case(
+        "planted-bug guards",
+        ("tests/mixjobs/test_guards.py", "tests/pods/test_snapshot_faults.py::changed_in_the_store"),
+    ),
+    Case("login limiting", ("tests/dashboard/test_login.py", "tests/dashboard/test_login_race.py")),
+    Case("admin-form bad input", (f"{BAD_INPUT}::test_admin_",)),
+    Case(
+        "missing Modal volume",
+        (f"{BAD_INPUT}::modal_volume", "tests/volumes/test_refused_urls.py::missing_modal|modal_volume_deleted"),
+    ),
+    Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
+]
+
+# -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------
+
+_lock = threading.Lock()
+
+
+def _record(entry: dict) -> None:
+    path = os.environ.get("FAULT_REPORT")
+    if path:
+        with _lock, open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Every test's outcome, for the case rows (phases other than a passing setup/teardown)."""
+    if report.when != "call" and report.outcome == "passed":
+        return
+    timeout = "Timeout (>" in str(report.longrepr or "")
+    _record({"type": "outcome", "test": report.nodeid, "outcome": report.outcome, "timeout": timeout})
+
+
+def pytest_collectreport(report) -> None:
+    """A test file that cannot even be imported: its case shows it as errored."""
+    if report.failed:
+        _record({"type": "collect_error", "path": report.nodeid.partition("::")[0]})
+
+
+# -- the report half -----------------------------------------------------------------------------
+
+
 def run_tests(report: Path, extra: list[str]) -> int:
+    files = sorted({file for case in CASES for file in case.files() if (ROOT / file).exists()})
     env = {**os.environ, "FAULT_REPORT": str(report)}
-    command = [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider", *extra]
+    command = [sys.executable, "-m", "pytest", "tests/reliability", *files]
+    # This file is the plugin (`python -m` puts the checkout first on the path; bench/ is a
+    # namespace package, and must not be on the path itself: bench/inspect.py would shadow inspect).
+    # A case file that does not import yet shows as errored in its row; the others still run.
+    command += ["-q", "-p", "no:cacheprovider", "-p", "bench.faults", "--continue-on-collection-errors", *extra]
     return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
 
@@ -67,17 +179,54 @@ def _grouped(entries: list[dict], key: str, passed: str, harmed: str, *, total: 
     return [row(name, items) for name, items in sorted(groups.items())], row(total, entries)
 
 
+def test_outcomes(outcomes: list[dict]) -> dict[str, dict]:
+    """Per test: its final outcome (failed beats skipped beats passed) and whether it timed out."""
+    tests: dict[str, dict] = {}
+    rank = {"passed": 0, "skipped": 1, "failed": 2}
+    for entry in outcomes:
+        test = tests.setdefault(entry["test"], {"outcome": "passed", "timeout": False})
+        if rank[entry["outcome"]] > rank[test["outcome"]]:
+            test["outcome"] = entry["outcome"]
+        test["timeout"] = test["timeout"] or entry["timeout"]
+    return tests
+
+
+def case_rows(entries: list[dict]) -> tuple[list[list], bool]:
+    tests = test_outcomes([e for e in entries if e["type"] == "outcome"])
+    rows, ok = [], True
+    for case in CASES:
+        mine = {nodeid: t for nodeid, t in tests.items() if case.matches(nodeid)}
+        records = [e for e in entries if e["type"] in {"fault", "bad_input"} and case.matches(e["test"])]
+        broken = [e for e in entries if e["type"] == "collect_error" and case.matches_file(e["path"])]
+        passed = sum(t["outcome"] == "passed" for t in mine.values())
+        hangs = sum(t["timeout"] for t in mine.values())
+        errored = sum(t["outcome"] == "failed" and not t["timeout"] for t in mine.values())
+        errored += sum(not e.get("rejected", True) or not e.get("survived", True) for e in records) + len(broken)
+        lost = sum(e.get("lost_bytes", 0) for e in records)
+        touched = sum(e.get("touched_outside", 0) for e in records)
+        rows.append([case.label, len(mine) or "no test yet", passed, hangs, errored, lost, touched])
+        ok = ok and bool(mine) and passed == len(mine) and not (hangs or errored or lost or touched)
+    return rows, ok
+
+
 def summarise(entries: list[dict]) -> tuple[str, bool]:
     faults = [e for e in entries if e["type"] == "fault"]
     inputs = [e for e in entries if e["type"] == "bad_input"]
     ok = bool(faults) and bool(inputs)
 
+    cases, cases_ok = case_rows(entries)
     fault_rows, fault_total = _grouped(faults, "area", "survived", "lost_bytes", total="all fault points")
     input_rows, input_total = _grouped(inputs, "surface", "rejected", "touched_outside", total="all bad inputs")
-    ok = ok and fault_total[1] == fault_total[2] and fault_total[3] == 0
+    ok = ok and cases_ok and fault_total[1] == fault_total[2] and fault_total[3] == 0
     ok = ok and input_total[1] == input_total[2] and input_total[3] == 0
 
     lines = [
+        table(
+            ["issue #15 case", "tests", "passed", "hangs", "errored (traceback)", "bytes lost"]
+            + ["files touched outside roots"],
+            cases,
+        ),
+        "",
         table(["fault area", "points tried", "survived", "bytes lost"], fault_rows, fault_total),
         "",
         table(
@@ -87,6 +236,10 @@ def summarise(entries: list[dict]) -> tuple[str, bool]:
     failures = [e for e in faults if not e["survived"] or e["lost_bytes"]] + [
         e for e in inputs if not e["rejected"] or e["touched_outside"]
     ]
+    tests = test_outcomes([e for e in entries if e["type"] == "outcome"])
+    failed_tests = [f"{n}{' (timeout)' if t['timeout'] else ''}" for n, t in tests.items() if t["outcome"] == "failed"]
+    if failed_tests:
+        lines += ["", "Tests that failed:"] + [f"  {name}" for name in failed_tests[:30]]
     if failures:
         lines += ["", "Not survived / not rejected cleanly:"]
         lines += [f"  {e.get('point') or e.get('value')!r} ({e['test']})" for e in failures[:30]]
@@ -105,7 +258,10 @@ def main() -> int:
     print()
     print(text)
     verdict = "PASS" if ok and returncode == 0 else "FAIL"
-    print(f"\n{verdict}: pytest exit {returncode}; data lost and files touched outside roots must both be 0")
+    print(
+        f"\n{verdict}: pytest exit {returncode}; every case needs passing tests, and hangs, errors, "
+        "data lost and files touched outside roots must all be 0"
+    )
     return 0 if verdict == "PASS" else 1
 
 

@@ -1,17 +1,25 @@
-"""Benchmark: stop-with-snapshot to S3 against a naive baseline, in the same run.
+"""Benchmark: stop-with-snapshot and start-with-restore against the limits, in one run.
 
-Fills a pod's volumes with BENCH_BYTES (default 1 GiB: one large file plus 20,000 small
-files), then times
-  baseline: `docker cp` each of the eight volumes to a temp folder, tar it, `upload_file`;
-  ours:     `manage.py pods stop` (stream out of the stopped container, sha256, multipart
-            upload, manifest, verify, remove volumes) in its own process,
-and prints the ratio and the peak memory of the process that did our stop.
-Needs dockerd, busybox-static and moto (started here on 127.0.0.1). Not a test.
+    .venv/bin/python bench/snapshot.py --store file|s3|dedup     (BENCH_BYTES=4294967296 to scale up)
+
+Fills a pod's volumes with BENCH_BYTES (default 64 MiB: one large file plus BENCH_SMALL_FILES
+small ones), then times, beside each other:
+  read limit: `tar -cf - <volume folders> | cat > /dev/null` (the disk's speed; `cat` so that
+              tar cannot skip reading because its output is /dev/null);
+  naive stop: `docker cp` each volume out, `tar` it, upload it (`upload_file` to S3, a copy
+              into a folder for file and dedup), no verify, volumes left;
+  naive start: download (or read) each tar, `docker cp -` it into a fresh container;
+  ours:       `manage.py pods stop` and `manage.py pods start`, each in its own process (the
+              operation row's start-to-finish, and the process's peak RSS).
+For `--store dedup` (restic, `dedup+file://`), also: a second stop of the unchanged pod (bytes
+added and time, against the first), and ten pods from one image (a base of BENCH_BYTES/2 plus
+BENCH_BYTES/20 of their own each), all stopped: the store's growth against base + 10 × own.
+S3 is SeaweedFS (`weed mini`, started here on 127.0.0.1). Prints every ratio; exits 0.
 """
 
+import argparse
 import io
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -28,121 +36,253 @@ ROOT = Path(__file__).resolve().parents[1]
 # (bench/inspect.py) would shadow it once pytest or Django import it: use the root instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
-TOTAL_BYTES = int(os.environ.get("BENCH_BYTES", str(1024**3)))
-SMALL_FILES = int(os.environ.get("BENCH_SMALL_FILES", "20000"))
-SMALL_SIZE = 2048
 MIB = 1024 * 1024
+TOTAL_BYTES = int(os.environ.get("BENCH_BYTES", str(64 * MIB)))
+SMALL_FILES = int(os.environ.get("BENCH_SMALL_FILES", "2000"))
+SMALL_SIZE = 2048
+TEN_PODS = 10
+MOUNTS = ["/workspace", "/home", "/root", "/etc", "/usr/local", "/opt", "/var", "/srv"]
+NAMES = ["workspace", "home", "root", "etc", "usr-local", "opt", "var", "srv"]
 
 
 def small_files_tar() -> bytes:
-    """20,000 small files in a few folders, as a tar for put_archive (faster than a shell loop)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for n in range(SMALL_FILES):
             info = tarfile.TarInfo(f"small/d{n % 100:02d}/f{n:05d}.txt")
             payload = os.urandom(SMALL_SIZE)
-            info.size = len(payload)
-            info.mode = 0o644
+            info.size, info.mode = len(payload), 0o644
             tar.addfile(info, io.BytesIO(payload))
     return buffer.getvalue()
 
 
-def main() -> int:
-    # Credentials for the local S3 server only.
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    from tests.parts import BASE_IMAGE, S3Server, docker_client_or_none, ensure_base_image
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
-    client = docker_client_or_none()
-    if client is None:
-        print("dockerd is not reachable; start it first (see README)")
-        return 1
-    ensure_base_image(client)
-    work = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
-    s3 = S3Server()
-    s3.start()
-    bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    s3.client().create_bucket(Bucket=bucket)
-    env = {
-        **os.environ,
-        "VAR_DIR": str(work / "var"),
-        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
-        "SNAPSHOT_STORE_URL": f"s3://{bucket}/snapshots",
-        "AWS_ENDPOINT_URL": s3.endpoint_url,
-        "POD_IMAGE": BASE_IMAGE,
-        "POD_COMMAND": "/bin/sh",
-        "POD_STOP_TIMEOUT_SECONDS": "0",
-        "REDIS_URL": "",
-        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-    }
-    pod_id = f"bench{uuid.uuid4().hex[:8]}"
-    container = f"pinacle-pod-{pod_id}"
 
-    def manage(*args: str) -> None:
-        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+class Bench:
+    def __init__(self, store: str):
+        self.store = store
+        self.work = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
+        self.s3 = None
+        self.bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        self.pods: list[str] = []
+        self.images: list[str] = []
+        self.env = {
+            **os.environ,
+            "VAR_DIR": str(self.work / "var"),
+            "DATABASE_URL": f"sqlite:///{self.work / 'bench.sqlite3'}",
+            "POD_IMAGE": "pinacle-base:test",
+            "POD_COMMAND": "/bin/sh",
+            "POD_STOP_TIMEOUT_SECONDS": "0",
+            "REDIS_URL": "",
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        }
 
-    try:
-        manage("migrate", "--noinput")
-        manage("pods", "provision", pod_id)
-        small = small_files_tar()
-        large_bytes = max(0, TOTAL_BYTES - SMALL_FILES * SMALL_SIZE)
-        client.api.put_archive(container, "/workspace", small)
-        client.containers.get(container).exec_run(
-            ["sh", "-c", f"head -c {large_bytes} /dev/urandom > /home/large.bin"], detach=False
+    # --- parts --------------------------------------------------------------------------
+
+    def store_up(self) -> None:
+        if self.store == "s3":
+            from tests.parts import SeaweedFSServer
+
+            self.s3 = SeaweedFSServer()
+            self.s3.start()
+            self.s3.client().create_bucket(Bucket=self.bucket)
+            self.env.update(
+                SNAPSHOT_STORE_URL=f"s3://{self.bucket}/snapshots",
+                AWS_ENDPOINT_URL=self.s3.endpoint_url,
+                AWS_ACCESS_KEY_ID=self.s3.ACCESS_KEY,
+                AWS_SECRET_ACCESS_KEY=self.s3.SECRET_KEY,
+                AWS_DEFAULT_REGION="us-east-1",
+            )
+        elif self.store == "dedup":
+            key = self.work / "snapshot.key"
+            key.write_text(uuid.uuid4().hex)
+            self.env.update(SNAPSHOT_STORE_URL=f"dedup+file://{self.work / 'repo'}", SNAPSHOT_KEY_FILE=str(key))
+        else:
+            self.env.update(SNAPSHOT_STORE_URL=f"file://{self.work / 'store'}")
+
+    def manage(self, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, stdout=subprocess.DEVNULL
         )
-        print(f"pod {pod_id}: {large_bytes / MIB:.0f} MiB large file + {SMALL_FILES} small files")
 
-        # Baseline: docker cp → folder, tar, upload_file; volume by volume.
-        mounts = ["/workspace", "/home", "/root", "/etc", "/usr/local", "/opt", "/var", "/srv"]
+    def timed_manage(self, *args: str) -> tuple[float, float]:
+        """(the operation's own seconds, peak RSS MiB) of `manage.py pods <action> <pod>`."""
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL
+        )
+        _pid, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"`manage.py {' '.join(args)}` failed")
+        with sqlite3.connect(self.work / "bench.sqlite3") as db:
+            started, finished = db.execute(
+                "SELECT started_at, finished_at FROM audit_operation WHERE kind = ? ORDER BY id DESC LIMIT 1",
+                (f"pod.{args[1]}",),
+            ).fetchone()
+        seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+        return seconds, usage.ru_maxrss / 1024
+
+    def snapshot_row(self, pod_id: str) -> tuple[int, int]:
+        with sqlite3.connect(self.work / "bench.sqlite3") as db:
+            return db.execute(
+                "SELECT s.total_bytes, s.stored_bytes FROM pods_snapshot s JOIN pods_pod p ON p.id = s.pod_id "
+                "WHERE p.pod_id = ? AND s.status = 'complete' ORDER BY s.id DESC LIMIT 1",
+                (pod_id,),
+            ).fetchone()
+
+    def provision(self, image: str | None = None) -> str:
+        pod_id = f"bench{uuid.uuid4().hex[:8]}"
+        self.pods.append(pod_id)
+        self.manage("pods", "provision", pod_id, *(["--image", image] if image else []))
+        return pod_id
+
+    # --- the naive ways and the limit ------------------------------------------------------
+
+    def read_limit(self, client, pod_id: str) -> float:
+        folders = [client.volumes.get(f"pinacle-vol-{pod_id}-{name}").attrs["Mountpoint"] for name in NAMES]
         started = time.monotonic()
-        s3client = s3.client()
-        for mount in mounts:
-            folder = work / "baseline" / mount.strip("/").replace("/", "-")
+        with open(os.devnull, "wb") as null:
+            tar = subprocess.Popen(["tar", "-cf", "-", *folders], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            subprocess.run(["cat"], stdin=tar.stdout, stdout=null, check=False)
+            tar.stdout.close()
+            tar.wait()
+        return time.monotonic() - started
+
+    def naive_stop(self, pod_id: str) -> float:
+        container = f"pinacle-pod-{pod_id}"
+        out = self.work / "naive"
+        started = time.monotonic()
+        for mount in MOUNTS:
+            folder = out / mount.strip("/").replace("/", "-")
             folder.mkdir(parents=True)
             subprocess.run(["docker", "cp", f"{container}:{mount}", str(folder)], check=True)
             archive = folder.with_suffix(".tar")
             subprocess.run(["tar", "-C", str(folder), "-cf", str(archive), "."], check=True)
-            s3client.upload_file(str(archive), bucket, f"baseline/{archive.name}")
+            if self.s3 is not None:
+                self.s3.client().upload_file(str(archive), self.bucket, f"naive/{archive.name}")
+                archive.unlink()
             shutil.rmtree(folder)
-            archive.unlink()
-        baseline = time.monotonic() - started
-        # Free the baseline's copies in the S3 server before our run.
-        for obj in s3client.list_objects_v2(Bucket=bucket, Prefix="baseline/").get("Contents", []):
-            s3client.delete_object(Bucket=bucket, Key=obj["Key"])
+        return time.monotonic() - started
 
-        # Ours, in its own process so its peak memory is its own.
-        started = time.monotonic()
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "pods", "stop", pod_id], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+    def naive_start(self, client) -> float:
+        scratch = client.containers.create("pinacle-base:test", command=["/bin/sh"])
+        out = self.work / "naive"
+        try:
+            started = time.monotonic()
+            for mount in MOUNTS:
+                archive = out / (mount.strip("/").replace("/", "-") + ".tar")
+                if self.s3 is not None:
+                    self.s3.client().download_file(self.bucket, f"naive/{archive.name}", str(archive))
+                with open(archive, "rb") as body:
+                    subprocess.run(["docker", "cp", "-", f"{scratch.id}:{mount}"], stdin=body, check=True)
+                archive.unlink()
+            return time.monotonic() - started
+        finally:
+            scratch.remove(force=True)
+
+    # --- dedup: ten pods from one image ------------------------------------------------------
+
+    def ten_pods(self, client) -> tuple[int, int]:
+        base, own = TOTAL_BYTES // 2, TOTAL_BYTES // 20
+        tag = f"pinacle-bench-base:{uuid.uuid4().hex[:8]}"
+        builder = client.containers.create("pinacle-base:test", command=["/bin/sh"])
+        try:
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                info = tarfile.TarInfo("opt/base.bin")
+                info.size, info.mode = base, 0o644
+                tar.addfile(info, io.BytesIO(os.urandom(base)))
+            builder.put_archive("/", buffer.getvalue())
+            builder.commit(repository=tag.split(":")[0], tag=tag.split(":")[1])
+            self.images.append(tag)
+        finally:
+            builder.remove(force=True)
+        before = folder_bytes(self.work / "repo")
+        for _ in range(TEN_PODS):
+            pod_id = self.provision(image=tag)
+            client.containers.get(f"pinacle-pod-{pod_id}").exec_run(
+                ["sh", "-c", f"head -c {own} /dev/urandom > /workspace/own.bin"]
+            )
+            self.manage("pods", "stop", pod_id)
+        return folder_bytes(self.work / "repo") - before, base + TEN_PODS * own
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from tests.parts import docker_client_or_none, ensure_base_image
+
+        client = docker_client_or_none()
+        if client is None:
+            print("dockerd is not reachable; start it first (see README)")
+            return
+        ensure_base_image(client)
+        self.store_up()
+        self.manage("migrate", "--noinput")
+        pod_id = self.provision()
+        container = f"pinacle-pod-{pod_id}"
+        client.api.put_archive(container, "/workspace", small_files_tar())
+        large = max(0, TOTAL_BYTES - SMALL_FILES * SMALL_SIZE)
+        client.containers.get(container).exec_run(["sh", "-c", f"head -c {large} /dev/urandom > /home/large.bin"])
+        client.api.stop(container, timeout=0)
+        print(f"store {self.store}: pod of {large / MIB:.0f} MiB large file + {SMALL_FILES} small files")
+
+        limit = self.read_limit(client, pod_id)
+        naive_stop = self.naive_stop(pod_id)
+        naive_start = self.naive_start(client)
+        stop, stop_rss = self.timed_manage("pods", "stop", pod_id)
+        start, start_rss = self.timed_manage("pods", "start", pod_id)
+        total, stored = self.snapshot_row(pod_id)
+        print(f"read limit (tar | cat > /dev/null):   {limit:7.2f} s")
+        print(f"naive stop (docker cp + tar + upload): {naive_stop:7.2f} s")
+        print(f"naive start (download + docker cp in): {naive_start:7.2f} s")
+        print(f"our stop (stream, sha256, verify, remove): {stop:7.2f} s, peak RSS {stop_rss:.0f} MiB")
+        print(f"our start (restore, sha256 checked):       {start:7.2f} s, peak RSS {start_rss:.0f} MiB")
+        print(f"ratio stop/naive stop:  {stop / naive_stop:.2f}x (target ≤ 0.8 for s3)")
+        print(f"ratio stop/read limit:  {stop / max(limit, 1e-3):.2f}x (target ≤ 2)")
+        print(f"ratio start/naive start: {start / naive_start:.2f}x (target ≤ 1)")
+        print(f"peak RSS: {max(stop_rss, start_rss):.0f} MiB (target ≤ 200 MiB at 4 GiB)")
+        print(f"stored {stored} of {total} bytes read ({stored / max(total, 1):.3f})")
+        if self.store != "dedup":
+            return
+        second, _rss = self.timed_manage("pods", "stop", pod_id)
+        total2, stored2 = self.snapshot_row(pod_id)
+        print(f"dedup second stop of the unchanged pod: {second:7.2f} s, added {stored2} of {total2} bytes")
+        print(f"ratio second stop added/pod bytes: {stored2 / max(total2, 1):.4f} (target ≤ 0.02)")
+        print(f"ratio second stop/first stop time: {second / stop:.2f}x (target ≤ 0.5)")
+        grown, expected = self.ten_pods(client)
+        print(
+            f"ten pods from one image: store grew {grown / MIB:.1f} MiB for base + 10 × own = {expected / MIB:.1f} MiB"
         )
-        _pid, status, usage = os.wait4(process.pid, 0)
-        ours = time.monotonic() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            print("our stop failed; see the output above")
-            return 1
-        peak_mib = usage.ru_maxrss / 1024  # kilobytes on Linux
-        # The worker's own view: from claiming the operation to finishing it (a running
-        # qcluster worker has Django, boto3 and docker imported already, like this script).
-        with sqlite3.connect(work / "bench.sqlite3") as db:
-            started_at, finished_at = db.execute(
-                "SELECT started_at, finished_at FROM audit_operation WHERE kind = 'pod.stop'"
-            ).fetchone()
-        worker = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()
+        print(f"ratio store/(base + 10 × own): {grown / expected:.2f}x (target ≤ 1.5)")
 
-        print(f"baseline (docker cp + tar + upload_file, no verify, volumes left): {baseline:6.1f} s")
-        print(f"ours: stop + stream + sha256 + multipart + verify + remove volumes: {worker:6.1f} s")
-        print(f"      (the whole `manage.py pods stop` process, start-up included: {ours:6.1f} s)")
-        print(f"ratio baseline/ours: {baseline / worker:.2f}x ({'faster' if worker < baseline else 'SLOWER'})")
-        print(f"peak memory of the stop process: {peak_mib:.0f} MiB (target < 200 MiB)")
-        print(f"bench process peak: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-        return 0 if worker < baseline and peak_mib < 200 else 1
+    def close(self) -> None:
+        for pod_id in self.pods:
+            subprocess.run(["docker", "rm", "-f", f"pinacle-pod-{pod_id}"], capture_output=True)
+            for name in NAMES:
+                subprocess.run(["docker", "volume", "rm", "-f", f"pinacle-vol-{pod_id}-{name}"], capture_output=True)
+        for tag in self.images:
+            subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+        if self.s3 is not None:
+            self.s3.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["file", "s3", "dedup"], default="s3")
+    args = parser.parse_args()
+    bench = Bench(args.store)
+    started = time.monotonic()
+    try:
+        bench.run()
     finally:
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
-        for name in ["workspace", "home", "root", "etc", "usr-local", "opt", "var", "srv"]:
-            subprocess.run(["docker", "volume", "rm", "-f", f"pinacle-vol-{pod_id}-{name}"], capture_output=True)
-        s3.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        bench.close()
+    print(
+        f"bench process peak RSS: {__import__('resource').getrusage(0).ru_maxrss / 1024:.0f} MiB; "
+        f"run took {time.monotonic() - started:.0f} s"
+    )
+    return 0
 
 
 if __name__ == "__main__":

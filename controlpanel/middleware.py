@@ -1,5 +1,7 @@
 from django.conf import settings
-from django.http import HttpResponseForbidden
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpResponseBadRequest
 
 
 class StaffRequiredMiddleware:
@@ -16,11 +18,11 @@ class StaffRequiredMiddleware:
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         if not getattr(view_func, "login_required", True):
-            return None
+            return
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated and not user.is_staff:
-            return HttpResponseForbidden("This control panel is for staff accounts only.")
-        return None
+            raise PermissionDenied("This control panel is for staff accounts only.")
+        return
 
 
 class ContentSecurityPolicyMiddleware:
@@ -33,3 +35,45 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response
+
+
+class AdminActionIdsMiddleware:
+    """An admin action names its rows by primary key in the POST. Django's admin filters on
+    them as sent and fails with a 500 on one that cannot be a key (`../etc`, NUL, too big), or
+    reads a look-alike (`１`) as another row's key; such a request is refused here with a 400."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        model_admin = getattr(view_func, "model_admin", None)
+        if model_admin is None or request.method != "POST" or "action" not in request.POST:
+            return None
+        pk = model_admin.model._meta.pk
+        for value in request.POST.getlist(ACTION_CHECKBOX_NAME):
+            try:
+                # Converts and checks the range the database can hold, as a form field would;
+                # a key written another way (`１` for 1, ` 1`, `01`) stands for no row.
+                if "\x00" in value or str(pk.clean(value, None)) != value:
+                    raise ValidationError("not a key")
+            except ValidationError:
+                return HttpResponseBadRequest("The action names rows that cannot exist; nothing was done.")
+        return None
+
+
+class NulBytesMiddleware:
+    """A NUL byte is never part of an id or a filter, and PostgreSQL refuses it in any text it
+    is sent (a 500 from every list filter, admin search or id in a path that passes it on);
+    a URL that carries one is refused here with a 400, on every page and database alike."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        in_query = any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists())
+        if "\x00" in request.path_info or in_query:
+            return HttpResponseBadRequest("A NUL byte is not accepted in a URL.")
+        return self.get_response(request)

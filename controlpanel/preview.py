@@ -62,6 +62,7 @@ def confirm_page(
     cancel_url: str = "/",
     confirm_label: str = "Confirm",
     fields: list[tuple[str, str]] | tuple = (),
+    kind: str = "",
 ):
     """The confirmation page. A preview that was refused shows its one line with the status
     its error calls for (400 bad input, 404 unknown, 409 not now, 503 unreachable)."""
@@ -73,6 +74,9 @@ def confirm_page(
         "cancel_url": cancel_url,
         "confirm_label": confirm_label,
         "fields": list(fields),
+        # The kind of work the button asks for: a person who may not ask for it sees no
+        # live button (the page says why). Without it, the page goes by the person's role.
+        "kind": str(kind),
     }
     status = http_status(error) if error else 200
     return render(request, "confirm.html", context, status=status)

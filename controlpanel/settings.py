@@ -7,6 +7,7 @@ nowhere else: other modules use `django.conf.settings`.
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -92,6 +93,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
     "apps.audit",
     "apps.pods",
     "apps.separations",
@@ -105,13 +107,18 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "controlpanel.middleware.NulBytesMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "controlpanel.middleware.StaffRequiredMiddleware",
     "controlpanel.middleware.ContentSecurityPolicyMiddleware",
+    "controlpanel.middleware.AdminActionIdsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the page that says when to retry.
+    "apps.dashboard.ratelimit.login_limit_middleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "controlpanel.urls"
@@ -158,6 +165,21 @@ LOGOUT_REDIRECT_URL = "login"
 # Failed logins allowed per username and per client address within the window.
 LOGIN_RATE_LIMIT = envint("LOGIN_RATE_LIMIT", 5)
 LOGIN_RATE_WINDOW_SECONDS = envint("LOGIN_RATE_WINDOW_SECONDS", 300)
+# django-axes counts the failures in the database (a row per username, address and browser,
+# incremented under a row lock, so concurrent failures are never lost) and lists them in the admin.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = LOGIN_RATE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_RATE_WINDOW_SECONDS)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_USERNAME_CALLABLE = "apps.dashboard.ratelimit.login_username"
+AXES_LOCKOUT_CALLABLE = "apps.dashboard.ratelimit.login_locked_out"
+# Attempts while locked out are refused without counting, so "try again in N minutes" stays true.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success clears that username's failures only (the view does it), never the address's.
+AXES_RESET_ON_SUCCESS = False
+# No start-up banner on every manage.py command; failures are still logged as warnings.
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -221,8 +243,12 @@ DOCKER_HOST = envstr("DOCKER_HOST", "unix:///var/run/docker.sock")
 DOCKER_TIMEOUT_SECONDS = envint("DOCKER_TIMEOUT_SECONDS", 60)
 POD_IMAGE = envstr("POD_IMAGE", "pinacle-base:latest")
 POD_ORPHAN_GRACE_MINUTES = envint("POD_ORPHAN_GRACE_MINUTES", 60)
+# Seconds the size schedule may walk volumes on each host per run (hosts run at once).
+POD_SIZE_BUDGET_SECONDS = envint("POD_SIZE_BUDGET_SECONDS", 20)
 SNAPSHOT_RETENTION = envint("SNAPSHOT_RETENTION", 3)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
+# The repository key of a dedup+… store: a file, never the database (lose it, lose the snapshots).
+SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")
 AWS_ENDPOINT_URL = envstr("AWS_ENDPOINT_URL")
 AWS_REGION = envstr("AWS_REGION", envstr("AWS_DEFAULT_REGION", "us-east-1"))
 # A store that does not answer within these is unreachable; botocore retries a request
@@ -294,7 +320,7 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}, "apprise": {"level": "WARNING"}},
 }
 
-# Cache: shared by web and workers (login rate limiting, short-lived page data).
+# Cache: shared by web and workers (short-lived page data).
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:

@@ -23,3 +23,8 @@ urlpatterns = [
     path("volumes/", include("apps.volumes.urls")),
     path("", include("apps.dashboard.urls")),
 ]
+
+# The panel's own error pages, with its navigation (apps/dashboard/error_pages.py).
+handler403 = "apps.dashboard.error_pages.permission_denied"
+handler404 = "apps.dashboard.error_pages.page_not_found"
+handler500 = "apps.dashboard.error_pages.server_error"

@@ -22,6 +22,17 @@ class Leak:
     fix_label: str
 
 
+@dataclass(frozen=True)
+class Attention:
+    """One thing that needs a person, for the strip that opens the overview: a stalled job,
+    a problem file, a volume unsynced, unreachable or over budget. `severity` is "error"
+    (something failed or is lost) or "warning" (something to look at)."""
+
+    label: str
+    url: str = ""
+    severity: str = "warning"
+
+
 @dataclass
 class OverviewSection:
     """One card of the overview: what a domain holds, a few figures, and its leaks."""
@@ -32,6 +43,7 @@ class OverviewSection:
     rows: list[tuple[str, Any]] = field(default_factory=list)
     leaks: list[Leak] = field(default_factory=list)
     error: str = ""
+    attention: list[Attention] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,15 @@ from apps.audit.models import AuditEvent, Operation
 from apps.audit.operations import retry as operation_retry
 from apps.audit.overview import bytes_held, bytes_leaked
 from apps.dashboard import ratelimit
-from apps.dashboard.selectors import in_flight_context, leak_rows, overview_figures, recent_charts
+from apps.dashboard.selectors import (
+    attention_items,
+    in_flight_context,
+    leak_rows,
+    operation_kinds,
+    operations_filtered,
+    overview_figures,
+    recent_charts,
+)
 from controlpanel.errors import PanelError
 
 PAGE_SIZE = 50
@@ -19,28 +27,14 @@ PAGE_SIZE = 50
 
 @method_decorator(login_not_required, name="dispatch")
 class RateLimitedLoginView(auth_views.LoginView):
-    """The login page, refusing further attempts after too many failures."""
+    """The login page. django-axes counts its failures and, past the limit, answers with
+    `ratelimit.login_locked_out` (429, saying when to retry) whatever the password."""
 
     template_name = "registration/login.html"
     redirect_authenticated_user = True
 
-    def _who(self):
-        return {"username": self.request.POST.get("username", ""), "address": self.request.META.get("REMOTE_ADDR", "")}
-
-    def post(self, request, *args, **kwargs):
-        if ratelimit.login_blocked(**self._who()):
-            form = self.get_form()
-            form.errors.clear()
-            form.add_error(None, "Too many failed logins. Wait a few minutes and try again.")
-            return self.render_to_response(self.get_context_data(form=form), status=429)
-        return super().post(request, *args, **kwargs)
-
-    def form_invalid(self, form):
-        ratelimit.login_failed(**self._who())
-        return super().form_invalid(form)
-
     def form_valid(self, form):
-        ratelimit.login_succeeded(**self._who())
+        ratelimit.login_succeeded(username=form.get_user().get_username())
         return super().form_valid(form)
 
 
@@ -50,6 +44,7 @@ def overview(request):
     leaks = leak_rows(sections)
     context = {
         "sections": sections,
+        "attention": attention_items(sections, leaks),
         "figures_at": figures_at,
         "leaks": leaks[:10],
         "leak_count": len(leaks),
@@ -87,16 +82,16 @@ def leaks(request):
 
 @require_safe
 def operations(request):
-    """The task panel: work in flight, recent outcomes, schedules and failed queue tasks."""
-    queryset = Operation.objects.all()
-    status = request.GET.get("status", "")
-    if status in Operation.Status.values:
-        queryset = queryset.filter(status=status)
+    """The task panel: work of every kind, newest first, filtered by kind, target, actor
+    and status; routine schedule successes hidden unless asked for. Then the schedules and
+    the queue's own failures."""
+    queryset, filters = operations_filtered(request.GET)
     page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {
         "page": page,
-        "status": status,
+        "filters": filters,
         "statuses": Operation.Status.choices,
+        "kinds": operation_kinds(),
         "schedules": Schedule.objects.order_by("next_run")[:50],
         "queue_failures": Failure.objects.order_by("-stopped")[:20],
     }

@@ -1,6 +1,9 @@
 """Admin: hosts are edited here; pods change only through actions that ask for the same
 operation kinds as the pages, after the same confirmation page."""
 
+from urllib.parse import urlsplit
+
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 
@@ -14,8 +17,24 @@ from controlpanel.formatting import plural
 from controlpanel.preview import Preview, PreviewItem, confirm_page, is_confirmed
 
 
+class DockerHostForm(forms.ModelForm):
+    class Meta:
+        model = DockerHost
+        fields = ["name", "base_url"]
+
+    def clean_base_url(self):
+        url = self.cleaned_data["base_url"].strip()
+        parsed = urlsplit(url)
+        if parsed.scheme not in {"unix", "tcp", "ssh"} or not (parsed.netloc or parsed.path.strip("/")):
+            raise forms.ValidationError(
+                "An engine URL is unix:///path/docker.sock, tcp://host:port or ssh://user@host."
+            )
+        return url
+
+
 @admin.register(DockerHost)
 class DockerHostAdmin(admin.ModelAdmin):
+    form = DockerHostForm
     list_display = ["name", "base_url", "reachable", "checked_at", "last_error"]
     readonly_fields = ["reachable", "checked_at", "last_error"]
 

@@ -4,6 +4,9 @@ Every call turns an engine failure into a PanelError with one line naming the ho
 service never sees a raw `requests`/`docker` exception for an expected problem.
 """
 
+import logging
+import math
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +22,11 @@ from docker.types import Mount
 
 from controlpanel.errors import PanelError, Unreachable
 
+logger = logging.getLogger(__name__)
+
 CHUNK_SIZE = 1024 * 1024
+# Marks the short-lived containers that measure volume sizes (never a pod's container).
+HELPER_LABEL = "pinacle.helper"
 
 
 class DockerFailure(PanelError):
@@ -31,6 +38,12 @@ class VolumeInfo:
     name: str
     labels: dict[str, str]
     created_at: datetime | None
+
+
+@dataclass
+class VolumeSizes:
+    sizes: dict[str, int]  # bytes of each volume measured
+    walked: list[str]  # every volume the helper started on, measured or cut off by the budget
 
 
 @dataclass
@@ -50,6 +63,9 @@ class DockerEngine:
         self.base_url = base_url
         self.timeout = timeout or settings.DOCKER_TIMEOUT_SECONDS
         self._client: docker.DockerClient | None = None
+        self._volumes_root: str | None = None
+        # What making and starting the last size helper took (a first guess until then).
+        self.helper_seconds = 0.5
 
     @contextmanager
     def _errors(self, doing: str):
@@ -114,18 +130,98 @@ class DockerEngine:
             found.append(VolumeInfo(name=row["Name"], labels=row.get("Labels") or {}, created_at=created))
         return found
 
-    def volume_sizes(self, *, name_prefix: str) -> dict[str, int]:
-        """Bytes on disk per volume (`docker system df -v`; the engine walks the volumes)."""
-        with self._errors("measuring volumes"):
-            usage = self.client.df()
-        sizes = {}
-        for row in usage.get("Volumes") or []:
-            size = (row.get("UsageData") or {}).get("Size", -1)
-            if row["Name"].startswith(name_prefix) and size is not None and size >= 0:
-                sizes[row["Name"]] = size
-        return sizes
+    def volumes_measure(self, *, names: list[str], image: str, seconds: float) -> VolumeSizes:
+        """Bytes per volume (`du -sb`: apparent size of files and folders), as many of `names`
+        as one helper container walks, in order, within `seconds`; the rest are left out.
+
+        Only the volumes named are walked, never the whole host (`docker system df -v` walks
+        every file of every volume). The helper bind-mounts the engine's volumes folder
+        read-only instead of mounting each volume: it holds no reference to them, so a stop or
+        a deprovision removing a volume meanwhile is never refused as "volume in use"."""
+        if not names:
+            return VolumeSizes(sizes={}, walked=[])
+        begun = time.monotonic()
+        deadline = begun + seconds
+        folder = self._volumes_folder()
+        with self._errors("starting the volume size helper"):
+            host_config = self.client.api.create_host_config(
+                binds={folder: {"bind": "/vols", "mode": "ro"}}, network_mode="none"
+            )
+            helper = self.client.api.create_container(
+                image,
+                measure_command([f"{name}/_data" for name in names], seconds=seconds),
+                working_dir="/vols",
+                labels={HELPER_LABEL: "measure"},
+                host_config=host_config,
+            )["Id"]
+        try:
+            with self._errors("starting the volume size helper"):
+                self.client.api.start(helper)
+            # Stopping, reading and removing the helper take about as long as making it:
+            # keep that much of the budget for them.
+            self.helper_seconds = time.monotonic() - begun
+            try:
+                with self._errors("waiting for the volume size helper"):
+                    self.client.api.wait(helper, timeout=max(0.01, deadline - time.monotonic() - self.helper_seconds))
+                finished = True
+            except Unreachable:
+                finished = False
+                # The budget is spent (had the host gone, the kill says so): stop the helper
+                # and keep the lines it printed so far.
+                with self._errors("stopping the volume size helper"):
+                    try:
+                        self.client.api.kill(helper)
+                    except docker.errors.APIError:
+                        pass  # it exited meanwhile (not running)
+            with self._errors("reading the volume size helper"):
+                output = self.client.api.logs(helper, stdout=True, stderr=False)
+        finally:
+            self._helper_remove(helper)
+        sizes = _du_lines(output, names)
+        if finished:
+            return VolumeSizes(sizes=sizes, walked=list(names))
+        # du walks its paths in order: the one after the last it printed was cut off midway,
+        # those after that were never reached.
+        position = {name: index for index, name in enumerate(names)}
+        reached = max((position[name] for name in sizes), default=-1) + 2
+        return VolumeSizes(sizes=sizes, walked=names[:reached])
+
+    def _helper_remove(self, helper: str) -> None:
+        try:
+            with self._errors("removing the volume size helper"):
+                self.client.api.remove_container(helper, force=True)
+        except PanelError as exc:
+            # Not a reason to lose the sizes: the next run's `helpers_remove` takes it away.
+            logger.warning("%s", exc)
+
+    def helpers_remove(self) -> int:
+        """Remove size helpers a dead worker left behind (exited; a running one ends by itself)."""
+        with self._errors("listing volume size helpers"):
+            left = self.client.api.containers(all=True, filters={"label": HELPER_LABEL, "status": "exited"})
+            for row in left:
+                try:
+                    self.client.api.remove_container(row["Id"], force=True)
+                except docker.errors.NotFound:
+                    pass
+        return len(left)
+
+    def _volumes_folder(self) -> str:
+        if self._volumes_root is None:
+            with self._errors("asking where its volumes live"):
+                self._volumes_root = f"{self.client.info()['DockerRootDir'].rstrip('/')}/volumes"
+        return self._volumes_root
 
     # --- containers -----------------------------------------------------------------
+
+    def containers_list(self, *, label: str) -> dict[str, ContainerInfo]:
+        """Every container carrying `label`, by name, in one call (no inspect per container)."""
+        with self._errors("listing containers"):
+            rows = self.client.api.containers(all=True, filters={"label": label})
+        found = {}
+        for row in rows:
+            for name in row.get("Names") or []:
+                found[name.lstrip("/")] = ContainerInfo(id=row["Id"], name=name.lstrip("/"), status=row["State"])
+        return found
 
     def container_get(self, name: str) -> ContainerInfo | None:
         with self._errors(f"looking up container {name}"):
@@ -193,6 +289,29 @@ class DockerEngine:
     def _guarded(self, stream: Iterable[bytes], doing: str) -> Iterator[bytes]:
         with self._errors(doing):
             yield from stream
+
+
+# One `du` per volume: each line is out as soon as that volume is done. A single `du` over
+# every path buffers its output, and a kill at the budget would lose the lines not yet flushed.
+MEASURE_SCRIPT = 'for path in "$@"; do du -sb -- "$path"; done'
+
+
+def measure_command(paths: list[str], *, seconds: float) -> list[str]:
+    """What the size helper runs: `du` over the paths in order, killed by `timeout` a little
+    after the budget if nobody is left to kill it (its worker died)."""
+    return ["timeout", "-s", "KILL", str(math.ceil(seconds) + 30), "sh", "-c", MEASURE_SCRIPT, "measure", *paths]
+
+
+def _du_lines(output: bytes, names: list[str]) -> dict[str, int]:
+    """`size<TAB>name/_data` lines; a line cut off by the kill (no newline yet) is left out."""
+    wanted = set(names)
+    sizes = {}
+    for line in output.decode("utf-8", "replace").split("\n")[:-1]:
+        size, _, path = line.partition("\t")
+        name = path.removesuffix("/_data")
+        if name in wanted and size.isdigit():
+            sizes[name] = int(size)
+    return sizes
 
 
 def _short(exc: Exception) -> str:

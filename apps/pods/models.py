@@ -26,6 +26,9 @@ POD_LABEL = "pinacle.pod"
 VOLUME_LABEL = "pinacle.volume"
 # How storage samples, charts and the overview's leaks name the bytes pods hold.
 DOMAIN = "pods"
+# Storage samples of bytes a deduplicated snapshot store holds that no snapshot needs
+# (subject: the store's URL); the overview reports the latest of each as a leak.
+UNREFERENCED_DOMAIN = "pods-unreferenced"
 
 
 def volume_docker_name(pod_id: str, volume: str) -> str:
@@ -151,6 +154,9 @@ class PodVolume(models.Model):
     exists = models.BooleanField(default=False)
     size_bytes = models.BigIntegerField(null=True, blank=True)
     measured_at = models.DateTimeField(null=True, blank=True)
+    # When the size schedule last walked it, measured or cut off by its budget: the schedule
+    # takes the volumes looked at longest ago first (see `services.sizes`).
+    size_tried_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["pod", "id"]
@@ -190,6 +196,9 @@ class Snapshot(StateMachine, models.Model):
     # {volume: {"key": ..., "bytes": ..., "sha256": ...}} for each of the eight volumes.
     manifest = models.JSONField(default=dict, blank=True)
     total_bytes = models.BigIntegerField(default=0)
+    # Bytes this snapshot added to its store: the tars' size in a tar store, what restic
+    # added (new chunks only) in a dedup store. None for snapshots taken before it was kept.
+    stored_bytes = models.BigIntegerField(null=True, blank=True)
     # Estimated bytes to move (measured volume sizes) while uploading, for the progress bar.
     expected_bytes = models.BigIntegerField(null=True, blank=True)
     bytes_done = models.BigIntegerField(default=0)

@@ -9,6 +9,7 @@ from apps.audit.operations import OperationKind, Schedule
 from apps.pods import services
 from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAction
 from apps.pods.models import VOLUME_PREFIX
+from apps.pods.services.sizes import pods_measure
 from controlpanel.formatting import humanize_bytes, plural
 
 # --- running them ------------------------------------------------------------------------
@@ -34,6 +35,10 @@ def _on_pod(service):
 
 def _reconcile(operation: Operation) -> dict:
     return services.pods_reconcile(actor=operation.actor, operation=operation)
+
+
+def _measure(operation: Operation) -> dict:
+    return pods_measure(actor=operation.actor, operation=operation)
 
 
 def _sweep(operation: Operation) -> dict:
@@ -96,6 +101,22 @@ def _reconciled(result: dict) -> str:
         sentence += f"; {plural(len(hosts) - len(reachable), 'host')} unreachable"
     if result.get("resumed"):
         sentence += f"; {plural(len(result['resumed']), 'interrupted pod')} taken up again"
+    return sentence + "."
+
+
+def _measured(result: dict) -> str:
+    hosts = result.get("hosts", {})
+    measured = sum(report["measured"] for report in hosts.values())
+    cut_off = sum(report["cut_off"] for report in hosts.values())
+    sentence = (
+        f"{plural(measured, 'volume size')} measured on {plural(len(hosts), 'host')} "
+        f"within {result['budget_seconds']} s each"
+    )
+    if cut_off:
+        sentence += f"; {plural(cut_off, 'volume')} cut off by the budget (they keep their last size)"
+    failed = [name for name, report in hosts.items() if report["error"]]
+    if failed:
+        sentence += f"; not finished on {', '.join(failed)}"
     return sentence + "."
 
 
@@ -176,6 +197,14 @@ KINDS = [
         permission="pods.change_pod",
         audit_action=AuditAction.POD_RECONCILE,
         progress_unit="hosts",
+    ),
+    _pods_kind(
+        Kind.PODS_MEASURE,
+        _measure,
+        _measured,
+        Schedule("measure pod volume sizes", 5, "schedule:measure-pod-sizes"),
+        permission="pods.change_pod",
+        progress_unit="volumes",
     ),
     _pods_kind(
         Kind.PODS_SWEEP_ORPHANS,

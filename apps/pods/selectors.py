@@ -1,14 +1,14 @@
 """Reads for pages, the CLI and the overview: a fixed number of queries each, no Docker calls."""
 
 from django.conf import settings
-from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, When, Window
+from django.db.models import Case, Count, F, Min, OuterRef, Q, QuerySet, Subquery, Sum, When, Window
 from django.db.models.functions import Coalesce, RowNumber
 from django.urls import reverse
 
-from apps.audit.models import Operation
+from apps.audit.models import Operation, StorageSample
 from apps.audit.names import TargetType
 from apps.audit.overview import Leak, OverviewSection
-from apps.pods.models import DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
+from apps.pods.models import DOMAIN, UNREFERENCED_DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
 from controlpanel.formatting import humanize_bytes
 
 
@@ -23,6 +23,9 @@ def pods_with_totals() -> QuerySet[Pod]:
         .annotate(
             volume_bytes=Subquery(existing.annotate(total=Sum("size_bytes")).values("total")),
             volumes_existing=Coalesce(Subquery(existing.annotate(n=Count("id")).values("n")), 0),
+            # How old the bytes shown are: the oldest size among them, and how many have one.
+            sizes_measured_at=Subquery(existing.annotate(oldest=Min("measured_at")).values("oldest")),
+            volumes_measured=Coalesce(Subquery(existing.annotate(n=Count("measured_at")).values("n")), 0),
             last_snapshot_id=Subquery(latest.values("id")[:1]),
             last_snapshot_status=Subquery(latest.values("status")[:1]),
             last_snapshot_bytes=Subquery(latest.values("total_bytes")[:1]),
@@ -52,6 +55,7 @@ def pod_as_dict(pod: Pod) -> dict:
                 "mount_path": v.mount_path,
                 "exists": v.exists,
                 "size_bytes": v.size_bytes,
+                "measured_at": v.measured_at.isoformat() if v.measured_at else None,
             }
             for v in pod.volumes.order_by("id")
         ],
@@ -61,6 +65,8 @@ def pod_as_dict(pod: Pod) -> dict:
             "id": last.pk,
             "status": last.status,
             "total_bytes": last.total_bytes,
+            # Bytes this snapshot added to the store (less than total_bytes in a dedup store).
+            "stored_bytes": last.stored_bytes,
             "store_url": last.store_url,
             "finished_at": last.finished_at.isoformat() if last.finished_at else None,
             "error": last.error,
@@ -105,6 +111,30 @@ def snapshot_leaks_totals(keep: int | None = None) -> dict:
     # `total_bytes or bytes_done`, as the retention run reports what it reclaims.
     size = Case(When(total_bytes=0, then=F("bytes_done")), default=F("total_bytes"))
     return snapshots_past_retention(keep).aggregate(count=Count("pk"), bytes=Sum(size, default=0))
+
+
+def unreferenced_leaks() -> list[Leak]:
+    """Bytes a deduplicated snapshot store holds that no snapshot needs (a failed stop's
+    chunks, or a prune deferred while a stop wrote), as last measured. One query, made only
+    while the configured store is a dedup one (the tar stores have no such bytes)."""
+    if not settings.SNAPSHOT_STORE_URL.startswith("dedup+"):
+        return []
+    newest = StorageSample.objects.filter(domain=UNREFERENCED_DOMAIN, subject=OuterRef("subject")).order_by(
+        "-sampled_at", "-id"
+    )
+    rows = StorageSample.objects.filter(
+        domain=UNREFERENCED_DOMAIN, pk=Subquery(newest.values("pk")[:1]), total_bytes__gt=0
+    ).order_by("subject")
+    return [
+        Leak(
+            f"unreferenced chunks in snapshot store {row.subject} (the next purge prunes them)",
+            DOMAIN,
+            row.total_bytes,
+            reverse("pods:retention"),
+            "Review retention",
+        )
+        for row in rows[:20]
+    ]
 
 
 LEFTOVERS_SHOWN = 200
@@ -167,6 +197,7 @@ def overview_section() -> OverviewSection:
                 "Review retention",
             )
         )
+    leaks.extend(unreferenced_leaks())
     unreachable = list(DockerHost.objects.filter(reachable=False).values_list("name", "last_error"))
     return OverviewSection(
         title="Pods",

@@ -1,13 +1,23 @@
-"""Snapshot stores: where volume tars go. `file://` (default) and `s3://bucket/prefix`.
+"""Snapshot stores: where volume tars go. `file://` (default), `s3://bucket/prefix`, and the
+deduplicated `dedup+file:///path` and `dedup+s3://bucket/prefix` (restic; `stores.dedup`).
 
 A store writes a stream (never a whole volume in memory or in a temp copy), reads it back
 as a stream, proves an object holds exactly what was sent, and deletes a snapshot's keys.
+The interface is `stores.base`, the file store `stores.files`; S3 lives here.
+
+S3 part sizes grow with the stream, so one volume can reach S3's 5 TiB object limit within
+its 10,000 parts while memory stays bounded by PARTS_IN_FLIGHT × the current part size:
+
+    parts     1–1,000: 8 MiB   (the first 7.8 GiB of a volume; memory ≤ 32 MiB)
+    parts 1,001–2,000: 16 MiB  (to 23 GiB;  ≤ 64 MiB)
+    parts 2,001–3,000: 32 MiB  (to 55 GiB;  ≤ 128 MiB)
+    …doubling every 1,000 parts…
+    parts 9,001–10,000: 4 GiB  (to 8 TiB;   ≤ 16 GiB, only past 4 TiB into one volume)
+
+`part_size(n)` is the schedule; the largest part stays under S3's 5 GiB.
 """
 
 import hashlib
-import logging
-import os
-import stat
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,162 +26,41 @@ from urllib.parse import urlparse
 
 from django.conf import settings
 
+from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull
+from apps.pods.stores.dedup import DedupStore
+from apps.pods.stores.files import FileStore
 from controlpanel.errors import InvalidInput, PanelError, Unreachable
-from controlpanel.paths import resolve_inside
 from controlpanel.s3 import s3_client, s3_error
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CHUNK_SIZE",
+    "DedupStore",
+    "FileStore",
+    "ObjectWriter",
+    "S3Store",
+    "SnapshotStore",
+    "StoreError",
+    "StoreFull",
+    "part_size",
+    "store_from_url",
+]
 
-CHUNK_SIZE = 1024 * 1024
-# S3 parts: at least 5 MiB except the last; 8 MiB keeps memory flat and requests few.
+# S3's rules: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 of them,
+# objects up to 5 TiB.
+S3_MAX_PARTS = 10_000
+S3_MAX_PART_SIZE = 5 * 1024**3
+S3_MAX_OBJECT_SIZE = 5 * 1024**4
+# The first part's size (tests lower it to S3's 5 MiB); it doubles every PARTS_PER_STEP parts.
 PART_SIZE = 8 * 1024 * 1024
+PARTS_PER_STEP = 1000
 PARTS_IN_FLIGHT = 4
 
 
-class StoreError(PanelError):
-    """The store refused, lost an object, or answered with other bytes than were sent."""
-
-
-class ObjectWriter:
-    """Write one object as a stream. `close()` makes it visible; `abort()` leaves nothing.
-    After `close()`, `expected_etag` may say what the store's own checksum must read."""
-
-    expected_etag: str | None = None
-
-    def write(self, chunk: bytes) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        raise NotImplementedError
-
-
-class SnapshotStore:
-    url: str
-
-    def writer(self, key: str) -> ObjectWriter:
-        raise NotImplementedError
-
-    def read(self, key: str) -> Iterator[bytes]:
-        raise NotImplementedError
-
-    def size(self, key: str) -> int | None:
-        raise NotImplementedError
-
-    def put_small(self, key: str, body: bytes) -> None:
-        writer = self.writer(key)
-        try:
-            writer.write(body)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-
-    def get_small(self, key: str) -> bytes:
-        return b"".join(self.read(key))
-
-    def verify(self, key: str, *, expected_bytes: int, expected_sha256: str, expected_etag: str | None = None) -> None:
-        """Read the object back and compare size and sha256; raise StoreError on any difference."""
-        digest = hashlib.sha256()
-        count = 0
-        for chunk in self.read(key):
-            digest.update(chunk)
-            count += len(chunk)
-        if count != expected_bytes or digest.hexdigest() != expected_sha256:
-            raise StoreError(
-                f"{self.url}/{key} holds {count} bytes (sha256 {digest.hexdigest()[:12]}…), "
-                f"expected {expected_bytes} bytes (sha256 {expected_sha256[:12]}…)"
-            )
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every object under `prefix/`; returns the bytes removed."""
-        raise NotImplementedError
-
-
-# --- file:// ---------------------------------------------------------------------------
-
-
-class _FileWriter(ObjectWriter):
-    def __init__(self, path: Path):
-        self.path = path
-        self.partial = path.with_name(path.name + ".partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.partial, "wb")  # noqa: SIM115 - closed in close()/abort()
-
-    def write(self, chunk: bytes) -> None:
-        self.handle.write(chunk)
-
-    def close(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        # Rename last: a reader never sees half an object under the real name.
-        os.replace(self.partial, self.path)
-
-    def abort(self) -> None:
-        self.handle.close()
-        self.partial.unlink(missing_ok=True)
-
-
-class FileStore(SnapshotStore):
-    def __init__(self, url: str, root: Path):
-        self.url = url
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return resolve_inside(self.root, *key.split("/"))
-
-    def writer(self, key: str) -> ObjectWriter:
-        try:
-            return _FileWriter(self._path(key))
-        except OSError as exc:
-            raise Unreachable(f"snapshot store {self.url} cannot be written: {exc}") from exc
-
-    def read(self, key: str) -> Iterator[bytes]:
-        path = self._path(key)
-        try:
-            with open(path, "rb") as handle:
-                while chunk := handle.read(CHUNK_SIZE):
-                    yield chunk
-        except FileNotFoundError:
-            raise StoreError(f"{self.url}/{key} is missing") from None
-
-    def size(self, key: str) -> int | None:
-        path = self._path(key)
-        return path.stat().st_size if path.is_file() else None
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Remove the folder's files and folders; returns the bytes freed. Symlinks are
-        removed, never followed; a file with a second name (a hard link, maybe from outside
-        the store) is left where it is: removing this name would free nothing and change
-        a file the store does not own."""
-        folder = self._path(prefix)
-        if not folder.exists():
-            return 0
-        removed, kept = 0, []
-        for parent, folders, files in os.walk(folder, topdown=False):
-            for name in files:
-                path = os.path.join(parent, name)
-                st = os.lstat(path)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                    kept.append(path)
-                    continue
-                os.unlink(path)
-                removed += st.st_size if stat.S_ISREG(st.st_mode) else 0
-            for name in folders:
-                path = os.path.join(parent, name)
-                if os.path.islink(path):
-                    os.unlink(path)
-                elif not os.listdir(path):
-                    os.rmdir(path)
-        if not os.listdir(folder):
-            os.rmdir(folder)
-        if kept:
-            logger.warning("left %d hard-linked files in %s/%s: %s", len(kept), self.url, prefix, kept[:5])
-        return removed
+def part_size(number: int, *, first: int | None = None, per_step: int | None = None) -> int:
+    """The size of part `number` (1-based) of a multipart upload."""
+    first = first or PART_SIZE
+    per_step = per_step or PARTS_PER_STEP
+    return min(S3_MAX_PART_SIZE, first << ((number - 1) // per_step))
 
 
 # --- s3:// -----------------------------------------------------------------------------
@@ -186,7 +75,8 @@ def _store_error(store: "S3Store", key: str, exc: Exception) -> PanelError:
 
 class _S3Writer(ObjectWriter):
     """Multipart upload fed chunk by chunk. Parts go up on a background thread while the
-    caller keeps reading the next one; at most PARTS_IN_FLIGHT parts are held in memory."""
+    caller keeps reading the next one; at most PARTS_IN_FLIGHT parts are held in memory,
+    each of `part_size(n)` bytes."""
 
     def __init__(self, store: "S3Store", key: str):
         self.store = store
@@ -201,6 +91,7 @@ class _S3Writer(ObjectWriter):
         self.slots = store.part_slots
         # What the store's ETag must be if it holds exactly the bytes sent (see S3Store.verify).
         self.expected_etag: str | None = None
+        self.sent = 0
 
     def _upload_part(self, number: int, body: bytes) -> dict:
         try:
@@ -233,10 +124,13 @@ class _S3Writer(ObjectWriter):
     def write(self, chunk: bytes) -> None:
         self.buffer += chunk
         try:
-            while len(self.buffer) >= PART_SIZE:
-                body = bytes(memoryview(self.buffer)[:PART_SIZE])
-                del self.buffer[:PART_SIZE]
+            while len(self.buffer) >= (size := part_size(len(self.futures) + 1)):
+                if len(self.futures) >= S3_MAX_PARTS - 1:
+                    raise StoreError(f"{self.store.url}/{self.key} would pass S3's {S3_MAX_PARTS} parts")
+                body = bytes(memoryview(self.buffer)[:size])
+                del self.buffer[:size]
                 self._send_part(body)
+                self.sent += size
         except Exception as exc:
             raise _store_error(self.store, self.key, exc) from exc
 
@@ -248,8 +142,10 @@ class _S3Writer(ObjectWriter):
                 body = bytes(self.buffer)
                 client.put_object(Bucket=self.store.bucket, Key=self.full_key, Body=body)
                 self.expected_etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                self.stored_bytes = len(body)
                 return
             if self.buffer:
+                self.sent += len(self.buffer)
                 self._send_part(bytes(self.buffer))
                 self.buffer.clear()
             parts = [future.result() for future in self.futures]
@@ -261,6 +157,7 @@ class _S3Writer(ObjectWriter):
             )
             combined = hashlib.md5(b"".join(p["md5"] for p in parts), usedforsecurity=False).hexdigest()
             self.expected_etag = f"{combined}-{len(parts)}"
+            self.stored_bytes = self.sent
         except Exception as exc:
             raise _store_error(self.store, self.key, exc) from exc
         finally:
@@ -343,7 +240,7 @@ class S3Store(SnapshotStore):
         except Exception as exc:
             raise _store_error(self, key, exc) from exc
 
-    def delete_prefix(self, prefix: str) -> int:
+    def delete_prefix(self, prefix: str, *, reclaim: bool = True) -> int:
         """Also aborts unfinished multipart uploads under the prefix: a snapshot that failed
         while the store was failing could not abort its own (the abort failed too, or the
         store started an upload whose id never reached us), and S3 keeps, and bills, their
@@ -384,8 +281,18 @@ def store_from_url(url: str | None = None) -> SnapshotStore:
         if not root.is_absolute():
             root = Path(settings.BASE_DIR) / root
         return FileStore(url, root)
+    if parsed.scheme == "dedup+file":
+        path = Path(parsed.netloc + parsed.path)
+        return DedupStore(url, path=path if path.is_absolute() else Path(settings.BASE_DIR) / path)
+    if parsed.scheme == "dedup+s3":
+        if not parsed.netloc:
+            raise InvalidInput(f"snapshot store {url!r} names no bucket: use dedup+s3://bucket/prefix")
+        return DedupStore(url, bucket=parsed.netloc, prefix=parsed.path)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise InvalidInput(f"snapshot store {url!r} names no bucket: use s3://bucket/prefix")
         return S3Store(url, parsed.netloc, parsed.path)
-    raise InvalidInput(f"snapshot store {url!r} is not supported: use file://PATH or s3://bucket/prefix")
+    raise InvalidInput(
+        f"snapshot store {url!r} is not supported: "
+        "use file://PATH, s3://bucket/prefix, dedup+file://PATH or dedup+s3://bucket/prefix"
+    )

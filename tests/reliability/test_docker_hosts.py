@@ -16,9 +16,10 @@ import pytest
 
 from apps.audit.names import Kind
 from apps.audit.operations import request
-from apps.pods import services, snapshots
+from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, DockerHost, IllegalTransition, OrphanVolume, Pod, Snapshot, container_name
 from apps.pods.models import volume_docker_name as volume_name
+from apps.pods.stores import files as file_store
 from controlpanel.errors import PanelError, Unreachable
 from tests import parts
 from tests.pods import conftest as pods_conftest
@@ -41,14 +42,14 @@ def big_file(mount: str) -> str:
 
 def slow_store_for(monkeypatch, volume: str) -> None:
     """A slow snapshot store (think S3 across an ocean) for one volume's archive only."""
-    original_write = snapshots._FileWriter.write
+    original_write = file_store._FileWriter.write
 
     def slow_write(self, chunk: bytes) -> None:
         if self.path.name == f"{volume}.tar":
             time.sleep(SLOW_CHUNK_SECONDS)
         original_write(self, chunk)
 
-    monkeypatch.setattr(snapshots._FileWriter, "write", slow_write)
+    monkeypatch.setattr(file_store._FileWriter, "write", slow_write)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from django.utils.text import slugify
 
 from apps.audit import operations
 from apps.audit.models import Operation
+from apps.audit.roles import OUR_APPS
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
@@ -50,6 +51,35 @@ def can_retry(operation, user) -> bool:
         return False
     try:
         return operations.user_may(user, operation.kind)
+    except PanelError:
+        return False
+
+
+@register.filter
+def may_act(user) -> bool:
+    """Whether this person's role may change anything here (an operator), or only look (a
+    viewer). For controls whose exact kind of work the page does not know (a leak's fix)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    # get_all_permissions() is the same per-request cache `perms` and has_perm fill.
+    return any(
+        perm.split(".", 1)[0] in OUR_APPS and not perm.split(".", 1)[1].startswith("view_")
+        for perm in user.get_all_permissions()
+    )
+
+
+@register.simple_tag(takes_context=True)
+def may_confirm(context) -> bool:
+    """Whether the confirmation page's button is live for this person: the kind it asks
+    for when the page names one, otherwise the person's role."""
+    user = context.get("user")
+    kind = context.get("kind")
+    if not kind:
+        return may_act(user)
+    try:
+        return operations.user_may(user, kind)
     except PanelError:
         return False
 

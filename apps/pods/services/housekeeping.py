@@ -1,6 +1,11 @@
 """Work on all pods at once: reconcile every host with the database (and roll forward what
-a dead worker left), sweep orphaned volumes, apply snapshot retention."""
+a dead worker left), sweep orphaned volumes, apply snapshot retention.
 
+Reconcile is liveness only: per host it lists the pods' containers and volumes (two cheap
+calls, every host at once, each within DOCKER_TIMEOUT_SECONDS) and never walks a file;
+sizes are the size schedule's work (`services.sizes`)."""
+
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -11,164 +16,168 @@ from django.utils import timezone
 from apps.audit import operations
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, TargetType
-from apps.audit.services import Actor, audit_record, storage_sample_record
+from apps.audit.services import Actor, audit_record
 from apps.pods.actions import PROVISION, RESUME_ACTIONS
-from apps.pods.docker_engine import DockerFailure, VolumeInfo
-from apps.pods.models import (
-    DOMAIN,
-    POD_LABEL,
-    VOLUME_MOUNTS,
-    VOLUME_PREFIX,
-    DockerHost,
-    OrphanVolume,
-    Pod,
-    PodVolume,
-    Snapshot,
-    volume_docker_name,
-)
+from apps.pods.docker_engine import ContainerInfo, DockerFailure, VolumeInfo
+from apps.pods.models import POD_LABEL, VOLUME_PREFIX, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
 from apps.pods.selectors import pods_busy, snapshot_leaks
+from apps.pods.services.fleet import BATCH, batched, hosts_each, orphans_find, reconcile_events
 from apps.pods.services.hosts import engine_for, host_default, host_get
 from apps.pods.services.lifecycle import _provision_cleanup
 from apps.pods.services.snapshotting import _snapshot_purge
 from apps.pods.services.state import _locked, _log, _record_failure
-from controlpanel.errors import InvalidInput, PanelError, Unreachable
-
-# --- which volumes no pod needs ------------------------------------------------------------
-
-
-def _pod_id_from_volume(volume: VolumeInfo) -> str:
-    if volume.labels.get(POD_LABEL):
-        return volume.labels[POD_LABEL]
-    rest = volume.name.removeprefix(VOLUME_PREFIX)
-    for name in VOLUME_MOUNTS:
-        if rest.endswith(f"-{name}"):
-            return rest[: -len(name) - 1]
-    return ""
-
-
-def _orphans_find(*, host: DockerHost, volumes: list[VolumeInfo]) -> list[tuple[VolumeInfo, str, str]]:
-    """(volume, pod id, reason) for each volume no pod needs. Pods at work are never orphans."""
-    pod_ids = {_pod_id_from_volume(v) for v in volumes}
-    pods = {p.pod_id: p for p in Pod.objects.filter(pod_id__in=pod_ids)}
-    busy = set(pods_busy().filter(target_id__in=pod_ids))
-    found = []
-    for volume in volumes:
-        pod_id = _pod_id_from_volume(volume)
-        pod = pods.get(pod_id)
-        if pod_id in busy or (pod is not None and pod.status in Pod.TRANSITIONAL):
-            continue
-        if pod is None:
-            reason = "no pod has this id" if pod_id else "not named after a pod"
-        elif pod.host_id != host.pk:
-            reason = f"pod {pod_id} lives on host {pod.host_id}"
-        elif pod.status in Pod.NO_VOLUMES:
-            reason = f"pod {pod_id} is {pod.status}"
-        elif volume.name not in {volume_docker_name(pod_id, n) for n in VOLUME_MOUNTS}:
-            reason = "not one of the pod's eight volumes"
-        else:
-            continue
-        found.append((volume, pod_id, reason))
-    return found
-
+from controlpanel.errors import InvalidInput, PanelError
 
 # --- reconcile -------------------------------------------------------------------------------
+
+WATCHED = (Pod.Status.RUNNING, Pod.Status.PAUSED, Pod.Status.UNKNOWN)
+
+
+@dataclass
+class _HostSeen:
+    """What one host answered: its pods' containers by name and its `pinacle-vol-*` volumes."""
+
+    containers: dict[str, ContainerInfo]
+    volumes: list[VolumeInfo]
+
+
+def _host_look(host: DockerHost) -> _HostSeen:
+    """Two listing calls; runs on the host's own thread, so it touches no database."""
+    engine = engine_for(host)
+    return _HostSeen(
+        containers=engine.containers_list(label=POD_LABEL), volumes=engine.volumes_list(name_prefix=VOLUME_PREFIX)
+    )
 
 
 def pods_reconcile(*, actor: Actor, operation: Operation | None = None) -> dict:
     """Compare every host with the database: crashed containers → paused (volumes kept),
-    unreachable hosts → their pods unknown (nothing deleted), leaks recorded for the report."""
+    unreachable hosts → their pods unknown (nothing deleted), leaks recorded for the report.
+    Each host's answer is applied as soon as it comes: a hanging host delays no other."""
     host_default()
     report: dict[str, Any] = {"hosts": {}}
-    for host in DockerHost.objects.all():
-        report["hosts"][host.name] = _reconcile_host(host=host, actor=actor, operation=operation)
+    hosts = list(DockerHost.objects.all())
+    for answer in hosts_each(hosts, _host_look, seconds=settings.DOCKER_TIMEOUT_SECONDS):
+        host = answer.host
+        if answer.error is not None:
+            report["hosts"][host.name] = _host_unreachable(
+                host=host, exc=answer.error, actor=actor, operation=operation
+            )
+        else:
+            report["hosts"][host.name] = _host_reconciled(
+                host=host, seen=answer.value, actor=actor, operation=operation
+            )
+    report["hosts"] = dict(sorted(report["hosts"].items()))
     report["resumed"] = pods_resume_interrupted(actor=actor, operation=operation)
     return report
 
 
-def _audit_reconciled(*, pod_id: str, actor: Actor, operation: Operation | None, **fields) -> None:
-    audit_record(
-        actor=actor,
-        action=AuditAction.POD_RECONCILE,
-        target_type=TargetType.POD,
-        target_id=pod_id,
-        operation=operation,
-        **fields,
-    )
+@dataclass
+class _Move:
+    to: str
+    last_error: str
+    why: str  # the audit message says "<before> → <to>: <why>"
+    outcome: str = AuditEvent.Outcome.SUCCEEDED
+    container_id: str | None = None
 
 
-def _host_unreachable(*, host: DockerHost, exc: Unreachable, actor: Actor, operation: Operation | None) -> dict:
-    """Its pods become unknown; nothing is deleted."""
-    host.reachable, host.last_error, host.checked_at = False, str(exc), timezone.now()
-    host.save(update_fields=["reachable", "last_error", "checked_at"])
-    marked = []
-    for pod in Pod.objects.filter(host=host, status__in=[Pod.Status.RUNNING, Pod.Status.PAUSED]):
+def _pods_move(*, moves: dict[str, _Move], only_from, actor: Actor, operation: Operation | None) -> list[str]:
+    """Move pods, a batch at a time: lock them (one query), update them (one query), audit
+    them (one query), in one transaction. A pod that changed meanwhile, or got work to do,
+    is left alone; the next reconcile looks again."""
+    moved = []
+    for chunk in batched(moves):
         with transaction.atomic():
-            pod = _locked(pod.pod_id)
-            if pod.status not in {Pod.Status.RUNNING, Pod.Status.PAUSED}:
-                continue
-            pod.transition(Pod.Status.UNKNOWN)
-            pod.last_error = str(exc)
-            pod.save()
-            _audit_reconciled(
-                pod_id=pod.pod_id,
-                actor=actor,
-                operation=operation,
-                outcome=AuditEvent.Outcome.FAILED,
-                message=f"host unreachable; marked unknown, nothing deleted: {exc}",
+            pods = list(
+                Pod.objects.select_for_update()
+                .filter(pod_id__in=chunk, status__in=only_from)
+                .exclude(pod_id__in=pods_busy())
             )
-        marked.append(pod.pod_id)
+            changed, events = [], []
+            for pod in pods:
+                move = moves[pod.pod_id]
+                if pod.status == move.to:
+                    continue
+                before = pod.status
+                pod.transition(move.to)
+                pod.last_error = move.last_error
+                if move.container_id:
+                    pod.container_id = move.container_id
+                changed.append(pod)
+                events.append((pod.pod_id, move.outcome, f"{before} → {move.to}: {move.why}"))
+            Pod.objects.bulk_update(
+                changed, ["status", "last_error", "container_id", "status_changed_at", "updated_at"], batch_size=BATCH
+            )
+            AuditEvent.objects.bulk_create(reconcile_events(events, actor=actor, operation=operation))
+        moved += [pod.pod_id for pod in changed]
+    return moved
+
+
+def _host_unreachable(*, host: DockerHost, exc: PanelError, actor: Actor, operation: Operation | None) -> dict:
+    """Its pods become unknown, with the reason; nothing is deleted."""
+    DockerHost.objects.filter(pk=host.pk).update(reachable=False, last_error=str(exc), checked_at=timezone.now())
+    alive = (Pod.Status.RUNNING, Pod.Status.PAUSED)
+    pod_ids = Pod.objects.filter(host=host, status__in=alive).values_list("pod_id", flat=True)
+    move = _Move(
+        to=Pod.Status.UNKNOWN,
+        last_error=str(exc),
+        why=f"host unreachable, nothing deleted: {exc}",
+        outcome=AuditEvent.Outcome.FAILED,
+    )
+    marked = _pods_move(moves=dict.fromkeys(pod_ids, move), only_from=alive, actor=actor, operation=operation)
     _log(operation, str(exc))
     return {"reachable": False, "error": str(exc), "unknown": marked}
 
 
-def _reconcile_host(*, host: DockerHost, actor: Actor, operation: Operation | None) -> dict:
-    engine = engine_for(host)
-    now = timezone.now()
-    try:
-        engine.ping()
-        volumes = engine.volumes_list(name_prefix=VOLUME_PREFIX)
-    except Unreachable as exc:
-        return _host_unreachable(host=host, exc=exc, actor=actor, operation=operation)
-    host.reachable, host.last_error, host.checked_at = True, "", now
-    host.save(update_fields=["reachable", "last_error", "checked_at"])
-
-    changed = {}
-    watched = [Pod.Status.RUNNING, Pod.Status.PAUSED, Pod.Status.UNKNOWN]
-    for pod in Pod.objects.filter(host=host, status__in=watched).exclude(pod_id__in=pods_busy()):
-        container = engine.container_get(pod.container_name)
+def _container_moves(*, host: DockerHost, containers: dict[str, ContainerInfo]) -> dict[str, _Move]:
+    """Pods whose container says otherwise than their status (one query, streamed)."""
+    moves = {}
+    pods = (
+        Pod.objects.filter(host=host, status__in=WATCHED)
+        .exclude(pod_id__in=pods_busy())
+        .values_list("pod_id", "status")
+        .order_by()
+    )
+    for pod_id, status in pods.iterator(chunk_size=2000):
+        container = containers.get(Pod(pod_id=pod_id).container_name)
         running = container is not None and container.running
-        target = Pod.Status.RUNNING if running else Pod.Status.PAUSED
-        if pod.status == target:
+        if status == (Pod.Status.RUNNING if running else Pod.Status.PAUSED):
             continue
-        with transaction.atomic():
-            pod = _locked(pod.pod_id)
-            if pod.status not in watched or pod.status == target:
-                continue
-            before = pod.status
-            pod.transition(target)
-            if running:
-                pod.last_error = ""
-                pod.container_id = container.id
-                message = f"{before} → running: its container is running"
-            else:
-                what = "is missing" if container is None else f"is {container.status}"
-                pod.last_error = f"container {what} without a user action; volumes kept"
-                message = f"{before} → paused: container {what} without a user action; volumes kept"
-            pod.save()
-            _audit_reconciled(pod_id=pod.pod_id, actor=actor, operation=operation, message=message)
-        changed[pod.pod_id] = target
+        if running:
+            moves[pod_id] = _Move(
+                to=Pod.Status.RUNNING,
+                last_error="",
+                why="its container is running",
+                container_id=container.id,
+            )
+        else:
+            what = "is missing" if container is None else f"is {container.status}"
+            moves[pod_id] = _Move(
+                to=Pod.Status.PAUSED,
+                last_error=f"container {what} without a user action; volumes kept",
+                why=f"container {what} without a user action; volumes kept",
+            )
+    return moves
 
-    # Which of our volumes exist, how big they are, and which no pod needs.
-    names = {v.name for v in volumes}
-    sizes = engine.volume_sizes(name_prefix=VOLUME_PREFIX) if volumes else {}
-    rows = list(PodVolume.objects.filter(pod__host=host))
-    for row in rows:
-        row.exists = row.docker_name in names
-        if row.docker_name in sizes:
-            row.size_bytes, row.measured_at = sizes[row.docker_name], now
-    PodVolume.objects.bulk_update(rows, ["exists", "size_bytes", "measured_at"], batch_size=500)
-    orphans = _orphans_find(host=host, volumes=volumes)
+
+def _volumes_mark(*, host: DockerHost, names: set[str]) -> None:
+    """Record which of the host's volume rows exist: one query to read, one per batch of rows
+    that changed."""
+    appeared, vanished = [], []
+    rows = PodVolume.objects.filter(pod__host=host).values_list("pk", "docker_name", "exists").order_by()
+    for pk, docker_name, exists in rows.iterator(chunk_size=5000):
+        if (docker_name in names) != exists:
+            (vanished if exists else appeared).append(pk)
+    for flag, pks in ((True, appeared), (False, vanished)):
+        for chunk in batched(pks):
+            PodVolume.objects.filter(pk__in=chunk).update(exists=flag)
+
+
+def _orphans_record(*, host: DockerHost, volumes: list[VolumeInfo]) -> list[tuple[VolumeInfo, str, str]]:
+    """Replace the host's orphan rows (the leak report), keeping each one's last known size."""
+    orphans = orphans_find(host=host, volumes=volumes)
+    now = timezone.now()
     with transaction.atomic():
+        sizes = dict(OrphanVolume.objects.filter(host=host).values_list("docker_name", "size_bytes"))
         OrphanVolume.objects.filter(host=host).delete()
         OrphanVolume.objects.bulk_create(
             [
@@ -182,9 +191,19 @@ def _reconcile_host(*, host: DockerHost, actor: Actor, operation: Operation | No
                     seen_at=now,
                 )
                 for v, pod_id, reason in orphans
-            ]
+            ],
+            batch_size=BATCH,
         )
-    storage_sample_record(domain=DOMAIN, subject=host.name, total_bytes=sum(sizes.values()), total_files=None)
+    return orphans
+
+
+def _host_reconciled(*, host: DockerHost, seen: _HostSeen, actor: Actor, operation: Operation | None) -> dict:
+    DockerHost.objects.filter(pk=host.pk).update(reachable=True, last_error="", checked_at=timezone.now())
+    moves = _container_moves(host=host, containers=seen.containers)
+    moved = _pods_move(moves=moves, only_from=WATCHED, actor=actor, operation=operation)
+    changed = {pod_id: moves[pod_id].to for pod_id in moved}
+    _volumes_mark(host=host, names={v.name for v in seen.volumes})
+    orphans = _orphans_record(host=host, volumes=seen.volumes)
     _log(operation, f"{host.name}: {len(changed)} pods changed, {len(orphans)} orphaned volumes")
     return {"reachable": True, "changed": changed, "orphans": [v.name for v, _, _ in orphans]}
 
@@ -271,20 +290,29 @@ def orphans_plan(*, name_prefix: str = VOLUME_PREFIX, host_name: str | None = No
     for host in hosts:
         engine = engine_for(host)
         volumes = engine.volumes_list(name_prefix=name_prefix)
-        sizes = engine.volume_sizes(name_prefix=name_prefix) if volumes else {}
-        for volume, pod_id, reason in _orphans_find(host=host, volumes=volumes):
-            if volume.created_at is not None and volume.created_at <= cutoff:
-                plan.append(
-                    {
-                        "host": host,
-                        "name": volume.name,
-                        "pod_id": pod_id,
-                        "bytes": sizes.get(volume.name),
-                        "reason": reason,
-                        "created_at": volume.created_at,
-                        "volume": volume,
-                    }
-                )
+        old = [
+            (volume, pod_id, reason)
+            for volume, pod_id, reason in orphans_find(host=host, volumes=volumes)
+            if volume.created_at is not None and volume.created_at <= cutoff
+        ]
+        # Only these volumes are walked, within the size budget (unmeasured ones show no size).
+        sizes = engine.volumes_measure(
+            names=[volume.name for volume, _, _ in old],
+            image=settings.POD_IMAGE,
+            seconds=settings.POD_SIZE_BUDGET_SECONDS,
+        ).sizes
+        for volume, pod_id, reason in old:
+            plan.append(
+                {
+                    "host": host,
+                    "name": volume.name,
+                    "pod_id": pod_id,
+                    "bytes": sizes.get(volume.name),
+                    "reason": reason,
+                    "created_at": volume.created_at,
+                    "volume": volume,
+                }
+            )
     return plan
 
 
@@ -310,7 +338,7 @@ def orphans_sweep(
             continue
         engine = engine_for(host)
         # Look again right before removing: a pod may have been provisioned or started meanwhile.
-        if not _orphans_find(host=host, volumes=[item["volume"]]):
+        if not orphans_find(host=host, volumes=[item["volume"]]):
             continue
         try:
             engine.volume_remove(item["name"])

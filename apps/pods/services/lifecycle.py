@@ -25,6 +25,7 @@ from apps.pods.services.snapshotting import (
     _container_create,
     _container_for_volumes,
     _restore,
+    _snapshot_precheck,
     _snapshot_purge,
     _snapshot_take,
 )
@@ -143,6 +144,11 @@ def _provision_cleanup(*, pod: Pod, engine: DockerEngine, operation: Operation |
 
 def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -> dict:
     validate_id(pod_id, kind="pod id")
+    pod = pod_get(pod_id=pod_id)
+    if pod.status != STOP.busy and pod.can_transition(STOP.busy):
+        # Refused up front, the pod untouched: a store that cannot fit the last measured
+        # sizes, or a dedup store without its key or held by a prune.
+        _snapshot_precheck(pod=pod)
     with transaction.atomic():
         pod = _locked(pod_id)
         resuming = pod.status == STOP.busy
@@ -164,7 +170,7 @@ def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -
     # Before the snapshot is verified: any failure leaves all eight volumes where they are.
     if snapshot is None:
         try:
-            snapshot = _snapshot_take(pod=pod, engine=engine, operation=operation)
+            snapshot = _snapshot_take(pod=pod, engine=engine, operation=operation, prechecked=not resuming)
         except BaseException as exc:
             _record_failure(
                 pod_id=pod_id, to=Pod.Status.PAUSED, action=STOP.audit_action, exc=exc, actor=actor, operation=operation

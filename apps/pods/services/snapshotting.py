@@ -18,11 +18,11 @@ from django.utils import timezone
 
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, TargetType
-from apps.audit.services import Actor, Progress, Throttle, audit_record
+from apps.audit.services import Actor, Progress, Throttle, audit_record, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
+from apps.pods.models import UNREFERENCED_DOMAIN, VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volumes_remove
-from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
+from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from controlpanel.errors import PanelError
 
 # Volumes streamed at once during a snapshot. One: dockerd holds a container's lock while an
@@ -65,11 +65,16 @@ class _ByteCounter:
         return amount
 
 
+# A tar ends with two 512-byte blocks of zeros; a stream cut short (a daemon killed while
+# sending it) ends without them, and must not be stored as if it held the whole volume.
+TAR_END = bytes(1024)
+
+
 def _volume_stream(
     *, engine: DockerEngine, store: SnapshotStore, container: str, mount_path: str, key: str, counter, cancel
 ) -> dict:
     """One volume: tar out of the container → sha256 → store, never more than a part in memory."""
-    digest, count = hashlib.sha256(), 0
+    digest, count, tail = hashlib.sha256(), 0, b""
     writer = store.writer(key)
     try:
         for chunk in engine.archive_read(container=container, path=mount_path):
@@ -78,18 +83,28 @@ def _volume_stream(
             digest.update(chunk)
             writer.write(chunk)
             count += len(chunk)
+            tail = (tail + chunk)[-len(TAR_END) :]
             counter.add(len(chunk))
+        if count % 512 or tail != TAR_END:
+            raise PanelError(
+                f"the archive of {mount_path} ended early, after {count} bytes (no end-of-archive marker): "
+                "Docker stopped sending it; nothing was removed"
+            )
         writer.close()
     except BaseException:
         writer.abort()
         raise
-    return {
+    entry = {
         "key": key,
         "mount_path": mount_path,
         "bytes": count,
         "sha256": digest.hexdigest(),
         "etag": writer.expected_etag,
+        "stored_bytes": writer.stored_bytes,
     }
+    if writer.store_id:
+        entry["store_id"] = writer.store_id
+    return entry
 
 
 def _volumes_stream(
@@ -129,12 +144,17 @@ def _volumes_stream(
                 progress.advance(counter.take())
                 if throttle.due():
                     Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
-                for future in done:
+                # In volume order, not the set's: when the daemon dies, the volume streaming
+                # then fails first and every later one fails at once after it; the error
+                # must name the first.
+                for future in [f for f in futures if f in done]:
                     entry = future.result()  # raises the volume's failure
                     volume = futures[future]
                     _log(operation, f"{volume.docker_name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}…")
         except BaseException:
             cancel.set()
+            for future in futures:
+                future.cancel()
             raise
     by_name = {futures[f].name: f.result() for f in futures}
     return {volume.name: by_name[volume.name] for volume in volumes}
@@ -153,8 +173,36 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
         raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
 
 
-def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | None) -> Snapshot:
+def _needed_bytes(pod: Pod) -> int | None:
+    """The last measured sizes of the pod's volumes (reconcile's, or the last snapshot's)."""
+    measured = [v.size_bytes for v in _volumes(pod) if v.size_bytes is not None]
+    return sum(measured) if measured else None
+
+
+def _snapshot_precheck(*, pod: Pod) -> None:
+    """Before the pod changes state or its container stops: the store answers, holds the
+    right key, is not being pruned, and has room for the last measured sizes."""
+    store_from_url().preflight(needed_bytes=_needed_bytes(pod), what=f"stopping pod {pod.pod_id!r}")
+
+
+def _unreferenced_record(store: SnapshotStore, operation: Operation | None) -> None:
+    """What a deduplicated store holds that no snapshot needs, for the leak report."""
+    if not isinstance(store, DedupStore):
+        return
+    try:
+        unreferenced = store.unreferenced_bytes()
+    except PanelError as exc:  # the measurement is a report, not the work: say so and go on
+        _log(operation, f"could not measure unreferenced bytes in {store.url}: {exc}")
+        return
+    storage_sample_record(domain=UNREFERENCED_DOMAIN, subject=store.url[:255], total_bytes=unreferenced)
+
+
+def _snapshot_take(
+    *, pod: Pod, engine: DockerEngine, operation: Operation | None, prechecked: bool = False
+) -> Snapshot:
     store = store_from_url()
+    if not prechecked:  # a resumed stop skipped the up-front check: now, before the container stops
+        store.preflight(needed_bytes=_needed_bytes(pod), what=f"stopping pod {pod.pod_id!r}")
     volumes = _volumes(pod)
     missing = [v.docker_name for v in volumes if not engine.volume_exists(v.docker_name)]
     if missing:
@@ -190,7 +238,7 @@ def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | Non
         )
         # The manifest is written last: a snapshot without one never counts as complete.
         manifest_body = json.dumps({"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest}, indent=1)
-        store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())
+        manifest_stored = store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())
         _snapshot_verify(store=store, snapshot=snapshot, manifest=manifest, operation=operation)
     except BaseException as exc:
         snapshot.status = Snapshot.Status.FAILED
@@ -198,14 +246,19 @@ def _snapshot_take(*, pod: Pod, engine: DockerEngine, operation: Operation | Non
         snapshot.finished_at = timezone.now()
         snapshot.bytes_done = progress.done
         snapshot.save(update_fields=["status", "error", "finished_at", "bytes_done"])
+        # A failed backup leaves chunks no snapshot refers to: measured for the leak report.
+        _unreferenced_record(store, operation)
         raise
     progress.flush()
     snapshot.transition(Snapshot.Status.COMPLETE)
     snapshot.manifest = manifest
     snapshot.total_bytes = sum(entry["bytes"] for entry in manifest.values())
+    snapshot.stored_bytes = sum(entry["stored_bytes"] or 0 for entry in manifest.values()) + (manifest_stored or 0)
     snapshot.bytes_done = snapshot.total_bytes
     snapshot.finished_at = timezone.now()
-    snapshot.save(update_fields=["status", "manifest", "total_bytes", "bytes_done", "finished_at"])
+    snapshot.save(update_fields=["status", "manifest", "total_bytes", "stored_bytes", "bytes_done", "finished_at"])
+    if snapshot.stored_bytes != snapshot.total_bytes:
+        _log(operation, f"snapshot #{snapshot.pk} added {snapshot.stored_bytes} bytes to {store.url}")
     # The archive sizes are a fresh measurement of what the volumes held.
     for volume in volumes:
         volume.size_bytes, volume.measured_at = manifest[volume.name]["bytes"], snapshot.finished_at
@@ -256,9 +309,26 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     return info.id
 
 
+def _stop_writing_to(store_url: str, *, besides: Snapshot) -> bool:
+    """A stop is streaming into this store now (its snapshot uploading, its operation alive)."""
+    return (
+        Snapshot.objects.filter(store_url=store_url, status=Snapshot.Status.UPLOADING)
+        .exclude(pk=besides.pk)
+        .filter(operation__status__in=Operation.ACTIVE)
+        .exists()
+    )
+
+
 def _snapshot_purge(*, snapshot: Snapshot, actor: Actor, operation: Operation | None) -> int:
     store = store_from_url(snapshot.store_url)
-    removed = store.delete_prefix(snapshot.prefix)
+    # A prune is exclusive: never under a stop writing to the same deduplicated store. Its
+    # snapshots are forgotten now; their chunks stay, reported as unreferenced, until a
+    # later purge prunes.
+    reclaim = not (isinstance(store, DedupStore) and _stop_writing_to(snapshot.store_url, besides=snapshot))
+    if not reclaim:
+        _log(operation, f"{store.url}: a stop is writing to it; prune left for a later purge")
+    removed = store.delete_prefix(snapshot.prefix, reclaim=reclaim)
+    _unreferenced_record(store, operation)
     with transaction.atomic():
         snapshot.transition(Snapshot.Status.DELETED)
         snapshot.save(update_fields=["status"])

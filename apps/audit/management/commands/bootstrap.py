@@ -1,6 +1,7 @@
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -11,12 +12,30 @@ from apps.audit.schedules import schedules_sync
 
 
 class Command(BaseCommand):
-    help = "Make sure the admin account, the viewer/operator groups and the schedules exist."
+    help = (
+        "Make sure the admin account, the viewer/operator groups, the schedules and the default sessions folder exist."
+    )
 
     def handle(self, *args, **options):
         roles_sync()
         schedules_sync()
         self._ensure_admin()
+        self._ensure_default_sessions_folder()
+
+    def _ensure_default_sessions_folder(self):
+        """The default sessions volume is a folder under VAR_DIR: made here, so the first
+        scheduled sync on a fresh machine finds it instead of failing. A volume configured
+        anywhere else is never created: a missing mount must show as missing."""
+        url = urlparse(settings.SESSIONS_VOLUME_URL)
+        if url.scheme != "local":
+            return
+        root = Path(unquote(url.netloc + url.path)).resolve()
+        if not root.is_relative_to(Path(settings.VAR_DIR).resolve()):
+            return
+        sessions = root / "sessions"
+        if not sessions.is_dir():
+            sessions.mkdir(parents=True, exist_ok=True)
+            self.stdout.write(f"created the sessions folder {sessions}")
 
     def _ensure_admin(self):
         user_model = get_user_model()

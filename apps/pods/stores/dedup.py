@@ -1,0 +1,328 @@
+"""`dedup+file:///path` and `dedup+s3://bucket/prefix`: deduplicated, compressed, encrypted
+snapshots kept by Debian's `restic` (0.14), fed the same tar stream the tar stores get.
+
+Each object (a volume's tar, the manifest) is one restic snapshot read from stdin
+(`backup --stdin --stdin-filename <volume>.tar`), tagged with its key and made under the host
+name `panel`, so any worker finds it. Content-defined chunks are shared across snapshots and
+pods: an unchanged volume adds almost nothing, pods from one image share their base. What a
+snapshot added (`data_added` of `backup --json`) is its `stored_bytes`.
+
+- Verify reads the snapshot back (`restic dump`) and compares size and sha256 with what was
+  sent: restic checks every chunk's MAC on the way, and our sha256 proves the whole stream
+  is the one we hashed. (`check --read-data-subset` samples packs at random: it can miss the
+  very pack that holds this snapshot.)
+- Delete is `forget` of the prefix's snapshots, then `prune --max-unused 0`, which rewrites
+  packs until no unreferenced chunk is left. Restic's own repository lock makes prune
+  exclusive (backup, dump and forget wait for it, and it for them); the services also defer
+  a prune while a stop is writing to the store (bytes left unreferenced meanwhile are
+  reported as a leak, `unreferenced_bytes()`).
+- The repository key is the file named by SNAPSHOT_KEY_FILE, never the database. Without
+  it every snapshot in the store is unreadable: nobody, us included, can restore them.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.conf import settings
+
+from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full
+from controlpanel.errors import PanelError, Unreachable
+from controlpanel.formatting import first_line
+from controlpanel.s3 import s3_client, s3_error
+
+HOST = "panel"
+# How long a command waits for another's repository lock (a prune, or a stop during one).
+LOCK_WAIT_SECONDS = 300
+# Commands that only talk to the repository; a backup or dump streams without a limit.
+COMMAND_TIMEOUT_SECONDS = 120
+LOCKED = "repository is already locked"
+UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+
+
+def _size(text: str) -> int:
+    """restic's `4.769 MiB` → bytes."""
+    number, _, unit = text.strip().partition(" ")
+    return int(float(number) * UNITS.get(unit.strip(), 1))
+
+
+class _ResticWriter(ObjectWriter):
+    """`restic backup --stdin` fed chunk by chunk; its output goes to files, not pipes, so a
+    chatty restic can never block on a pipe nobody reads."""
+
+    def __init__(self, store: "DedupStore", key: str):
+        self.store, self.key = store, key
+        self.written = 0
+        self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()/abort()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        name = key.rsplit("/", 1)[-1]
+        command = [*store.command("backup"), "--stdin", "--stdin-filename", name, "--tag", key]
+        self.process = subprocess.Popen(
+            [*command, "--host", HOST, "--json", "--quiet"],
+            stdin=subprocess.PIPE,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            env=store.env(),
+        )
+
+    def _failure(self) -> StoreError:
+        self.process.wait()
+        self.stderr.seek(0)
+        return self.store.error(f"writing {self.key}", self.stderr.read().decode(errors="replace"), self.written)
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.process.stdin.write(chunk)
+        except OSError as exc:  # restic exited: its stderr says why
+            raise self._failure() from exc
+        self.written += len(chunk)
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+        except OSError as exc:
+            raise self._failure() from exc
+        if self.process.wait() != 0:
+            raise self._failure()
+        self.stdout.seek(0)
+        lines = [line for line in self.stdout.read().decode().splitlines() if '"summary"' in line]
+        if not lines:
+            raise StoreError(f"{self.store.url}/{self.key}: restic finished without a summary")
+        summary = json.loads(lines[-1])
+        self.store_id = summary["snapshot_id"]
+        self.stored_bytes = int(summary.get("data_added", 0))
+        self.store.ids[self.key] = self.store_id
+        self._files_close()
+
+    def abort(self) -> None:
+        # SIGINT before closing stdin: an end of input would commit a snapshot of half a volume.
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._files_close()
+
+    def _files_close(self) -> None:
+        self.stdout.close()
+        self.stderr.close()
+
+
+class DedupStore(SnapshotStore):
+    def __init__(self, url: str, *, path: Path | None = None, bucket: str = "", prefix: str = ""):
+        self.url = url
+        self.path, self.bucket, self.prefix = path, bucket, prefix.strip("/")
+        self.ids: dict[str, str] = {}  # key → restic snapshot id, for what this store wrote
+
+    # --- running restic -------------------------------------------------------------
+
+    @property
+    def repository(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        endpoint = (settings.AWS_ENDPOINT_URL or "https://s3.amazonaws.com").rstrip("/")
+        return f"s3:{endpoint}/{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+
+    def key_file(self) -> str:
+        path = settings.SNAPSHOT_KEY_FILE
+        if not path:
+            raise StoreError(
+                f"snapshot store {self.url} needs its repository key: set SNAPSHOT_KEY_FILE to the file holding it"
+            )
+        try:
+            if not Path(path).read_bytes().strip():
+                raise StoreError(f"snapshot store {self.url}: SNAPSHOT_KEY_FILE {path} is empty")
+        except OSError as exc:
+            raise StoreError(f"snapshot store {self.url}: SNAPSHOT_KEY_FILE {path} cannot be read: {exc}") from exc
+        return path
+
+    def env(self) -> dict[str, str]:
+        cache = Path(settings.VAR_DIR) / "restic-cache"
+        return {
+            **os.environ,
+            "RESTIC_REPOSITORY": self.repository,
+            "RESTIC_PASSWORD_FILE": self.key_file(),
+            "RESTIC_CACHE_DIR": str(cache),
+            "AWS_DEFAULT_REGION": settings.AWS_REGION,
+        }
+
+    def command(self, *args: str) -> list[str]:
+        restic = shutil.which("restic")
+        if restic is None:
+            raise StoreError(f"snapshot store {self.url} needs Debian's restic: apt-get install restic")
+        return [restic, *args]
+
+    def error(self, doing: str, stderr: str, written: int | None = None) -> PanelError:
+        """restic's stderr, told as one line for people."""
+        text = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
+        if "wrong password or no key found" in text:
+            return StoreError(
+                f"snapshot store {self.url} refused the key in SNAPSHOT_KEY_FILE: it is not this "
+                f"repository's key ({doing}; nothing was changed)"
+            )
+        if "no space left on device" in text.lower() or "quota exceeded" in text.lower():
+            if written is not None:
+                return store_full(self.url, doing.removeprefix("writing "), written)
+            return StoreFull(f"snapshot store {self.url} is full while {doing}: make room in it")
+        if "connection refused" in text or "no such host" in text or "dial tcp" in text:
+            return Unreachable(f"snapshot store {self.url} unreachable while {doing}: {text[-200:]}")
+        if LOCKED in text:
+            return StoreError(f"snapshot store {self.url} is locked by a prune while {doing}; try again later")
+        detail = next((line for line in stderr.splitlines() if line.startswith("Fatal")), text[-300:])
+        return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
+
+    def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
+        """One restic command; waits (up to LOCK_WAIT_SECONDS) while another holds the lock."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                done = subprocess.run(
+                    self.command(*args), env=self.env(), capture_output=True, timeout=timeout, check=False
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise Unreachable(
+                    f"snapshot store {self.url} did not answer within {timeout:.0f} s while {doing}"
+                ) from exc
+            stderr = done.stderr.decode(errors="replace")
+            if done.returncode == 0:
+                return done.stdout.decode(errors="replace")
+            if LOCKED in stderr and time.monotonic() < deadline:
+                time.sleep(1)
+                continue
+            raise self.error(doing, stderr)
+
+    # --- the repository ---------------------------------------------------------------
+
+    def repository_ensure(self) -> None:
+        """Open the repository (which checks the key), creating it on first use."""
+        try:
+            self.run("cat", "config", "--no-lock", doing="opening the repository")
+        except StoreError as exc:
+            if "Is there a repository" not in str(exc) and "unable to open config" not in str(exc):
+                raise
+            self.run("init", doing="creating the repository")
+
+    def _exclusive_locks(self) -> int:
+        found = 0
+        for lock_id in self.run("list", "locks", "--no-lock", doing="listing locks").split():
+            try:
+                if '"exclusive": true' in self.run("cat", "lock", lock_id, "--no-lock", doing="reading a lock"):
+                    found += 1
+            except StoreError:  # the lock went away while we looked
+                continue
+        return found
+
+    def preflight(self, *, needed_bytes: int | None, what: str) -> None:
+        """Key readable and right, repository there, no prune holding it (waited out), room."""
+        self.repository_ensure()
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while self._exclusive_locks():
+            if time.monotonic() > deadline:
+                raise StoreError(f"snapshot store {self.url} is held by a prune; {what} was not started")
+            time.sleep(1)
+        super().preflight(needed_bytes=needed_bytes, what=what)
+
+    def free_bytes(self) -> int | None:
+        if self.path is None:
+            return None
+        folder = self.path
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        usage = os.statvfs(folder)
+        return usage.f_bavail * usage.f_frsize
+
+    def repository_bytes(self) -> int:
+        """Bytes the repository takes in its store, as the store counts them."""
+        if self.path is not None:
+            return sum(
+                os.lstat(os.path.join(parent, name)).st_size
+                for parent, _, files in os.walk(self.path)
+                for name in files
+            )
+        client, total = s3_client(), 0
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                total += sum(obj["Size"] for obj in page.get("Contents") or [])
+        except Exception as exc:
+            raise s3_error(exc, where=f"snapshot store {self.url}") from exc
+        return total
+
+    def unreferenced_bytes(self) -> int:
+        """Bytes no snapshot needs (left by a failed stop or a deferred prune)."""
+        answer = self.run("prune", "--dry-run", "--max-unused", "0", doing="measuring unreferenced bytes")
+        found = re.search(r"total prune:\s+\d+ blobs / ([\d.]+ \w+)", answer)
+        return _size(found.group(1)) if found else 0
+
+    # --- objects ------------------------------------------------------------------------
+
+    def writer(self, key: str) -> ObjectWriter:
+        return _ResticWriter(self, key)
+
+    def _snapshots(self, *tags: str) -> list[dict]:
+        args = ["snapshots", "--json", "--host", HOST]
+        for tag in tags:
+            args += ["--tag", tag]
+        return json.loads(self.run(*args, doing="listing snapshots") or "[]") or []
+
+    def _snapshot_id(self, key: str) -> str:
+        if key in self.ids:
+            return self.ids[key]
+        found = sorted(self._snapshots(key), key=lambda s: s["time"])
+        if not found:
+            raise StoreError(f"{self.url}/{key} is missing")
+        return found[-1]["id"]
+
+    def read(self, key: str) -> Iterator[bytes]:
+        snapshot_id = self._snapshot_id(key)
+        name = key.rsplit("/", 1)[-1]
+        with tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(
+                self.command("dump", snapshot_id, f"/{name}"), stdout=subprocess.PIPE, stderr=stderr, env=self.env()
+            )
+            try:
+                while chunk := process.stdout.read(CHUNK_SIZE):
+                    yield chunk
+            finally:
+                if process.poll() is None and process.stdout.closed is False:
+                    process.stdout.close()
+                process.wait()
+            if process.returncode != 0:
+                stderr.seek(0)
+                raise self.error(f"reading {key} back", stderr.read().decode(errors="replace"))
+
+    def size(self, key: str) -> int | None:
+        try:
+            snapshot_id = self._snapshot_id(key)
+        except StoreError:
+            return None
+        for line in self.run("ls", "--json", snapshot_id, doing=f"listing {key}").splitlines():
+            node = json.loads(line)
+            if node.get("struct_type") == "node" and node.get("type") == "file":
+                return node["size"]
+        return None
+
+    def delete_prefix(self, prefix: str, *, reclaim: bool = True) -> int:
+        """Forget the prefix's snapshots; with `reclaim`, prune the chunks no snapshot needs.
+        Returns the bytes the repository shrank by."""
+        before = self.repository_bytes()
+        doomed = [s["id"] for s in self._snapshots() if any(t.startswith(f"{prefix}/") for t in s.get("tags") or [])]
+        if doomed:
+            self.run("forget", *doomed, doing=f"forgetting {prefix}")
+        for key in [k for k in self.ids if k.startswith(f"{prefix}/")]:
+            del self.ids[key]
+        if reclaim:
+            self.run("prune", "--max-unused", "0", doing="pruning", timeout=None)
+        return max(0, before - self.repository_bytes())

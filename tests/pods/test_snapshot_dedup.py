@@ -1,0 +1,245 @@
+"""Deduplicated snapshots (`dedup+file://`, `dedup+s3://`) on the real dockerd and Debian's
+real restic: what changed is what a stop costs, pods from one image share their base, every
+promise of the tar stores holds (verified before removal, restore checked, purge reclaims)."""
+
+import io
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from apps.audit.models import Operation
+from apps.pods import services
+from apps.pods.models import Pod, Snapshot
+from apps.pods.selectors import pod_as_dict, unreferenced_leaks
+from apps.pods.snapshots import DedupStore, StoreError, store_from_url
+from apps.pods.stores import dedup
+from tests.parts import require_part
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, run_in
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+MIB = 1024 * 1024
+DATA_SCRIPT = WRITE_SCRIPT + (
+    "dd if=/dev/urandom of=/workspace/data.bin bs=1M count=12 2>/dev/null\n"
+    "dd if=/dev/urandom of=/home/dev/more.bin bs=1M count=3 2>/dev/null\n"
+)
+
+
+@pytest.fixture
+def restic(settings, tmp_path):
+    if shutil.which("restic") is None:
+        require_part("restic", "no restic binary", "Install Debian's restic: apt-get install restic")
+    key = tmp_path / "snapshot.key"
+    key.write_text(uuid.uuid4().hex)
+    settings.SNAPSHOT_KEY_FILE = str(key)
+    return key
+
+
+@pytest.fixture
+def dedup_file(restic, settings, tmp_path) -> Path:
+    repository = tmp_path / "dedup-repo"
+    settings.SNAPSHOT_STORE_URL = f"dedup+file://{repository}"
+    return repository
+
+
+def repository_bytes(repository: Path) -> int:
+    return sum(path.stat().st_size for path in repository.rglob("*") if path.is_file())
+
+
+def test_second_stop_of_an_unchanged_pod_adds_almost_nothing_and_restores_byte_identical(
+    docker_client, new_pod_id, dedup_file
+):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, DATA_SCRIPT)
+    before = listing(docker_client, pod_id)
+
+    services.pod_stop(pod_id=pod_id, actor="test")
+
+    first = Snapshot.objects.get(pod__pod_id=pod_id)
+    assert first.status == Snapshot.Status.COMPLETE
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+    assert first.total_bytes > 15 * MIB
+    # Random data does not compress: the first stop stores about what it read.
+    assert first.stored_bytes > 0.9 * first.total_bytes
+    assert all(len(entry["store_id"]) == 8 for entry in first.manifest.values())
+    grown = repository_bytes(dedup_file)
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+    services.pod_stop(pod_id=pod_id, actor="test")
+
+    second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
+    assert second.pk != first.pk and second.status == Snapshot.Status.COMPLETE
+    assert second.total_bytes == pytest.approx(first.total_bytes, rel=0.01)
+    assert second.stored_bytes <= 0.02 * second.total_bytes
+    assert repository_bytes(dedup_file) - grown <= 0.02 * second.total_bytes
+    shown = pod_as_dict(Pod.objects.get(pod_id=pod_id))["last_snapshot"]
+    assert shown["stored_bytes"] == second.stored_bytes and shown["total_bytes"] == second.total_bytes
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+
+def _image_with_base(docker_client, pod_image: str, payload: bytes) -> str:
+    """An image whose /opt holds `payload`: pods made from it get it copied into their volume."""
+    tag = f"pinacle-dedup-base:{uuid.uuid4().hex[:8]}"
+    container = docker_client.containers.create(pod_image, command=["/bin/sh"])
+    try:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo("opt/base.bin")
+            info.size, info.mode = len(payload), 0o644
+            tar.addfile(info, io.BytesIO(payload))
+        container.put_archive("/", buffer.getvalue())
+        container.commit(repository=tag.split(":")[0], tag=tag.split(":")[1])
+    finally:
+        container.remove(force=True)
+    return tag
+
+
+def test_two_pods_from_the_same_image_share_their_base(docker_client, new_pod_id, pod_image, dedup_file):
+    image = _image_with_base(docker_client, pod_image, os.urandom(16 * MIB))
+    try:
+        first, second = new_pod_id(), new_pod_id()
+        for pod_id in (first, second):
+            services.pod_provision(pod_id=pod_id, actor="test", image=image)
+            run_in(docker_client, pod_id, "dd if=/dev/urandom of=/workspace/own.bin bs=1M count=1 2>/dev/null")
+            services.pod_stop(pod_id=pod_id, actor="test")
+
+        one = Snapshot.objects.get(pod__pod_id=first)
+        two = Snapshot.objects.get(pod__pod_id=second)
+        assert one.manifest["opt"]["bytes"] > 16 * MIB
+        assert one.stored_bytes > 16 * MIB
+        # The second pod adds its own MiB and a little, not the 16 MiB base again.
+        assert two.stored_bytes < 2 * MIB < two.total_bytes / 8
+        assert repository_bytes(dedup_file) < 21 * MIB
+    finally:
+        docker_client.images.remove(image, force=True)
+
+
+def test_a_wrong_or_missing_key_is_refused_in_one_line_and_nothing_changes(
+    docker_client, new_pod_id, dedup_file, restic, settings
+):
+    stopped = new_pod_id()
+    services.pod_provision(pod_id=stopped, actor="test")
+    services.pod_stop(pod_id=stopped, actor="test")
+    restic.write_text("not the key")
+
+    with pytest.raises(StoreError, match="refused the key in SNAPSHOT_KEY_FILE") as refused:
+        services.pod_start(pod_id=stopped, actor="test")
+    assert "\n" not in str(refused.value)
+    assert Pod.objects.get(pod_id=stopped).status == Pod.Status.STOPPED
+    assert pod_volumes(docker_client, stopped) == []
+
+    running = new_pod_id()
+    services.pod_provision(pod_id=running, actor="test")
+    with pytest.raises(StoreError, match="refused the key"):
+        services.pod_stop(pod_id=running, actor="test")
+    # Refused before the container was stopped: the pod runs on, untouched.
+    assert Pod.objects.get(pod_id=running).status == Pod.Status.RUNNING
+    assert docker_client.containers.get(f"pinacle-pod-{running}").status == "running"
+
+    settings.SNAPSHOT_KEY_FILE = str(restic.with_name("missing.key"))
+    with pytest.raises(StoreError, match="SNAPSHOT_KEY_FILE .*missing.key cannot be read"):
+        services.pod_stop(pod_id=running, actor="test")
+    settings.SNAPSHOT_KEY_FILE = ""
+    with pytest.raises(StoreError, match="set SNAPSHOT_KEY_FILE"):
+        services.pod_stop(pod_id=running, actor="test")
+    assert Pod.objects.get(pod_id=running).status == Pod.Status.RUNNING
+    assert len(pod_volumes(docker_client, running)) == 8
+
+
+def test_a_corrupted_pack_fails_verification_and_nothing_is_removed(docker_client, new_pod_id, dedup_file, monkeypatch):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, DATA_SCRIPT)
+    original_close = dedup._ResticWriter.close
+
+    def packs() -> set[Path]:
+        return {path for path in (dedup_file / "data").rglob("*") if path.is_file()}
+
+    def close_then_corrupt(self):
+        earlier = packs()
+        original_close(self)
+        if self.key.endswith("/home.tar"):
+            # The pack home's backup wrote, same length, other bytes: only restic's MACs tell.
+            pack = max(packs() - earlier, key=lambda p: p.stat().st_size)
+            data = bytearray(pack.read_bytes())
+            for at in range(100, len(data) - 1000, 4096):
+                data[at] ^= 0xFF
+            pack.write_bytes(bytes(data))
+
+    monkeypatch.setattr(dedup._ResticWriter, "close", close_then_corrupt)
+    with pytest.raises(StoreError, match="home.tar"):
+        services.pod_stop(pod_id=pod_id, actor="test")
+
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.PAUSED
+    assert "home.tar" in pod.last_error
+    assert len(pod_volumes(docker_client, pod_id)) == 8
+    assert container_exists(docker_client, pod_id)
+    assert Snapshot.objects.get(pod=pod).status == Snapshot.Status.FAILED
+
+
+def test_purge_forgets_and_prunes_and_a_prune_deferred_under_a_stop_is_reported_as_a_leak(
+    docker_client, new_pod_id, dedup_file
+):
+    keep, drop = new_pod_id(), new_pod_id()
+    for pod_id in (keep, drop):
+        services.pod_provision(pod_id=pod_id, actor="test")
+        run_in(docker_client, pod_id, f"dd if=/dev/urandom of=/workspace/{pod_id}.bin bs=1M count=6 2>/dev/null")
+        services.pod_stop(pod_id=pod_id, actor="test")
+    full = repository_bytes(dedup_file)
+    # A stop is writing to the store: the purge forgets, but leaves the prune for later.
+    writing = Snapshot.objects.create(
+        pod=Pod.objects.get(pod_id=keep),
+        store_url=store_from_url().url,
+        status=Snapshot.Status.UPLOADING,
+        operation=Operation.objects.create(kind="pod.stop", target_type="pod", target_id=keep, status="running"),
+    )
+
+    services.pod_delete(pod_id=drop, actor="test")
+
+    assert repository_bytes(dedup_file) > full - MIB
+    [leak] = unreferenced_leaks()
+    assert leak.bytes > 5 * MIB and "unreferenced" in leak.label
+
+    Snapshot.objects.filter(pk=writing.pk).update(status=Snapshot.Status.FAILED)
+    Operation.objects.filter(pk=writing.operation_id).update(status=Operation.Status.FAILED)
+    kept = Snapshot.objects.get(pod__pod_id=keep, status=Snapshot.Status.COMPLETE)
+    # The stop is over (its attempt failed): the next purge, here retention's, prunes.
+    services.snapshots_apply_retention(actor="test")
+    assert Snapshot.objects.get(pk=writing.pk).status == Snapshot.Status.DELETED
+    assert repository_bytes(dedup_file) < full - 5 * MIB
+    assert unreferenced_leaks() == []
+    # What another pod needs is still whole.
+    store = store_from_url()
+    assert isinstance(store, DedupStore)
+    for entry in kept.manifest.values():
+        store.verify(entry["key"], expected_bytes=entry["bytes"], expected_sha256=entry["sha256"])
+
+
+@pytest.mark.s3
+def test_dedup_on_s3_stops_and_restores_byte_identical(
+    docker_client, new_pod_id, restic, s3_server, s3_bucket, settings
+):
+    settings.SNAPSHOT_STORE_URL = f"dedup+s3://{s3_bucket}/repo"
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, DATA_SCRIPT)
+    before = listing(docker_client, pod_id)
+
+    services.pod_stop(pod_id=pod_id, actor="test")
+
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="repo/")["Contents"]]
+    assert "repo/config" in keys and any(k.startswith("repo/data/") for k in keys)
+    assert snapshot.stored_bytes > 10 * MIB
+    assert pod_volumes(docker_client, pod_id) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
