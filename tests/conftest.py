@@ -89,12 +89,33 @@ def pod_image(docker_client):
 S3_SERVERS = {"moto": parts.S3Server, "seaweedfs": parts.SeaweedFSServer}
 # Which S3 servers the S3 tests run on, e.g. `TEST_S3_SERVERS=seaweedfs` to try one alone.
 S3_SERVERS_USED = os.environ.get("TEST_S3_SERVERS", "moto,seaweedfs").split(",")
+# Tests of what S3 itself decides (snapshots, retention, fault proxy, cross-check) run on every
+# server; the rest (pages, CLI, bad input that only need *an* S3) on SeaweedFS alone, the
+# real server, to keep the suite's time.
+EVERY_S3_SERVER = {
+    "tests/pods/test_faults.py",
+    "tests/pods/test_lifecycle.py",
+    "tests/pods/test_snapshot_parts.py",
+    "tests/pods/test_housekeeping.py",
+    "tests/pods/test_verify.py",
+    "tests/reliability/test_s3_faults.py",
+    "tests/volumes/test_crosscheck.py",
+    "tests/test_parts.py",
+}
 
 
-@pytest.fixture(scope="session", params=S3_SERVERS_USED)
+def pytest_generate_tests(metafunc):
+    if "s3_server" not in metafunc.fixturenames:
+        return
+    path = metafunc.definition.path.relative_to(metafunc.config.rootpath).as_posix()
+    servers = S3_SERVERS_USED if path in EVERY_S3_SERVER else S3_SERVERS_USED[-1:]
+    metafunc.parametrize("s3_server", servers, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def s3_server(request):
-    """Every S3 test runs twice over real HTTP: on moto's server and on SeaweedFS (whose
-    multipart ETags, errors and timing are a real server's, not an emulator's)."""
+    """An S3 server over real HTTP on 127.0.0.1: moto's, or SeaweedFS (whose multipart ETags,
+    errors and timing are a real server's, not an emulator's); see EVERY_S3_SERVER."""
     server = S3_SERVERS[request.param]()
     server.start()
     yield server

@@ -4,7 +4,7 @@ from django.contrib.auth.models import Group, Permission
 
 VIEWER_GROUP = "viewer"
 OPERATOR_GROUP = "operator"
-OUR_APPS = ["audit", "pods", "separations", "mixjobs", "volumes", "dashboard", "django_q"]
+OUR_APPS = ["audit", "pods", "separations", "mixjobs", "volumes", "dashboard", "django_q", "axes"]
 
 
 def roles_sync() -> None:

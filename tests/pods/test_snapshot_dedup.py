@@ -115,9 +115,11 @@ def test_two_pods_from_the_same_image_share_their_base(docker_client, new_pod_id
         two = Snapshot.objects.get(pod__pod_id=second)
         assert one.manifest["opt"]["bytes"] > 16 * MIB
         assert one.stored_bytes > 16 * MIB
-        # The second pod adds its own MiB and a little, not the 16 MiB base again.
-        assert two.stored_bytes < 2 * MIB < two.total_bytes / 8
-        assert repository_bytes(dedup_file) < 21 * MIB
+        # The second pod adds its own MiB and the few content-defined chunks its tar headers and
+        # small files change (restic's chunks average 1 MiB, up to 8 MiB), not the 16 MiB base.
+        assert two.stored_bytes < 8 * MIB < two.total_bytes / 2
+        # The bound: the store holds at most 1.5× the distinct data (16 + 2 × 1 MiB).
+        assert repository_bytes(dedup_file) < 1.5 * 18 * MIB
     finally:
         docker_client.images.remove(image, force=True)
 
