@@ -246,6 +246,22 @@ POD_ORPHAN_GRACE_MINUTES = envint("POD_ORPHAN_GRACE_MINUTES", 60)
 # Seconds the size schedule may walk volumes on each host per run (hosts run at once).
 POD_SIZE_BUDGET_SECONDS = envint("POD_SIZE_BUDGET_SECONDS", 20)
 SNAPSHOT_RETENTION = envint("SNAPSHOT_RETENTION", 3)
+# Retention by policy: the latest KEEP_LAST complete snapshots of each pod, plus the newest of
+# each UTC day for the last KEEP_DAILY days and of each ISO week for the last KEEP_WEEKLY weeks
+# (0: off). A pod's latest complete snapshot and held ones are never purged.
+SNAPSHOT_KEEP_LAST = envint("SNAPSHOT_KEEP_LAST", 0)  # 0: SNAPSHOT_RETENTION
+SNAPSHOT_KEEP_DAILY = envint("SNAPSHOT_KEEP_DAILY", 0)
+SNAPSHOT_KEEP_WEEKLY = envint("SNAPSHOT_KEEP_WEEKLY", 0)
+# Bytes the daily verification re-reads from the store per run (oldest-verified first).
+VERIFY_BYTES_PER_RUN = envint("VERIFY_BYTES_PER_RUN", 10 * 1024**3)
+# Idle pods: a running pod whose container used less than POD_IDLE_CPU_SECONDS of CPU over the
+# last POD_IDLE_STOP_HOURS is stopped with a snapshot (0 = off; reconcile samples CPU only then).
+POD_IDLE_STOP_HOURS = envfloat("POD_IDLE_STOP_HOURS", 0)
+POD_IDLE_CPU_SECONDS = envfloat("POD_IDLE_CPU_SECONDS", 60.0)
+# Dormant pods: stopped and not started for POD_DORMANT_DAYS (0 = off); deprovisioned (snapshots
+# kept) POD_DORMANT_DEPROVISION_DAYS after that (0 = never), a day after a warning at the earliest.
+POD_DORMANT_DAYS = envfloat("POD_DORMANT_DAYS", 0)
+POD_DORMANT_DEPROVISION_DAYS = envfloat("POD_DORMANT_DEPROVISION_DAYS", 0)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
 # The repository key of a dedup+… store: a file, never the database (lose it, lose the snapshots).
 SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")

@@ -40,6 +40,18 @@ def clear_cache():
 
 
 @pytest.fixture
+def receiver(settings):
+    """A real HTTP receiver on 127.0.0.1 that notifications go to (Apprise `json://`)."""
+    from tests.fakes.http_receiver import Receiver
+
+    server = Receiver()
+    settings.NOTIFY_URLS = [server.apprise_url()]
+    settings.NOTIFY_TIMEOUT_SECONDS = 5
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def q_sync(monkeypatch):
     """Run enqueued django-q2 tasks inline (after commit) instead of waiting for a worker."""
     from django_q.conf import Conf

@@ -134,9 +134,12 @@ def test_get_never_changes_state_even_with_hostile_ids(staff_client, name, path,
     before = row_counts()
     response = staff_client.get(path)
     assert response.status_code < 500
+    # A POST-only action answers GET with 405 whatever the id (400 when the path holds a NUL,
+    # refused before any view; 404 when the id leaves the URL pattern); a page refuses a bad id.
+    allowed = {400, 404, 405} if response.status_code == 405 else {200, 302, 400, 404}
     for arg in text_args:
         for hostile in HOSTILE_IDS:
             hostile_path = path.replace(quote(str(kwargs[arg])), hostile, 1)
             response = staff_client.get(hostile_path)
-            assert response.status_code in {200, 302, 400, 404}, f"GET {hostile_path} answered {response.status_code}"
+            assert response.status_code in allowed, f"GET {hostile_path} answered {response.status_code}"
     assert row_counts() == before

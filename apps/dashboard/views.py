@@ -108,7 +108,14 @@ def operation_detail(request, operation_id: int):
 def operation_progress(request, operation_id: int):
     """The fragment htmx polls while the work runs; it stops polling once finished."""
     operation = get_object_or_404(Operation, pk=operation_id)
-    return render(request, "includes/operation_progress.html", {"operation": operation})
+    response = render(request, "includes/operation_progress.html", {"operation": operation})
+    # The page's sections listening for these reload themselves: at the poll that first
+    # sees the work change status (claimed), and at the last one (finished).
+    if not operation.is_active:
+        response["HX-Trigger"] = "operation-finished"
+    elif request.GET.get("seen") != operation.status:
+        response["HX-Trigger"] = "operation-changed"
+    return response
 
 
 @require_POST

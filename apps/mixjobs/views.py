@@ -1,10 +1,12 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
+from django.db.models import BooleanField, ExpressionWrapper
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
+from apps.audit.models import Operation
 from apps.audit.names import Kind
 from apps.audit.operations import request as request_work
 from apps.audit.operations import request_many
@@ -17,6 +19,7 @@ from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
 YES = "yes"
+PARTS = {"headline": "mixjobs/part_headline.html", "table": "mixjobs/part_table.html"}
 
 
 @require_safe
@@ -34,6 +37,11 @@ def list_view(request):
     if filters["problem"] == YES:
         queryset = queryset.exclude(problem="")
     totals = mixjobs_totals()
+    # Each row says whether it is expired or stalled, by the same rules as the filters.
+    queryset = queryset.annotate(
+        is_expired=ExpressionWrapper(expired_filter(), output_field=BooleanField()),
+        is_stalled=ExpressionWrapper(stalled_filter(), output_field=BooleanField()),
+    )
     paginator = Paginator(queryset.order_by("-updated_at", "-id"), PAGE_SIZE)
     if not any(filters.values()):
         # Unfiltered, the page lists every live job: the totals (dropped by every sync and
@@ -46,8 +54,13 @@ def list_view(request):
         "states": MixJob.State.choices,
         "totals": totals,
         "held_bytes": mixjobs_held_bytes(),
+        "operations": Operation.objects.filter(kind__startswith="mixjobs.").order_by("-created_at")[:3],
+        "part_query": request.GET.copy(),
     }
-    return render(request, "mixjobs/list.html", context)
+    context["part_query"].pop("part", None)
+    # Parts reload themselves when a sync or cleanup shown here ends (`?part=`, htmx).
+    part = PARTS.get(request.GET.get("part", ""))
+    return render(request, part or "mixjobs/list.html", context)
 
 
 def _sessions(values: list[str]) -> list[str]:

@@ -95,7 +95,8 @@ class Pod(StateMachine, models.Model):
         Status.STOPPED: {Status.STARTING, Status.DEPROVISIONING, Status.DELETING},
         Status.STARTING: {Status.STARTING, Status.RUNNING, Status.PAUSED, Status.STOPPED},
         Status.DEPROVISIONING: {Status.DEPROVISIONING, Status.DEPROVISIONED},
-        Status.DEPROVISIONED: {Status.PROVISIONING, Status.DELETING},
+        # Starting a deprovisioned pod restores its latest snapshot, like a stopped one.
+        Status.DEPROVISIONED: {Status.PROVISIONING, Status.STARTING, Status.DELETING},
         Status.DELETING: {Status.DELETING, Status.DELETED},
         Status.DELETED: {Status.PROVISIONING},
         Status.FAILED: {Status.PROVISIONING, Status.DEPROVISIONING, Status.DELETING},
@@ -117,6 +118,19 @@ class Pod(StateMachine, models.Model):
     restoring_snapshot = models.ForeignKey(
         "pods.Snapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # Idle detection (`services.idle`): {"container": id, "samples": [[unix time, CPU seconds
+    # used by that container so far], …]}, thinned to a few per POD_IDLE_STOP_HOURS by reconcile.
+    cpu_samples = models.JSONField(default=dict, blank=True)
+    # Dormancy: stopped and not started for POD_DORMANT_DAYS; when it was warned that it will be
+    # deprovisioned. Starting (or provisioning) it again clears both.
+    dormant_since = models.DateTimeField(null=True, blank=True)
+    dormant_warned_at = models.DateTimeField(null=True, blank=True)
+
+    # Last proven restorable: when a restore drill (or a verification of one of its snapshots)
+    # last succeeded, and which; the last drill's failure until one succeeds (`services.drill`).
+    proven_at = models.DateTimeField(null=True, blank=True)
+    proven_by = models.CharField(max_length=200, blank=True)
+    drill_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["pod_id"]
@@ -127,6 +141,7 @@ class Pod(StateMachine, models.Model):
             ("deprovision_pod", "Can deprovision a pod (remove container and volumes)"),
             # Deleting a pod with its snapshots uses Django's own `delete_pod` permission.
             ("sweep_orphans", "Can remove orphaned pod volumes and old snapshots"),
+            ("verify_snapshot", "Can verify snapshots and run restore drills"),
         ]
 
     def __str__(self) -> str:
@@ -139,11 +154,21 @@ class Pod(StateMachine, models.Model):
         now = timezone.now()
         if to != before:
             self.status_changed_at = now
+            self.cpu_samples = {}  # idleness is measured afresh in every status
+        if to in {self.Status.STARTING, self.Status.PROVISIONING}:
+            self.dormant_since = self.dormant_warned_at = None  # in use again
         self.updated_at = now
 
     @property
     def container_name(self) -> str:
         return container_name(self.pod_id)
+
+    def active_hold(self):
+        """The hold on this pod now, or None (for its page)."""
+        from apps.audit.holds import hold_for
+        from apps.audit.names import TargetType
+
+        return hold_for(target_type=TargetType.POD, target_id=self.pod_id)
 
 
 class PodVolume(models.Model):
@@ -207,6 +232,11 @@ class Snapshot(StateMachine, models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     operation = models.ForeignKey("audit.Operation", null=True, blank=True, on_delete=models.SET_NULL)
+    # Verification (`services.verify`) re-reads it from its store: when it last passed, when it
+    # was last read (the schedule takes the longest unread first) and why it last failed.
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_checked_at = models.DateTimeField(null=True, blank=True)
+    verify_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -3,13 +3,16 @@ sentence it ends with and when it runs by itself. `PodsConfig.ready()` registers
 pages, the admin, the CLI, reconcile's resume and the schedules all go through
 `apps.audit.operations.request` / `run_now` with these names."""
 
+from apps.audit.holds import hold_refuse
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import OperationKind, Schedule
 from apps.pods import services
 from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAction
-from apps.pods.models import VOLUME_PREFIX
+from apps.pods.models import VOLUME_PREFIX, Snapshot
+from apps.pods.services.idle import dormancy_sentence, idle_sentence, idle_stop_notify, pods_dormancy, pods_idle_stop
 from apps.pods.services.sizes import pods_measure
+from apps.pods.services.verify import snapshots_verified_sentence
 from controlpanel.formatting import humanize_bytes, plural
 
 # --- running them ------------------------------------------------------------------------
@@ -31,6 +34,20 @@ def _on_pod(service):
         return service(pod_id=operation.target_id, actor=operation.actor, operation=operation)
 
     return run
+
+
+def _stop(operation: Operation) -> dict:
+    result = services.pod_stop(pod_id=operation.target_id, actor=operation.actor, operation=operation)
+    idle_stop_notify(operation, result)  # only for a stop the idle schedule asked for
+    return result
+
+
+def _idle_stop(operation: Operation) -> dict:
+    return pods_idle_stop(actor=operation.actor, operation=operation)
+
+
+def _dormancy(operation: Operation) -> dict:
+    return pods_dormancy(actor=operation.actor, operation=operation)
 
 
 def _reconcile(operation: Operation) -> dict:
@@ -128,7 +145,33 @@ def _swept(result: dict) -> str:
 
 
 def _retired(result: dict) -> str:
-    return f"{plural(len(result['purged']), 'snapshot')} purged, {humanize_bytes(result['bytes'])} reclaimed."
+    sentence = f"{plural(len(result['purged']), 'snapshot')} purged, {humanize_bytes(result['bytes'])} reclaimed"
+    if result.get("on_hold"):
+        sentence += f"; {plural(len(result['on_hold']), 'snapshot')} kept on hold"
+    return sentence + "."
+
+
+def _verify(operation: Operation) -> dict:
+    return services.snapshots_verify(
+        actor=operation.actor, pod_id=(operation.params or {}).get("pod_id"), operation=operation
+    )
+
+
+def _drilled(result: dict) -> str:
+    return (
+        f"Snapshot #{result['snapshot']} of pod {result['pod_id']} restored into temporary volumes: "
+        f"{plural(result['files'], 'file')} ({humanize_bytes(result['bytes'])}) match the manifest; "
+        "temporary volumes removed."
+    )
+
+
+def _drill_check(target_id: str, params: dict) -> None:
+    services.drill_check(pod_id=target_id)
+
+
+# Actions that delete a pod's data: refused while the pod (or, for delete, one of its
+# snapshots) is on hold.
+HELD_REFUSED = {STOP, DEPROVISION, DELETE}
 
 
 # --- the declarations --------------------------------------------------------------------
@@ -139,6 +182,14 @@ def _retired(result: dict) -> str:
 def _checker(action: PodAction):
     def check(target_id: str, params: dict) -> None:
         services.pod_action_check(pod_id=target_id, action=action)
+        if action in HELD_REFUSED:
+            hold_refuse(target_type=TargetType.POD, target_id=target_id, what=f"pod {target_id}")
+        if action is DELETE:
+            snapshots = Snapshot.objects.filter(pod__pod_id=target_id).exclude(status=Snapshot.Status.DELETED)
+            for pk in snapshots.values_list("pk", flat=True):
+                hold_refuse(
+                    target_type=TargetType.SNAPSHOT, target_id=str(pk), what=f"snapshot #{pk} of pod {target_id}"
+                )
 
     return check
 
@@ -183,9 +234,17 @@ def _pods_kind(
     )
 
 
+def _idle_kind(kind: Kind, run, describe, minutes: int, actor: str, permission: str) -> OperationKind:
+    """Idle stop and dormancy (`services.idle`): schedules over all pods that queue pod actions."""
+    schedule = Schedule(kind.label.lower(), minutes, actor)
+    return _pods_kind(kind, run, describe, schedule, permission=permission, progress_unit="pods")
+
+
 KINDS = [
+    _idle_kind(Kind.PODS_IDLE_STOP, _idle_stop, idle_sentence, 15, "schedule:idle-stop", "pods.stop_pod"),
+    _idle_kind(Kind.PODS_DORMANCY, _dormancy, dormancy_sentence, 60, "schedule:dormancy", "pods.deprovision_pod"),
     _pod_kind(PROVISION, _provision, _provisioned),
-    _pod_kind(STOP, _on_pod(services.pod_stop), _stopped, progress_unit="bytes"),
+    _pod_kind(STOP, _stop, _stopped, progress_unit="bytes"),
     _pod_kind(START, _on_pod(services.pod_start), _started, progress_unit="bytes"),
     _pod_kind(DEPROVISION, _on_pod(services.pod_deprovision), _deprovisioned),
     _pod_kind(DELETE, _on_pod(services.pod_delete), _deleted),
@@ -219,5 +278,27 @@ KINDS = [
         _retired,
         Schedule("apply snapshot retention", 60, "schedule:snapshot-retention"),
         progress_unit="snapshots",
+    ),
+    _pods_kind(
+        Kind.PODS_VERIFY,
+        _verify,
+        snapshots_verified_sentence,
+        Schedule("verify snapshots", 24 * 60, "schedule:verify-snapshots"),
+        permission="pods.verify_snapshot",
+        progress_unit="bytes",
+    ),
+    OperationKind(
+        name=str(Kind.PODS_DRILL),
+        target_type=TargetType.POD,
+        run=_on_pod(services.pod_drill),
+        permission="pods.verify_snapshot",
+        audit_action=AuditAction.PODS_DRILL,
+        label=Kind.PODS_DRILL.label,
+        progress_unit="bytes",
+        # It reads a snapshot, never the pod's volumes: a stop or start may run beside it
+        # (`drill_check` refuses a second drill of the same pod).
+        exclusive=False,
+        describe=_drilled,
+        check=_drill_check,
     ),
 ]

@@ -1,15 +1,35 @@
 """Reads for pages, the CLI and the overview: a fixed number of queries each, no Docker calls."""
 
-from django.conf import settings
-from django.db.models import Case, Count, F, Min, OuterRef, Q, QuerySet, Subquery, Sum, When, Window
-from django.db.models.functions import Coalesce, RowNumber
-from django.urls import reverse
+from datetime import UTC, timedelta
 
+from django.conf import settings
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+    Window,
+)
+from django.db.models.functions import Cast, Coalesce, RowNumber, TruncDay, TruncWeek
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.audit.holds import holds_active
 from apps.audit.models import Operation, StorageSample
 from apps.audit.names import TargetType
-from apps.audit.overview import Leak, OverviewSection
+from apps.audit.overview import Attention, Leak, OverviewSection
 from apps.pods.models import DOMAIN, UNREFERENCED_DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
-from controlpanel.formatting import humanize_bytes
+from controlpanel.formatting import humanize_bytes, plural
 
 
 def pods_with_totals() -> QuerySet[Pod]:
@@ -81,24 +101,67 @@ def pods_busy() -> QuerySet:
     )
 
 
-def snapshots_past_retention(keep: int | None = None) -> QuerySet[Snapshot]:
-    """The retention rules, in one query: failed snapshots, and complete ones beyond the
-    latest `keep` of each pod (so never the one a stopped pod needs); never a snapshot of a
-    pod with work in flight, nor one being restored (those are left out before counting)."""
-    keep = max(1, keep if keep is not None else settings.SNAPSHOT_RETENTION)
+def retention_keep_last(keep: int | None = None) -> int:
+    """How many of each pod's latest complete snapshots retention keeps: `keep`, else
+    SNAPSHOT_KEEP_LAST, else SNAPSHOT_RETENTION; never fewer than one."""
+    return max(1, keep if keep is not None else (settings.SNAPSHOT_KEEP_LAST or settings.SNAPSHOT_RETENTION))
+
+
+def _retention_ranked(keep: int | None = None) -> QuerySet[Snapshot]:
+    """What retention purges, holds aside. Candidates (never a snapshot of a pod with work in flight, nor one being
+    restored): failed snapshots, and complete ones past the policy: not its pod's latest,
+    not among the latest SNAPSHOT_KEEP_LAST (or `keep`), not the newest of one of the last
+    SNAPSHOT_KEEP_DAILY UTC days, not the newest of one of the last SNAPSHOT_KEEP_WEEKLY ISO
+    weeks (today and this week count as the first)."""
+    keep_last = retention_keep_last(keep)
     restoring = Pod.objects.filter(restoring_snapshot__isnull=False).values("restoring_snapshot_id")
     candidates = (
         Snapshot.objects.filter(status__in=[Snapshot.Status.COMPLETE, Snapshot.Status.FAILED])
         .exclude(pod__pod_id__in=pods_busy())
         .exclude(pk__in=restoring)
     )
+    newest_first = [F("finished_at").desc(), F("id").desc()]
+    day, week = TruncDay("finished_at", tzinfo=UTC), TruncWeek("finished_at", tzinfo=UTC)
     ranked = candidates.filter(status=Snapshot.Status.COMPLETE).annotate(
-        rank=Window(RowNumber(), partition_by=[F("pod_id")], order_by=[F("finished_at").desc(), F("id").desc()])
+        rank=Window(RowNumber(), partition_by=[F("pod_id")], order_by=newest_first),
+        day=day,
+        day_rank=Window(RowNumber(), partition_by=[F("pod_id"), day], order_by=newest_first),
+        week=week,
+        week_rank=Window(RowNumber(), partition_by=[F("pod_id"), week], order_by=newest_first),
     )
-    superseded = ranked.filter(rank__gt=keep).values("pk")
-    return Snapshot.objects.filter(
-        Q(pk__in=candidates.filter(status=Snapshot.Status.FAILED).values("pk")) | Q(pk__in=superseded)
+    today = timezone.now().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    past = Q(rank__gt=keep_last)
+    if settings.SNAPSHOT_KEEP_DAILY > 0:
+        past &= Q(day_rank__gt=1) | Q(day__lt=today - timedelta(days=settings.SNAPSHOT_KEEP_DAILY - 1))
+    if settings.SNAPSHOT_KEEP_WEEKLY > 0:
+        monday = today - timedelta(days=today.weekday())
+        past &= Q(week_rank__gt=1) | Q(week__lt=monday - timedelta(weeks=settings.SNAPSHOT_KEEP_WEEKLY - 1))
+    failed = candidates.filter(status=Snapshot.Status.FAILED).values("pk")
+    return Snapshot.objects.filter(Q(pk__in=failed) | Q(pk__in=ranked.filter(past).values("pk")))
+
+
+def _held_filter() -> Q:
+    """Snapshots held themselves, or through their pod (subqueries: no query of its own).
+    Needs `pk_text` (`_with_pk_text`): a hold names what it holds as text."""
+    held = holds_active().values("target_id")
+    return Q(pk_text__in=held.filter(target_type=TargetType.SNAPSHOT)) | Q(
+        pod__pod_id__in=held.filter(target_type=TargetType.POD)
     )
+
+
+def _with_pk_text(snapshots: QuerySet[Snapshot]) -> QuerySet[Snapshot]:
+    return snapshots.annotate(pk_text=Cast("pk", CharField()))
+
+
+def snapshots_past_retention(keep: int | None = None) -> QuerySet[Snapshot]:
+    """The retention rules (`_retention_ranked`): failed snapshots and complete ones past the
+    policy, never a held one (they are `snapshots_kept_on_hold`)."""
+    return Snapshot.objects.filter(pk__in=_with_pk_text(_retention_ranked(keep)).exclude(_held_filter()).values("pk"))
+
+
+def snapshots_kept_on_hold(keep: int | None = None) -> QuerySet[Snapshot]:
+    """What retention would purge but keeps, on hold."""
+    return Snapshot.objects.filter(pk__in=_with_pk_text(_retention_ranked(keep)).filter(_held_filter()).values("pk"))
 
 
 def snapshot_leaks(keep: int | None = None) -> list[Snapshot]:
@@ -137,13 +200,55 @@ def unreferenced_leaks() -> list[Leak]:
     ]
 
 
+def proven_overview(by_status: dict[str, dict]) -> tuple[tuple[str, str], list[Attention]]:
+    """The overview's "last proven restorable": how many pods a drill or a verification
+    proved, and the newest proof (from the status counts, `by_status`); and what failed:
+    drills and verifications, in one query."""
+    proven = sum(row["proven"] for row in by_status.values())
+    last = max((row["last"] for row in by_status.values() if row["last"]), default=None)
+    text = f"{plural(proven, 'pod')}" + (f", last {last:%Y-%m-%d %H:%M} UTC" if last else "; none yet")
+    drills = Pod.objects.exclude(drill_error="").order_by().values_list("pod_id", Value(0, output_field=IntegerField()))
+    failed = Snapshot.objects.filter(status=Snapshot.Status.COMPLETE).exclude(verify_error="").order_by()
+    verifications = failed.values_list("pod__pod_id", "pk")
+    attention = [
+        Attention(
+            f"snapshot #{pk} of pod {pod_id} failed verification" if pk else f"restore drill of pod {pod_id} failed",
+            reverse("pods:detail", args=[pod_id]),
+            "error",
+        )
+        for pod_id, pk in drills.union(verifications, all=True)[:40]
+    ]
+    return ("proven restorable", text), attention
+
+
+def dormant_overview() -> tuple[list[tuple[str, int]], list[Attention]]:
+    """Dormant pods for the overview: a row on the pods card (while dormancy is on, or any is
+    left marked) and an attention item, with when the first warned one goes (one query)."""
+    dormant = Pod.objects.filter(status=Pod.Status.STOPPED, dormant_since__isnull=False).aggregate(
+        n=Count("pk"), warned=Count("pk", filter=Q(dormant_warned_at__isnull=False)), first=Min("dormant_warned_at")
+    )
+    if not dormant["n"]:
+        return ([("dormant", 0)] if settings.POD_DORMANT_DAYS else []), []
+    label = f"{plural(dormant['n'], 'dormant pod')} (stopped, not started for {settings.POD_DORMANT_DAYS:g} days)"
+    if dormant["warned"]:
+        goes = dormant["first"] + timedelta(days=1)
+        label += f"; {dormant['warned']} to be deprovisioned (snapshots kept) from {goes:%Y-%m-%d %H:%M} UTC"
+    return [("dormant", dormant["n"])], [Attention(label, reverse("pods:list"), "warning")]
+
+
 LEFTOVERS_SHOWN = 200
 SWEEP_LABEL = "Review orphan sweep"
 
 
 def overview_section() -> OverviewSection:
     """The pods' card on the overview and their leaks: database reads only, no Docker call."""
-    pods = dict(Pod.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
+    by_status = {
+        row["status"]: row
+        for row in Pod.objects.values("status").annotate(
+            n=Count("id"), proven=Count("id", filter=Q(proven_at__isnull=False)), last=Max("proven_at")
+        )
+    }
+    pods = {status: row["n"] for status, row in by_status.items()}
     held = PodVolume.objects.filter(exists=True).aggregate(total=Sum("size_bytes"))["total"] or 0
     snapshot_bytes = (
         Snapshot.objects.filter(status=Snapshot.Status.COMPLETE).aggregate(total=Sum("total_bytes"))["total"] or 0
@@ -190,7 +295,7 @@ def overview_section() -> OverviewSection:
     if retire["count"]:
         leaks.append(
             Leak(
-                f"{retire['count']} failed or superseded snapshots past retention ({settings.SNAPSHOT_RETENTION})",
+                f"{retire['count']} failed or superseded snapshots past retention",
                 DOMAIN,
                 retire["bytes"],
                 reverse("pods:retention"),
@@ -199,6 +304,8 @@ def overview_section() -> OverviewSection:
         )
     leaks.extend(unreferenced_leaks())
     unreachable = list(DockerHost.objects.filter(reachable=False).values_list("name", "last_error"))
+    proven_row, proven_attention = proven_overview(by_status)
+    dormant_rows, dormant_attention = dormant_overview()
     return OverviewSection(
         title="Pods",
         url=reverse("pods:list"),
@@ -208,7 +315,10 @@ def overview_section() -> OverviewSection:
             *[(status, n) for status, n in sorted(pods.items())],
             ("in volumes", humanize_bytes(held)),
             ("in snapshots", humanize_bytes(snapshot_bytes)),
+            proven_row,
+            *dormant_rows,
         ],
+        attention=proven_attention + dormant_attention,
         leaks=leaks,
         error="; ".join(error or f"Docker host {name!r} unreachable" for name, error in unreachable),
     )

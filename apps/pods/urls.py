@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.pods import views
+from apps.pods import views, views_verify
 from apps.pods.actions import PAGE_ACTIONS
 
 app_name = "pods"
@@ -15,6 +15,7 @@ urlpatterns = [
         for page in views.HOUSEKEEPING
     ],
     path("<str:pod_id>/", views.detail_view, name="detail"),
+    *views_verify.URLS,  # pods:verify, pods:drill, pods:hold, pods:release-hold
     path("<str:pod_id>/confirm/<str:action>/", views.confirm_view, name="confirm"),
     # pods:stop, pods:start, pods:deprovision, pods:delete
     *[

@@ -14,8 +14,9 @@ from django.views.decorators.http import require_POST, require_safe
 from apps.audit import operations
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import Kind, TargetType
-from apps.pods.actions import PAGE_ACTIONS, POD_ACTIONS, PROVISION
-from apps.pods.models import DockerHost
+from apps.pods.actions import PAGE_ACTIONS, POD_ACTIONS, PROVISION, START
+from apps.pods.forms import FROM_SNAPSHOT, ProvisionForm
+from apps.pods.models import DockerHost, Pod, Snapshot
 from apps.pods.selectors import pods_with_totals
 from apps.pods.services import orphans_preview, pod_get, pod_preview, retention_preview
 from controlpanel.errors import InvalidInput, NotFound, PanelError
@@ -67,32 +68,63 @@ def _queue(request, kind: str, target_id: str | None = None, **params) -> Operat
         return None
 
 
-@require_safe
-def list_view(request):
-    page = Paginator(pods_with_totals(), PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {
-        "page": page,
+# Parts of a page that reload themselves when an operation on it changes status or ends
+# (`?part=<name>`, htmx, `hx-trigger="operation-finished from:body"`): page → part → template.
+PARTS = {
+    "list": {"table": "pods/part_table.html"},
+    "detail": {
+        "head": "pods/part_head.html",
+        "volumes": "pods/part_volumes.html",
+        "snapshots": "pods/part_snapshots.html",
+        "audit": "pods/part_audit.html",
+    },
+}
+
+
+def _render(request, page: str, template: str, context: dict):
+    part = PARTS[page].get(request.GET.get("part", ""))
+    return render(request, part or template, context)
+
+
+def _list_context(request, form: ProvisionForm | None = None) -> dict:
+    return {
+        "page": Paginator(pods_with_totals(), PAGE_SIZE).get_page(request.GET.get("page")),
         "hosts": DockerHost.objects.all(),
         "active_operations": Operation.objects.filter(
             target_type__in=[TargetType.POD, TargetType.PODS], status__in=Operation.ACTIVE
         ).order_by("created_at")[:20],
+        "form": form or ProvisionForm(),
     }
-    return render(request, "pods/list.html", context)
+
+
+@require_safe
+def list_view(request):
+    return _render(request, "list", "pods/list.html", _list_context(request))
 
 
 @require_safe
 def detail_view(request, pod_id: str):
     pod = _pod_or_404(pod_id)
     on_pod = {"target_type": TargetType.POD, "target_id": pod.pod_id}
+    snapshots = list(pod.snapshots.all()[:20])
+    actions = [action for action in PAGE_ACTIONS if action.allowed(pod)]
+    if pod.status == Pod.Status.DEPROVISIONED and not pod.snapshots.filter(status=Snapshot.Status.COMPLETE).exists():
+        actions = [action for action in actions if action is not START]  # nothing to start from
     context = {
         "pod": pod,
         "volumes": pod.volumes.order_by("id"),
-        "snapshots": pod.snapshots.all()[:20],
+        # Snapshots taken before this pod was provisioned under the same id belong to an
+        # earlier pod: listed apart, never as this pod's.
+        "snapshots": [s for s in snapshots if s.created_at >= pod.created_at],
+        "earlier_snapshots": [s for s in snapshots if s.created_at < pod.created_at],
         "events": AuditEvent.objects.filter(**on_pod).select_related("actor_user")[:50],
         "operations": Operation.objects.filter(**on_pod).order_by("-created_at")[:5],
-        "actions": [action for action in PAGE_ACTIONS if action.allowed(pod)],
+        "busy": Operation.objects.filter(**on_pod, status__in=Operation.ACTIVE).exists(),
+        # What this person may do; a viewer is told why there are no buttons.
+        "actions": [action for action in actions if operations.user_may(request.user, action.kind)],
+        "actions_refused": [action for action in actions if not operations.user_may(request.user, action.kind)],
     }
-    return render(request, "pods/detail.html", context)
+    return _render(request, "detail", "pods/detail.html", context)
 
 
 def _page_action(name: str):
@@ -139,11 +171,21 @@ def action_view(request, pod_id: str, action: str):
 @require_POST
 @may(lambda **_: PROVISION.kind)
 def provision_view(request):
-    pod_id = request.POST.get("pod_id", "").strip()
-    image = request.POST.get("image", "").strip() or None
-    operation = _queue(request, PROVISION.kind, pod_id, image=image, host=request.POST.get("host") or None)
+    """The form checks the id before anything is queued; a refused id stays in the field
+    with its error beside it (400), and an id with snapshots asks how to begin."""
+    form = ProvisionForm(request.POST)
+    if not form.is_valid():
+        return render(request, "pods/list.html", _list_context(request, form), status=400)
+    pod_id = form.cleaned_data["pod_id"]
+    if form.cleaned_data.get("start") == FROM_SNAPSHOT:
+        operation = _queue(request, Kind.POD_START, pod_id)
+        done = f"Pod {pod_id}: start from snapshot #{form.latest.pk} queued"
+    else:
+        image, host = form.cleaned_data["image"] or None, form.cleaned_data["host"] or None
+        operation = _queue(request, PROVISION.kind, pod_id, image=image, host=host)
+        done = f"Pod {pod_id}: provision queued"
     if operation is not None:
-        messages.success(request, f"Pod {pod_id}: provision queued as operation #{operation.pk}.")
+        messages.success(request, f"{done} as operation #{operation.pk}.")
     return redirect("pods:list")
 
 

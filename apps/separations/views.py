@@ -25,6 +25,7 @@ from controlpanel.paths import validate_id
 from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
+PARTS = {"gauge": "separations/part_gauge.html", "sessions": "separations/part_sessions.html"}
 
 
 def known_policy(view):
@@ -66,8 +67,11 @@ def list_view(request):
         "policies": [policy_get("download"), policy_get("exit")],
         # Row links: one reverse for the page, not one per row (ids are validated [A-Za-z0-9_-]).
         "detail_prefix": reverse("separations:detail", args=["_"])[:-2],
+        "may_clean": user_may(request.user, Kind.SESSIONS_CLEANUP),
     }
-    return render(request, "separations/list.html", context)
+    # Parts reload themselves when a sync or cleanup shown here ends (`?part=`, htmx).
+    part = PARTS.get(request.GET.get("part", ""))
+    return render(request, part or "separations/list.html", context)
 
 
 @require_safe
@@ -81,7 +85,8 @@ def detail_view(request, session_id: str):
     except PanelError as exc:
         return render(request, "separations/list.html", {"error": str(exc)})
     session = get_object_or_404(SeparationSession, volume=volume, session_id=session_id)
-    return render(request, "separations/detail.html", {"session": session})
+    context = {"session": session, "may_clean": user_may(request.user, Kind.SESSIONS_CLEANUP)}
+    return render(request, "separations/detail.html", context)
 
 
 def _session_ids(request) -> list[str]:

@@ -71,14 +71,16 @@ class VolumeAdmin(admin.ModelAdmin):
     def has_inspect_permission(self, request):
         return user_may(request.user, Kind.VOLUME_INSPECT)
 
+    # Django's admin shows a message through `capfirst`: each one starts with "Volume", so
+    # the volume's name reads as typed (issue #17).
     def _import(self, request, queryset, preset: str):
         for volume in queryset:
             try:
                 rules = layout_preset_import(volume=volume, preset=preset, actor=request.user)
             except PanelError as exc:
-                self.message_user(request, f"{volume.name}: {exc}", messages.ERROR)
+                self.message_user(request, f"Volume {volume.name}: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"{volume.name}: {len(rules)} rules from the {preset} preset")
+                self.message_user(request, f"Volume {volume.name}: {len(rules)} rules from the {preset} preset")
 
     @admin.action(description="Import the S3-mount plan's layout rules", permissions=["change"])
     def import_s3_mount_preset(self, request, queryset):
@@ -94,9 +96,9 @@ class VolumeAdmin(admin.ModelAdmin):
             try:
                 operation = request_operation(Kind.VOLUME_INSPECT, volume.name, actor=request.user)
             except PanelError as exc:
-                self.message_user(request, f"{volume.name}: {exc}", messages.ERROR)
+                self.message_user(request, f"Volume {volume.name}: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"{volume.name}: inspection queued as operation #{operation.pk}")
+                self.message_user(request, f"Volume {volume.name}: inspection queued as operation #{operation.pk}")
 
 
 @admin.register(LayoutRule)

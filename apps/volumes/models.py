@@ -27,6 +27,7 @@ class Volume(models.Model):
         permissions = [
             ("inspect_volume", "Can inspect a volume"),
             ("crosscheck_volume", "Can cross-check a volume folder with S3"),
+            ("remove_volume_folder", "Can remove a folder a layout rule forbids from a volume"),
         ]
 
     def __str__(self) -> str:

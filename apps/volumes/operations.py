@@ -13,11 +13,19 @@ from apps.audit.services import Progress, audit_record, operation_log
 from apps.volumes.backends import clean_path
 from apps.volumes.models import Volume
 from apps.volumes.services import parse_s3_url, volume_crosscheck, volume_get, volume_inspect
-from controlpanel.errors import PanelError
+from apps.volumes.services.removal import (
+    describe_removal,
+    folder_target,
+    folder_target_parse,
+    removable_folder,
+    volume_folder_remove,
+)
+from controlpanel.errors import InvalidInput, PanelError
 from controlpanel.formatting import humanize_bytes, plural
 
 INSPECT_PERMISSION = "volumes.inspect_volume"
 CROSSCHECK_PERMISSION = "volumes.crosscheck_volume"
+REMOVE_FOLDER_PERMISSION = "volumes.remove_volume_folder"
 ALL_VOLUMES = "all"
 
 
@@ -32,6 +40,15 @@ def _crosscheck_input(target_id: str, params: dict) -> None:
     volume_get(name=target_id)
     clean_path(params.get("folder", ""))
     parse_s3_url(params.get("s3_url", ""))
+
+
+def _removable(target_id: str, params: dict) -> None:
+    # The root, a path leaving the volume, a folder no rule forbids and a held one are refused here.
+    name, path = folder_target_parse(target_id)
+    removable_folder(volume=volume_get(name=name), path=path)
+    if folder_target(name, path) != target_id:
+        # One spelling per folder, so that two removals of it can never run side by side.
+        raise InvalidInput(f"write the folder as {folder_target(name, path)!r}, not {target_id[:200]!r}")
 
 
 # -- the work ---------------------------------------------------------------------------------
@@ -96,6 +113,11 @@ def _describe_crosscheck(result: dict) -> str:
     )
 
 
+def _remove_folder(operation: Operation) -> dict[str, Any]:
+    name, path = folder_target_parse(operation.target_id)
+    return volume_folder_remove(volume=volume_get(name=name), path=path, actor=operation.actor, operation=operation)
+
+
 def _inspect_all(operation: Operation) -> dict[str, Any]:
     """Queue one inspection per registered volume; one refused (already running) stops no other."""
     names = list(Volume.objects.order_by("name").values_list("name", flat=True))
@@ -158,6 +180,16 @@ KINDS = (
         progress_unit="files",
         describe=_describe_crosscheck,
         check=_crosscheck_input,
+    ),
+    # Destructive: one at a time per folder (`<volume>:<path>`), previewed on its confirm page.
+    _declare(
+        Kind.VOLUME_REMOVE_FOLDER,
+        TargetType.VOLUME_FOLDER,
+        run=_remove_folder,
+        permission=REMOVE_FOLDER_PERMISSION,
+        progress_unit="files",
+        describe=describe_removal,
+        check=_removable,
     ),
     _declare(
         Kind.VOLUMES_INSPECT_ALL,

@@ -2,6 +2,7 @@
 volume itself (a page must not wait on Modal)."""
 
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from django.db.models import Count, OuterRef, Subquery
 from django.urls import reverse
@@ -9,7 +10,7 @@ from django.urls import reverse
 from apps.audit.models import Operation
 from apps.audit.names import Kind, TargetType
 from apps.audit.overview import Leak, OverviewSection
-from apps.volumes.models import Finding, Inspection, Severity, Volume
+from apps.volumes.models import Finding, Inspection, LayoutRule, Severity, Volume
 
 OVERVIEW_TITLE = "Modal volumes"
 
@@ -84,20 +85,28 @@ def overview_section() -> OverviewSection:
     names = {row.inspection_id: row.volume.name for row in inspected}
     leaks = []
     if names:
-        errors = Finding.objects.filter(inspection_id__in=names, severity=Severity.ERROR).order_by("-bytes", "id")
-        for finding in errors[:50]:
+        errors = Finding.objects.filter(inspection_id__in=names, severity=Severity.ERROR).select_related("rule")
+        for finding in errors.order_by("-bytes", "id")[:50]:
             name = names[finding.inspection_id]
+            fix_url, fix_label = reverse("volumes:detail", args=[name]), "Open the volume"
+            rule = finding.rule
+            if rule is not None and rule.kind == LayoutRule.Kind.FOLDER_ABSENT and rule.enabled:
+                # A folder that must not exist has its own fix: remove it, previewed first.
+                fix_url = f"{reverse('volumes:remove-folder', args=[name])}?{urlencode({'path': rule.path})}"
+                fix_label = "Remove this folder"
             leaks.append(
                 Leak(
                     label=f"{name}: {finding.message}",
                     domain="volumes",
                     bytes=finding.bytes,
-                    fix_url=reverse("volumes:detail", args=[name]),
-                    fix_label="Open the volume",
+                    fix_url=fix_url,
+                    fix_label=fix_label,
                 )
             )
+    # "Modal volumes" only when every volume is one: a local:// volume is not a Modal volume.
+    title = OVERVIEW_TITLE if rows and all(row.volume.url.startswith("modal://") for row in rows) else "Volumes"
     return OverviewSection(
-        title=OVERVIEW_TITLE,
+        title=title,
         url=reverse("volumes:list"),
         bytes=total,
         rows=[

@@ -11,18 +11,8 @@ from apps.audit.names import AuditAction, Kind
 from apps.audit.notify import notify
 from apps.audit.operations import run_now
 from apps.audit.overview import _PROVIDERS, Leak, OverviewProvider, OverviewSection, register_overview
-from tests.fakes.http_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def receiver(settings):
-    server = Receiver()
-    settings.NOTIFY_URLS = [server.apprise_url()]
-    settings.NOTIFY_TIMEOUT_SECONDS = 5
-    yield server
-    server.close()
 
 
 def test_a_notification_reaches_the_receiver_and_is_audited(receiver):

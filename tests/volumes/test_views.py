@@ -158,13 +158,14 @@ def test_overview_section_counts_findings_and_lists_error_findings_as_leaks(loca
     [leak] = section.leaks
     assert leak.bytes == 700 and leak.domain == "volumes"
     assert "results/ should not exist" in leak.label
-    assert leak.fix_url == reverse("volumes:detail", args=["brain-go-brr-results"])
+    # A folder that must not exist has its own fix (issue #17 item 9): remove it, previewed first.
+    assert leak.fix_url == reverse("volumes:remove-folder", args=["brain-go-brr-results"]) + "?path=results"
 
 
 def test_overview_page_renders_the_section(staff_client, local_world):
     inspected_volume(local_world, stray_bytes=700)
     page = staff_client.get(reverse("dashboard:overview")).content.decode()
-    assert "Modal volumes" in page and "results/ should not exist" in page
+    assert "Volumes" in page and "results/ should not exist" in page  # a local:// volume is not Modal
 
 
 def test_history_chart_reads_the_volume_samples(staff_client, local_world):

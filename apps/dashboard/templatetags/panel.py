@@ -120,3 +120,34 @@ def age(value, now=None) -> str:
         if len(parts) == 2:
             break
     return " ".join(parts) if parts else "under a minute"
+
+
+@register.filter
+def progress_of(operation) -> dict:
+    """What a progress bar may honestly say (issue #17): its phase from the first second
+    (the newest log line, else where the work stands), a value only when the total is known
+    and not passed (otherwise indeterminate, with the amount so far), never done > total."""
+    done, total, unit = operation.progress_done or 0, operation.progress_total, operation.progress_unit
+    lines = (operation.log or "").strip().splitlines()
+    # Log lines start with a "YYYY-MM-DD HH:MM:SS " stamp; the phase is what follows it.
+    phase = lines[-1][20:] if lines else ("waiting for a worker" if operation.status == "pending" else "starting")
+    known = bool(total) and done <= total
+    show = humanize_bytes if unit == "bytes" else str
+    amount = ""
+    if done or total:
+        amount = f"{show(done)} of {show(total)}" if known else f"{show(done)} so far"
+        if unit and unit != "bytes":
+            amount += f" {unit}"
+    return {"phase": phase, "amount": amount, "value": operation.percent if known else None}
+
+
+@register.simple_tag
+def size(value) -> str:
+    """Bytes for people, the exact count on hover: `{% size volume.size_bytes %}`."""
+    if value is None or value == "":
+        return humanize_bytes(value)
+    try:
+        exact = f"{int(value):,} bytes"
+    except (TypeError, ValueError):
+        return humanize_bytes(value)
+    return format_html('<span class="bytes" title="{}">{}</span>', exact, humanize_bytes(value))

@@ -8,6 +8,7 @@ The dry run is the same walk without the unlinks; `mixjobs_cleanup_preview` turn
 the confirmation page's `Preview`.
 """
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -19,10 +20,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.holds import ON_HOLD, held_ids, hold_for
-from apps.audit.models import AuditEvent, Operation
+from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import run_now
-from apps.audit.services import Actor, Progress, actor_parts, audit_record, operation_log
+from apps.audit.services import Actor, Progress, actor_parts, audit_record, operation_log, storage_sample_record
 from apps.mixjobs.aside import SetAside, index_aside_path, restore_set_aside, set_aside
 from apps.mixjobs.files import (
     LOCK_NAME,
@@ -43,7 +44,7 @@ from apps.mixjobs.files import (
     ttl_for,
 )
 from apps.mixjobs.models import MixJob
-from apps.mixjobs.selectors import mixjobs_totals_forget
+from apps.mixjobs.selectors import SAMPLE_DOMAIN, SAMPLE_SUBJECT, mixjobs_totals_forget
 from controlpanel.errors import Busy, InvalidInput
 from controlpanel.formatting import humanize_bytes, plural
 from controlpanel.paths import validate_id
@@ -110,6 +111,13 @@ class CleanupReport:
             "bytes_reclaimed": self.bytes_reclaimed,
             "skipped": self.skipped[:RESULT_SKIPPED],
         }
+
+
+def _size_now(path: Path | str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):  # a regular file's bytes for a preview, by lstat
+        st = os.lstat(path)
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+    return None
 
 
 def _shown_name(path: Path | str) -> str:
@@ -306,7 +314,7 @@ def _clean_output(*, session_id: str, remaining: int, any_expired: bool, now: da
     else:
         if report.dry_run and os.path.lexists(path):
             reason = f"{plural(remaining, 'job')} of the session remain" if remaining else "younger than any job TTL"
-            report.keep(path, None, f"the session's output; {reason}")
+            report.keep(path, _size_now(path), f"the session's output; {reason}")
         return
     claimed = _claim(path, root=outputs_root(), report=report)
     if claimed is not None:
@@ -392,6 +400,13 @@ def _record_cleanup(
             },
             operation=operation,
         )
+        if not report.dry_run and report.bytes_reclaimed:
+            # The header and the overview move as soon as the bytes go: the last size less what went.
+            last = StorageSample.objects.filter(domain=SAMPLE_DOMAIN, subject=SAMPLE_SUBJECT).order_by("-sampled_at")
+            last = last.first()
+            if last is not None:
+                total = max(0, last.total_bytes - report.bytes_reclaimed)
+                storage_sample_record(domain=SAMPLE_DOMAIN, subject=SAMPLE_SUBJECT, total_bytes=total)
     mixjobs_totals_forget()
     if operation is not None:
         operation_log(operation, message)
@@ -406,21 +421,19 @@ def mixjobs_cleanup_preview(*, session_ids: list[str] | None = None) -> Preview:
         for report in reports
         for path in report.deleted_files
     ]
-    keep = [item for report in reports for item in report.kept]
-    keep += [
-        PreviewItem(name=_shown_name(s["path"]), why=s["reason"], path=s["path"])
+    keep = [item for report in reports for item in report.kept] + [
+        PreviewItem(name=_shown_name(s["path"]), bytes=_size_now(s["path"]), why=s["reason"], path=s["path"])
         for report in reports
         for s in report.skipped
     ]
     jobs = sum(len(report.deleted_jobs) for report in reports)
+    summary = "Nothing has expired: there is nothing to delete."
     if delete:
         summary = (
             f"{plural(jobs, 'expired job')} in {', '.join(sessions) or 'all sessions'}: their JSON and index "
             "files, and a session's final_mix.wav only when none of its jobs remain. "
             "Each file is read again just before it is deleted."
         )
-    else:
-        summary = "Nothing has expired: there is nothing to delete."
     return Preview(title="Clean up expired mix jobs", summary=summary, delete=delete, keep=keep)
 
 

@@ -6,24 +6,23 @@ A package split along its seams; every public name is importable from here:
   state         the pod row: lookup, lock, recorded failures, its eight volume rows
   snapshotting  streaming volumes into the snapshot store, verifying, restoring, purging
   lifecycle     provision, stop, start, deprovision, delete
-  housekeeping  reconcile (and resume), orphan sweep, snapshot retention
+  housekeeping  reconcile (and resume), orphan sweep
+  retention     snapshot retention by policy (keep last / daily / weekly, never held)
+  verify        re-reading complete snapshots against their manifests
+  drill         restore drills into temporary volumes, and their leftovers
   previews      what a request must pass, and what a confirmation page shows
 """
 
 from apps.pods.actions import POD_ACTIONS, RESUME_ACTIONS, pod_action, pod_action_allowed
+from apps.pods.services.drill import drill_check, drills_leftover_remove, pod_drill
 from apps.pods.services.hosts import engine_for, host_default, host_get
-from apps.pods.services.housekeeping import (
-    orphans_plan,
-    orphans_sweep,
-    pods_reconcile,
-    pods_resume_interrupted,
-    snapshots_apply_retention,
-    snapshots_to_retire,
-)
+from apps.pods.services.housekeeping import orphans_plan, orphans_sweep, pods_reconcile, pods_resume_interrupted
 from apps.pods.services.lifecycle import pod_delete, pod_deprovision, pod_provision, pod_start, pod_stop
-from apps.pods.services.previews import orphans_preview, pod_action_check, pod_preview, retention_preview
+from apps.pods.services.previews import orphans_preview, pod_action_check, pod_preview
+from apps.pods.services.retention import retention_preview, snapshots_apply_retention, snapshots_to_retire
 from apps.pods.services.snapshotting import VOLUME_STREAMS
 from apps.pods.services.state import RESERVED_POD_IDS, _volume_rows_ensure, pod_get, pod_id_check
+from apps.pods.services.verify import snapshots_verify
 
 __all__ = [
     "POD_ACTIONS",
@@ -31,6 +30,8 @@ __all__ = [
     "RESUME_ACTIONS",
     "VOLUME_STREAMS",
     "_volume_rows_ensure",
+    "drill_check",
+    "drills_leftover_remove",
     "engine_for",
     "host_default",
     "host_get",
@@ -41,6 +42,7 @@ __all__ = [
     "pod_action_allowed",
     "pod_action_check",
     "pod_delete",
+    "pod_drill",
     "pod_deprovision",
     "pod_get",
     "pod_id_check",
@@ -53,4 +55,5 @@ __all__ = [
     "retention_preview",
     "snapshots_apply_retention",
     "snapshots_to_retire",
+    "snapshots_verify",
 ]

@@ -78,16 +78,20 @@ def hosts_each(
 
 
 def reconcile_events(
-    entries: list[tuple[str, str, str]], *, actor: Actor, operation: Operation | None
+    entries: list[tuple[str, str, str]],
+    *,
+    actor: Actor,
+    operation: Operation | None,
+    action: str = AuditAction.POD_RECONCILE,
 ) -> list[AuditEvent]:
-    """One `pod.reconcile` audit event per (pod id, outcome, message), for one bulk_create in
-    the same transaction as the pods' change (as `audit_record` writes one)."""
+    """One `pod.reconcile` (or `action`) audit event per (pod id, outcome, message), for one
+    bulk_create in the same transaction as the pods' change (as `audit_record` writes one)."""
     user, name = actor_parts(actor)
     return [
         AuditEvent(
             actor_user=user,
             actor_name=name,
-            action=AuditAction.POD_RECONCILE,
+            action=action,
             target_type=TargetType.POD,
             target_id=pod_id,
             outcome=outcome,

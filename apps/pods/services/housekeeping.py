@@ -5,6 +5,7 @@ Reconcile is liveness only: per host it lists the pods' containers and volumes (
 calls, every host at once, each within DOCKER_TIMEOUT_SECONDS) and never walks a file;
 sizes are the size schedule's work (`services.sizes`)."""
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,17 +15,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit import operations
+from apps.audit.holds import ON_HOLD, held_ids
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, audit_record
 from apps.pods.actions import PROVISION, RESUME_ACTIONS
 from apps.pods.docker_engine import ContainerInfo, DockerFailure, VolumeInfo
-from apps.pods.models import POD_LABEL, VOLUME_PREFIX, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
-from apps.pods.selectors import pods_busy, snapshot_leaks
+from apps.pods.models import POD_LABEL, VOLUME_PREFIX, DockerHost, OrphanVolume, Pod, PodVolume
+from apps.pods.selectors import pods_busy
+from apps.pods.services.drill import drills_leftover_remove
 from apps.pods.services.fleet import BATCH, batched, hosts_each, orphans_find, reconcile_events
 from apps.pods.services.hosts import engine_for, host_default, host_get
+from apps.pods.services.idle import cpu_read, cpu_record
 from apps.pods.services.lifecycle import _provision_cleanup
-from apps.pods.services.snapshotting import _snapshot_purge
+from apps.pods.services.retention import snapshots_apply_retention, snapshots_to_retire  # noqa: F401 - their old home
 from apps.pods.services.state import _locked, _log, _record_failure
 from controlpanel.errors import InvalidInput, PanelError
 
@@ -39,14 +43,19 @@ class _HostSeen:
 
     containers: dict[str, ContainerInfo]
     volumes: list[VolumeInfo]
+    cpu: dict | None = None  # {container name: (id, CPU seconds)} while idle stop is on
 
 
 def _host_look(host: DockerHost) -> _HostSeen:
-    """Two listing calls; runs on the host's own thread, so it touches no database."""
+    """Two listing calls (and, while idle stop is on, one-shot CPU stats of the running pod
+    containers within half the host's time limit); runs on the host's own thread, so it
+    touches no database."""
+    began = time.monotonic()
     engine = engine_for(host)
-    return _HostSeen(
-        containers=engine.containers_list(label=POD_LABEL), volumes=engine.volumes_list(name_prefix=VOLUME_PREFIX)
-    )
+    containers = engine.containers_list(label=POD_LABEL)
+    volumes = engine.volumes_list(name_prefix=VOLUME_PREFIX)
+    budget = settings.DOCKER_TIMEOUT_SECONDS / 2 - (time.monotonic() - began)
+    return _HostSeen(containers=containers, volumes=volumes, cpu=cpu_read(engine, containers, seconds=budget))
 
 
 def pods_reconcile(*, actor: Actor, operation: Operation | None = None) -> dict:
@@ -56,8 +65,11 @@ def pods_reconcile(*, actor: Actor, operation: Operation | None = None) -> dict:
     host_default()
     report: dict[str, Any] = {"hosts": {}}
     hosts = list(DockerHost.objects.all())
+    reachable = []
     for answer in hosts_each(hosts, _host_look, seconds=settings.DOCKER_TIMEOUT_SECONDS):
         host = answer.host
+        if answer.error is None:
+            reachable.append(host)
         if answer.error is not None:
             report["hosts"][host.name] = _host_unreachable(
                 host=host, exc=answer.error, actor=actor, operation=operation
@@ -67,6 +79,8 @@ def pods_reconcile(*, actor: Actor, operation: Operation | None = None) -> dict:
                 host=host, seen=answer.value, actor=actor, operation=operation
             )
     report["hosts"] = dict(sorted(report["hosts"].items()))
+    # The hosts that just answered: no second read of the hosts table.
+    report["drill_leftovers"] = drills_leftover_remove(hosts=reachable, operation=operation)
     report["resumed"] = pods_resume_interrupted(actor=actor, operation=operation)
     return report
 
@@ -105,7 +119,9 @@ def _pods_move(*, moves: dict[str, _Move], only_from, actor: Actor, operation: O
                 changed.append(pod)
                 events.append((pod.pod_id, move.outcome, f"{before} → {move.to}: {move.why}"))
             Pod.objects.bulk_update(
-                changed, ["status", "last_error", "container_id", "status_changed_at", "updated_at"], batch_size=BATCH
+                changed,
+                ["status", "last_error", "container_id", "status_changed_at", "updated_at", "cpu_samples"],
+                batch_size=BATCH,
             )
             AuditEvent.objects.bulk_create(reconcile_events(events, actor=actor, operation=operation))
         moved += [pod.pod_id for pod in changed]
@@ -202,10 +218,11 @@ def _host_reconciled(*, host: DockerHost, seen: _HostSeen, actor: Actor, operati
     moves = _container_moves(host=host, containers=seen.containers)
     moved = _pods_move(moves=moves, only_from=WATCHED, actor=actor, operation=operation)
     changed = {pod_id: moves[pod_id].to for pod_id in moved}
+    sampled = cpu_record(host=host, readings=seen.cpu)
     _volumes_mark(host=host, names={v.name for v in seen.volumes})
     orphans = _orphans_record(host=host, volumes=seen.volumes)
     _log(operation, f"{host.name}: {len(changed)} pods changed, {len(orphans)} orphaned volumes")
-    return {"reachable": True, "changed": changed, "orphans": [v.name for v, _, _ in orphans]}
+    return {"reachable": True, "changed": changed, "orphans": [v.name for v, _, _ in orphans], "cpu_sampled": sampled}
 
 
 # --- rolling forward what a dead worker left -------------------------------------------------
@@ -226,7 +243,11 @@ def pods_resume_interrupted(*, actor: Actor, operation: Operation | None = None)
         .select_related("host")
     )
     resumed: dict[str, str] = {}
+    held = held_ids(target_type=TargetType.POD, target_ids=[pod.pod_id for pod in interrupted])
     for pod in interrupted:
+        if pod.pod_id in held:  # a person holds it: nothing is finished or rolled back by itself
+            resumed[pod.pod_id] = f"left alone: {ON_HOLD}"
+            continue
         if pod.status == PROVISION.busy:
             resumed[pod.pod_id] = _provision_roll_back(pod_id=pod.pod_id, actor=actor, operation=operation)
             continue
@@ -330,7 +351,9 @@ def orphans_sweep(
         host_default()
     plan = orphans_plan(name_prefix=name_prefix, host_name=host_name)
     listed, removed, errors, reclaimed = [], [], [], 0
-    for item in plan:
+    held = held_ids(target_type=TargetType.POD, target_ids={item["pod_id"] for item in plan if item["pod_id"]})
+    on_hold = [item["name"] for item in plan if item["pod_id"] in held]
+    for item in [item for item in plan if item["pod_id"] not in held]:
         host = item["host"]
         entry = {"host": host.name, "name": item["name"], "bytes": item["bytes"], "reason": item["reason"]}
         listed.append(entry)
@@ -365,22 +388,15 @@ def orphans_sweep(
         bytes_reclaimed=0 if dry_run else reclaimed,
         message=f"{len(listed)} orphaned volumes found, {len(removed)} removed"
         + (f"; {len(errors)} failed: {errors[0]}" if errors else ""),
-        details={"removed": [e["name"] for e in removed], "errors": errors[:20]},
+        details={"removed": [e["name"] for e in removed], "errors": errors[:20], "on_hold": on_hold[:50]},
         operation=operation,
     )
     if errors:
         raise PanelError(f"{len(errors)} orphaned volumes could not be removed: {errors[0]}")
-    return {"dry_run": dry_run, "orphans": listed, "removed": [e["name"] for e in removed], "bytes": reclaimed}
-
-
-def snapshots_to_retire(*, keep: int | None = None) -> list[Snapshot]:
-    """What retention purges now; the rules are `selectors.snapshots_past_retention`."""
-    return snapshot_leaks(keep=keep)
-
-
-def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operation: Operation | None = None) -> dict:
-    purged, reclaimed = [], 0
-    for snapshot in snapshots_to_retire(keep=keep):
-        reclaimed += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
-        purged.append(snapshot.pk)
-    return {"purged": purged, "bytes": reclaimed}
+    return {
+        "dry_run": dry_run,
+        "orphans": listed,
+        "removed": [e["name"] for e in removed],
+        "bytes": reclaimed,
+        "on_hold": on_hold,
+    }

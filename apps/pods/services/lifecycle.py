@@ -90,6 +90,9 @@ def pod_provision(
                 raise InvalidInput(f"pod {pod_id!r} already exists and is {pod.status}")
             pod.transition(PROVISION.busy)
             pod.host, pod.image, pod.last_error, pod.container_id = host, image, "", None
+            # A new pod under an old id: its page tells the earlier pod's snapshots and sizes apart.
+            pod.created_at = pod.status_changed_at
+            PodVolume.objects.filter(pod=pod).update(size_bytes=None, measured_at=None, exists=False)
             pod.save()
         _volume_rows_ensure(pod)
     volumes = _volumes(pod)
@@ -214,7 +217,8 @@ def pod_start(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
     validate_id(pod_id, kind="pod id")
     with transaction.atomic():
         pod = _locked(pod_id)
-        if pod.status == Pod.Status.STOPPED or (pod.status == START.busy and pod.restoring_snapshot_id):
+        restorable = pod.status in {Pod.Status.STOPPED, Pod.Status.DEPROVISIONED}
+        if restorable or (pod.status == START.busy and pod.restoring_snapshot_id):
             snapshot = pod.restoring_snapshot or _latest_complete(pod)
             if snapshot is None:
                 raise PanelError(f"pod {pod_id!r} is stopped but has no complete snapshot to restore")

@@ -3,9 +3,12 @@ the `Preview` the confirmation pages (pages and admin alike) show. Reads only.""
 
 from django.conf import settings
 
+from apps.audit.holds import ON_HOLD, held_ids
+from apps.audit.names import TargetType
 from apps.pods.actions import PROVISION, PodAction, pod_action
 from apps.pods.models import VOLUME_PREFIX, Pod, Snapshot
-from apps.pods.services.housekeeping import orphans_plan, snapshots_to_retire
+from apps.pods.services.housekeeping import orphans_plan
+from apps.pods.services.retention import retention_preview  # noqa: F401 - kept importable from here
 from apps.pods.services.state import _volumes, pod_get, pod_id_check
 from controlpanel.errors import InvalidInput
 from controlpanel.preview import Preview, PreviewItem
@@ -65,24 +68,13 @@ def pod_preview(*, pod_id: str, action: PodAction | str) -> Preview:
 def orphans_preview(*, name_prefix: str = VOLUME_PREFIX, host_name: str | None = None) -> Preview:
     """The orphan sweep's confirmation: each volume no pod needs, older than the grace period."""
     plan = orphans_plan(name_prefix=name_prefix, host_name=host_name)
+    held = held_ids(target_type=TargetType.POD, target_ids={p["pod_id"] for p in plan if p["pod_id"]})
+    kept = [p for p in plan if p["pod_id"] in held]
+    plan = [p for p in plan if p["pod_id"] not in held]
     return Preview(
         title="Sweep orphaned pod volumes",
         summary=f"These {len(plan)} volumes belong to no pod that needs them and are older than the grace "
         "period. They will be deleted (each is checked again just before).",
         delete=[PreviewItem(f"{p['host'].name}: {p['name']}", bytes=p["bytes"], why=p["reason"]) for p in plan],
-    )
-
-
-def retention_preview(*, keep: int | None = None) -> Preview:
-    """Retention's confirmation: failed snapshots and complete ones beyond the latest kept."""
-    return Preview(
-        title="Purge old snapshots",
-        summary="Failed snapshots and complete ones beyond the latest kept per pod will be deleted from their "
-        "store. The snapshot a stopped pod needs is never among them.",
-        delete=[
-            PreviewItem(
-                f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", bytes=s.total_bytes or s.bytes_done, why=s.store_url
-            )
-            for s in snapshots_to_retire(keep=keep)
-        ],
+        keep=[PreviewItem(f"{p['host'].name}: {p['name']}", bytes=p["bytes"], why=ON_HOLD) for p in kept],
     )

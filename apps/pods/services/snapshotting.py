@@ -23,6 +23,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volumes_remove
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
+from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 
 # Volumes streamed at once during a snapshot. One: dockerd holds a container's lock while an
@@ -75,12 +76,15 @@ def _volume_stream(
 ) -> dict:
     """One volume: tar out of the container → sha256 → store, never more than a part in memory."""
     digest, count, tail = hashlib.sha256(), 0, b""
+    # Every file's path, size and sha256, from the same chunks (the restore drill checks them).
+    files = TarFileList()
     writer = store.writer(key)
     try:
         for chunk in engine.archive_read(container=container, path=mount_path):
             if cancel.is_set():
                 raise PanelError("stopped: another volume of this snapshot failed")
             digest.update(chunk)
+            files.feed(chunk)
             writer.write(chunk)
             count += len(chunk)
             tail = (tail + chunk)[-len(TAR_END) :]
@@ -101,6 +105,8 @@ def _volume_stream(
         "sha256": digest.hexdigest(),
         "etag": writer.expected_etag,
         "stored_bytes": writer.stored_bytes,
+        "files": len(files.files),
+        "file_list": files.files,
     }
     if writer.store_id:
         entry["store_id"] = writer.store_id
@@ -236,8 +242,12 @@ def _snapshot_take(
             progress=progress,
             operation=operation,
         )
-        # The manifest is written last: a snapshot without one never counts as complete.
-        manifest_body = json.dumps({"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest}, indent=1)
+        # The manifest is written last: a snapshot without one never counts as complete. Its
+        # per-file lists ({volume: [[path, size, sha256], …]}) live in the store's copy only.
+        file_lists = {name: entry.pop("file_list") for name, entry in manifest.items()}
+        manifest_body = json.dumps(
+            {"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest, "files": file_lists}, indent=1
+        )
         manifest_stored = store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())
         _snapshot_verify(store=store, snapshot=snapshot, manifest=manifest, operation=operation)
     except BaseException as exc:

@@ -17,10 +17,10 @@ from typing import Any
 
 from django.db import transaction
 
-from apps.audit.models import AuditEvent, Operation
+from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.names import AuditAction, TargetType
-from apps.audit.services import Actor, Progress, actor_parts, audit_record, operation_log
-from apps.separations.services.mirror import mirror_deleted
+from apps.audit.services import Actor, Progress, actor_parts, audit_record, operation_log, storage_sample_record
+from apps.separations.services.mirror import SAMPLE_DOMAIN, mirror_deleted
 from apps.separations.services.plan import cleanup_plan, policy_get
 from apps.separations.services.scan import SESSIONS_DIR, SessionScan, sessions_backend
 from apps.volumes.backends import Unreadable, VolumeBackend
@@ -61,8 +61,9 @@ def _remove(
             return removed, exc
         removed.append(session)
         progress.advance(1)
+        progress.flush()  # a batch is a handful of sessions: "3 of 4" is never left behind
         if operation is not None:
-            operation_log(operation, f"removed {path} ({session.total_bytes} bytes)")
+            operation_log(operation, f"removed {path} ({humanize_bytes(session.total_bytes)})")
     return removed, None
 
 
@@ -111,7 +112,7 @@ def sessions_cleanup(
         operation_log(
             operation,
             f"{chosen.description}; looked at {len(plan.looked_at)}, {len(plan.to_delete)} to delete "
-            f"({plan.total_bytes} bytes) on {plan.volume}",
+            f"({humanize_bytes(plan.total_bytes)}) on {plan.volume}",
         )
     skipped = list(plan.skipped)
     if operation is not None:
@@ -156,9 +157,19 @@ def sessions_cleanup(
             details={**result, "due": [s.session_id for s in plan.to_delete], "ignored": plan.ignored[:50]},
             operation=operation,
         )
+        _sample_less(volume=plan.volume, removed=removed)
     if failure is not None:
         raise failure
     return result
+
+
+def _sample_less(*, volume: str, removed: list[SessionScan]) -> None:
+    """The gauge and chart move as soon as the bytes go: the last size less what went."""
+    last = StorageSample.objects.filter(domain=SAMPLE_DOMAIN, subject=volume).order_by("-sampled_at").first()
+    if last is not None and removed:
+        files = None if last.total_files is None else max(0, last.total_files - sum(s.file_count for s in removed))
+        total = max(0, last.total_bytes - sum(s.total_bytes for s in removed))
+        storage_sample_record(domain=SAMPLE_DOMAIN, subject=volume, total_bytes=total, total_files=files)
 
 
 def cleanup_sentence(result: dict[str, Any]) -> str:

@@ -7,10 +7,12 @@ of what it removed. Deleted rows stay (who, when, why) so the history survives t
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.models import Operation
+from apps.audit.notify import notify
 from apps.audit.services import Actor, Progress, actor_parts, operation_log, storage_sample_record
 from apps.separations.models import SeparationSession
 from apps.separations.services.scan import SessionScan, sessions_backend, volume_scan
@@ -108,6 +110,7 @@ def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: 
         storage_sample_record(
             domain=SAMPLE_DOMAIN, subject=scan.volume, total_bytes=scan.total_bytes, total_files=scan.total_files
         )
+    over_budget_notify(volume=scan.volume, total_bytes=scan.total_bytes, files=scan.total_files)
     result = {
         "volume": scan.volume,
         "sessions": len(scan.sessions),
@@ -129,6 +132,22 @@ def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: 
         for line in scan.problems:
             operation_log(operation, f"problem: {line}")
     return result
+
+
+def over_budget_notify(*, volume: str, total_bytes: int, files: int) -> None:
+    """Tell people when a sync finds the volume over SESSIONS_VOLUME_MAX_BYTES: once for as
+    long as NOTIFY_REPEAT_MINUTES (notify's own rule), whatever the number of syncs."""
+    budget = settings.SESSIONS_VOLUME_MAX_BYTES
+    if budget <= 0 or total_bytes <= budget:
+        return
+    notify(
+        event="sessions.over-budget",
+        subject=volume,
+        title=f"Sessions volume {volume} over budget: {humanize_bytes(total_bytes)}",
+        body=f"The sessions volume {volume} holds {humanize_bytes(total_bytes)} in {plural(files, 'file')}, "
+        f"over its budget of {humanize_bytes(budget)} (SESSIONS_VOLUME_MAX_BYTES). The sessions page previews "
+        "a cleanup of the oldest sessions.",
+    )
 
 
 def sync_sentence(result: dict[str, Any]) -> str:

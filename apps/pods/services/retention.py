@@ -1,0 +1,65 @@
+"""Snapshot retention by policy: SNAPSHOT_KEEP_LAST (SNAPSHOT_RETENTION by default),
+SNAPSHOT_KEEP_DAILY and SNAPSHOT_KEEP_WEEKLY, as `selectors.snapshots_past_retention`
+decides. Never the snapshot a stopped pod needs (a pod's latest complete one), never a held
+one (held itself, or its pod): those are kept and reported "on hold". Previewed like every
+deletion; the run purges exactly what the preview lists, looked up again."""
+
+from django.conf import settings
+
+from apps.audit.holds import ON_HOLD
+from apps.audit.models import Operation
+from apps.audit.services import Actor
+from apps.pods.models import Snapshot
+from apps.pods.selectors import retention_keep_last, snapshot_leaks, snapshots_kept_on_hold
+from apps.pods.services.snapshotting import _snapshot_purge
+from apps.pods.services.state import _log
+from controlpanel.preview import Preview, PreviewItem
+
+
+def snapshots_to_retire(*, keep: int | None = None) -> list[Snapshot]:
+    """What retention purges now; the rules are `selectors.snapshots_past_retention`."""
+    return snapshot_leaks(keep=keep)
+
+
+def snapshots_on_hold(*, keep: int | None = None) -> list[Snapshot]:
+    return list(snapshots_kept_on_hold(keep).select_related("pod").order_by("pod_id", "-finished_at", "-id"))
+
+
+def retention_policy_sentence(keep: int | None = None) -> str:
+    last = retention_keep_last(keep)
+    parts = [f"the latest {last}"]
+    if settings.SNAPSHOT_KEEP_DAILY > 0:
+        parts.append(f"the newest of each of the last {settings.SNAPSHOT_KEEP_DAILY} days (UTC)")
+    if settings.SNAPSHOT_KEEP_WEEKLY > 0:
+        parts.append(f"the newest of each of the last {settings.SNAPSHOT_KEEP_WEEKLY} ISO weeks")
+    return "Each pod keeps " + ", ".join(parts) + " of its complete snapshots"
+
+
+def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operation: Operation | None = None) -> dict:
+    purged, reclaimed = [], 0
+    for snapshot in snapshots_to_retire(keep=keep):
+        reclaimed += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
+        purged.append(snapshot.pk)
+    on_hold = [snapshot.pk for snapshot in snapshots_on_hold(keep=keep)]
+    if on_hold:
+        _log(operation, f"kept {len(on_hold)} snapshots {ON_HOLD}: " + ", ".join(f"#{pk}" for pk in on_hold[:20]))
+    return {"purged": purged, "bytes": reclaimed, "on_hold": on_hold}
+
+
+def retention_preview(*, keep: int | None = None) -> Preview:
+    """Retention's confirmation: what the policy purges, and what it keeps on hold."""
+    return Preview(
+        title="Purge old snapshots",
+        summary=f"{retention_policy_sentence(keep)}; failed snapshots and complete ones past that will be deleted "
+        "from their store. The snapshot a stopped pod needs is never among them, nor a held one.",
+        delete=[
+            PreviewItem(
+                f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", bytes=s.total_bytes or s.bytes_done, why=s.store_url
+            )
+            for s in snapshots_to_retire(keep=keep)
+        ],
+        keep=[
+            PreviewItem(f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", bytes=s.total_bytes, why=ON_HOLD)
+            for s in snapshots_on_hold(keep=keep)
+        ],
+    )

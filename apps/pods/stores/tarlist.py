@@ -1,0 +1,132 @@
+"""Every regular file in a tar stream, with its size and sha256, worked out from the chunks as
+they pass (fed by the snapshot while it streams a volume, and by a restore drill reading its
+volumes back): no second read, and never more than one header block buffered.
+
+Docker's archives are Go's `archive/tar`: ustar headers (with the `prefix` field), PAX `x`
+records for long or non-ASCII names and sizes, and GNU `L` long names; all three are read.
+Links, folders and special files carry no data: only regular files are listed."""
+
+import hashlib
+
+BLOCK = 512
+REGULAR = {b"0", b"\0", b"7"}
+PAX, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK = b"x", b"g", b"L", b"K"
+
+
+class TarFileList:
+    def __init__(self):
+        self.files: list[list] = []  # [path, size, sha256]
+        self._buffer = bytearray()
+        self._remaining = 0  # data bytes of the current member still to come
+        self._padding = 0  # zero bytes after them, up to the next block
+        self._member: tuple[bytes, str, int] | None = None  # (type, path, size)
+        self._digest = None
+        self._meta = bytearray()  # the data of a PAX or GNU long-name member
+        self._next_path: str | None = None
+        self._next_size: int | None = None
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            if self._remaining:
+                take = view[: self._remaining]
+                self._data(take)
+                self._remaining -= len(take)
+                view = view[len(take) :]
+                if not self._remaining:
+                    self._member_end()
+                continue
+            if self._padding:
+                skip = min(self._padding, len(view))
+                self._padding -= skip
+                view = view[skip:]
+                continue
+            need = BLOCK - len(self._buffer)
+            self._buffer += view[:need]
+            view = view[need:]
+            if len(self._buffer) == BLOCK:
+                header, self._buffer = bytes(self._buffer), bytearray()
+                self._header(header)
+
+    def _header(self, header: bytes) -> None:
+        if self.ended or header == bytes(BLOCK):
+            self.ended = True
+            return
+        kind = header[156:157]
+        name = header[0:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+        path = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+        size = _number(header[124:136])
+        if kind in REGULAR:
+            path = self._next_path if self._next_path is not None else path
+            size = self._next_size if self._next_size is not None else size
+            self._next_path = self._next_size = None
+            self._digest = hashlib.sha256()
+        elif kind not in {PAX, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK}:
+            self._next_path = self._next_size = None
+            size = 0 if kind in {b"1", b"2", b"3", b"4", b"5", b"6"} else size
+        self._member = (kind, path, size)
+        self._meta = bytearray()
+        self._remaining = size
+        self._padding = -size % BLOCK
+        if not size:
+            self._member_end()
+
+    def _data(self, data: memoryview) -> None:
+        kind = self._member[0]
+        if kind in REGULAR:
+            self._digest.update(data)
+        elif kind in {PAX, GNU_LONG_NAME}:
+            self._meta += data
+
+    def _member_end(self) -> None:
+        kind, path, size = self._member
+        if kind in REGULAR:
+            self.files.append([path.removesuffix("/"), size, self._digest.hexdigest()])
+            self._digest = None
+        elif kind == GNU_LONG_NAME:
+            self._next_path = bytes(self._meta).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        elif kind == PAX:
+            records = _pax(bytes(self._meta))
+            if "path" in records:
+                self._next_path = records["path"]
+            if "size" in records and records["size"].isdigit():
+                self._next_size = int(records["size"])
+        self._member = None
+
+
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # base-256, for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    """`<length> <key>=<value>\\n` records."""
+    records, at = {}, 0
+    while at < len(data):
+        space = data.find(b" ", at)
+        if space < 0:
+            break
+        length = int(data[at:space])
+        key, _, value = data[space + 1 : at + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        at += length
+    return records
+
+
+def file_differences(expected: list[list], found: list[list], *, shown: int = 3) -> list[str]:
+    """What differs between two file lists, one short line each (the first `shown`)."""
+    want = {path: (size, sha) for path, size, sha in expected}
+    have = {path: (size, sha) for path, size, sha in found}
+    lines = [f"{path} missing" for path in sorted(want.keys() - have.keys())]
+    lines += [f"{path} not in the snapshot" for path in sorted(have.keys() - want.keys())]
+    for path in sorted(want.keys() & have.keys()):
+        if want[path] != have[path]:
+            lines.append(
+                f"{path}: {have[path][0]} bytes sha256 {have[path][1][:12]}…, "
+                f"expected {want[path][0]} bytes {want[path][1][:12]}…"
+            )
+    return lines[:shown] + ([f"and {len(lines) - shown} more"] if len(lines) > shown else [])

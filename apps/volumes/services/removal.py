@@ -1,0 +1,243 @@
+"""Removing a folder that a layout rule says must not exist (issue #17, item 9): the fix for a
+`folder_absent` finding. Previewed (every file and its bytes, measured for the preview),
+then removed in one recursive call, committed once where the panel mounts a Modal volume
+(from outside, Modal's `remove_file` persists at once), audited, and followed by a fresh
+inspection so the finding, the leak and the volume's size move at once.
+
+Only a folder that an enabled `folder_absent` rule of the volume names may go: never the
+root, never a path that leaves the volume (`clean_path`, and the local backend resolves
+parents inside the root), never a file or a symlink, and never while the folder, a folder
+above it or a folder inside it is on hold (`TargetType.VOLUME_FOLDER`, `<volume>:<path>`).
+
+    preview = volume_folder_preview(volume=volume, path="results")
+    request(Kind.VOLUME_REMOVE_FOLDER, folder_target("brain-go-brr-results", "results"), actor=user)
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+
+from apps.audit.holds import Held, hold_for, holds_active
+from apps.audit.models import AuditEvent, Operation, StorageSample
+from apps.audit.names import AuditAction, TargetType
+from apps.audit.services import Actor, Progress, audit_record, operation_log, storage_sample_record
+from apps.volumes.backends import VolumeBackend, clean_path
+from apps.volumes.models import LayoutRule, Volume
+from apps.volumes.services.inspection import volume_inspect
+from apps.volumes.services.registry import volume_backend
+from controlpanel.errors import InvalidInput, NotFound, PanelError
+from controlpanel.formatting import humanize_bytes, plural
+from controlpanel.preview import Preview, PreviewItem
+
+# Files listed one by one in a preview; the rest are one row with their count and bytes.
+PREVIEW_FILES = 200
+# Progress is written per this many files counted (and at most once a second by Progress).
+COUNT_EVERY = 500
+SEPARATOR = ":"
+
+
+def folder_target(volume_name: str, path: str) -> str:
+    """The operation's and the hold's target id: `<volume>:<path>`."""
+    return f"{volume_name}{SEPARATOR}{clean_path(path)}"
+
+
+def folder_target_parse(target_id: str) -> tuple[str, str]:
+    """`<volume>:<path>` → (volume name, cleaned path); InvalidInput for anything else."""
+    name, separator, path = str(target_id).partition(SEPARATOR)
+    if not separator or not name:
+        raise InvalidInput(f"{str(target_id)[:80]!r} names no volume folder: use <volume>:<path>")
+    return name, clean_path(path)
+
+
+def _rule_for(volume: Volume, relative: str) -> LayoutRule | None:
+    rules = volume.rules.filter(kind=LayoutRule.Kind.FOLDER_ABSENT, enabled=True)
+    return next((rule for rule in rules if rule.path.strip("/") == relative), None)
+
+
+def _held_overlap(volume: Volume, relative: str) -> str | None:
+    """A held folder this removal would touch: the folder, one above it or one inside it."""
+    prefix = f"{volume.name}{SEPARATOR}"
+    held_here = holds_active().filter(target_type=TargetType.VOLUME_FOLDER, target_id__startswith=prefix)
+    for target in sorted(held_here.values_list("target_id", flat=True)):
+        held = target[len(prefix) :].strip("/")
+        if held == relative or relative.startswith(f"{held}/") or held.startswith(f"{relative}/"):
+            return held
+    return None
+
+
+def removable_folder(*, volume: Volume, path: str) -> tuple[str, LayoutRule]:
+    """The cleaned path and the rule that forbids it, or a PanelError saying why it may not
+    go. Reads the database only: the volume itself is asked by the preview and the run."""
+    relative = clean_path(path)
+    if not relative:
+        raise InvalidInput(f"refusing to remove the root of volume {volume.name}: name a folder inside it")
+    rule = _rule_for(volume, relative)
+    if rule is None:
+        raise InvalidInput(
+            f"{relative}/ on volume {volume.name}: no enabled layout rule says it must not exist, "
+            "and only such folders can be removed here"
+        )
+    held = _held_overlap(volume, relative)
+    if held is not None:
+        hold = hold_for(target_type=TargetType.VOLUME_FOLDER, target_id=f"{volume.name}{SEPARATOR}{held}")
+        whose = f" by {hold.held_by} ({hold.reason})" if hold else ""
+        what = f"folder {relative}/ on volume {volume.name}"
+        if held != relative:
+            where = "is inside" if relative.startswith(f"{held}/") else "contains"
+            what = f"{what} {where} {held}/, which"
+        raise Held(f"{what} is on hold{whose}; release the hold first")
+    return relative, rule
+
+
+@dataclass
+class FolderContents:
+    files: int = 0
+    bytes: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    listed: list[PreviewItem] = field(default_factory=list)
+
+
+def _folder_entry_check(backend: VolumeBackend, volume: Volume, relative: str) -> None:
+    entry = backend.stat(relative)
+    if entry is None:
+        raise NotFound(f"{relative}/ is not on volume {volume.name} (removed already?)")
+    if entry.is_symlink or not entry.is_dir:
+        what = "a symlink" if entry.is_symlink else "a file"
+        raise InvalidInput(f"{relative} on volume {volume.name} is {what}, not a folder; nothing was removed")
+
+
+def _measure(
+    backend: VolumeBackend, relative: str, *, why: str = "", progress: Progress | None = None
+) -> FolderContents:
+    """Every file below the folder, counted and summed now; the first PREVIEW_FILES listed."""
+    contents = FolderContents()
+    for entry in backend.iter_entries(relative):
+        if entry.unreadable:
+            contents.unreadable.append(f"{entry.path} ({entry.unreadable})")
+            continue
+        if entry.is_dir and not entry.is_symlink:
+            continue
+        contents.files += 1
+        contents.bytes += entry.size
+        if len(contents.listed) < PREVIEW_FILES:
+            contents.listed.append(PreviewItem(name=entry.path, bytes=entry.size, why=why))
+        if progress is not None and contents.files % COUNT_EVERY == 0:
+            progress.advance(COUNT_EVERY)
+    return contents
+
+
+def volume_folder_preview(*, volume: Volume, path: str) -> Preview:
+    """Every file that would go, with its bytes, measured now. Writes nothing."""
+    relative, rule = removable_folder(volume=volume, path=path)
+    backend = volume_backend(volume=volume)
+    backend.check()
+    _folder_entry_check(backend, volume, relative)
+    why = rule.description or f"a layout rule says {relative}/ must not exist"
+    contents = _measure(backend, relative, why=why)
+    delete = list(contents.listed)
+    rest = contents.files - len(delete)
+    if rest:
+        rest_bytes = contents.bytes - sum(item.bytes or 0 for item in delete)
+        delete.append(PreviewItem(name=f"{plural(rest, 'more file')} in {relative}/", bytes=rest_bytes, why=why))
+    if not contents.files:
+        # An empty folder is still a finding: removing it is the work.
+        delete.append(PreviewItem(name=f"{relative}/", bytes=0, why=f"{why} (the folder is empty)"))
+    summary = (
+        f"Remove {relative}/ and everything in it from volume {volume.name}: "
+        f"{plural(contents.files, 'file')}, {humanize_bytes(contents.bytes)}, measured now."
+    )
+    if backend.commit_is_meaningful:
+        summary += " The volume is mounted here: the removal is committed once, at the end."
+    if contents.unreadable:
+        summary += (
+            f" {plural(len(contents.unreadable), 'folder')} inside could not be read "
+            f"({', '.join(contents.unreadable[:3])}); the removal may fail there and says so."
+        )
+    summary += " The volume is inspected again afterwards."
+    return Preview(title=f"Remove {relative}/ from volume {volume.name}", summary=summary, delete=delete)
+
+
+def _record_sample_without(volume: Volume, removed: int) -> None:
+    """When the fresh inspection failed: the last size less what went, so totals still move."""
+    last = StorageSample.objects.filter(domain="volumes", subject=volume.name).order_by("-sampled_at").first()
+    if last is not None and removed:
+        storage_sample_record(domain="volumes", subject=volume.name, total_bytes=max(0, last.total_bytes - removed))
+
+
+def volume_folder_remove(
+    *, volume: Volume, path: str, actor: Actor, operation: Operation | None = None
+) -> dict[str, Any]:
+    """Measure, remove (one recursive call), commit once where that means something, audit,
+    then inspect the volume again. A failure to remove is audited as failed and raised."""
+    relative, _rule = removable_folder(volume=volume, path=path)
+    target = folder_target(volume.name, relative)
+    backend = volume_backend(volume=volume)
+    progress = Progress(operation, unit="files")
+    log = (lambda line: operation_log(operation, line)) if operation is not None else (lambda line: None)
+    log(f"measuring {relative}/ on {volume.url}")
+    backend.check()
+    _folder_entry_check(backend, volume, relative)
+    contents = _measure(backend, relative, progress=progress)
+    # The total is what was just measured: the bar counts towards it and never passes it.
+    progress.done = 0
+    progress.set_total(contents.files)
+    log(f"removing {relative}/ ({plural(contents.files, 'file')}, {humanize_bytes(contents.bytes)})")
+    commits = 0
+    try:
+        backend.remove(relative, recursive=True)
+        if backend.commit():
+            commits = 1
+            log("committed the removal to the volume")
+    except PanelError as exc:
+        audit_record(
+            actor=actor,
+            action=AuditAction.VOLUME_REMOVE_FOLDER,
+            target_type=TargetType.VOLUME_FOLDER,
+            target_id=target,
+            outcome=AuditEvent.Outcome.FAILED,
+            message=f"removing {relative}/ from {volume.name} failed: {exc}",
+            operation=operation,
+        )
+        raise
+    progress.done = contents.files
+    progress.flush()
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action=AuditAction.VOLUME_REMOVE_FOLDER,
+            target_type=TargetType.VOLUME_FOLDER,
+            target_id=target,
+            bytes_reclaimed=contents.bytes,
+            message=f"removed {relative}/ from {volume.name}: {plural(contents.files, 'file')}, "
+            f"{humanize_bytes(contents.bytes)}" + (", committed once" if commits else ""),
+            details={"files": contents.files, "bytes": contents.bytes, "commits": commits},
+            operation=operation,
+        )
+    log("inspecting the volume again")
+    inspection_id, reinspect_error = None, ""
+    try:
+        inspection_id = volume_inspect(volume=volume, actor=actor).pk
+    except PanelError as exc:
+        reinspect_error = str(exc)
+        log(f"the fresh inspection failed: {exc}")
+        _record_sample_without(volume, contents.bytes)
+    return {
+        "volume": volume.name,
+        "path": relative,
+        "files": contents.files,
+        "bytes": contents.bytes,
+        "commits": commits,
+        "inspection_id": inspection_id,
+        "reinspect_error": reinspect_error,
+    }
+
+
+def describe_removal(result: dict) -> str:
+    sentence = (
+        f"Removed {result['path']}/ from {result['volume']}: "
+        f"{plural(result['files'], 'file')}, {humanize_bytes(result['bytes'])}"
+    )
+    if result.get("reinspect_error"):
+        return f"{sentence}; inspecting the volume again failed ({result['reinspect_error']})."
+    return f"{sentence}; the volume was inspected again."

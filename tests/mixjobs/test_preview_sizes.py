@@ -1,0 +1,35 @@
+"""Issue #17 item 4: the mix-job cleanup preview lists each file's size, kept and skipped
+files too (measured by lstat, never opened)."""
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from apps.mixjobs.services import mixjobs_cleanup_preview
+from tests.mixjobs.helpers import job_path, output_path, write_job
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock():
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+def test_every_file_in_the_preview_has_its_size(clock, tmp_path):
+    write_job("s1", "old", state="complete", updated_at=NOW - timedelta(hours=50))
+    write_job("s1", "new", state="complete", updated_at=NOW)
+    linked = write_job("s2", "linked", state="complete", updated_at=NOW - timedelta(hours=50))
+    os.link(linked, tmp_path / "another-name.json")  # a hard link is skipped, never removed
+    preview = mixjobs_cleanup_preview()
+    sizes = {item.path: item.bytes for item in preview.delete + preview.keep}
+    assert sizes[str(job_path("s1", "old"))] == job_path("s1", "old").stat().st_size
+    assert sizes[str(job_path("s1", "new"))] == job_path("s1", "new").stat().st_size  # kept: not expired
+    assert sizes[str(output_path("s1"))] == 4096  # kept: a job of the session remains
+    assert sizes[str(linked)] == linked.stat().st_size  # skipped: hard link
+    assert all(size is not None for size in sizes.values()), sizes
