@@ -50,11 +50,22 @@ def _container_for_volumes(*, pod: Pod, engine: DockerEngine) -> None:
 
 
 class _ByteCounter:
-    """Bytes moved by the streaming threads, collected by the main thread for progress."""
+    """Bytes moved by the streaming threads, and the volumes they began, collected by the main
+    thread for progress and the phase people read ("streaming /home, 2 of 8")."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._pending = 0
+        self.began: list[str] = []
+
+    def begin(self, mount_path: str) -> None:
+        with self._lock:
+            self.began.append(mount_path)
+
+    def take_began(self) -> list[str]:
+        with self._lock:
+            began, self.began = self.began, []
+        return began
 
     def add(self, amount: int) -> None:
         with self._lock:
@@ -78,6 +89,7 @@ def _volume_stream(
     digest, count, tail = hashlib.sha256(), 0, b""
     # Every file's path, size and sha256, from the same chunks (the restore drill checks them).
     files = TarFileList()
+    counter.begin(mount_path)
     writer = store.writer(key)
     try:
         for chunk in engine.archive_read(container=container, path=mount_path):
@@ -142,11 +154,15 @@ def _volumes_stream(
             for volume in volumes
         }
         pending = set(futures)
+        started = 0
         try:
             while pending:
                 done, pending = wait(
                     pending, timeout=max(0.2, settings.OPERATION_PROGRESS_INTERVAL_SECONDS), return_when=FIRST_EXCEPTION
                 )
+                for mount_path in counter.take_began():
+                    started += 1
+                    _log(operation, f"streaming {mount_path}, {started} of {len(volumes)}")
                 progress.advance(counter.take())
                 if throttle.due():
                     Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
@@ -215,6 +231,7 @@ def _snapshot_take(
         raise PanelError(f"pod {pod.pod_id!r} is missing volumes {', '.join(missing)}; nothing was removed")
     info = engine.container_get(pod.container_name)
     if info is not None and info.status != "created":
+        _log(operation, f"stopping the container {pod.container_name}")
         engine.container_stop(pod.container_name)
         _log(operation, f"stopped container {pod.container_name}")
     _container_for_volumes(pod=pod, engine=engine)
@@ -222,14 +239,15 @@ def _snapshot_take(
     Snapshot.objects.filter(pod=pod, status__in=[Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]).update(
         status=Snapshot.Status.FAILED, error="interrupted; superseded by a later attempt", finished_at=timezone.now()
     )
-    # The progress bar's total comes from the last reconcile's measurement: measuring now
-    # (`docker system df`) would walk every volume on the host before the first byte moves.
+    # The last measurement is kept as an estimate on the snapshot, but it is no total for the
+    # bar: files written since would show more done than the total. Measuring now would walk
+    # every file before the first byte moves, so the bar counts the bytes so far instead.
     measured = [v.size_bytes for v in volumes if v.size_bytes is not None]
     expected = sum(measured) if measured else None
     snapshot = Snapshot.objects.create(
         pod=pod, store_url=store.url, operation=operation, expected_bytes=expected, started_at=timezone.now()
     )
-    progress = Progress(operation, total=expected, unit="bytes")
+    progress = Progress(operation, total=None, unit="bytes")
     try:
         snapshot.transition(Snapshot.Status.UPLOADING)
         snapshot.save(update_fields=["status"])

@@ -1,0 +1,39 @@
+"""A stop's progress tells the truth from its first second: its phase in words, and bytes so
+far with no stale total (the last reconcile's sizes would show more done than the total)."""
+
+import re
+
+import pytest
+
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.pods.models import VOLUME_MOUNTS, PodVolume
+from apps.pods.services import pod_provision
+from tests.pods.conftest import run_in
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+
+def test_a_stop_says_its_phase_and_never_counts_past_a_stale_total(docker_client, new_pod_id):
+    pod_id = new_pod_id()
+    pod_provision(pod_id=pod_id, actor="test")
+    # The last measurement says the volumes are tiny; then 3 MiB are written.
+    PodVolume.objects.filter(pod__pod_id=pod_id).update(size_bytes=1024)
+    run_in(docker_client, pod_id, "dd if=/dev/urandom of=/workspace/new.bin bs=1M count=3 2>/dev/null")
+
+    stop = run_now(Kind.POD_STOP, pod_id, actor="test")
+
+    assert stop.progress_total is None  # no stale total: bytes so far only
+    assert stop.progress_done >= 3 * 2**20
+    lines = [re.sub(r"^\S+ \S+ ", "", line) for line in stop.log.splitlines()]
+    phases = [line for line in lines if line.startswith(("stopping the container", "streaming "))]
+    expected = [f"stopping the container pinacle-pod-{pod_id}"] + [
+        f"streaming {mount}, {number} of 8" for number, mount in enumerate(VOLUME_MOUNTS.values(), start=1)
+    ]
+    assert phases == expected
+    # The phases come before what they lead to: stop, stream, verify, remove.
+    order = [
+        next(i for i, line in enumerate(lines) if line.startswith(prefix))
+        for prefix in ("stopping the container", "streaming /workspace", "verified workspace", "removed 8 volumes")
+    ]
+    assert order == sorted(order)
