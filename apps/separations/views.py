@@ -25,7 +25,12 @@ from controlpanel.paths import validate_id
 from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
-PARTS = {"gauge": "separations/part_gauge.html", "sessions": "separations/part_sessions.html"}
+PARTS = {
+    "gauge": "separations/part_gauge.html",
+    "sessions": "separations/part_sessions.html",
+    "chart": "separations/part_chart.html",
+    "audit": "separations/part_audit.html",
+}
 
 
 def known_policy(view):

@@ -7,11 +7,31 @@ from apps.audit.holds import ON_HOLD, held_ids
 from apps.audit.names import TargetType
 from apps.pods.actions import PROVISION, PodAction, pod_action
 from apps.pods.models import VOLUME_PREFIX, Pod, Snapshot
+from apps.pods.services.hosts import engine_for
 from apps.pods.services.housekeeping import orphans_plan
 from apps.pods.services.retention import retention_preview  # noqa: F401 - kept importable from here
 from apps.pods.services.state import _volumes, pod_get, pod_id_check
-from controlpanel.errors import InvalidInput
+from controlpanel.errors import InvalidInput, PanelError
 from controlpanel.preview import Preview, PreviewItem
+
+# A preview measures the pod's volumes for the page, within this long; what is not measured
+# by then shows its last measurement.
+PREVIEW_MEASURE_SECONDS = 10
+
+
+def _measured_now(pod: Pod, names: list[str]) -> dict[str, int]:
+    """The volumes' bytes now (the same helper as the size schedule), for the page only:
+    a GET writes nothing, and a host that does not answer leaves the last measurements."""
+    if not names:
+        return {}
+    try:
+        return (
+            engine_for(pod.host)
+            .volumes_measure(names=names, image=settings.POD_IMAGE, seconds=PREVIEW_MEASURE_SECONDS)
+            .sizes
+        )
+    except PanelError:
+        return {}
 
 
 def pod_action_check(*, pod_id: str, action: PodAction | str) -> Pod | None:
@@ -39,12 +59,17 @@ def pod_preview(*, pod_id: str, action: PodAction | str) -> Preview:
     delete: list[PreviewItem] = []
     keep: list[PreviewItem] = []
     if action.volume_fate:
-        # A volume already gone holds nothing now, whatever it measured last.
+        volumes = _volumes(pod)
+        now = _measured_now(pod, [v.docker_name for v in volumes if v.exists])
+        # A volume already gone holds nothing now, whatever it measured last; one the helper
+        # could not measure in time shows its last measurement, and says so.
         delete += [
-            PreviewItem(v.docker_name, bytes=v.size_bytes, why=action.volume_fate)
+            PreviewItem(v.docker_name, bytes=now[v.docker_name], why=action.volume_fate)
+            if v.docker_name in now
+            else PreviewItem(v.docker_name, bytes=v.size_bytes, why=f"{action.volume_fate} (size last measured)")
             if v.exists
             else PreviewItem(v.docker_name, why="already gone")
-            for v in _volumes(pod)
+            for v in volumes
         ]
         fate = "purged from" if action.purges_snapshots else "kept in"
         snapshots = [
