@@ -37,3 +37,21 @@ def test_a_stop_says_its_phase_and_never_counts_past_a_stale_total(docker_client
         for prefix in ("stopping the container", "streaming /workspace", "verified workspace", "removed 8 volumes")
     ]
     assert order == sorted(order)
+
+
+def test_a_stop_records_the_peak_it_streamed_and_the_drop_after(docker_client, new_pod_id):
+    from apps.audit.models import StorageSample
+
+    pod_id = new_pod_id()
+    pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, "dd if=/dev/urandom of=/workspace/new.bin bs=1M count=3 2>/dev/null")
+    StorageSample.objects.all().delete()
+
+    run_now(Kind.POD_STOP, pod_id, actor="test")
+
+    samples = list(StorageSample.objects.filter(domain="pods").order_by("id").values_list("total_bytes", flat=True))
+    # The host held at least the 3 MiB just streamed, then (this pod's volumes gone) less.
+    assert len(samples) == 2, samples
+    peak, after = samples
+    assert peak >= 3 * 2**20
+    assert after <= peak - 3 * 2**20

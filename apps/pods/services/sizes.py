@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db.models import DateTimeField, Sum, Value
+from django.db.models import DateTimeField, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from apps.audit.models import Operation
-from apps.audit.services import Actor, storage_sample_record
+from apps.audit.services import Actor
 from apps.pods.docker_engine import VolumeSizes
-from apps.pods.models import DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume
+from apps.pods.models import DockerHost, Pod, PodVolume
 from apps.pods.selectors import pods_busy
 from apps.pods.services.fleet import BATCH
 from apps.pods.services.hosts import engine_for, host_default
-from apps.pods.services.state import _log
+from apps.pods.services.state import _log, host_sample
 from controlpanel.errors import PanelError
 
 # Volumes one helper container walks; a host with time left gets the next batch.
@@ -111,13 +111,6 @@ def _sizes_write(run: _HostRun, answer: VolumeSizes) -> None:
     run.cut_off += len(tried)
 
 
-def _host_sample(host: DockerHost) -> None:
-    """The bytes the host holds as last measured (its pods' volumes and its orphans)."""
-    held = PodVolume.objects.filter(pod__host=host, exists=True).aggregate(total=Sum("size_bytes", default=0))
-    orphans = OrphanVolume.objects.filter(host=host).aggregate(total=Sum("size_bytes", default=0))
-    storage_sample_record(domain=DOMAIN, subject=host.name, total_bytes=held["total"] + orphans["total"])
-
-
 def pods_measure(*, actor: Actor, operation: Operation | None = None, batch_size: int = MEASURE_BATCH) -> dict:
     """Measure the oldest volume sizes of every host at once, POD_SIZE_BUDGET_SECONDS each."""
     host_default()
@@ -156,7 +149,7 @@ def pods_measure(*, actor: Actor, operation: Operation | None = None, batch_size
             run.inbox.put(None)  # its thread stops after the call it is in
             run.error = f"Docker host {run.host.name!r} did not finish within the {budget} s budget"
         if run.measured:
-            _host_sample(run.host)
+            host_sample(run.host)
         line = f"{run.host.name}: {run.measured} volume sizes measured, {run.cut_off} cut off by the budget"
         _log(operation, line + (f"; {run.error}" if run.error else ""))
         report["hosts"][run.host.name] = {"measured": run.measured, "cut_off": run.cut_off, "error": run.error}

@@ -21,7 +21,7 @@ from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, Throttle, audit_record, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, VOLUME_MOUNTS, Pod, PodVolume, Snapshot
-from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volumes_remove
+from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volumes_remove, host_sample
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
@@ -291,6 +291,8 @@ def _snapshot_take(
     for volume in volumes:
         volume.size_bytes, volume.measured_at = manifest[volume.name]["bytes"], snapshot.finished_at
     PodVolume.objects.bulk_update(volumes, ["size_bytes", "measured_at"])
+    # The peak the pod reached, recorded before its volumes go: charts show what existed.
+    host_sample(pod.host)
     return snapshot
 
 

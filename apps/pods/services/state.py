@@ -4,13 +4,24 @@ removing its eight volumes by name (then proving none remain)."""
 import logging
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import TargetType
-from apps.audit.services import Actor, audit_record, operation_log
+from apps.audit.services import Actor, audit_record, operation_log, storage_sample_record
 from apps.pods.docker_engine import DockerEngine, DockerFailure
-from apps.pods.models import POD_LABEL, VOLUME_LABEL, VOLUME_MOUNTS, Pod, PodVolume, Snapshot, volume_docker_name
+from apps.pods.models import (
+    DOMAIN,
+    POD_LABEL,
+    VOLUME_LABEL,
+    VOLUME_MOUNTS,
+    OrphanVolume,
+    Pod,
+    PodVolume,
+    Snapshot,
+    volume_docker_name,
+)
 from controlpanel.errors import InvalidInput, NotFound, PanelError
 from controlpanel.paths import validate_id
 
@@ -108,7 +119,17 @@ def _volumes_remove(*, pod: Pod, engine: DockerEngine, operation: Operation | No
     if remaining:
         raise DockerFailure(f"volumes still exist after removal: {', '.join(remaining)}")
     _log(operation, f"removed {len(removed)} volumes by name; none remain")
+    host_sample(pod.host)  # the chart shows the drop as it happens, not at the next measurement
     return removed
+
+
+def host_sample(host) -> None:
+    """Record the bytes the host holds as last measured (its pods' volumes and its orphans):
+    after every measurement, and whenever a stop or removal changes what it holds, so a
+    chart shows each peak and each drop."""
+    held = PodVolume.objects.filter(pod__host=host, exists=True).aggregate(total=Sum("size_bytes", default=0))
+    orphans = OrphanVolume.objects.filter(host=host).aggregate(total=Sum("size_bytes", default=0))
+    storage_sample_record(domain=DOMAIN, subject=host.name, total_bytes=held["total"] + orphans["total"])
 
 
 def _held_bytes(pod: Pod) -> int:
