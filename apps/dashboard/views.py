@@ -7,6 +7,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST, require_safe
 from django_q.models import Failure, Schedule
 
+from apps.audit.holds import holds_active
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.operations import retry as operation_retry
 from apps.audit.overview import bytes_held, bytes_leaked
@@ -52,6 +53,8 @@ def overview(request):
         "held_bytes": bytes_held(sections),
         "charts": recent_charts(),
         "recent_events": AuditEvent.objects.select_related("actor_user")[:10],
+        # What people put on hold: nothing automatic deletes it until they release it.
+        "holds": list(holds_active().order_by("-created_at")[:50]),
         **in_flight_context(),
     }
     return render(request, "dashboard/overview.html", context)

@@ -129,3 +129,13 @@ def test_a_domain_that_cannot_be_reached_is_shown_not_raised(staff_client, monke
         response = staff_client.get(url)
         assert response.status_code == 200
         assert "Docker host &#x27;local&#x27; unreachable: connection refused" in response.text
+
+
+def test_the_overview_shows_what_is_on_hold(staff_client):
+    from apps.audit.holds import hold_set
+    from apps.audit.names import TargetType
+
+    hold_set(target_type=TargetType.POD, target_id="keep-me", reason="legal hold", actor="t")
+    page = staff_client.get("/").content.decode()
+    assert 'class="big holds">1<' in page
+    assert "pod keep-me" in page

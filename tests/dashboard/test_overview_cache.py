@@ -88,8 +88,9 @@ def test_the_cached_overview_and_leak_report_cost_a_fixed_few_queries(staff_clie
     # 1. session, 2. user, 3. newest audit event and storage sample ids, 4. recent failed
     # work for the attention strip (none: no second query for what succeeded since), 5. the
     # recently measured subjects, 6. the samples of the one chart, 7. work in flight, 8. work
-    # just finished, 9. recent audit events. No domain's section: they come from the cache.
-    with django_assert_num_queries(9):
+    # just finished, 9. recent audit events, 10. what is on hold. No domain's section: they
+    # come from the cache.
+    with django_assert_num_queries(10):
         staff_client.get(reverse("dashboard:overview"))
     # 1. session, 2. user, 3. newest change ids.
     with django_assert_num_queries(3):
