@@ -166,7 +166,7 @@ KINDS = (
         TargetType.VOLUME,
         run=_inspect,
         permission=INSPECT_PERMISSION,
-        progress_unit="files",
+        progress_unit="entries",
         describe=_describe_inspection,
         check=_volume_exists,
     ),

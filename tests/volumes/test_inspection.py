@@ -100,7 +100,7 @@ def test_progress_counts_the_entries_seen(local_world):
 
     operation = Operation.objects.get(kind="volume.inspect")
     assert operation.status == Operation.Status.SUCCEEDED
-    assert (operation.progress_done, operation.progress_unit) == (2505, "files")  # 2,500 files and 5 folders
+    assert (operation.progress_done, operation.progress_unit) == (2505, "entries")  # 2,500 files and 5 folders
     assert operation.result["inspection_id"] == inspection.pk
     assert inspection.operation_id == operation.pk
     assert operation.result["summary"] == "2.4 KiB in 2,500 files; 0 findings."

@@ -71,7 +71,7 @@ def test_a_modal_volume_is_priced_at_the_modal_rate(modal_server, settings):
     assert inspection.total_bytes == 450 * 1000**3
     assert inspection.monthly_cost == 67.5
     operation = Operation.objects.get(kind="volume.inspect")
-    assert (operation.progress_done, operation.progress_unit) == (4, "files")  # 3 folders and a file
+    assert (operation.progress_done, operation.progress_unit) == (4, "entries")  # 3 folders and a file
 
 
 def test_the_benchmark_runs_standalone_on_a_small_tree():

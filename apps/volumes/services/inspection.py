@@ -201,7 +201,7 @@ def volume_inspect(*, volume: Volume, actor: Actor, operation: Operation | None 
     backend = volume_backend(volume=volume)
     rules = list(volume.rules.filter(enabled=True))
     evaluator = RuleEvaluator(rules)
-    progress = Progress(operation, unit="files")
+    progress = Progress(operation, unit="entries")
     if operation is not None:
         operation_log(
             operation, f"inspecting {volume.url} ({len(rules)} rules, folders to depth {volume.folder_depth})"
