@@ -44,6 +44,7 @@ from apps.pods.services.state import (
     pod_id_check,
 )
 from controlpanel.errors import InvalidInput, PanelError
+from controlpanel.formatting import humanize_bytes
 from controlpanel.paths import validate_id
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,8 @@ def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -
             actor=actor,
             operation=operation,
             bytes_reclaimed=reclaimed,
-            message=f"snapshot #{snapshot.pk} verified ({snapshot.total_bytes} bytes); container and 8 volumes removed",
+            message=f"snapshot #{snapshot.pk} verified ({humanize_bytes(snapshot.total_bytes)}); "
+            "container and 8 volumes removed",
             details={"snapshot": snapshot.pk},
         )
     return {"pod_id": pod_id, "snapshot": snapshot.pk, "snapshot_bytes": snapshot.total_bytes}
@@ -339,6 +341,6 @@ def _pod_remove(*, pod_id: str, actor: Actor, operation: Operation | None, actio
             operation=operation,
             bytes_reclaimed=reclaimed + snapshot_bytes,
             message=f"container and {len(removed)} volumes removed"
-            + (f"; snapshots purged ({snapshot_bytes} bytes)" if action.purges_snapshots else ""),
+            + (f"; snapshots purged ({humanize_bytes(snapshot_bytes)})" if action.purges_snapshots else ""),
         )
     return {"pod_id": pod_id, "volumes_removed": removed, "snapshot_bytes_purged": snapshot_bytes}

@@ -25,6 +25,7 @@ from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volu
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
+from controlpanel.formatting import humanize_bytes
 
 # Volumes streamed at once during a snapshot. One: dockerd holds a container's lock while an
 # archive streams out of it, so a second get_archive on the same container only waits, and
@@ -172,7 +173,10 @@ def _volumes_stream(
                 for future in [f for f in futures if f in done]:
                     entry = future.result()  # raises the volume's failure
                     volume = futures[future]
-                    _log(operation, f"{volume.docker_name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}…")
+                    _log(
+                        operation,
+                        f"{volume.docker_name}: {humanize_bytes(entry['bytes'])}, sha256 {entry['sha256'][:16]}…",
+                    )
         except BaseException:
             cancel.set()
             for future in futures:
@@ -286,7 +290,7 @@ def _snapshot_take(
     snapshot.finished_at = timezone.now()
     snapshot.save(update_fields=["status", "manifest", "total_bytes", "stored_bytes", "bytes_done", "finished_at"])
     if snapshot.stored_bytes != snapshot.total_bytes:
-        _log(operation, f"snapshot #{snapshot.pk} added {snapshot.stored_bytes} bytes to {store.url}")
+        _log(operation, f"snapshot #{snapshot.pk} added {humanize_bytes(snapshot.stored_bytes)} to {store.url}")
     # The archive sizes are a fresh measurement of what the volumes held.
     for volume in volumes:
         volume.size_bytes, volume.measured_at = manifest[volume.name]["bytes"], snapshot.finished_at
@@ -333,7 +337,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
                 f"snapshot #{snapshot.pk} {volume.name}: read {counter[0]} bytes with sha256 "
                 f"{digest.hexdigest()[:12]}…, manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
             )
-        _log(operation, f"restored {volume.docker_name}: {counter[0]} bytes, sha256 matches")
+        _log(operation, f"restored {volume.docker_name}: {humanize_bytes(counter[0])}, sha256 matches")
     progress.flush()
     engine.container_start(pod.container_name)
     return info.id
@@ -371,5 +375,5 @@ def _snapshot_purge(*, snapshot: Snapshot, actor: Actor, operation: Operation | 
             message=f"snapshot #{snapshot.pk} purged from {snapshot.store_url}",
             operation=operation,
         )
-    _log(operation, f"purged snapshot #{snapshot.pk} ({removed} bytes)")
+    _log(operation, f"purged snapshot #{snapshot.pk} ({humanize_bytes(removed)})")
     return removed

@@ -67,7 +67,7 @@ def snapshot_verify(*, snapshot: Snapshot, progress: Progress, operation: Operat
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json differs from the one recorded")
         for name, entry in snapshot.manifest.items():
             _read_back(store=store, key=entry["key"], entry=entry, progress=progress)
-            _log(operation, f"snapshot #{snapshot.pk} {name}: {entry['bytes']} bytes, sha256 matches")
+            _log(operation, f"snapshot #{snapshot.pk} {name}: {humanize_bytes(entry['bytes'])}, sha256 matches")
     except (PanelError, ValueError) as exc:  # ValueError: a manifest that is not JSON
         return str(exc) if isinstance(exc, PanelError) else f"manifest of snapshot #{snapshot.pk} is unreadable"
     return ""

@@ -127,7 +127,7 @@ def sessions_sync(*, actor: Actor, operation: Operation | None = None, backend: 
         operation_log(
             operation,
             f"{result['sessions']} sessions ({result['new']} new, {result['gone']} gone), "
-            f"{scan.total_bytes} bytes in {scan.total_files} files on {scan.volume}",
+            f"{humanize_bytes(scan.total_bytes)} in {scan.total_files} files on {scan.volume}",
         )
         for line in scan.problems:
             operation_log(operation, f"problem: {line}")

@@ -21,7 +21,7 @@ from apps.volumes.backends import VolumeBackend, VolumeChanged
 from apps.volumes.models import Finding, Inspection, Severity, Volume
 from apps.volumes.services.registry import volume_backend, volume_monthly_cost
 from apps.volumes.services.rules import RuleEvaluator, RuleState
-from controlpanel.formatting import plural
+from controlpanel.formatting import humanize_bytes, plural
 
 LARGEST_FILES = 20
 GROWTH_ROWS = 50
@@ -251,12 +251,14 @@ def volume_inspect(*, volume: Volume, actor: Actor, operation: Operation | None 
             action=AuditAction.VOLUME_INSPECT,
             target_type=TargetType.VOLUME,
             target_id=volume.name,
-            message=f"{totals.total_bytes} bytes in {totals.total_files} files; "
+            message=f"{humanize_bytes(totals.total_bytes)} in {totals.total_files} files; "
             f"{len(findings)} findings ({errors} errors), {passed} of {len(rules)} rules hold",
             operation=operation,
         )
     if operation is not None:
-        operation_log(operation, f"{totals.total_files} files, {totals.total_bytes} bytes, {len(findings)} findings")
+        operation_log(
+            operation, f"{totals.total_files} files, {humanize_bytes(totals.total_bytes)}, {len(findings)} findings"
+        )
     return inspection
 
 
