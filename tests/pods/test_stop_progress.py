@@ -55,3 +55,13 @@ def test_a_stop_records_the_peak_it_streamed_and_the_drop_after(docker_client, n
     peak, after = samples
     assert peak >= 3 * 2**20
     assert after <= peak - 3 * 2**20
+
+
+def test_deleting_a_pod_leaves_no_empty_folder_in_the_file_store(docker_client, new_pod_id, panel_paths):
+    pod_id = new_pod_id()
+    pod_provision(pod_id=pod_id, actor="test")
+    run_now(Kind.POD_STOP, pod_id, actor="test")
+    assert (panel_paths / "snapshots" / pod_id).is_dir()
+    run_now(Kind.POD_DELETE, pod_id, actor="test")
+    assert not (panel_paths / "snapshots" / pod_id).exists()
+    assert (panel_paths / "snapshots").is_dir()  # the store's own root stays

@@ -124,6 +124,10 @@ class FileStore(SnapshotStore):
                     os.rmdir(path)
         if not os.listdir(folder):
             os.rmdir(folder)
+            # The pod's own folder goes with its last snapshot: no empty `<pod>/` left behind.
+            parent, root = folder.parent, self.root.resolve()
+            if parent != root and root in parent.parents and not os.listdir(parent):
+                os.rmdir(parent)
         if kept:
             logger.warning("left %d hard-linked files in %s/%s: %s", len(kept), self.url, prefix, kept[:5])
         return removed
