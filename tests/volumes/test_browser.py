@@ -1,6 +1,7 @@
 """The volume page in Chromium: inspect from the button, read findings and sizes, cross-check."""
 
 import pytest
+from playwright.sync_api import expect
 
 from apps.volumes.services import layout_preset_import
 from tests.volumes.helpers import lay_out_s3_mount_plan
@@ -24,10 +25,10 @@ def test_inspect_and_cross_check_from_the_volume_page(
     assert browser_page.locator("text=Not inspected yet.").is_visible()
     browser_page.click("button:has-text('Inspect now')")
     browser_page.locator("[data-status=succeeded]").first.wait_for(timeout=10000)
-    browser_page.reload()
-    assert browser_page.locator("td", has_text="results/ should not exist").is_visible()
-    assert browser_page.locator("td", has_text="cache/tusz/ should not exist").is_visible()
-    assert browser_page.locator("td", has_text="checkpoints/run-1/model.pt").is_visible()
+    # No reload: the volume's body refreshes itself when the inspection ends.
+    expect(browser_page.locator("td", has_text="results/ should not exist")).to_be_visible(timeout=10000)
+    expect(browser_page.locator("td", has_text="cache/tusz/ should not exist")).to_be_visible()
+    expect(browser_page.locator("td", has_text="checkpoints/run-1/model.pt")).to_be_visible()
     browser_page.screenshot(path=str(artifacts / "volume-detail.png"), full_page=True)
 
     browser_page.fill("input[name=folder]", "cache/tusz/train")
