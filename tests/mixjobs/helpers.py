@@ -2,10 +2,13 @@
 
 import json
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
+
+# The instant every mix-job test's clock stands still at (fixture `clock`).
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def media() -> Path:

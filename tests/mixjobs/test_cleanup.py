@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from subprocess import PIPE
 
 import pytest
-import time_machine
 
 from apps.audit.models import AuditEvent, Operation
 from apps.mixjobs import files
@@ -15,17 +14,9 @@ from apps.mixjobs.aside import SetAside
 from apps.mixjobs.services import cleanup as cleanup_service
 from apps.mixjobs.services import cleanup_expired_jobs, mixjobs_cleanup, session_lock
 from controlpanel.errors import InvalidInput
-from tests.mixjobs.helpers import atomic_write, index_path, job_path, media, output_path, write_job
+from tests.mixjobs.helpers import NOW, atomic_write, index_path, job_path, media, output_path, write_job
 
 pytestmark = pytest.mark.django_db
-
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def test_complete_job_expires_at_exactly_48_hours_not_a_second_before(clock):

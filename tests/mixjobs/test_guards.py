@@ -2,28 +2,20 @@
 fails when the check is taken out (each was proven by planting that bug once)."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.urls import reverse
 
 from apps.mixjobs import aside
 from apps.mixjobs.services import cleanup as cleanup_service
 from apps.mixjobs.services import mixjobs_cleanup, mixjobs_sync
-from tests.mixjobs.helpers import atomic_write, index_path, job_path, write_job
+from tests.mixjobs.helpers import NOW, atomic_write, index_path, job_path, write_job
 from tests.mixjobs.special_files import bounded, make_fifo
 
 pytestmark = pytest.mark.django_db
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(hours=50)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def between_reread_and_delete(monkeypatch, change) -> None:

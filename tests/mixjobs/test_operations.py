@@ -1,8 +1,7 @@
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -14,17 +13,9 @@ from apps.audit.schedules import collect_schedules
 from apps.mixjobs.services import mixjobs_sync
 from controlpanel.formatting import humanize_bytes
 from controlpanel.preview import Preview
-from tests.mixjobs.helpers import atomic_write, index_path, job_path, output_path, write_job
+from tests.mixjobs.helpers import NOW, atomic_write, index_path, job_path, output_path, write_job
 
 pytestmark = pytest.mark.django_db
-
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def test_each_kind_is_declared_once_with_its_schedule():

@@ -2,23 +2,14 @@
 files too (measured by lstat, never opened)."""
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 
 from apps.mixjobs.services import mixjobs_cleanup_preview
-from tests.mixjobs.helpers import job_path, output_path, write_job
+from tests.mixjobs.helpers import NOW, job_path, output_path, write_job
 
 pytestmark = pytest.mark.django_db
-
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def test_every_file_in_the_preview_has_its_size(clock, tmp_path):

@@ -1,8 +1,7 @@
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-import time_machine
 from django.core.management import call_command
 from django.urls import reverse
 
@@ -10,17 +9,9 @@ from apps.audit.models import AuditEvent, Operation
 from apps.audit.operations import run_operation
 from apps.mixjobs.models import MixJob
 from apps.mixjobs.services import mixjobs_sync
-from tests.mixjobs.helpers import atomic_write, job_path, output_path, write_job
+from tests.mixjobs.helpers import NOW, atomic_write, job_path, output_path, write_job
 
 pytestmark = pytest.mark.django_db
-
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def test_sync_mirrors_every_field_and_marks_problems(clock):
