@@ -83,3 +83,31 @@ def test_a_file_changed_in_the_store_after_it_was_written_fails_verification(
     assert Snapshot.objects.get(pod=pod).status == Snapshot.Status.FAILED
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+
+def test_a_volume_changed_in_the_store_after_the_stop_fails_the_restore_and_nothing_is_left(
+    docker_client, new_pod_id, panel_paths
+):
+    """Volumes restore as one stream per parent folder; a tar in the middle of it that reads
+    other bytes than its manifest stops the restore, the pod goes back to stopped with no
+    volume left, and once the store holds the right bytes again the restore is whole."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, WRITE_SCRIPT)
+    before = listing(docker_client, pod_id)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    etc = panel_paths / "snapshots" / pod_id / str(snapshot.pk) / "etc.tar"
+    good = etc.read_bytes()
+    assert b"pod=yes" in good
+    etc.write_bytes(good.replace(b"pod=yes", b"pod=no!"))  # same length, other bytes
+
+    with pytest.raises(StoreError, match=rf"snapshot #{snapshot.pk} etc: read {len(good)} bytes .* manifest says"):
+        services.pod_start(pod_id=pod_id, actor="test")
+
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.STOPPED and "etc" in pod.last_error
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+    etc.write_bytes(good)
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before

@@ -54,6 +54,8 @@ class ObjectWriter:
 
 class SnapshotStore:
     url: str
+    # A writer takes a while to start (a process deriving a key): make the next one early.
+    slow_writer_start = False
 
     def writer(self, key: str) -> ObjectWriter:
         raise NotImplementedError

@@ -115,6 +115,10 @@ class _ResticWriter(ObjectWriter):
             self.process.kill()
             self.process.wait()
         self._files_close()
+        # restic interrupted while it was writing its lock exits without removing it (a window
+        # of a few tens of milliseconds, hit by a writer made early and aborted at once), and
+        # every later command would find the repository locked: remove it now.
+        self.store.stale_locks_remove()
 
     def _files_close(self) -> None:
         self.stdout.close()
@@ -122,6 +126,8 @@ class _ResticWriter(ObjectWriter):
 
 
 class DedupStore(SnapshotStore):
+    slow_writer_start = True  # each backup process derives the key (~0.5 s) before it reads
+
     def __init__(self, url: str, *, path: Path | None = None, bucket: str = "", prefix: str = ""):
         self.url = url
         self.path, self.bucket, self.prefix = path, bucket, prefix.strip("/")
@@ -184,9 +190,19 @@ class DedupStore(SnapshotStore):
         detail = next((line for line in stderr.splitlines() if line.startswith("Fatal")), text[-300:])
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
+    def stale_locks_remove(self) -> None:
+        """`restic unlock` without `--remove-all` removes only stale locks: those of a restic
+        process that is gone from this machine, or older than 30 minutes. A live lock stays."""
+        try:
+            subprocess.run(self.command("unlock"), env=self.env(), capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired, PanelError):
+            pass  # the command that found the lock says what is wrong, if anything still is
+
     def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
-        """One restic command; waits (up to LOCK_WAIT_SECONDS) while another holds the lock."""
+        """One restic command; waits (up to LOCK_WAIT_SECONDS) while another holds the lock,
+        after removing stale locks once (a worker killed mid-backup leaves one behind)."""
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        unlocked = False
         while True:
             try:
                 done = subprocess.run(
@@ -199,6 +215,10 @@ class DedupStore(SnapshotStore):
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0:
                 return done.stdout.decode(errors="replace")
+            if LOCKED in stderr and not unlocked:
+                self.stale_locks_remove()
+                unlocked = True
+                continue
             if LOCKED in stderr and time.monotonic() < deadline:
                 time.sleep(1)
                 continue
@@ -229,6 +249,8 @@ class DedupStore(SnapshotStore):
         """Key readable and right, repository there, no prune holding it (waited out), room."""
         self.repository_ensure()
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        if self._exclusive_locks():
+            self.stale_locks_remove()  # a prune's worker killed midway leaves its lock
         while self._exclusive_locks():
             if time.monotonic() > deadline:
                 raise StoreError(f"snapshot store {self.url} is held by a prune; {what} was not started")

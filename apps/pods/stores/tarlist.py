@@ -4,9 +4,15 @@ volumes back): no second read, and never more than one header block buffered.
 
 Docker's archives are Go's `archive/tar`: ustar headers (with the `prefix` field), PAX `x`
 records for long or non-ASCII names and sizes, and GNU `L` long names; all three are read.
-Links, folders and special files carry no data: only regular files are listed."""
+Links, folders and special files carry no data: only regular files are listed.
+
+The same walk finds where a tar's end-of-archive marker begins, so a restore can send several
+volumes' tars as one stream (`joined`): one unpacking by the engine instead of one each."""
 
 import hashlib
+from collections.abc import Iterable, Iterator
+
+from apps.pods.stores.base import StoreError
 
 BLOCK = 512
 REGULAR = {b"0", b"\0", b"7"}
@@ -14,8 +20,11 @@ PAX, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK = b"x", b"g", b"L", b"K"
 
 
 class TarFileList:
-    def __init__(self):
-        self.files: list[list] = []  # [path, size, sha256]
+    def __init__(self, *, hash_files: bool = True):
+        self.hash_files = hash_files
+        self.files: list[list] = []  # [path, size, sha256]; sha256 "" when not hashing
+        self.consumed = 0  # bytes fed so far
+        self.end_at: int | None = None  # where the end-of-archive marker begins
         self._buffer = bytearray()
         self._remaining = 0  # data bytes of the current member still to come
         self._padding = 0  # zero bytes after them, up to the next block
@@ -25,8 +34,18 @@ class TarFileList:
         self._next_path: str | None = None
         self._next_size: int | None = None
         self.ended = False
+        self._unread = 0  # bytes of the current chunk after the header being read
+
+    @property
+    def members_end(self) -> int:
+        """Bytes fed that certainly belong to members, not to the end marker: all of them but a
+        header block still being read (it may be the first block of the marker)."""
+        return self.end_at if self.end_at is not None else self.consumed - len(self._buffer)
 
     def feed(self, chunk: bytes) -> None:
+        self.consumed += len(chunk)
+        if self.ended and not self.hash_files:
+            return  # past the end there is nothing more to find
         view = memoryview(chunk)
         while view:
             if self._remaining:
@@ -47,10 +66,13 @@ class TarFileList:
             view = view[need:]
             if len(self._buffer) == BLOCK:
                 header, self._buffer = bytes(self._buffer), bytearray()
+                self._unread = len(view)
                 self._header(header)
 
     def _header(self, header: bytes) -> None:
         if self.ended or header == bytes(BLOCK):
+            if not self.ended:
+                self.end_at = self.consumed - BLOCK - self._unread
             self.ended = True
             return
         kind = header[156:157]
@@ -62,7 +84,7 @@ class TarFileList:
             path = self._next_path if self._next_path is not None else path
             size = self._next_size if self._next_size is not None else size
             self._next_path = self._next_size = None
-            self._digest = hashlib.sha256()
+            self._digest = hashlib.sha256() if self.hash_files else None
         elif kind not in {PAX, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK}:
             self._next_path = self._next_size = None
             size = 0 if kind in {b"1", b"2", b"3", b"4", b"5", b"6"} else size
@@ -76,14 +98,16 @@ class TarFileList:
     def _data(self, data: memoryview) -> None:
         kind = self._member[0]
         if kind in REGULAR:
-            self._digest.update(data)
+            if self._digest is not None:
+                self._digest.update(data)
         elif kind in {PAX, GNU_LONG_NAME}:
             self._meta += data
 
     def _member_end(self) -> None:
         kind, path, size = self._member
         if kind in REGULAR:
-            self.files.append([path.removesuffix("/"), size, self._digest.hexdigest()])
+            sha256 = self._digest.hexdigest() if self._digest is not None else ""
+            self.files.append([path.removesuffix("/"), size, sha256])
             self._digest = None
         elif kind == GNU_LONG_NAME:
             self._next_path = bytes(self._meta).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -94,6 +118,35 @@ class TarFileList:
             if "size" in records and records["size"].isdigit():
                 self._next_size = int(records["size"])
         self._member = None
+
+
+def joined(tars: Iterable[Iterable[bytes]], *, names: list[str]) -> Iterator[bytes]:
+    """Several tars as one stream, for one unpacking: each but the last is cut where its
+    end-of-archive marker begins (found by walking its headers, never by trusting that the
+    last 1,024 bytes are the marker: a writer may pad it further). A tar that never ends is
+    an error before any byte of it past its last member is sent."""
+    tars = list(tars)
+    for number, chunks in enumerate(tars):
+        if number == len(tars) - 1:
+            yield from chunks
+            return
+        walk, sent, held = TarFileList(hash_files=False), 0, bytearray()
+        for chunk in chunks:
+            walk.feed(chunk)
+            upto = walk.members_end - sent  # bytes of held + chunk that may go now
+            if not held and upto >= len(chunk):
+                yield chunk  # the common case: a chunk of file data, sent as it is
+                sent += len(chunk)
+                continue
+            held += chunk
+            if upto > 0:
+                yield bytes(held[:upto])
+                del held[:upto]
+                sent += upto
+            if walk.ended:
+                held.clear()  # the marker and any padding; the rest is still read (and hashed)
+        if not walk.ended:
+            raise StoreError(f"the archive of {names[number]} ends without an end-of-archive marker")
 
 
 def _number(field: bytes) -> int:
