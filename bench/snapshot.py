@@ -98,6 +98,7 @@ class Bench:
         self.pods: list[str] = []
         self.images: list[str] = []
         self.cpu_lines: list[str] = []
+        self.upload_seconds: list[float] = []  # the naive stop's uploads alone: the store's own pace
         self.env = {
             **os.environ,
             "VAR_DIR": str(self.work / "var"),
@@ -197,6 +198,7 @@ class Bench:
     def naive_stop(self, pod_id: str) -> float:
         container = f"pinacle-pod-{pod_id}"
         out = self.work / "naive"
+        self.upload_seconds.append(0.0)
         started = time.monotonic()
         for mount in MOUNTS:
             folder = out / mount.strip("/").replace("/", "-")
@@ -205,7 +207,9 @@ class Bench:
             archive = folder.with_suffix(".tar")
             subprocess.run(["tar", "-C", str(folder), "-cf", str(archive), "."], check=True)
             if self.s3 is not None:
+                sending = time.monotonic()
                 self.s3.client().upload_file(str(archive), self.bucket, f"naive/{archive.name}")
+                self.upload_seconds[-1] += time.monotonic() - sending
                 archive.unlink()
             shutil.rmtree(folder)
         return time.monotonic() - started
@@ -306,6 +310,10 @@ class Bench:
         print(f"naive start (download + docker cp in): {naive_start:7.2f} s")
         print(f"our stop (stream, sha256, verify, remove): {stop:7.2f} s, peak RSS {stop_rss:.0f} MiB")
         print(f"our start (restore, sha256 checked):       {start:7.2f} s, peak RSS {start_rss:.0f} MiB")
+        if self.s3 is not None:
+            upload = statistics.median(self.upload_seconds)
+            print(f"store's pace (naive's upload_file alone):  {upload:7.2f} s")
+            print(f"ratio stop/store's pace: {stop / upload:.2f}x")
         print(f"ratio stop/naive stop:  {stop / naive_stop:.2f}x (target ≤ 0.8 for s3)")
         print(f"ratio stop/read limit:  {stop / max(limit, 1e-3):.2f}x (target ≤ 2)")
         print(f"ratio start/naive start: {start / naive_start:.2f}x (target ≤ 1)")

@@ -17,6 +17,7 @@ its 10,000 parts while memory stays bounded by PARTS_IN_FLIGHT × the current pa
 `part_size(n)` is the schedule; the largest part stays under S3's 5 GiB.
 """
 
+import base64
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -98,8 +99,15 @@ class _S3Writer(ObjectWriter):
             # Hashed here, on the upload thread (hashlib releases the GIL): the reading
             # thread only reads and computes the sha256.
             md5 = hashlib.md5(body, usedforsecurity=False).digest()
+            # Content-MD5: the store checks the part as it arrives (BadDigest otherwise), and
+            # the header, being signed, binds the body to the request's signature.
             answer = self.store.client.upload_part(
-                Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id, PartNumber=number, Body=body
+                Bucket=self.store.bucket,
+                Key=self.full_key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentMD5=base64.b64encode(md5).decode(),
             )
             return {"PartNumber": number, "ETag": answer["ETag"], "md5": md5}
         finally:
@@ -140,8 +148,14 @@ class _S3Writer(ObjectWriter):
             if self.upload_id is None:
                 # Smaller than one part: a single PUT.
                 body = bytes(self.buffer)
-                client.put_object(Bucket=self.store.bucket, Key=self.full_key, Body=body)
-                self.expected_etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                md5 = hashlib.md5(body, usedforsecurity=False)
+                client.put_object(
+                    Bucket=self.store.bucket,
+                    Key=self.full_key,
+                    Body=body,
+                    ContentMD5=base64.b64encode(md5.digest()).decode(),
+                )
+                self.expected_etag = md5.hexdigest()
                 self.stored_bytes = len(body)
                 return
             if self.buffer:

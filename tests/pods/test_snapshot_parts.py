@@ -71,3 +71,50 @@ def test_a_real_upload_grows_its_parts_and_reads_back_byte_identical(s3_server, 
         expected_etag=writer.expected_etag,
     )
     assert b"".join(store.read("pod/1/workspace.tar")) == body
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("size", [3 * MIB, 12 * MIB], ids=["single-put", "multipart"])
+def test_a_body_changed_on_the_way_never_passes_for_the_bytes_we_hashed(
+    s3_server, s3_bucket, settings, monkeypatch, size
+):
+    """Every part (and a small object's single PUT) carries the Content-MD5 of the bytes we
+    hashed. A real server (SeaweedFS) refuses a body changed after that (BadDigest) and the
+    writer's caller hears a StoreError naming the key; moto's emulator ignores the header and
+    stores it, and then the ETag check of `verify` refuses it."""
+    from apps.pods.stores.base import StoreError
+    from tests.parts import SeaweedFSServer
+
+    monkeypatch.setattr(snapshots, "PART_SIZE", 5 * MIB)
+    settings.SNAPSHOT_STORE_URL = f"s3://{s3_bucket}/snaps"
+    store = store_from_url()
+    client = store.client
+    for operation in ["upload_part", "put_object"]:
+        sent = getattr(client, operation)
+
+        def changed(*args, _sent=sent, **kwargs):
+            body = bytearray(kwargs["Body"])
+            body[len(body) // 2] ^= 0xFF
+            return _sent(*args, **{**kwargs, "Body": bytes(body)})
+
+        monkeypatch.setattr(client, operation, changed)
+    body = os.urandom(size)
+    writer = store.writer("pod/1/home.tar")
+    try:
+        writer.write(body)
+        writer.close()
+    except StoreError as exc:
+        writer.abort()
+        assert "home.tar" in str(exc) and "BadDigest" in str(exc)
+        refused = True
+        assert store.size("pod/1/home.tar") is None
+    else:
+        refused = False
+        with pytest.raises(StoreError, match=r"home\.tar checksum .* differs"):
+            store.verify(
+                "pod/1/home.tar",
+                expected_bytes=size,
+                expected_sha256=hashlib.sha256(body).hexdigest(),
+                expected_etag=writer.expected_etag,
+            )
+    assert refused == isinstance(s3_server, SeaweedFSServer)
