@@ -421,6 +421,11 @@ class SeaweedFSServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+        # `weed` opens a unix socket per service in /tmp, named by port, and a killed one
+        # leaves them behind: ours go with the server.
+        for port in self.ports:
+            for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                socket_file.unlink(missing_ok=True)
 
     def client(self):
         import boto3

@@ -368,6 +368,13 @@ class _ReadAhead:
             yield chunk
             yield from self.chunks
 
+    def close(self) -> None:
+        """Let go of the store's stream now (a restic dump waiting on a full pipe exits),
+        not whenever the garbage collector gets to it; after the thread is done with it."""
+        if self.first is not None:
+            wait([self.first])
+        self.chunks.close()
+
 
 def _volume_read(
     *, snapshot: Snapshot, name: str, entry: dict, chunks: _ReadAhead, then: _ReadAhead | None, progress: Progress
@@ -414,24 +421,28 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     order = [volume for group in by_parent.values() for volume in group]
     reads = {volume.name: _ReadAhead(store.read(manifest[volume.name]["key"])) for volume in order}
     following = dict(zip([v.name for v in order], [reads[v.name] for v in order[1:]] + [None], strict=True))
-    for parent, group in by_parent.items():
-        streams = [
-            _volume_read(
-                snapshot=snapshot,
-                name=volume.name,
-                entry=manifest[volume.name],
-                chunks=reads[volume.name],
-                then=following[volume.name],
-                progress=progress,
+    try:
+        for parent, group in by_parent.items():
+            streams = [
+                _volume_read(
+                    snapshot=snapshot,
+                    name=volume.name,
+                    entry=manifest[volume.name],
+                    chunks=reads[volume.name],
+                    then=following[volume.name],
+                    progress=progress,
+                )
+                for volume in group
+            ]
+            engine.archive_write(
+                container=pod.container_name, path=parent, chunks=joined(streams, names=[v.mount_path for v in group])
             )
-            for volume in group
-        ]
-        engine.archive_write(
-            container=pod.container_name, path=parent, chunks=joined(streams, names=[v.mount_path for v in group])
-        )
-        for volume in group:
-            size = humanize_bytes(manifest[volume.name]["bytes"])
-            _log(operation, f"restored {volume.docker_name}: {size}, sha256 matches")
+            for volume in group:
+                size = humanize_bytes(manifest[volume.name]["bytes"])
+                _log(operation, f"restored {volume.docker_name}: {size}, sha256 matches")
+    finally:
+        for read in reads.values():
+            read.close()
     progress.flush()
     engine.container_start(pod.container_name)
     return info.id
