@@ -27,9 +27,9 @@ def s3_client(*, max_pool_connections: int = 10):
             # CRC pass per part on both ends would only cost CPU.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            # Without a checksum header botocore hashes every body once more (sha256) to sign
-            # it, on HTTPS too. Snapshot parts carry Content-MD5, a signed header the store
-            # checks against the body, so signing the body itself adds a pass and no proof.
+            # Snapshot parts carry Content-MD5, a signed header the store checks the body
+            # against. Over HTTPS botocore then leaves their bodies unsigned; over plain HTTP (a
+            # local SeaweedFS or MinIO) it would hash each body once more (sha256) to sign it.
             s3={"payload_signing_enabled": False},
             max_pool_connections=max_pool_connections,
         ),

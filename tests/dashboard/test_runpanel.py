@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 from django.core.management import call_command
 
@@ -68,6 +69,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _state(pid: int) -> str:
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = (proc / "wchan").read_text()
+        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid}: state {state}, waiting in {wchan or '-'}: {command}"
+
+
 def processes_with(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -106,7 +118,13 @@ def test_ctrl_c_on_make_run_stops_the_server_and_worker_with_nothing_left(tmp_pa
         assert len(processes_with(marker)) >= 4  # runpanel, runserver, qcluster and its processes
         started = time.monotonic()
         os.killpg(panel.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-        assert panel.wait(timeout=60) == 0  # a bound against hanging, not the claim
+        try:
+            code = panel.wait(timeout=60)  # a bound against hanging, not the claim
+        except subprocess.TimeoutExpired:
+            # Say where each process is stuck (a process in D state waits on the disk).
+            states = [_state(pid) for pid in [panel.pid, *processes_with(marker)]]
+            pytest.fail("runpanel still running 60 s after Ctrl-C:\n" + "\n".join(states) + "\n" + log.read_text())
+        assert code == 0
         with capsys.disabled():
             print(f"\nrunpanel stopped {time.monotonic() - started:.1f} s after Ctrl-C")
         assert processes_with(marker) == [], log.read_text()

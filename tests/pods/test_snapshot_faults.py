@@ -111,3 +111,36 @@ def test_a_volume_changed_in_the_store_after_the_stop_fails_the_restore_and_noth
     etc.write_bytes(good)
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+
+def test_a_volume_the_engine_stopped_reading_before_its_end_fails_the_restore(
+    docker_client, new_pod_id, panel_paths, monkeypatch
+):
+    """The engine answers 200 after reading only part of a stream (a tar that ends early
+    inside, then the send fails quietly): the volumes whose end was never read were never
+    checked, so the restore fails and the pod goes back to stopped with nothing left."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, WRITE_SCRIPT)
+    before = listing(docker_client, pod_id)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    original = DockerEngine.archive_write
+
+    def stops_reading_early(self, *, container, path, chunks):
+        if path == "/":
+            next(iter(chunks))  # the first chunk, then nothing more is asked for
+            return None
+        return original(self, container=container, path=path, chunks=chunks)
+
+    monkeypatch.setattr(DockerEngine, "archive_write", stops_reading_early)
+    unread = rf"snapshot #{snapshot.pk}: the engine stopped reading before the end of workspace, .*srv;"
+    with pytest.raises(StoreError, match=unread):
+        services.pod_start(pod_id=pod_id, actor="test")
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.STOPPED
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+
+    monkeypatch.setattr(DockerEngine, "archive_write", original)
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before

@@ -102,7 +102,13 @@ class _Writers:
         writer = writer or self.store.writer(key)
         following = self.after.get(key)
         if following is not None and self.store.slow_writer_start:
-            prepared = self.store.writer(following)
+            try:
+                prepared = self.store.writer(following)
+            except Exception:
+                return writer  # the next volume makes its own, and says why if it still cannot
+            except BaseException:
+                writer.abort()
+                raise
             with self._lock:
                 self.made[following] = prepared
         return writer
@@ -238,9 +244,13 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
             for name, entry in manifest.items()
         }
         written = pool.submit(store.get_small, f"{snapshot.prefix}/manifest.json")
-        for name, check in checks.items():
-            check.result()
-            _log(operation, f"verified {name} in {store.url}")
+        try:
+            for name, check in checks.items():
+                check.result()
+                _log(operation, f"verified {name} in {store.url}")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the stop has failed: read no more
+            raise
         if json.loads(written.result())["volumes"] != manifest:
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
 
@@ -377,11 +387,18 @@ class _ReadAhead:
 
 
 def _volume_read(
-    *, snapshot: Snapshot, name: str, entry: dict, chunks: _ReadAhead, then: _ReadAhead | None, progress: Progress
+    *,
+    snapshot: Snapshot,
+    name: str,
+    entry: dict,
+    chunks: _ReadAhead,
+    then: _ReadAhead | None,
+    progress: Progress,
+    checked: set[str],
 ) -> Iterator[bytes]:
     """A volume's tar out of the store, hashed on the way; other bytes than the manifest's
-    stop the restore before the engine has the whole stream. The next volume's read starts
-    with this one's."""
+    stop the restore before the engine has the whole stream. Its name goes into `checked`
+    once it was read to its end and matched. The next volume's read starts with this one's."""
     digest, count = hashlib.sha256(), 0
     if then is not None:
         then.start()
@@ -395,6 +412,7 @@ def _volume_read(
             f"snapshot #{snapshot.pk} {name}: read {count} bytes with sha256 "
             f"{digest.hexdigest()[:12]}…, manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
         )
+    checked.add(name)
 
 
 def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: Operation | None) -> str:
@@ -421,6 +439,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     order = [volume for group in by_parent.values() for volume in group]
     reads = {volume.name: _ReadAhead(store.read(manifest[volume.name]["key"])) for volume in order}
     following = dict(zip([v.name for v in order], [reads[v.name] for v in order[1:]] + [None], strict=True))
+    checked: set[str] = set()
     try:
         for parent, group in by_parent.items():
             streams = [
@@ -431,12 +450,21 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
                     chunks=reads[volume.name],
                     then=following[volume.name],
                     progress=progress,
+                    checked=checked,
                 )
                 for volume in group
             ]
             engine.archive_write(
                 container=pod.container_name, path=parent, chunks=joined(streams, names=[v.mount_path for v in group])
             )
+            # The engine may stop reading before the end (a tar that ends early inside, then
+            # the send fails quietly): a volume whose end was never read was never checked.
+            unread = [volume.name for volume in group if volume.name not in checked]
+            if unread:
+                raise StoreError(
+                    f"snapshot #{snapshot.pk}: the engine stopped reading before the end of "
+                    f"{', '.join(unread)}; its sha256 could not be checked, so the restore is not trusted"
+                )
             for volume in group:
                 size = humanize_bytes(manifest[volume.name]["bytes"])
                 _log(operation, f"restored {volume.docker_name}: {size}, sha256 matches")

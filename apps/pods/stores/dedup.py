@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -117,8 +118,8 @@ class _ResticWriter(ObjectWriter):
         self._files_close()
         # restic interrupted while it was writing its lock exits without removing it (a window
         # of a few tens of milliseconds, hit by a writer made early and aborted at once), and
-        # every later command would find the repository locked: remove it now.
-        self.store.stale_locks_remove()
+        # every prune after it would find the repository locked: remove that lock, ours.
+        self.store.own_lock_remove(self.process.pid)
 
     def _files_close(self) -> None:
         self.stdout.close()
@@ -190,19 +191,35 @@ class DedupStore(SnapshotStore):
         detail = next((line for line in stderr.splitlines() if line.startswith("Fatal")), text[-300:])
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
-    def stale_locks_remove(self) -> None:
-        """`restic unlock` without `--remove-all` removes only stale locks: those of a restic
-        process that is gone from this machine, or older than 30 minutes. A live lock stays."""
+    def own_lock_remove(self, pid: int) -> None:
+        """Remove the lock a restic process of ours (`pid`, exited) left behind, and only that
+        one: `restic unlock` would also take locks of live processes elsewhere that share this
+        host name (workers in containers) and signal the PIDs it finds, which may be reused."""
+        host = socket.gethostname()
         try:
-            subprocess.run(self.command("unlock"), env=self.env(), capture_output=True, timeout=60, check=False)
-        except (OSError, subprocess.TimeoutExpired, PanelError):
-            pass  # the command that found the lock says what is wrong, if anything still is
+            for lock_id in self.run("list", "locks", "--no-lock", doing="listing locks").split():
+                try:
+                    lock = json.loads(self.run("cat", "lock", lock_id, "--no-lock", doing="reading a lock"))
+                except (StoreError, ValueError):  # gone meanwhile, or half written
+                    continue
+                if lock.get("pid") == pid and lock.get("hostname") == host:
+                    self._lock_delete(lock_id)
+        except PanelError:
+            pass  # the store is failing: the command that meets the lock says so
+
+    def _lock_delete(self, lock_id: str) -> None:
+        if self.path is not None:
+            (self.path / "locks" / lock_id).unlink(missing_ok=True)
+            return
+        key = f"{self.prefix}/locks/{lock_id}" if self.prefix else f"locks/{lock_id}"
+        try:
+            s3_client().delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise s3_error(exc, where=f"snapshot store {self.url}", what=key) from exc
 
     def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
-        """One restic command; waits (up to LOCK_WAIT_SECONDS) while another holds the lock,
-        after removing stale locks once (a worker killed mid-backup leaves one behind)."""
+        """One restic command; waits (up to LOCK_WAIT_SECONDS) while another holds the lock."""
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        unlocked = False
         while True:
             try:
                 done = subprocess.run(
@@ -215,10 +232,6 @@ class DedupStore(SnapshotStore):
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0:
                 return done.stdout.decode(errors="replace")
-            if LOCKED in stderr and not unlocked:
-                self.stale_locks_remove()
-                unlocked = True
-                continue
             if LOCKED in stderr and time.monotonic() < deadline:
                 time.sleep(1)
                 continue
@@ -237,10 +250,8 @@ class DedupStore(SnapshotStore):
             self.run("init", doing="creating the repository")
             return []
 
-    def _exclusive_locks(self, lock_ids: list[str] | None = None) -> int:
+    def _exclusive_locks(self, lock_ids: list[str]) -> int:
         found = 0
-        if lock_ids is None:
-            lock_ids = self.run("list", "locks", "--no-lock", doing="listing locks").split()
         for lock_id in lock_ids:
             try:
                 if '"exclusive": true' in self.run("cat", "lock", lock_id, "--no-lock", doing="reading a lock"):
@@ -253,12 +264,11 @@ class DedupStore(SnapshotStore):
         """Key readable and right, repository there, no prune holding it (waited out), room."""
         locks = self.repository_ensure()
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        if locks and self._exclusive_locks(locks):
-            self.stale_locks_remove()  # a prune's worker killed midway leaves its lock
-        while self._exclusive_locks():
+        while locks and self._exclusive_locks(locks):
             if time.monotonic() > deadline:
                 raise StoreError(f"snapshot store {self.url} is held by a prune; {what} was not started")
             time.sleep(1)
+            locks = self.run("list", "locks", "--no-lock", doing="listing locks").split()
         super().preflight(needed_bytes=needed_bytes, what=what)
 
     def free_bytes(self) -> int | None:
