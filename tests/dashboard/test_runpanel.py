@@ -53,7 +53,13 @@ def test_ctrl_c_kills_children_and_grandchildren_that_ignore_it(tmp_path, monkey
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    call_command("runpanel", grace=0.2)
+    # Ctrl-C raises KeyboardInterrupt even in a suite started with SIGINT ignored (a
+    # background job of a non-interactive shell).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        call_command("runpanel", grace=0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     grandchildren = [int(pid) for pid in pids.read_text().split()]
     assert grandchildren
     # SIGKILL is delivered asynchronously: give the kernel a moment, not the processes a choice.
@@ -67,6 +73,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _state(pid: int) -> str:
@@ -108,6 +118,9 @@ def test_ctrl_c_on_make_run_stops_the_server_and_worker_with_nothing_left(tmp_pa
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own terminal group, as under `make run`
+            # Ctrl-C as a terminal's foreground job gets it: a suite started in the background
+            # by a non-interactive shell has SIGINT ignored, and Python keeps it ignored.
+            preexec_fn=_sigint_default,
         )
     try:
         deadline = time.monotonic() + 60
