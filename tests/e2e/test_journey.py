@@ -209,6 +209,14 @@ class StaleParts:
 SETTLE = 3000  # ms a part that should refresh is given, once its neighbours have
 
 
+def confirm_and_run(page, pod_url: str, watcher, *, kind: str) -> Operation:
+    """Confirm a pod action, back on the pod page (marked: a reload would show), and run it."""
+    confirm(page)
+    page.wait_for_url(pod_url)
+    mark(page)
+    return watcher.run_queued(kind=kind)
+
+
 def confirm(page) -> None:
     """Press the confirmation page's button (a red one for what deletes)."""
     page.wait_for_selector("form.actions button[type=submit]")
@@ -256,10 +264,7 @@ def pod_leg(page, watcher: Watcher, stale: StaleParts, live_server, docker_clien
     head.locator("a.button", has_text="Stop").click()
     page.wait_for_selector("form.actions button.danger")
     promised = exact_bytes(page.locator("tfoot th.num"))
-    confirm(page)
-    page.wait_for_url(pod_url)
-    mark(page)
-    stop = watcher.run_queued(kind="pod.stop")
+    stop = confirm_and_run(page, pod_url, watcher, kind="pod.stop")
     snapshot = Snapshot.objects.get(pod__pod_id=pod_id, status=Snapshot.Status.COMPLETE)
     expect(head.locator(".pod-status .badge")).to_have_text("stopped")
     expect(head.locator(".pod-actions a.button", has_text="Start")).to_be_visible()
@@ -282,10 +287,7 @@ def pod_leg(page, watcher: Watcher, stale: StaleParts, live_server, docker_clien
 
     # Start: running again, the volumes back, and the file as it was written.
     head.locator("a.button", has_text="Start").click()
-    confirm(page)
-    page.wait_for_url(pod_url)
-    mark(page)
-    watcher.run_queued(kind="pod.start")
+    confirm_and_run(page, pod_url, watcher, kind="pod.start")
     expect(head.locator(".pod-status .badge")).to_have_text("running")
     expect(head.locator(".pod-actions a.button", has_text="Stop")).to_be_visible()
     expect(volumes.locator("td.exists")).to_have_text(["yes"] * 8)
@@ -295,10 +297,7 @@ def pod_leg(page, watcher: Watcher, stale: StaleParts, live_server, docker_clien
 
     # Deprovision: container and volumes go, the snapshot stays (listed, and on disk).
     head.locator("a.button", has_text="Deprovision").click()
-    confirm(page)
-    page.wait_for_url(pod_url)
-    mark(page)
-    watcher.run_queued(kind="pod.deprovision")
+    confirm_and_run(page, pod_url, watcher, kind="pod.deprovision")
     expect(head.locator(".pod-status .badge")).to_have_text("deprovisioned")
     expect(head.locator(".pod-actions a.button", has_text="Stop")).to_have_count(0)
     expect(volumes.locator("td.exists")).to_have_text(["no"] * 8)

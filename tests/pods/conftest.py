@@ -42,6 +42,16 @@ def run_in(docker_client, pod_id: str, script: str) -> str:
     return result.output.decode()
 
 
+def pod_with_files(docker_client, new_pod_id, script: str = WRITE_SCRIPT) -> tuple[str, list[str]]:
+    """A provisioned pod with `script` run in it, and the listing of its files to compare with."""
+    from apps.pods import services
+
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, script)
+    return pod_id, listing(docker_client, pod_id)
+
+
 def listing(docker_client, pod_id: str) -> list[str]:
     """Name, mode, type, owner and link target of every entry, plus file checksums, in all eight mounts."""
     script = (

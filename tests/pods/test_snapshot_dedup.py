@@ -18,7 +18,7 @@ from apps.pods.selectors import pod_as_dict, unreferenced_leaks
 from apps.pods.snapshots import DedupStore, StoreError, store_from_url
 from apps.pods.stores import dedup
 from tests.parts import require_part
-from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, run_in
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -53,10 +53,7 @@ def repository_bytes(repository: Path) -> int:
 def test_second_stop_of_an_unchanged_pod_adds_almost_nothing_and_restores_byte_identical(
     docker_client, new_pod_id, dedup_file
 ):
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, DATA_SCRIPT)
-    before = listing(docker_client, pod_id)
+    pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
 
     services.pod_stop(pod_id=pod_id, actor="test")
 
@@ -322,10 +319,7 @@ def test_dedup_on_s3_stops_and_restores_byte_identical(
     docker_client, new_pod_id, restic, s3_server, s3_bucket, settings
 ):
     settings.SNAPSHOT_STORE_URL = f"dedup+s3://{s3_bucket}/repo"
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, DATA_SCRIPT)
-    before = listing(docker_client, pod_id)
+    pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
 
     services.pod_stop(pod_id=pod_id, actor="test")
 

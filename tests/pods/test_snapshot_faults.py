@@ -9,7 +9,7 @@ from apps.pods.models import Pod, Snapshot
 from apps.pods.stores import files
 from apps.pods.stores.base import StoreError
 from controlpanel.errors import PanelError, Unreachable
-from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, run_in
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -61,10 +61,7 @@ def test_a_failed_stream_names_the_volume_that_failed(docker_client, new_pod_id,
 def test_a_file_changed_in_the_store_after_it_was_written_fails_verification(
     docker_client, new_pod_id, monkeypatch, panel_paths
 ):
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, WRITE_SCRIPT)
-    before = listing(docker_client, pod_id)
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
     original_close = files._FileWriter.close
 
     def close_then_change(self):
@@ -91,10 +88,7 @@ def test_a_volume_changed_in_the_store_after_the_stop_fails_the_restore_and_noth
     """Volumes restore as one stream per parent folder; a tar in the middle of it that reads
     other bytes than its manifest stops the restore, the pod goes back to stopped with no
     volume left, and once the store holds the right bytes again the restore is whole."""
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, WRITE_SCRIPT)
-    before = listing(docker_client, pod_id)
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
     snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
     etc = panel_paths / "snapshots" / pod_id / str(snapshot.pk) / "etc.tar"
@@ -119,10 +113,7 @@ def test_a_volume_the_engine_stopped_reading_before_its_end_fails_the_restore(
     """The engine answers 200 after reading only part of a stream (a tar that ends early
     inside, then the send fails quietly): the volumes whose end was never read were never
     checked, so the restore fails and the pod goes back to stopped with nothing left."""
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, WRITE_SCRIPT)
-    before = listing(docker_client, pod_id)
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
     snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
     original = DockerEngine.archive_write

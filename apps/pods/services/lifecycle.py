@@ -21,10 +21,10 @@ from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAc
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.hosts import engine_for, host_get
+from apps.pods.services.restoring import _restore
 from apps.pods.services.snapshotting import (
     _container_create,
     _container_for_volumes,
-    _restore,
     _snapshot_precheck,
     _snapshot_purge,
     _snapshot_take,

@@ -1,5 +1,5 @@
 """Moving a pod's bytes: streaming its eight volumes into the snapshot store and verifying
-them, restoring them into new volumes, and purging a snapshot from its store.
+them, and purging a snapshot from its store (restoring them is `restoring`).
 
 Bytes move on worker threads; every database write (progress, log) happens on the calling
 thread."""
@@ -7,9 +7,7 @@ thread."""
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from pathlib import PurePosixPath
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from django.conf import settings
@@ -20,10 +18,10 @@ from apps.audit.models import Operation
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, Throttle, audit_record, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import UNREFERENCED_DOMAIN, VOLUME_MOUNTS, Pod, PodVolume, Snapshot
-from apps.pods.services.state import _error_text, _labels, _log, _volumes, _volumes_remove, host_sample
+from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
+from apps.pods.services.state import _error_text, _labels, _log, _volumes, host_sample
 from apps.pods.snapshots import DedupStore, ObjectWriter, SnapshotStore, StoreError, store_from_url
-from apps.pods.stores.tarlist import TarFileList, joined
+from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
@@ -354,126 +352,6 @@ def _snapshot_take(
     # The peak the pod reached, recorded before its volumes go: charts show what existed.
     host_sample(pod.host)
     return snapshot
-
-
-class _ReadAhead:
-    """A volume's chunks from the store. `start()` asks for the first chunk on a thread (an S3
-    GET answered, a restic dump past its key derivation) while the volume before it is still
-    being unpacked; iterating takes it, then reads on in the caller's thread."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self.chunks = chunks
-        self.first: Future | None = None
-
-    def start(self) -> None:
-        if self.first is None:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-ahead")
-            self.first = pool.submit(next, self.chunks, None)
-            pool.shutdown(wait=False)
-
-    def __iter__(self) -> Iterator[bytes]:
-        self.start()
-        chunk = self.first.result()  # the store's failure, raised here
-        if chunk is not None:
-            yield chunk
-            yield from self.chunks
-
-    def close(self) -> None:
-        """Let go of the store's stream now (a restic dump waiting on a full pipe exits),
-        not whenever the garbage collector gets to it; after the thread is done with it."""
-        if self.first is not None:
-            wait([self.first])
-        self.chunks.close()
-
-
-def _volume_read(
-    *,
-    snapshot: Snapshot,
-    name: str,
-    entry: dict,
-    chunks: _ReadAhead,
-    then: _ReadAhead | None,
-    progress: Progress,
-    checked: set[str],
-) -> Iterator[bytes]:
-    """A volume's tar out of the store, hashed on the way; other bytes than the manifest's
-    stop the restore before the engine has the whole stream. Its name goes into `checked`
-    once it was read to its end and matched. The next volume's read starts with this one's."""
-    digest, count = hashlib.sha256(), 0
-    if then is not None:
-        then.start()
-    for chunk in chunks:
-        digest.update(chunk)
-        count += len(chunk)
-        progress.advance(len(chunk))
-        yield chunk
-    if count != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
-        raise StoreError(
-            f"snapshot #{snapshot.pk} {name}: read {count} bytes with sha256 "
-            f"{digest.hexdigest()[:12]}…, manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
-        )
-    checked.add(name)
-
-
-def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: Operation | None) -> str:
-    store: SnapshotStore = store_from_url(snapshot.store_url)
-    manifest = snapshot.manifest
-    if set(manifest) != set(VOLUME_MOUNTS):
-        raise StoreError(f"snapshot #{snapshot.pk} does not hold all eight volumes")
-    # Volumes of a stopped pod were verified gone when it stopped: any found now are left
-    # over from an earlier failed restore and hold nothing the snapshot does not.
-    engine.container_remove(pod.container_name)
-    _volumes_remove(pod=pod, engine=engine, operation=operation)
-    volumes = _volumes(pod)
-    for volume in volumes:
-        engine.volume_create(name=volume.docker_name, labels=_labels(pod.pod_id, volume.name))
-    info = _container_create(pod=pod, engine=engine, volumes=volumes, copy_image_content=False)
-    progress = Progress(operation, total=snapshot.total_bytes, unit="bytes")
-    # Each tar holds its mount folder itself (`workspace/…`): it unpacks into the parent. The
-    # volumes that share a parent go as one stream, each volume's tar cut at its end marker
-    # (`joined`): one unpacking by the engine, not one per volume (each costs a fixed tenth of
-    # a second or so, and the engine unpacks into a container one stream at a time).
-    by_parent: dict[str, list[PodVolume]] = {}
-    for volume in volumes:
-        by_parent.setdefault(str(PurePosixPath(volume.mount_path).parent), []).append(volume)
-    order = [volume for group in by_parent.values() for volume in group]
-    reads = {volume.name: _ReadAhead(store.read(manifest[volume.name]["key"])) for volume in order}
-    following = dict(zip([v.name for v in order], [reads[v.name] for v in order[1:]] + [None], strict=True))
-    checked: set[str] = set()
-    try:
-        for parent, group in by_parent.items():
-            streams = [
-                _volume_read(
-                    snapshot=snapshot,
-                    name=volume.name,
-                    entry=manifest[volume.name],
-                    chunks=reads[volume.name],
-                    then=following[volume.name],
-                    progress=progress,
-                    checked=checked,
-                )
-                for volume in group
-            ]
-            engine.archive_write(
-                container=pod.container_name, path=parent, chunks=joined(streams, names=[v.mount_path for v in group])
-            )
-            # The engine may stop reading before the end (a tar that ends early inside, then
-            # the send fails quietly): a volume whose end was never read was never checked.
-            unread = [volume.name for volume in group if volume.name not in checked]
-            if unread:
-                raise StoreError(
-                    f"snapshot #{snapshot.pk}: the engine stopped reading before the end of "
-                    f"{', '.join(unread)}; its sha256 could not be checked, so the restore is not trusted"
-                )
-            for volume in group:
-                size = humanize_bytes(manifest[volume.name]["bytes"])
-                _log(operation, f"restored {volume.docker_name}: {size}, sha256 matches")
-    finally:
-        for read in reads.values():
-            read.close()
-    progress.flush()
-    engine.container_start(pod.container_name)
-    return info.id
 
 
 def _stop_writing_to(store_url: str, *, besides: Snapshot) -> bool:
