@@ -7,6 +7,7 @@ nowhere else: other modules use `django.conf.settings`.
 
 import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -151,6 +152,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web server and worker share the file: wait for the other's write lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    # Tests use a file too: SQLite in memory with a shared cache locks whole tables and fails at
+    # once ("table is locked") where a file waits, and browser tests read while a worker writes.
+    # On tmpfs where there is one; a name per test run, removed when the run ends.
+    _test_dir = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    DATABASES["default"]["TEST"] = {
+        "NAME": envstr("TEST_DATABASE_FILE", str(_test_dir / f"controlpanel-test-{os.getpid()}.sqlite3"))
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

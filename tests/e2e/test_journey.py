@@ -48,12 +48,6 @@ def over_total(texts: set[str]) -> list[str]:
     return bad
 
 
-def _reads_lock_nothing() -> None:
-    if connection.vendor == "sqlite":
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA read_uncommitted = 1")
-
-
 class Watcher:
     """Runs the newest queued operation like a worker, while the pages poll; keeps every
     progress text the pages showed on the way."""
@@ -67,14 +61,9 @@ class Watcher:
         until every page showing the box has seen it end."""
         operation = Operation.objects.filter(kind=kind, status="pending").latest("created_at")
         pages = [self.page, *also]
-        # The test database is SQLite in memory with a shared cache: its connections lock whole
-        # tables, and a page read while the worker writes failed the operation at once ("table
-        # is locked"; a file database waits instead). Reads here take no table locks.
-        _reads_lock_nothing()
 
         def work():
             time.sleep(delay)
-            _reads_lock_nothing()
             try:
                 run_operation(operation.pk)
             finally:
