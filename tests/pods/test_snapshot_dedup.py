@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from apps.audit.models import Operation
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
 from apps.pods import services
-from apps.pods.models import Pod, Snapshot
+from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.selectors import pod_as_dict, unreferenced_leaks
 from apps.pods.snapshots import DedupStore, StoreError, store_from_url
 from apps.pods.stores import dedup
@@ -50,12 +52,27 @@ def repository_bytes(repository: Path) -> int:
     return sum(path.stat().st_size for path in repository.rglob("*") if path.is_file())
 
 
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The volumes (`home`, `manifest`, …) read back from a dedup store, in order."""
+    read, names = DedupStore.read, []
+
+    def counted(self, key):
+        names.append(key.rsplit("/", 1)[-1].removesuffix(".tar").removesuffix(".json"))
+        yield from read(self, key)
+
+    monkeypatch.setattr(DedupStore, "read", counted)
+    return names
+
+
 def test_second_stop_of_an_unchanged_pod_adds_almost_nothing_and_restores_byte_identical(
-    docker_client, new_pod_id, dedup_file
+    docker_client, new_pod_id, dedup_file, reads
 ):
     pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
 
     services.pod_stop(pod_id=pod_id, actor="test")
+    # The first stop reads every volume back, and the manifest.
+    assert sorted(reads) == sorted([*VOLUME_MOUNTS, "manifest"])
 
     first = Snapshot.objects.get(pod__pod_id=pod_id)
     assert first.status == Snapshot.Status.COMPLETE
@@ -68,18 +85,83 @@ def test_second_stop_of_an_unchanged_pod_adds_almost_nothing_and_restores_byte_i
 
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+    reads.clear()
     services.pod_stop(pod_id=pod_id, actor="test")
 
     second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
     assert second.pk != first.pk and second.status == Snapshot.Status.COMPLETE
+    # Every volume but /etc is the same bytes as the first snapshot's, which were read back
+    # then: the new manifest points at those objects; nothing else is written or read back.
+    # (/etc holds the hostname and hosts files Docker writes anew for each container.)
+    assert sorted(reads) == ["etc", "manifest"]
+    unchanged = {name: entry for name, entry in second.manifest.items() if name != "etc"}
+    assert {entry["verified_as"] for entry in unchanged.values()} == {first.pk}
+    assert {name: entry["key"] for name, entry in unchanged.items()} == {
+        name: first.manifest[name]["key"] for name in unchanged
+    }
+    assert all(entry["reused"] and entry["stored_bytes"] == 0 for entry in unchanged.values())
     assert second.total_bytes == pytest.approx(first.total_bytes, rel=0.01)
     assert second.stored_bytes <= 0.02 * second.total_bytes
     assert repository_bytes(dedup_file) - grown <= 0.02 * second.total_bytes
     shown = pod_as_dict(Pod.objects.get(pod_id=pod_id))["last_snapshot"]
     assert shown["stored_bytes"] == second.stored_bytes and shown["total_bytes"] == second.total_bytes
 
+    # Retention purges the first snapshot: the objects the second points at stay, and it
+    # restores; deleting the pod then leaves no object behind.
+    store = store_from_url()
+    services.snapshots_apply_retention(actor="test", keep=1)
+    assert Snapshot.objects.get(pk=first.pk).status == Snapshot.Status.DELETED
+    assert store.keys_present() == {e["key"] for e in second.manifest.values()} | {f"{second.prefix}/manifest.json"}
+
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+    services.pod_delete(pod_id=pod_id, actor="test")
+    assert store.keys_present() == set()
+
+
+def test_a_changed_volume_or_a_failed_re_read_is_read_back_again(
+    docker_client, new_pod_id, dedup_file, reads, settings
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    first = Snapshot.objects.get(pod__pod_id=pod_id)
+    services.pod_start(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, "printf 'changed\\n' > /workspace/proj/src/a.txt")
+    reads.clear()
+
+    stop = run_now(Kind.POD_STOP, pod_id, actor="test")
+
+    second = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
+    assert sorted(reads) == ["etc", "manifest", "workspace"]
+    assert "verified_as" not in second.manifest["workspace"]
+    assert second.manifest["workspace"]["key"].startswith(f"{second.prefix}/")
+    assert second.manifest["home"]["verified_as"] == first.pk
+    assert f"verified home: the same bytes as snapshot #{first.pk}" in stop.log
+
+    # Past its spool limit a volume is written again; equal bytes with no new chunk are still
+    # not read back.
+    settings.SNAPSHOT_SPOOL_BYTES = MIB
+    services.pod_start(pod_id=pod_id, actor="test")
+    reads.clear()
+    services.pod_stop(pod_id=pod_id, actor="test")
+    third = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
+    assert sorted(reads) == ["etc", "manifest"]
+    workspace = third.manifest["workspace"]
+    assert workspace["key"].startswith(f"{third.prefix}/") and workspace["new_chunks"] == 0
+    assert workspace["verified_as"] == second.pk and "reused" not in workspace
+    assert third.manifest["var"]["reused"] and third.manifest["var"]["key"] == first.manifest["var"]["key"]
+
+    # A snapshot of this store failed its last re-read: its chunks may be shared, so the next
+    # stop reads every volume back again.
+    Snapshot.objects.filter(pk=first.pk).update(verify_error="home.tar: ciphertext verification failed")
+    services.pod_start(pod_id=pod_id, actor="test")
+    reads.clear()
+    services.pod_stop(pod_id=pod_id, actor="test")
+    assert sorted(reads) == sorted([*VOLUME_MOUNTS, "manifest"])
+    fourth = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
+    assert fourth.status == Snapshot.Status.COMPLETE
+    assert not any("verified_as" in entry for entry in fourth.manifest.values())
 
 
 def _image_with_base(docker_client, pod_image: str, payload: bytes) -> str:

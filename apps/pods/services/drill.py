@@ -100,6 +100,7 @@ def _drill_restore(
 ) -> list[str]:
     """Restore each volume, then read it back; the problems found, one line each."""
     store = store_from_url(snapshot.store_url)
+    store.remember(snapshot.manifest)
     written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
     file_lists = written.get("files") or {}
     problems = []

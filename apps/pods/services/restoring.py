@@ -81,6 +81,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     manifest = snapshot.manifest
     if set(manifest) != set(VOLUME_MOUNTS):
         raise StoreError(f"snapshot #{snapshot.pk} does not hold all eight volumes")
+    store.remember(manifest)
     # Volumes of a stopped pod were verified gone when it stopped: any found now are left
     # over from an earlier failed restore and hold nothing the snapshot does not.
     engine.container_remove(pod.container_name)

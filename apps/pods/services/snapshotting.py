@@ -20,6 +20,7 @@ from apps.audit.services import Actor, Progress, Throttle, audit_record, storage
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
 from apps.pods.services.state import _error_text, _labels, _log, _volumes, host_sample
+from apps.pods.services.unchanged import Sink, purge_keys, reference_for, reusable_entries, verified_by_reference
 from apps.pods.snapshots import DedupStore, ObjectWriter, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
@@ -119,21 +120,22 @@ class _Writers:
 
 
 def _volume_stream(
-    *, engine: DockerEngine, writers: _Writers, container: str, mount_path: str, key: str, counter, cancel
+    *, engine: DockerEngine, writers: _Writers, container: str, mount_path: str, key: str, counter, cancel, earlier
 ) -> dict:
-    """One volume: tar out of the container → sha256 → store, never more than a part in memory."""
+    """One volume: tar out of the container → sha256 → store (or a local spool while it may
+    equal `earlier`, see `unchanged`), never more than a part in memory."""
     digest, count, tail = hashlib.sha256(), 0, b""
     # Every file's path, size and sha256, from the same chunks (the restore drill checks them).
     files = TarFileList()
     counter.begin(mount_path)
-    writer = writers.take(key)
+    sink = Sink(take_writer=writers.take, key=key, earlier=earlier)
     try:
         for chunk in engine.archive_read(container=container, path=mount_path):
             if cancel.is_set():
                 raise PanelError("stopped: another volume of this snapshot failed")
             digest.update(chunk)
             files.feed(chunk)
-            writer.write(chunk)
+            sink.write(chunk)
             count += len(chunk)
             tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
             counter.add(len(chunk))
@@ -142,23 +144,18 @@ def _volume_stream(
                 f"the archive of {mount_path} ended early, after {count} bytes (no end-of-archive marker): "
                 "Docker stopped sending it; nothing was removed"
             )
-        writer.close()
+        stored = sink.close(count=count, sha256=digest.hexdigest())
     except BaseException:
-        writer.abort()
+        sink.abort()
         raise
-    entry = {
-        "key": key,
+    return {
         "mount_path": mount_path,
         "bytes": count,
         "sha256": digest.hexdigest(),
-        "etag": writer.expected_etag,
-        "stored_bytes": writer.stored_bytes,
         "files": len(files.files),
+        **stored,
         "file_list": files.files,
     }
-    if writer.store_id:
-        entry["store_id"] = writer.store_id
-    return entry
 
 
 def _volumes_stream(
@@ -170,13 +167,15 @@ def _volumes_stream(
     snapshot: Snapshot,
     progress: Progress,
     operation: Operation | None,
+    reusable: dict[str, dict],
 ) -> dict[str, dict[str, Any]]:
     """Stream VOLUME_STREAMS volumes at a time on worker threads. Threads only move bytes;
     every database write (progress, log) happens here on the calling thread."""
     counter, cancel = _ByteCounter(), threading.Event()
     throttle = Throttle()
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
-    writers = _Writers(store, list(keys.values()))
+    # Writers are made ahead only for volumes that will surely be written.
+    writers = _Writers(store, [key for name, key in keys.items() if name not in reusable])
     with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
         futures = {
             pool.submit(
@@ -188,6 +187,7 @@ def _volumes_stream(
                 key=keys[volume.name],
                 counter=counter,
                 cancel=cancel,
+                earlier=reusable.get(volume.name),
             ): volume
             for volume in volumes
         }
@@ -210,9 +210,11 @@ def _volumes_stream(
                 for future in [f for f in futures if f in done]:
                     entry = future.result()  # raises the volume's failure
                     volume = futures[future]
+                    unchanged = ", unchanged: nothing written" if entry.get("reused") else ""
                     _log(
                         operation,
-                        f"{volume.docker_name}: {humanize_bytes(entry['bytes'])}, sha256 {entry['sha256'][:16]}…",
+                        f"{volume.docker_name}: {humanize_bytes(entry['bytes'])}, "
+                        f"sha256 {entry['sha256'][:16]}…{unchanged}",
                     )
         except BaseException:
             cancel.set()
@@ -229,7 +231,8 @@ def _volumes_stream(
 def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation: Operation | None) -> None:
     """Every object read back (or checksummed by the store) at once, VERIFY_STREAMS at a time:
     a deduplicated store reads each through its own restic process, most of whose time is
-    spent deriving the key, not moving bytes. Failures are told in volume order."""
+    spent deriving the key, not moving bytes. A volume `verified_as` an earlier snapshot (see
+    `unchanged`) is not read again. Failures are told in volume order."""
     with ThreadPoolExecutor(max_workers=VERIFY_STREAMS, thread_name_prefix="verify") as pool:
         checks = {
             name: pool.submit(
@@ -240,12 +243,21 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
                 expected_etag=entry["etag"],
             )
             for name, entry in manifest.items()
+            if "verified_as" not in entry
         }
         written = pool.submit(store.get_small, f"{snapshot.prefix}/manifest.json")
         try:
-            for name, check in checks.items():
-                check.result()
-                _log(operation, f"verified {name} in {store.url}")
+            for name, entry in manifest.items():
+                if name in checks:
+                    checks[name].result()
+                    _log(operation, f"verified {name} in {store.url}")
+                else:
+                    how = "kept as it is in the store" if entry.get("reused") else "no new chunk in the store"
+                    _log(
+                        operation,
+                        f"verified {name}: the same bytes as snapshot #{entry['verified_as']}, read back when it "
+                        f"was taken; {how}",
+                    )
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # the stop has failed: read no more
             raise
@@ -306,9 +318,11 @@ def _snapshot_take(
         pod=pod, store_url=store.url, operation=operation, expected_bytes=expected, started_at=timezone.now()
     )
     progress = Progress(operation, total=None, unit="bytes")
+    reference = reference_for(pod=pod, store=store)
     try:
         snapshot.transition(Snapshot.Status.UPLOADING)
         snapshot.save(update_fields=["status"])
+        reusable = reusable_entries(store=store, reference=reference)
         manifest = _volumes_stream(
             pod=pod,
             volumes=volumes,
@@ -317,7 +331,12 @@ def _snapshot_take(
             snapshot=snapshot,
             progress=progress,
             operation=operation,
+            reusable=reusable,
         )
+        for entry in manifest.values():
+            if entry.get("reused"):
+                entry["verified_as"] = reference.pk
+        verified_by_reference(manifest, reference)
         # The manifest is written last: a snapshot without one never counts as complete. Its
         # per-file lists ({volume: [[path, size, sha256], …]}) live in the store's copy only.
         file_lists = {name: entry.pop("file_list") for name, entry in manifest.items()}
@@ -372,7 +391,11 @@ def _snapshot_purge(*, snapshot: Snapshot, actor: Actor, operation: Operation | 
     reclaim = not (isinstance(store, DedupStore) and _stop_writing_to(snapshot.store_url, besides=snapshot))
     if not reclaim:
         _log(operation, f"{store.url}: a stop is writing to it; prune left for a later purge")
-    removed = store.delete_prefix(snapshot.prefix, reclaim=reclaim)
+    if isinstance(store, DedupStore):
+        keep, also = purge_keys(snapshot)
+        removed = store.delete_prefix(snapshot.prefix, reclaim=reclaim, keep=frozenset(keep), also=frozenset(also))
+    else:
+        removed = store.delete_prefix(snapshot.prefix, reclaim=reclaim)
     _unreferenced_record(store, operation)
     with transaction.atomic():
         snapshot.transition(Snapshot.Status.DELETED)

@@ -62,6 +62,7 @@ def snapshot_verify(*, snapshot: Snapshot, progress: Progress, operation: Operat
     """Read every object of one snapshot back; "" when all match, else why not (one line)."""
     try:
         store = store_from_url(snapshot.store_url)
+        store.remember(snapshot.manifest)
         written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
         if written.get("volumes") != snapshot.manifest:
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json differs from the one recorded")

@@ -36,11 +36,13 @@ class ObjectWriter:
     """Write one object as a stream. `close()` makes it visible; `abort()` leaves nothing.
     After `close()`, `expected_etag` may say what the store's own checksum must read,
     `stored_bytes` how many bytes the object added to the store, and `store_id` the
-    store's own name for it (a restic snapshot id)."""
+    store's own name for it (a restic snapshot id), and `new_chunks` how many of its chunks
+    were not in a deduplicating store before (None: the store does not deduplicate)."""
 
     expected_etag: str | None = None
     stored_bytes: int | None = None
     store_id: str | None = None
+    new_chunks: int | None = None
 
     def write(self, chunk: bytes) -> None:
         raise NotImplementedError
@@ -62,6 +64,10 @@ class SnapshotStore:
 
     def read(self, key: str) -> Iterator[bytes]:
         raise NotImplementedError
+
+    def remember(self, manifest: dict) -> None:
+        """Learn the store's own names of a snapshot's objects (`store_id` in its manifest), so
+        reading them needs no lookup first."""
 
     def size(self, key: str) -> int | None:
         raise NotImplementedError

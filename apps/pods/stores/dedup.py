@@ -99,6 +99,7 @@ class _ResticWriter(ObjectWriter):
         summary = json.loads(lines[-1])
         self.store_id = summary["snapshot_id"]
         self.stored_bytes = int(summary.get("data_added", 0))
+        self.new_chunks = int(summary.get("data_blobs", 0))
         self.store.ids[self.key] = self.store_id
         self._files_close()
 
@@ -313,6 +314,11 @@ class DedupStore(SnapshotStore):
             args += ["--tag", tag]
         return json.loads(self.run(*args, doing="listing snapshots") or "[]") or []
 
+    def remember(self, manifest: dict) -> None:
+        for entry in manifest.values():
+            if isinstance(entry, dict) and entry.get("key") and entry.get("store_id"):
+                self.ids.setdefault(entry["key"], entry["store_id"])
+
     def _snapshot_id(self, key: str) -> str:
         if key in self.ids:
             return self.ids[key]
@@ -350,11 +356,25 @@ class DedupStore(SnapshotStore):
                 return node["size"]
         return None
 
-    def delete_prefix(self, prefix: str, *, reclaim: bool = True) -> int:
-        """Forget the prefix's snapshots; with `reclaim`, prune the chunks no snapshot needs.
-        Returns the bytes the repository shrank by."""
+    def keys_present(self, among: list[str] | None = None) -> set[str]:
+        """The keys of the objects in the store now, of all or only `among` (one listing)."""
+        if among is not None and not among:
+            return set()
+        found = self._snapshots(*(among or []))
+        return {tag for snapshot in found for tag in snapshot.get("tags") or []}
+
+    def delete_prefix(
+        self, prefix: str, *, reclaim: bool = True, keep: frozenset = frozenset(), also: frozenset = frozenset()
+    ) -> int:
+        """Forget the prefix's snapshots but those in `keep` (a later snapshot points at them),
+        and those in `also` (older objects only this snapshot still pointed at); with `reclaim`,
+        prune the chunks no snapshot needs. Returns the bytes the repository shrank by."""
         before = self.repository_bytes()
-        doomed = [s["id"] for s in self._snapshots() if any(t.startswith(f"{prefix}/") for t in s.get("tags") or [])]
+        doomed = [
+            s["id"]
+            for s in self._snapshots()
+            if any((t.startswith(f"{prefix}/") and t not in keep) or t in also for t in s.get("tags") or [])
+        ]
         if doomed:
             self.run("forget", *doomed, doing=f"forgetting {prefix}")
         for key in [k for k in self.ids if k.startswith(f"{prefix}/")]:
