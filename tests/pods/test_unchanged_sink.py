@@ -46,7 +46,9 @@ def test_the_same_bytes_are_not_written_and_point_at_the_earlier_object(store):
     data = os.urandom(3 * MIB)
     taken = Taken(store)
 
-    entry = stream(data, Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data)))
+    entry = stream(
+        data, Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data), present=lambda key: True)
+    )
 
     assert taken.keys == []
     assert entry == {"key": "pod/1/home.tar", "etag": None, "stored_bytes": 0, "reused": True, "store_id": "ab"}
@@ -70,17 +72,33 @@ def test_other_bytes_go_to_the_store_whole_and_in_order(store, settings, change)
         settings.SNAPSHOT_SPOOL_BYTES = MIB
     taken = Taken(store)
 
-    entry = stream(new, Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(old)))
+    entry = stream(
+        new, Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(old), present=lambda key: True)
+    )
 
     assert taken.keys == ["pod/2/home.tar"]
     assert entry["key"] == "pod/2/home.tar" and "reused" not in entry
     assert store.get_small("pod/2/home.tar") == new
 
 
+def test_the_same_bytes_are_written_when_the_earlier_object_is_gone_from_the_store(store):
+    data = os.urandom(MIB)
+    taken, asked = Taken(store), []
+
+    def present(key):
+        asked.append(key)
+        return False
+
+    entry = stream(data, Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data), present=present))
+
+    assert asked == ["pod/1/home.tar"] and taken.keys == ["pod/2/home.tar"]
+    assert entry["key"] == "pod/2/home.tar" and store.get_small("pod/2/home.tar") == data
+
+
 def test_a_full_local_disk_sends_the_volume_to_the_store_instead(store, monkeypatch):
     data = os.urandom(3 * MIB)
     taken = Taken(store)
-    sink = Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data))
+    sink = Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data), present=lambda key: True)
     real_write, written = sink.spool.write, [0]
 
     def fills_up(chunk):
@@ -103,7 +121,7 @@ def test_no_spool_folder_writes_straight_to_the_store(store, settings, tmp_path)
     data = os.urandom(MIB)
     taken = Taken(store)
 
-    sink = Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data))
+    sink = Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data), present=lambda key: True)
     assert sink.spool is None and taken.keys == ["pod/2/home.tar"]
     entry = stream(data, sink)
     # Written, though the bytes were the same: nothing could be spooled to find that out.
@@ -113,7 +131,7 @@ def test_no_spool_folder_writes_straight_to_the_store(store, settings, tmp_path)
 def test_an_aborted_volume_leaves_neither_spool_nor_object(store, settings):
     data = os.urandom(2 * MIB)
     taken = Taken(store)
-    sink = Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data))
+    sink = Sink(take_writer=taken, key="pod/2/home.tar", earlier=earlier_of(data), present=lambda key: True)
     spool = sink.spool
     sink.write(data[:MIB])
     sink.write(os.urandom(2 * MIB))  # past the old size: the store has it now
@@ -125,7 +143,7 @@ def test_an_aborted_volume_leaves_neither_spool_nor_object(store, settings):
     assert [path for path in store.root.rglob("*") if path.is_file()] == []
 
     # Aborted while still spooling: the spool is closed (and, unlinked at birth, gone).
-    sink = Sink(take_writer=taken, key="pod/3/home.tar", earlier=earlier_of(data))
+    sink = Sink(take_writer=taken, key="pod/3/home.tar", earlier=earlier_of(data), present=lambda key: True)
     spool = sink.spool
     sink.write(data[:MIB])
     sink.abort()

@@ -20,7 +20,7 @@ from apps.audit.services import Actor, Progress, Throttle, audit_record, storage
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
 from apps.pods.services.state import _error_text, _labels, _log, _volumes, host_sample
-from apps.pods.services.unchanged import Sink, purge_keys, reference_for, reusable_entries, verified_by_reference
+from apps.pods.services.unchanged import Reusable, Sink, purge_keys, reference_for, verified_by_reference
 from apps.pods.snapshots import DedupStore, ObjectWriter, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
@@ -91,6 +91,7 @@ class _Writers:
 
     def __init__(self, store: SnapshotStore, keys: list[str]):
         self.store = store
+        self.keys = keys
         self.after = dict(zip(keys, keys[1:], strict=False))
         self.made: dict[str, ObjectWriter] = {}
         self._lock = threading.Lock()
@@ -112,6 +113,14 @@ class _Writers:
                 self.made[following] = prepared
         return writer
 
+    def prepare(self, key: str) -> None:
+        """Make `key`'s writer now when writers are slow to start (the first one to be taken)."""
+        if not self.store.slow_writer_start:
+            return
+        writer = self.store.writer(key)
+        with self._lock:
+            self.made[key] = writer
+
     def abort_unused(self) -> None:
         with self._lock:
             unused, self.made = list(self.made.values()), {}
@@ -120,7 +129,7 @@ class _Writers:
 
 
 def _volume_stream(
-    *, engine: DockerEngine, writers: _Writers, container: str, mount_path: str, key: str, counter, cancel, earlier
+    *, engine: DockerEngine, writers: _Writers, container: str, mount_path: str, key: str, counter, cancel, reusable
 ) -> dict:
     """One volume: tar out of the container → sha256 → store (or a local spool while it may
     equal `earlier`, see `unchanged`), never more than a part in memory."""
@@ -128,7 +137,8 @@ def _volume_stream(
     # Every file's path, size and sha256, from the same chunks (the restore drill checks them).
     files = TarFileList()
     counter.begin(mount_path)
-    sink = Sink(take_writer=writers.take, key=key, earlier=earlier)
+    name = key.rsplit("/", 1)[-1].removesuffix(".tar")
+    sink = Sink(take_writer=writers.take, key=key, earlier=reusable.get(name), present=reusable.present)
     try:
         for chunk in engine.archive_read(container=container, path=mount_path):
             if cancel.is_set():
@@ -167,15 +177,14 @@ def _volumes_stream(
     snapshot: Snapshot,
     progress: Progress,
     operation: Operation | None,
-    reusable: dict[str, dict],
+    reusable: Reusable,
+    writers: "_Writers",
 ) -> dict[str, dict[str, Any]]:
     """Stream VOLUME_STREAMS volumes at a time on worker threads. Threads only move bytes;
     every database write (progress, log) happens here on the calling thread."""
     counter, cancel = _ByteCounter(), threading.Event()
     throttle = Throttle()
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
-    # Writers are made ahead only for volumes that will surely be written.
-    writers = _Writers(store, [key for name, key in keys.items() if name not in reusable])
     with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
         futures = {
             pool.submit(
@@ -187,7 +196,7 @@ def _volumes_stream(
                 key=keys[volume.name],
                 counter=counter,
                 cancel=cancel,
-                earlier=reusable.get(volume.name),
+                reusable=reusable,
             ): volume
             for volume in volumes
         }
@@ -223,7 +232,6 @@ def _volumes_stream(
             raise
         finally:
             pool.shutdown(wait=True)
-            writers.abort_unused()
     by_name = {futures[f].name: f.result() for f in futures}
     return {volume.name: by_name[volume.name] for volume in volumes}
 
@@ -319,10 +327,18 @@ def _snapshot_take(
     )
     progress = Progress(operation, total=None, unit="bytes")
     reference = reference_for(pod=pod, store=store)
+    reusable = Reusable(store=store, reference=reference)
+    manifest_key = f"{snapshot.prefix}/manifest.json"
+    # Writers are made ahead only for what will surely be written: the volumes the reference
+    # does not hold, and the manifest (first, when nothing else surely is).
+    writers = _Writers(
+        store, [f"{snapshot.prefix}/{v.name}.tar" for v in volumes if reusable.get(v.name) is None] + [manifest_key]
+    )
     try:
         snapshot.transition(Snapshot.Status.UPLOADING)
         snapshot.save(update_fields=["status"])
-        reusable = reusable_entries(store=store, reference=reference)
+        if len(writers.keys) == 1:
+            writers.prepare(manifest_key)
         manifest = _volumes_stream(
             pod=pod,
             volumes=volumes,
@@ -332,6 +348,7 @@ def _snapshot_take(
             progress=progress,
             operation=operation,
             reusable=reusable,
+            writers=writers,
         )
         for entry in manifest.values():
             if entry.get("reused"):
@@ -343,7 +360,8 @@ def _snapshot_take(
         manifest_body = json.dumps(
             {"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest, "files": file_lists}, indent=1
         )
-        manifest_stored = store.put_small(f"{snapshot.prefix}/manifest.json", manifest_body.encode())
+        manifest_stored = store.put_small(manifest_key, manifest_body.encode(), writer=writers.take(manifest_key))
+        writers.abort_unused()  # none is left by now; never a restic process waiting on nothing
         _snapshot_verify(store=store, snapshot=snapshot, manifest=manifest, operation=operation)
     except BaseException as exc:
         snapshot.status = Snapshot.Status.FAILED
@@ -352,6 +370,7 @@ def _snapshot_take(
         snapshot.bytes_done = progress.done
         snapshot.save(update_fields=["status", "error", "finished_at", "bytes_done"])
         # A failed backup leaves chunks no snapshot refers to: measured for the leak report.
+        writers.abort_unused()
         _unreferenced_record(store, operation)
         raise
     progress.flush()

@@ -19,6 +19,8 @@ a later snapshot still points at (`purge_keys`).
 """
 
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -40,18 +42,31 @@ def reference_for(*, pod: Pod, store: SnapshotStore) -> Snapshot | None:
     return complete.filter(pod=pod).order_by("-finished_at", "-id").first()
 
 
-def reusable_entries(*, store: SnapshotStore, reference: Snapshot | None) -> dict[str, dict]:
-    """The reference's volumes whose objects are in the store now (one listing): each may be
-    reused by a volume that streams the same bytes."""
-    if reference is None or settings.SNAPSHOT_SPOOL_BYTES <= 0 or not isinstance(store, DedupStore):
-        return {}
-    entries = {
-        name: entry
-        for name, entry in (reference.manifest or {}).items()
-        if isinstance(entry, dict) and entry.get("key") and entry.get("sha256")
-    }
-    present = store.keys_present([entry["key"] for entry in entries.values()])
-    return {name: entry for name, entry in entries.items() if entry["key"] in present}
+class Reusable:
+    """The reference's volumes: each may be reused by a volume that streams the same bytes,
+    if its object is in the store. That is asked once (one listing), on a thread of its own
+    while the container stops and the first volumes stream."""
+
+    def __init__(self, *, store: SnapshotStore, reference: Snapshot | None):
+        self.entries: dict[str, dict] = {}
+        if reference is not None and settings.SNAPSHOT_SPOOL_BYTES > 0 and isinstance(store, DedupStore):
+            self.entries = {
+                name: entry
+                for name, entry in (reference.manifest or {}).items()
+                if isinstance(entry, dict) and entry.get("key") and entry.get("sha256")
+            }
+        self._listing = None
+        if self.entries:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reusable")
+            self._listing = pool.submit(store.keys_present, [entry["key"] for entry in self.entries.values()])
+            pool.shutdown(wait=False)
+
+    def get(self, name: str) -> dict | None:
+        return self.entries.get(name)
+
+    def present(self, key: str) -> bool:
+        """The object is in the store now (a store that cannot list fails the stop: it says why)."""
+        return self._listing is not None and key in self._listing.result()
 
 
 def verified_by_reference(manifest: dict, reference: Snapshot | None) -> None:
@@ -73,8 +88,8 @@ class Sink:
     """Where one volume's bytes go: a local spool while they may equal `earlier` (the
     reference's entry for the volume), else the store's writer."""
 
-    def __init__(self, *, take_writer, key: str, earlier: dict | None):
-        self.take_writer, self.key, self.earlier = take_writer, key, earlier
+    def __init__(self, *, take_writer, key: str, earlier: dict | None, present: Callable[[str], bool]):
+        self.take_writer, self.key, self.earlier, self.present = take_writer, key, earlier, present
         self.writer: ObjectWriter | None = None
         self.spool = None
         self.spooled = 0
@@ -120,7 +135,8 @@ class Sink:
     def close(self, *, count: int, sha256: str) -> dict:
         """Finish the volume; returns what the manifest entry takes from where it went."""
         if self.spool is not None:
-            if count == self.earlier["bytes"] and sha256 == self.earlier["sha256"]:
+            same = count == self.earlier["bytes"] and sha256 == self.earlier["sha256"]
+            if same and self.present(self.earlier["key"]):
                 self.spool.close()
                 self.spool = None
                 kept = {"key": self.earlier["key"], "etag": self.earlier.get("etag"), "stored_bytes": 0, "reused": True}

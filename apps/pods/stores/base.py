@@ -88,9 +88,10 @@ class SnapshotStore:
                 "anything was stopped. Make room in the store or point SNAPSHOT_STORE_URL at a bigger one"
             )
 
-    def put_small(self, key: str, body: bytes) -> int | None:
-        """Write a small object; returns the bytes it added to the store."""
-        writer = self.writer(key)
+    def put_small(self, key: str, body: bytes, writer: ObjectWriter | None = None) -> int | None:
+        """Write a small object (through `writer` when one was made ahead for it); returns the
+        bytes it added to the store."""
+        writer = writer or self.writer(key)
         try:
             writer.write(body)
             writer.close()
