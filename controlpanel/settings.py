@@ -273,9 +273,6 @@ POD_DORMANT_DEPROVISION_DAYS = envfloat("POD_DORMANT_DEPROVISION_DAYS", 0)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
 # The repository key of a dedup+… store: a file, never the database (lose it, lose the snapshots).
 SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")
-# A stop into a dedup store first spools (in VAR_DIR/spool) each volume up to this size that
-# the pod's last snapshot holds; unchanged, it is not written again. 0: always write.
-SNAPSHOT_SPOOL_BYTES = envint("SNAPSHOT_SPOOL_BYTES", 512 * 1024 * 1024)
 AWS_ENDPOINT_URL = envstr("AWS_ENDPOINT_URL")
 AWS_REGION = envstr("AWS_REGION", envstr("AWS_DEFAULT_REGION", "us-east-1"))
 # A store that does not answer within these is unreachable; botocore retries a request

@@ -20,8 +20,18 @@ from apps.audit.services import Actor, Progress, Throttle, audit_record, storage
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
 from apps.pods.services.state import _error_text, _labels, _log, _volumes, host_sample
-from apps.pods.services.unchanged import Reusable, Sink, purge_keys, reference_for, verified_by_reference
-from apps.pods.snapshots import DedupStore, ObjectWriter, SnapshotStore, StoreError, store_from_url
+from apps.pods.services.streams import ByteCounter, Writers
+from apps.pods.services.unchanged import (
+    TAR_END,
+    Blocks,
+    Reusable,
+    archive_complete,
+    purge_keys,
+    reference_for,
+    verified_by_reference,
+    volume_compare,
+)
+from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
@@ -51,121 +61,60 @@ def _container_for_volumes(*, pod: Pod, engine: DockerEngine) -> None:
         _container_create(pod=pod, engine=engine, volumes=_volumes(pod), copy_image_content=False)
 
 
-class _ByteCounter:
-    """Bytes moved by the streaming threads, and the volumes they began, collected by the main
-    thread for progress and the phase people read ("streaming /home, 2 of 8")."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._pending = 0
-        self.began: list[str] = []
-
-    def begin(self, mount_path: str) -> None:
-        with self._lock:
-            self.began.append(mount_path)
-
-    def take_began(self) -> list[str]:
-        with self._lock:
-            began, self.began = self.began, []
-        return began
-
-    def add(self, amount: int) -> None:
-        with self._lock:
-            self._pending += amount
-
-    def take(self) -> int:
-        with self._lock:
-            amount, self._pending = self._pending, 0
-        return amount
-
-
-# A tar ends with two 512-byte blocks of zeros; a stream cut short (a daemon killed while
-# sending it) ends without them, and must not be stored as if it held the whole volume.
-TAR_END = bytes(1024)
-
-
-class _Writers:
-    """Each volume's writer, made for the next volume as soon as one begins when the store's
-    writers are slow to start (a restic backup deriving its key): that time passes while the
-    volume before it streams. Writers made and never used are aborted: nothing of them stays."""
-
-    def __init__(self, store: SnapshotStore, keys: list[str]):
-        self.store = store
-        self.keys = keys
-        self.after = dict(zip(keys, keys[1:], strict=False))
-        self.made: dict[str, ObjectWriter] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: str) -> ObjectWriter:
-        with self._lock:
-            writer = self.made.pop(key, None)
-        writer = writer or self.store.writer(key)
-        following = self.after.get(key)
-        if following is not None and self.store.slow_writer_start:
-            try:
-                prepared = self.store.writer(following)
-            except Exception:
-                return writer  # the next volume makes its own, and says why if it still cannot
-            except BaseException:
-                writer.abort()
-                raise
-            with self._lock:
-                self.made[following] = prepared
-        return writer
-
-    def prepare(self, key: str) -> None:
-        """Make `key`'s writer now when writers are slow to start (the first one to be taken)."""
-        if not self.store.slow_writer_start:
-            return
-        writer = self.store.writer(key)
-        with self._lock:
-            self.made[key] = writer
-
-    def abort_unused(self) -> None:
-        with self._lock:
-            unused, self.made = list(self.made.values()), {}
-        for writer in unused:
-            writer.abort()
-
-
 def _volume_stream(
-    *, engine: DockerEngine, writers: _Writers, container: str, mount_path: str, key: str, counter, cancel, reusable
+    *, engine: DockerEngine, writers: Writers, container: str, mount_path: str, key: str, counter, cancel, reusable
 ) -> dict:
-    """One volume: tar out of the container → sha256 → store (or a local spool while it may
-    equal `earlier`, see `unchanged`), never more than a part in memory."""
+    """One volume: tar out of the container → sha256 → store, never more than a part in memory.
+    A volume the reference holds is compared first (`unchanged.volume_compare`) and written only if it
+    changed; a deduplicating store's entries keep their block digests for the next stop."""
+    earlier = reusable.get(key.rsplit("/", 1)[-1].removesuffix(".tar"))
+    counter.begin(mount_path)
+    if earlier is not None:
+        kept = volume_compare(
+            engine=engine, container=container, mount_path=mount_path, earlier=earlier, counter=counter, cancel=cancel
+        )
+        if kept is not None and reusable.present(kept["key"]):
+            return kept
+        counter.restart(mount_path)
     digest, count, tail = hashlib.sha256(), 0, b""
     # Every file's path, size and sha256, from the same chunks (the restore drill checks them).
     files = TarFileList()
-    counter.begin(mount_path)
-    name = key.rsplit("/", 1)[-1].removesuffix(".tar")
-    sink = Sink(take_writer=writers.take, key=key, earlier=reusable.get(name), present=reusable.present)
+    blocks = Blocks() if isinstance(writers.store, DedupStore) else None
+    writer = writers.take(key)
     try:
         for chunk in engine.archive_read(container=container, path=mount_path):
             if cancel.is_set():
                 raise PanelError("stopped: another volume of this snapshot failed")
             digest.update(chunk)
             files.feed(chunk)
-            sink.write(chunk)
+            if blocks is not None:
+                blocks.feed(chunk)
+            writer.write(chunk)
             count += len(chunk)
             tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
             counter.add(len(chunk))
-        if count % 512 or tail != TAR_END:
-            raise PanelError(
-                f"the archive of {mount_path} ended early, after {count} bytes (no end-of-archive marker): "
-                "Docker stopped sending it; nothing was removed"
-            )
-        stored = sink.close(count=count, sha256=digest.hexdigest())
+        archive_complete(mount_path, count, tail)
+        writer.close()
     except BaseException:
-        sink.abort()
+        writer.abort()
         raise
-    return {
+    entry = {
+        "key": key,
         "mount_path": mount_path,
         "bytes": count,
         "sha256": digest.hexdigest(),
+        "etag": writer.expected_etag,
+        "stored_bytes": writer.stored_bytes,
         "files": len(files.files),
-        **stored,
         "file_list": files.files,
     }
+    if writer.store_id:
+        entry["store_id"] = writer.store_id
+    if writer.new_chunks is not None:
+        entry["new_chunks"] = writer.new_chunks
+    if blocks is not None:
+        entry["blocks"] = blocks.finish()
+    return entry
 
 
 def _volumes_stream(
@@ -178,11 +127,11 @@ def _volumes_stream(
     progress: Progress,
     operation: Operation | None,
     reusable: Reusable,
-    writers: "_Writers",
+    writers: Writers,
 ) -> dict[str, dict[str, Any]]:
     """Stream VOLUME_STREAMS volumes at a time on worker threads. Threads only move bytes;
     every database write (progress, log) happens here on the calling thread."""
-    counter, cancel = _ByteCounter(), threading.Event()
+    counter, cancel = ByteCounter(), threading.Event()
     throttle = Throttle()
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
     with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
@@ -210,6 +159,8 @@ def _volumes_stream(
                 for mount_path in counter.take_began():
                     started += 1
                     _log(operation, f"streaming {mount_path}, {started} of {len(volumes)}")
+                for mount_path in counter.take_changed():
+                    _log(operation, f"{mount_path} changed since the last snapshot: streaming it again, to the store")
                 progress.advance(counter.take())
                 if throttle.due():
                     Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
@@ -331,7 +282,7 @@ def _snapshot_take(
     manifest_key = f"{snapshot.prefix}/manifest.json"
     # Writers are made ahead only for what will surely be written: the volumes the reference
     # does not hold, and the manifest (first, when nothing else surely is).
-    writers = _Writers(
+    writers = Writers(
         store, [f"{snapshot.prefix}/{v.name}.tar" for v in volumes if reusable.get(v.name) is None] + [manifest_key]
     )
     try:

@@ -1,16 +1,19 @@
 """What a stop into a deduplicating store does not redo for a volume that has not changed
 since the pod's last snapshot.
 
-- **Nothing written.** A volume whose last snapshot is in the store (its `reference`) is
-  first spooled to a local file while it streams and is hashed. If it ends with the same size
-  and sha256, the new manifest points at the object already stored (`reused`): no restic
-  process, no new chunk, and nothing to read back. If it differs (it grows past the old size,
-  ends with another sha256, outgrows `SNAPSHOT_SPOOL_BYTES`, or the local disk is full), the
-  spooled bytes and the rest go to a restic backup as usual.
+- **Nothing written.** Each volume's stream is recorded as the digests of its consecutive
+  blocks (`blocks`: 8 MiB each for the first 1,000, doubling every 1,000 like S3 parts). A
+  volume that the pod's last snapshot in the store (its `reference`) holds is first read only
+  to compare: block by block against the reference's digests, as it streams, writing nothing.
+  If every block matches and the stream ends at the same size, the new manifest points at the
+  object already stored (`reused`): no restic process, no new chunk, nothing to read back. At
+  the first block that differs (or a stream longer than the old one) the comparison stops and
+  the volume is read again from its start into a restic backup, as any changed volume is.
 - **Nothing read back twice.** A volume that was written but whose bytes equal the
-  reference's, and of which restic stored no new chunk, is the same chunks the reference
-  read back and checked when it was taken (restic names a chunk by the SHA-256 of its content
-  and cuts the same bytes the same way in one repository): it is not read back again.
+  reference's (same size and sha256), and of which restic stored no new chunk, is the same
+  chunks the reference read back and checked when it was taken (restic names a chunk by the
+  SHA-256 of its content and cuts the same bytes the same way in one repository): it is not
+  read back again (a reference from before block digests were kept is compared this way).
 
 Either records `verified_as: <reference>` in the manifest. What can decay in between is the
 scheduled re-read's job: while any complete snapshot of the store has failed its last re-read,
@@ -18,16 +21,106 @@ there is no reference, and every volume is written and read back. A purge keeps 
 a later snapshot still points at (`purge_keys`).
 """
 
-import tempfile
-from collections.abc import Callable
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from django.conf import settings
-
+from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
-from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore
+from apps.pods.snapshots import part_size
+from apps.pods.stores.base import SnapshotStore
 from apps.pods.stores.dedup import DedupStore
+from apps.pods.stores.tarlist import TarFileList
+from controlpanel.errors import PanelError
+
+# The first block's size; it doubles every BLOCKS_PER_STEP blocks (a 1 TiB volume: ~8,000).
+BLOCK_SIZE = 8 * 1024 * 1024
+BLOCKS_PER_STEP = 1000
+# A block's digest: the first 128 bits of its sha256 (what it takes to pass one off as another
+# is a second preimage, 2^128 work), as hex.
+DIGEST_CHARS = 32
+
+
+class Blocks:
+    """The digests of a stream's consecutive blocks, as it is fed."""
+
+    def __init__(self):
+        self.digests: list[str] = []
+        self._hash = hashlib.sha256()
+        self._left = part_size(1, first=BLOCK_SIZE, per_step=BLOCKS_PER_STEP)
+        self._fed = False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            take = view[: self._left]
+            self._hash.update(take)
+            self._fed = True
+            self._left -= len(take)
+            view = view[len(take) :]
+            if not self._left:
+                self.digests.append(self._hash.hexdigest()[:DIGEST_CHARS])
+                self._hash, self._fed = hashlib.sha256(), False
+                self._left = part_size(len(self.digests) + 1, first=BLOCK_SIZE, per_step=BLOCKS_PER_STEP)
+
+    def finish(self) -> list[str]:
+        if self._fed:
+            self.digests.append(self._hash.hexdigest()[:DIGEST_CHARS])
+            self._hash, self._fed = hashlib.sha256(), False
+        return self.digests
+
+
+# A tar ends with two 512-byte blocks of zeros; a stream cut short (a daemon killed while
+# sending it) ends without them, and must not be stored as if it held the whole volume.
+TAR_END = bytes(1024)
+
+
+def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, earlier: dict, counter, cancel):
+    """Read one volume only to compare it, block by block, with `earlier` (the reference's
+    entry, see `unchanged`): its manifest entry when every block matched, None at the first
+    difference (the stream is let go at once)."""
+    blocks, files, count, tail = Blocks(), TarFileList(), 0, b""
+    chunks = engine.archive_read(container=container, path=mount_path)
+    try:
+        for chunk in chunks:
+            if cancel.is_set():
+                raise PanelError("stopped: another volume of this snapshot failed")
+            count += len(chunk)
+            counter.add(len(chunk))
+            if count > earlier["bytes"]:
+                return None
+            files.feed(chunk)
+            blocks.feed(chunk)
+            if blocks.digests != earlier["blocks"][: len(blocks.digests)]:
+                return None
+            tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
+    finally:
+        chunks.close()
+    archive_complete(mount_path, count, tail)
+    if count != earlier["bytes"] or blocks.finish() != earlier["blocks"]:
+        return None
+    entry = {
+        "mount_path": mount_path,
+        "bytes": count,
+        "sha256": earlier["sha256"],  # every block of the same bytes matched
+        "files": len(files.files),
+        "key": earlier["key"],
+        "etag": earlier.get("etag"),
+        "stored_bytes": 0,
+        "reused": True,
+        "blocks": earlier["blocks"],
+        "file_list": files.files,
+    }
+    if earlier.get("store_id"):
+        entry["store_id"] = earlier["store_id"]
+    return entry
+
+
+def archive_complete(mount_path: str, count: int, tail: bytes) -> None:
+    if count % 512 or tail != TAR_END:
+        raise PanelError(
+            f"the archive of {mount_path} ended early, after {count} bytes (no end-of-archive marker): "
+            "Docker stopped sending it; nothing was removed"
+        )
 
 
 def reference_for(*, pod: Pod, store: SnapshotStore) -> Snapshot | None:
@@ -49,11 +142,11 @@ class Reusable:
 
     def __init__(self, *, store: SnapshotStore, reference: Snapshot | None):
         self.entries: dict[str, dict] = {}
-        if reference is not None and settings.SNAPSHOT_SPOOL_BYTES > 0 and isinstance(store, DedupStore):
+        if reference is not None and isinstance(store, DedupStore):
             self.entries = {
                 name: entry
                 for name, entry in (reference.manifest or {}).items()
-                if isinstance(entry, dict) and entry.get("key") and entry.get("sha256")
+                if isinstance(entry, dict) and entry.get("key") and entry.get("sha256") and entry.get("blocks")
             }
         self._listing = None
         if self.entries:
@@ -82,82 +175,6 @@ def verified_by_reference(manifest: dict, reference: Snapshot | None) -> None:
             and earlier.get("sha256") == entry["sha256"]
         ):
             entry["verified_as"] = reference.pk
-
-
-class Sink:
-    """Where one volume's bytes go: a local spool while they may equal `earlier` (the
-    reference's entry for the volume), else the store's writer."""
-
-    def __init__(self, *, take_writer, key: str, earlier: dict | None, present: Callable[[str], bool]):
-        self.take_writer, self.key, self.earlier, self.present = take_writer, key, earlier, present
-        self.writer: ObjectWriter | None = None
-        self.spool = None
-        self.spooled = 0
-        if earlier is not None:
-            self.limit = min(settings.SNAPSHOT_SPOOL_BYTES, int(earlier["bytes"]))
-            try:
-                folder = Path(settings.VAR_DIR) / "spool"
-                folder.mkdir(parents=True, exist_ok=True)
-                self.spool = tempfile.TemporaryFile(dir=folder, prefix="volume-")  # noqa: SIM115 - closed below
-            except OSError:
-                self.spool = None  # no local room: straight to the store
-        if self.spool is None:
-            self.writer = take_writer(key)
-
-    def write(self, chunk: bytes) -> None:
-        if self.spool is not None:
-            if self.spooled + len(chunk) <= self.limit:
-                try:
-                    self.spool.write(chunk)
-                    self.spooled += len(chunk)
-                    return
-                except OSError:
-                    pass  # the local disk is full: the store takes it from here
-            self._to_writer()
-        self.writer.write(chunk)
-
-    def _to_writer(self) -> None:
-        """The volume changed (or cannot be spooled): the store gets what was spooled, then the rest."""
-        spool, self.spool = self.spool, None
-        self.writer = self.take_writer(self.key)
-        try:
-            spool.seek(0)
-            remaining = self.spooled
-            while remaining:
-                piece = spool.read(min(CHUNK_SIZE, remaining))
-                if not piece:
-                    raise OSError(f"the local spool of {self.key} lost bytes")
-                self.writer.write(piece)
-                remaining -= len(piece)
-        finally:
-            spool.close()
-
-    def close(self, *, count: int, sha256: str) -> dict:
-        """Finish the volume; returns what the manifest entry takes from where it went."""
-        if self.spool is not None:
-            same = count == self.earlier["bytes"] and sha256 == self.earlier["sha256"]
-            if same and self.present(self.earlier["key"]):
-                self.spool.close()
-                self.spool = None
-                kept = {"key": self.earlier["key"], "etag": self.earlier.get("etag"), "stored_bytes": 0, "reused": True}
-                if self.earlier.get("store_id"):
-                    kept["store_id"] = self.earlier["store_id"]
-                return kept
-            self._to_writer()
-        self.writer.close()
-        entry = {"key": self.key, "etag": self.writer.expected_etag, "stored_bytes": self.writer.stored_bytes}
-        if self.writer.store_id:
-            entry["store_id"] = self.writer.store_id
-        if self.writer.new_chunks is not None:
-            entry["new_chunks"] = self.writer.new_chunks
-        return entry
-
-    def abort(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
-        if self.writer is not None:
-            self.writer.abort()
 
 
 def purge_keys(snapshot: Snapshot) -> tuple[set[str], set[str]]:
