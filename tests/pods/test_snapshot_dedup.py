@@ -15,10 +15,12 @@ from apps.audit.models import Operation
 from apps.audit.names import Kind
 from apps.audit.operations import run_now
 from apps.pods import services
+from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.selectors import pod_as_dict, unreferenced_leaks
 from apps.pods.snapshots import DedupStore, StoreError, store_from_url
 from apps.pods.stores import dedup
+from controlpanel.errors import PanelError
 from tests.parts import require_part
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 
@@ -407,5 +409,43 @@ def test_dedup_on_s3_stops_and_restores_byte_identical(
     assert "repo/config" in keys and any(k.startswith("repo/data/") for k in keys)
     assert snapshot.stored_bytes > 10 * MIB
     assert pod_volumes(docker_client, pod_id) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+
+def test_a_volume_cut_short_while_compared_fails_the_stop_and_keeps_every_volume(
+    docker_client, new_pod_id, dedup_file, monkeypatch
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    first = Snapshot.objects.get(pod__pod_id=pod_id)
+    services.pod_start(pod_id=pod_id, actor="test")
+    original, cut = DockerEngine.archive_read, []
+
+    def archive_read(self, *, container, path):
+        stream = original(self, container=container, path=path)
+        if path != "/home" or cut:
+            return stream
+        cut.append(path)
+
+        def first_piece():  # the daemon goes away after a piece of the first chunk
+            yield next(iter(stream))[:1000]
+
+        return first_piece()
+
+    monkeypatch.setattr(DockerEngine, "archive_read", archive_read)
+    with pytest.raises(PanelError, match="archive of /home ended early"):
+        services.pod_stop(pod_id=pod_id, actor="test")
+
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.PAUSED and len(pod_volumes(docker_client, pod_id)) == 8
+    failed = Snapshot.objects.filter(pod=pod).latest("pk")
+    assert failed.status == Snapshot.Status.FAILED
+    assert Snapshot.objects.get(pk=first.pk).status == Snapshot.Status.COMPLETE
+
+    # The daemon is back: the stop is tried again and completes, comparing /home whole.
+    services.pod_stop(pod_id=pod_id, actor="test")
+    again = Snapshot.objects.filter(pod=pod).latest("pk")
+    assert again.status == Snapshot.Status.COMPLETE and again.manifest["home"]["reused"]
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before

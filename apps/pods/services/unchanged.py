@@ -78,8 +78,8 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
     """Read one volume only to compare it, block by block, with `earlier` (the reference's
     entry, see `unchanged`): its manifest entry when every block matched, None at the first
     difference (the stream is let go at once)."""
-    blocks, files, count, tail = Blocks(), TarFileList(), 0, b""
-    chunks = engine.archive_read(container=container, path=mount_path)
+    blocks, files, count, tail, checked = Blocks(), TarFileList(), 0, b"", 0
+    chunks = iter(engine.archive_read(container=container, path=mount_path))
     try:
         for chunk in chunks:
             if cancel.is_set():
@@ -90,11 +90,14 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
                 return None
             files.feed(chunk)
             blocks.feed(chunk)
-            if blocks.digests != earlier["blocks"][: len(blocks.digests)]:
-                return None
+            while checked < len(blocks.digests):  # each new block, once
+                if checked >= len(earlier["blocks"]) or blocks.digests[checked] != earlier["blocks"][checked]:
+                    return None
+                checked += 1
             tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
     finally:
-        chunks.close()
+        if hasattr(chunks, "close"):
+            chunks.close()  # lets the engine's stream go: the volume is read again from its start
     archive_complete(mount_path, count, tail)
     if count != earlier["bytes"] or blocks.finish() != earlier["blocks"]:
         return None
