@@ -17,24 +17,28 @@ class ByteCounter:
         self.began: list[str] = []
         self.changed: list[str] = []
 
-    def begin(self, mount_path: str) -> None:
+    def _note(self, kind: str, mount_path: str) -> None:
         with self._lock:
-            self.began.append(mount_path)
+            getattr(self, kind).append(mount_path)
+
+    def _taken(self, kind: str) -> list[str]:
+        with self._lock:
+            noted = getattr(self, kind)
+            setattr(self, kind, [])
+        return noted
+
+    def begin(self, mount_path: str) -> None:
+        self._note("began", mount_path)
 
     def take_began(self) -> list[str]:
-        with self._lock:
-            began, self.began = self.began, []
-        return began
+        return self._taken("began")
 
     def restart(self, mount_path: str) -> None:
         """A volume compared and found changed is read again, to the store."""
-        with self._lock:
-            self.changed.append(mount_path)
+        self._note("changed", mount_path)
 
     def take_changed(self) -> list[str]:
-        with self._lock:
-            changed, self.changed = self.changed, []
-        return changed
+        return self._taken("changed")
 
     def add(self, amount: int) -> None:
         with self._lock:
