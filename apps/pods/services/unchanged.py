@@ -21,6 +21,7 @@ there is no reference, and every volume is written and read back. A purge keeps 
 a later snapshot still points at (`purge_keys`).
 """
 
+import gc
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,6 +80,7 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
     entry, see `unchanged`): its manifest entry when every block matched, None at the first
     difference (the stream is let go at once)."""
     blocks, files, count, tail, checked = Blocks(), TarFileList(), 0, b"", 0
+    read_whole = False
     chunks = iter(engine.archive_read(container=container, path=mount_path))
     try:
         for chunk in chunks:
@@ -95,9 +97,15 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
                     return None
                 checked += 1
             tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
+        read_whole = True
     finally:
         if hasattr(chunks, "close"):
             chunks.close()  # lets the engine's stream go: the volume is read again from its start
+        if not read_whole:
+            # The daemon holds the container until the half-read response's socket closes,
+            # and the next read of it waits for that. A reference cycle would keep the
+            # response until the collector next runs (in a large process, many seconds).
+            gc.collect()
     archive_complete(mount_path, count, tail)
     if count != earlier["bytes"] or blocks.finish() != earlier["blocks"]:
         return None
