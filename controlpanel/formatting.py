@@ -22,6 +22,14 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     return f"{count:,} {word}"
 
 
+def join_words(words, *, last: str = "and") -> str:
+    """`["stop", "start", "delete"]` → "stop, start and delete"; one word stays itself."""
+    words = [str(word) for word in words]
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
 def first_line(exc: BaseException | str, *, default: str = "") -> str:
     """The first non-empty line of an error's text, or its type's name: never an IndexError
     on an empty message."""

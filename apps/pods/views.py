@@ -20,6 +20,7 @@ from apps.pods.models import DockerHost, Pod, Snapshot
 from apps.pods.selectors import pods_with_totals
 from apps.pods.services import orphans_preview, pod_get, pod_preview, retention_preview
 from controlpanel.errors import InvalidInput, NotFound, PanelError
+from controlpanel.formatting import join_words
 from controlpanel.preview import confirm_page, is_confirmed
 
 PAGE_SIZE = 50
@@ -122,7 +123,9 @@ def detail_view(request, pod_id: str):
         "busy": Operation.objects.filter(**on_pod, status__in=Operation.ACTIVE).exists(),
         # What this person may do; a viewer is told why there are no buttons.
         "actions": [action for action in actions if operations.user_may(request.user, action.kind)],
-        "actions_refused": [action for action in actions if not operations.user_may(request.user, action.kind)],
+        "actions_refused": join_words(
+            [action.name for action in actions if not operations.user_may(request.user, action.kind)], last="or"
+        ),
     }
     return _render(request, "detail", "pods/detail.html", context)
 

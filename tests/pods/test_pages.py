@@ -82,6 +82,13 @@ def test_delete_confirmation_lists_snapshots_too_and_an_illegal_action_is_explai
     assert staff_client.get(reverse("pods:confirm", args=["gone", "explode"])).status_code == 404
 
 
+def test_a_viewer_is_told_in_words_which_actions_its_role_lacks(viewer_client):
+    make_pod("lookonly")
+    body = viewer_client.get(reverse("pods:detail", args=["lookonly"])).content.decode()
+    assert "Your role may look at this pod but not stop, deprovision or delete it." in body
+    assert "PodAction(" not in body
+
+
 def test_viewer_cannot_stop_a_pod(viewer_client):
     make_pod("guarded")
     response = viewer_client.post(reverse("pods:stop", args=["guarded"]), {"confirm": "yes"})
