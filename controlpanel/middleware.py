@@ -1,7 +1,12 @@
+import logging
+
 from django.conf import settings
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponseBadRequest
+from django.http import Http404, HttpResponseBadRequest
+from django.urls import Resolver404, get_resolver, resolve
+
+logger = logging.getLogger("controlpanel.not_found")
 
 
 class StaffRequiredMiddleware:
@@ -77,3 +82,42 @@ class NulBytesMiddleware:
         if "\x00" in request.path_info or in_query:
             return HttpResponseBadRequest("A NUL byte is not accepted in a URL.")
         return self.get_response(request)
+
+
+class NotFoundPageMiddleware:
+    """With DEBUG on, an unknown URL still gets the panel's own 404 page (the one production
+    shows), not Django's URL list: the detail a developer wants goes to the log instead."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if settings.DEBUG and not self._resolves(request.path_info, request):
+            return self._not_found(request, f"no URL pattern matches {request.path_info!r}")
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if settings.DEBUG and isinstance(exception, Http404):
+            return self._not_found(request, str(exception) or "not found")
+        return None
+
+    @staticmethod
+    def _resolves(path: str, request) -> bool:
+        urlconf = getattr(request, "urlconf", None)
+        candidates = [path]
+        # CommonMiddleware answers `/pods` with a redirect to `/pods/`; leave that to it.
+        if settings.APPEND_SLASH and not path.endswith("/"):
+            candidates.append(f"{path}/")
+        for candidate in candidates:
+            try:
+                resolve(candidate, urlconf)
+            except Resolver404:
+                continue
+            return True
+        return False
+
+    @staticmethod
+    def _not_found(request, detail: str):
+        logger.info("404 %s %s: %s", request.method, request.path, detail)
+        handler = get_resolver(getattr(request, "urlconf", None)).resolve_error_handler(404)
+        return handler(request, Http404(detail))

@@ -113,6 +113,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "controlpanel.middleware.StaffRequiredMiddleware",
+    "controlpanel.middleware.NotFoundPageMiddleware",
     "controlpanel.middleware.ContentSecurityPolicyMiddleware",
     "controlpanel.middleware.AdminActionIdsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",

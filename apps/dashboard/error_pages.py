@@ -3,8 +3,8 @@ them as Django's handlers).
 
 A refusal is an expected answer, not a fault: it is logged as one line saying who was
 refused what, never with a traceback. With DEBUG on, Django still shows its own debug page
-for a 404 and a 500 (the URL list and the traceback are what a developer needs there); a
-403 is the panel's page in both modes.
+for a 500 (the traceback is what a developer needs there); a 403 and a 404 are the panel's
+pages in both modes (controlpanel.middleware.NotFoundPageMiddleware logs the 404's detail).
 """
 
 import logging

@@ -45,11 +45,21 @@ def test_an_account_that_is_not_staff_is_refused_with_the_panels_page(client, dj
     assert "Log out" in response.text
 
 
-def test_an_unknown_page_is_the_panels_404_with_its_navigation(staff_client):
-    response = staff_client.get("/no-such-page/")
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "make-run"])
+def test_an_unknown_page_is_the_panels_404_with_its_navigation(staff_client, settings, caplog, debug):
+    settings.DEBUG = debug
+    with caplog.at_level(logging.INFO):
+        response = staff_client.get("/no-such-page/")
     assert response.status_code == 404
     assert "<h1>Not found</h1>" in response.text and NAVIGATION in response.text
     assert "/no-such-page/" in response.text
+    assert "URLconf" not in response.text  # not Django's debug page, under `make run` either
+    # A view's own 404 (an unknown pod) is the panel's page too; a missing slash still redirects.
+    response = staff_client.get(reverse("pods:detail", args=["nosuchpod"]))
+    assert response.status_code == 404 and "<h1>Not found</h1>" in response.text
+    assert staff_client.get("/pods").status_code == 301
+    if debug:
+        assert any("no-such-page" in record.getMessage() for record in caplog.records)
 
 
 def test_a_bug_is_the_panels_500_with_its_navigation(staff_user, settings, caplog):
