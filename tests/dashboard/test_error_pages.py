@@ -53,6 +53,7 @@ def test_an_unknown_page_is_the_panels_404_with_its_navigation(staff_client, set
     assert response.status_code == 404
     assert "<h1>Not found</h1>" in response.text and NAVIGATION in response.text
     assert "/no-such-page/" in response.text
+    assert f'href="{reverse("dashboard:leaks")}"' in response.text  # the leak report is in the navigation
     assert "URLconf" not in response.text  # not Django's debug page, under `make run` either
     # A view's own 404 (an unknown pod) is the panel's page too; a missing slash still redirects.
     response = staff_client.get(reverse("pods:detail", args=["nosuchpod"]))
