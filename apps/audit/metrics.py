@@ -29,14 +29,11 @@ class PanelCollector:
     def _bytes(self):
         held = GaugeMetricFamily("panel_bytes_held", "Bytes held, by domain", labels=["domain"])
         leaked = GaugeMetricFamily("panel_bytes_leaked", "Bytes held by leaks, by domain", labels=["domain"])
-        by_domain: dict[str, int] = {}
+        # One name per domain (the app that registered the section) in both series, and every
+        # domain present in both even at 0, so a dashboard's query never loses a series.
         for provider, section in zip(overview_providers(), overview_collect(), strict=True):
             held.add_metric([provider.app_label], section.bytes or 0)
-            for leak in section.leaks:
-                by_domain[leak.domain] = by_domain.get(leak.domain, 0) + (leak.bytes or 0)
-            by_domain.setdefault(provider.app_label, by_domain.get(provider.app_label, 0))
-        for domain, total in sorted(by_domain.items()):
-            leaked.add_metric([domain], total)
+            leaked.add_metric([provider.app_label], sum(leak.bytes or 0 for leak in section.leaks))
         return held, leaked
 
     def _operations_total(self):

@@ -4,6 +4,7 @@ Prometheus behind a Bearer token; LOG_FORMAT=json tags every line of an operatio
 import io
 import json
 import logging
+import re
 import time
 
 import pytest
@@ -13,6 +14,8 @@ from apps.audit import health
 from apps.audit.models import Operation
 from apps.audit.names import Kind
 from apps.audit.operations import run_now
+from apps.separations.models import SeparationSession
+from apps.separations.services.scan import sessions_volume_name
 from controlpanel.logs import JsonFormatter, OperationFilter
 
 pytestmark = pytest.mark.django_db
@@ -100,6 +103,25 @@ def test_metrics_count_operations_and_their_durations(client, settings):
     assert 'panel_schedule_last_success_timestamp_seconds{schedule="watch leaks"}' in text
     for name in ("panel_bytes_held", "panel_bytes_leaked"):
         assert f"# TYPE {name} gauge" in text
+
+
+def test_bytes_held_and_leaked_name_every_domain_alike_even_at_zero(client, settings):
+    settings.METRICS_TOKEN = "t"
+
+    def series(name: str) -> dict[str, float]:
+        text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t").content.decode()
+        return {d: float(v) for d, v in re.findall(rf'^{name}{{domain="([^"]+)"}} (\S+)$', text, flags=re.MULTILINE)}
+
+    every = {"mixjobs", "pods", "separations", "volumes"}
+    assert set(series("panel_bytes_held")) == set(series("panel_bytes_leaked")) == every
+    # A stale session leaks under the same domain name as the bytes the sessions hold.
+    SeparationSession.objects.create(
+        session_id="old", volume=sessions_volume_name(), status=SeparationSession.Status.COMPLETE,
+        total_bytes=4096, modified_at=timezone.now() - timezone.timedelta(days=3),
+    )  # fmt: skip
+    leaked = series("panel_bytes_leaked")
+    assert set(leaked) == set(series("panel_bytes_held")) == every
+    assert leaked["separations"] == 4096
 
 
 def test_json_logs_carry_the_operation_on_every_line():
