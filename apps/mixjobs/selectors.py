@@ -4,13 +4,16 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
 
+from apps.audit.holds import held_ids
 from apps.audit.models import StorageSample
+from apps.audit.names import TargetType
 from apps.audit.overview import Leak, OverviewSection
 from apps.mixjobs.models import MixJob
+from controlpanel.formatting import plural
 
 # What sync measures: every job file, index file and output, as one subject.
 SAMPLE_DOMAIN = "mixjobs"
@@ -47,19 +50,32 @@ def mixjobs_totals_forget() -> None:
 
 def _mixjobs_totals() -> dict:
     per_state = {f"state_{value}": Count("id", filter=Q(state=value)) for value in MixJob.State.values}
+    held = held_ids(target_type=TargetType.MIXJOB_SESSION)
+    # What the cleanup would take: expired jobs of sessions not on hold, with their index files.
+    reclaimable = expired_filter() & ~Q(session_id__in=held)
     totals = live_jobs().aggregate(
         **per_state,
         jobs=Count("id"),
         jobs_bytes=Sum("job_bytes"),
         indexes_bytes=Sum("index_bytes"),
-        expired=Count("id", filter=expired_filter()),
-        expired_bytes=Sum("job_bytes", filter=expired_filter()),
+        expired=Count("id", filter=reclaimable),
+        expired_bytes=Sum(F("job_bytes") + F("index_bytes"), filter=reclaimable),
         stalled=Count("id", filter=stalled_filter()),
         problems=Count("id", filter=~Q(problem="")),
     )
     by_state = {value: totals.pop(f"state_{value}") for value in MixJob.State.values}
     by_state = {state: count for state, count in by_state.items() if count}
-    return {"by_state": by_state, **{k: v or 0 for k, v in totals.items()}}
+    totals = {k: v or 0 for k, v in totals.items()}
+    # And a session's final_mix.wav once every job it has left is one of those (it is shared).
+    totals["expired_bytes"] += sum(
+        live_jobs()
+        .values("session_id")
+        .annotate(left=Count("id"), going=Count("id", filter=reclaimable), output=Max("output_bytes"))
+        .filter(going=F("left"))
+        .values_list("output", flat=True)
+        .iterator()
+    )
+    return {"by_state": by_state, **totals}
 
 
 def mixjobs_held_bytes() -> int | None:
@@ -76,7 +92,7 @@ def overview_section() -> OverviewSection:
     if totals["expired"]:
         leaks.append(
             Leak(
-                label=f"{totals['expired']} expired mix job(s) not yet removed",
+                label=f"{plural(totals['expired'], 'expired mix job')} not yet removed",
                 domain=SAMPLE_DOMAIN,
                 bytes=totals["expired_bytes"],
                 fix_url=reverse("mixjobs:cleanup"),

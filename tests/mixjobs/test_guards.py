@@ -126,5 +126,5 @@ def test_pages_count_a_job_as_expired_at_exactly_48_hours(staff_client, clock):
     # The cleanup deletes `edge` now (now >= expires_at): the pages must say it is expired too.
     expired = staff_client.get(reverse("mixjobs:list"), {"expired": "yes"}).text
     assert "<code>edge</code>" in expired and "<code>second-younger</code>" not in expired
-    assert "1 expired mix job(s) not yet removed" in staff_client.get(reverse("dashboard:leaks")).text
+    assert "1 expired mix job not yet removed" in staff_client.get(reverse("dashboard:leaks")).text
     assert [job["job_id"] for job in mixjobs_cleanup(actor="tests", dry_run=True).deleted_jobs] == ["edge"]

@@ -128,9 +128,9 @@ def test_overview_provider_offers_a_typed_section_with_leaks(clock):
     assert section.bytes == job_path("s1", "old").stat().st_size + index_path("old").stat().st_size + 4096
     assert section.leaks == [
         Leak(
-            label="1 expired mix job(s) not yet removed",
+            label="1 expired mix job not yet removed",
             domain="mixjobs",
-            bytes=job_path("s1", "old").stat().st_size,
+            bytes=section.bytes,  # the cleanup takes the job, its index and the session's output
             fix_url=reverse("mixjobs:cleanup"),
             fix_label="Clean up expired jobs",
         )

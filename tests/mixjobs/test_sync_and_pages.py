@@ -5,10 +5,13 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
+from apps.audit.holds import hold_set
 from apps.audit.models import AuditEvent, Operation
+from apps.audit.names import TargetType
 from apps.audit.operations import run_operation
+from apps.audit.overview import overview_providers
 from apps.mixjobs.models import MixJob
-from apps.mixjobs.services import mixjobs_sync
+from apps.mixjobs.services import mixjobs_cleanup, mixjobs_sync
 from tests.mixjobs.helpers import NOW, atomic_write, job_path, output_path, write_job
 
 pytestmark = pytest.mark.django_db
@@ -137,8 +140,24 @@ def test_cli_refuses_a_bad_session_with_one_line(clock):
         call_command("mixjobs", "cleanup", "--session", "../x")
 
 
+def test_the_leak_is_what_the_cleanup_reclaims(clock):
+    # s1: every job expired, so its output goes too; s2: a fresh job keeps the output; s3 is held.
+    write_job("s1", "a", state="complete", updated_at=NOW - timedelta(hours=50))
+    write_job("s1", "b", state="error", updated_at=NOW - timedelta(hours=30))
+    write_job("s2", "c", state="complete", updated_at=NOW - timedelta(hours=50))
+    write_job("s2", "d", state="complete", updated_at=NOW)
+    write_job("s3", "e", state="complete", updated_at=NOW - timedelta(hours=50))
+    hold_set(target_type=TargetType.MIXJOB_SESSION, target_id="s3", reason="keep", actor="tests")
+    mixjobs_sync(actor="tests")
+    section = next(p for p in overview_providers() if p.app_label == "mixjobs").section()
+    (leak,) = section.leaks
+    assert leak.label == "3 expired mix jobs not yet removed"
+    report = mixjobs_cleanup(actor="tests")
+    assert report.bytes_reclaimed > 0 and leak.bytes == report.bytes_reclaimed
+
+
 def test_overview_reports_expired_jobs_as_a_leak(staff_client, clock):
     write_job("s1", "old", state="complete", updated_at=NOW - timedelta(hours=50))
     mixjobs_sync(actor="tests")
     leaks = staff_client.get(reverse("dashboard:leaks")).text
-    assert "1 expired mix job(s) not yet removed" in leaks and reverse("mixjobs:cleanup") in leaks
+    assert "1 expired mix job not yet removed" in leaks and reverse("mixjobs:cleanup") in leaks
