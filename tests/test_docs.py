@@ -80,10 +80,11 @@ def test_the_docs_build_strictly(tmp_path):
 def test_the_strict_build_fails_on_a_broken_link_and_on_a_setting_missing_from_the_reference(tmp_path):
     tree = copy_of_the_docs(tmp_path / "broken-link")
     pods = tree / "docs" / "pods.md"
-    pods.write_text(pods.read_text() + "\nSee [the old page](no-such-page.md#nowhere).\n")
+    pods.write_text(pods.read_text() + "\nSee [gone](no-such-page.md) and [rules](volumes.md#no-such-anchor).\n")
     result = build(tree / "mkdocs.yml", tmp_path / "site-1")
     assert result.returncode != 0
-    assert "no-such-page.md" in result.stderr
+    assert "'no-such-page.md', but the target is not found" in result.stderr
+    assert "does not contain an anchor '#no-such-anchor'" in result.stderr
 
     tree = copy_of_the_docs(tmp_path / "missing-setting")
     reference = tree / "docs" / "settings.md"
@@ -92,6 +93,20 @@ def test_the_strict_build_fails_on_a_broken_link_and_on_a_setting_missing_from_t
     result = build(tree / "mkdocs.yml", tmp_path / "site-2")
     assert result.returncode != 0
     assert "reads POD_COMMAND but docs/settings.md has no row for it" in result.stderr
+
+
+def test_make_test_and_make_docs_build_the_docs_strictly():
+    recipes = subprocess.run(
+        ["make", "--dry-run", "--always-make", "--old-file=.venv/.installed", "test", "docs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    builds = [line for line in recipes.splitlines() if "mkdocs build" in line]
+    assert len(builds) == 2
+    # --quiet would drop the warnings strict mode counts, and a broken link would pass.
+    assert all("--strict" in line and "--quiet" not in line and " -q" not in line for line in builds)
 
 
 def test_the_readme_is_a_newcomers_page_that_links_every_docs_page():
