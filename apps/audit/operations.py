@@ -20,8 +20,9 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from apps.audit.models import Operation
-from apps.audit.services import Actor, operation_create, operation_execute
+from apps.audit.holds import Held
+from apps.audit.models import AuditEvent, Operation
+from apps.audit.services import Actor, actor_parts, audit_record, operation_create, operation_execute
 from controlpanel.errors import Busy, Forbidden, InvalidInput, NotFound, PanelError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,11 @@ def _create(kind_name: str, target_id: str | None, actor: Actor, params: dict[st
     _authorise(kind, actor)
     target = kind.target(target_id)
     if kind.check is not None:
-        kind.check(target, params)
+        try:
+            kind.check(target, params)
+        except Held as exc:
+            _held_refusal_record(kind, target, actor, exc)
+            raise
     return operation_create(
         kind=kind.name,
         target_type=kind.target_type,
@@ -129,6 +134,20 @@ def _create(kind_name: str, target_id: str | None, actor: Actor, params: dict[st
     )
 
 
+def _held_refusal_record(kind: OperationKind, target: str | None, actor: Actor, refusal: Held) -> None:
+    """Someone asked to delete what a hold protects: the attempt is part of the history too."""
+    _, name = actor_parts(actor)
+    logger.warning("refused %s of %s for %s: %s", kind.name, target or "all", name, refusal)
+    audit_record(
+        actor=actor,
+        action=kind.audit_action,
+        target_type=kind.target_type,
+        target_id=target or "",
+        outcome=AuditEvent.Outcome.FAILED,
+        message=f"refused: {refusal}",
+    )
+
+
 def _enqueue(operation: Operation) -> None:
     def send() -> None:
         from django_q.tasks import async_task
@@ -137,6 +156,20 @@ def _enqueue(operation: Operation) -> None:
 
     # Only once the row is committed: a worker must never look for a row not there yet.
     transaction.on_commit(send)
+
+
+def refusal(kind_name: str, target_id: str | None = None, **params) -> PanelError | None:
+    """Why this work would be refused now (on hold, busy, not in this state), or None: for a
+    confirmation page, which says so instead of offering the button. Looking is not asking,
+    so nothing is recorded."""
+    kind = kind_get(kind_name)
+    if kind.check is None:
+        return None
+    try:
+        kind.check(kind.target(target_id), params)
+    except PanelError as exc:
+        return exc
+    return None
 
 
 def request(kind: str, target_id: str | None = None, *, actor: Actor, **params) -> Operation:

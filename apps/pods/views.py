@@ -17,6 +17,7 @@ from apps.audit.names import Kind, TargetType
 from apps.pods.actions import PAGE_ACTIONS, POD_ACTIONS, PROVISION, START
 from apps.pods.forms import FROM_SNAPSHOT, ProvisionForm
 from apps.pods.models import DockerHost, Pod, Snapshot
+from apps.pods.operations import HELD_REFUSED
 from apps.pods.selectors import pods_with_totals
 from apps.pods.services import orphans_preview, pod_get, pod_preview, retention_preview
 from controlpanel.errors import InvalidInput, NotFound, PanelError
@@ -111,8 +112,12 @@ def detail_view(request, pod_id: str):
     actions = [action for action in PAGE_ACTIONS if action.allowed(pod)]
     if pod.status == Pod.Status.DEPROVISIONED and not pod.snapshots.filter(status=Snapshot.Status.COMPLETE).exists():
         actions = [action for action in actions if action is not START]  # nothing to start from
+    hold = pod.active_hold()
     context = {
         "pod": pod,
+        "hold": hold,
+        # What the hold refuses is shown, disabled, with the reason: not offered, not hidden.
+        "held_actions": [action for action in actions if hold and action in HELD_REFUSED],
         "volumes": pod.volumes.order_by("id"),
         # Snapshots taken before this pod was provisioned under the same id belong to an
         # earlier pod: listed apart, never as this pod's.
@@ -142,10 +147,14 @@ def confirm_view(request, pod_id: str, action: str):
     """The confirmation page: exactly what will be deleted, and how many bytes."""
     pod_action = _page_action(action)
     pod = _pod_or_404(pod_id)
-    try:
-        preview, error = pod_preview(pod_id=pod.pod_id, action=pod_action), None
-    except PanelError as exc:
-        preview, error = None, exc
+    # A hold (or work under way) refuses the action: the page says so, with no button.
+    error = operations.refusal(pod_action.kind, pod.pod_id)
+    preview = None
+    if error is None:
+        try:
+            preview = pod_preview(pod_id=pod.pod_id, action=pod_action)
+        except PanelError as exc:
+            error = exc
     return confirm_page(
         request,
         title=f"{pod_action.name.capitalize()} pod {pod.pod_id}",
