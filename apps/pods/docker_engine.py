@@ -187,6 +187,22 @@ class DockerEngine:
         reached = max((position[name] for name in sizes), default=-1) + 2
         return VolumeSizes(sizes=sizes, walked=names[:reached])
 
+    def container_probe(self, *, image: str, seconds: float) -> None:
+        """Create, start and remove a throwaway container on the default network: what every
+        pod start needs. A host can answer a ping and still fail here (image gone, its bridge
+        network deleted, its disk full)."""
+        with self._errors("creating a probe container"):
+            helper = self.client.api.create_container(
+                image, ["true"], labels={HELPER_LABEL: "probe"}, host_config=self.client.api.create_host_config()
+            )["Id"]
+        try:
+            with self._errors("starting a probe container"):
+                self.client.api.start(helper)
+            with self._errors("waiting for a probe container"):
+                self.client.api.wait(helper, timeout=seconds)
+        finally:
+            self._helper_remove(helper)
+
     def _helper_remove(self, helper: str) -> None:
         try:
             with self._errors("removing the volume size helper"):

@@ -4,6 +4,7 @@ answers is reported within the deadline, the snapshot store takes a write (file 
 import time
 
 import pytest
+import time_machine
 
 from apps.pods.models import DockerHost
 from tests.fakes.silent_server import SilentServer
@@ -18,16 +19,36 @@ def silent_host():
     server.close()
 
 
-def test_healthz_reports_each_docker_host_and_cuts_off_a_hung_one(client, docker_client, silent_host, settings):
+def test_healthz_reports_each_docker_host_and_cuts_off_a_hung_one(
+    client, docker_client, pods_settings, silent_host, settings
+):
     settings.HEALTH_TIMEOUT_SECONDS = 2
     DockerHost.objects.create(name="local", base_url=settings.DOCKER_HOST)
     DockerHost.objects.create(name="hung", base_url=silent_host.url)
     started = time.monotonic()
     checks = client.get("/healthz").json()["checks"]
     assert time.monotonic() - started < 4
-    assert checks["docker host local"] == {"ok": True, "message": "answers"}
+    assert checks["docker host local"] == {"ok": True, "message": "answers and starts containers"}
     assert checks["docker host hung"] == {"ok": False, "message": "no answer within 2 s"}
     assert silent_host.url not in str(checks)
+
+
+def test_a_host_that_answers_but_cannot_run_a_container_is_not_healthy(client, docker_client, pods_settings, settings):
+    DockerHost.objects.create(name="local", base_url=settings.DOCKER_HOST)
+    # What a pod start needs and this host cannot give: its image (the same goes for a deleted
+    # bridge network or a full disk, which this test must not do to the shared daemon).
+    good_image = settings.POD_IMAGE
+    settings.POD_IMAGE = "pinacle-no-such-image:gone"
+    check = client.get("/healthz").json()["checks"]["docker host local"]
+    assert check["ok"] is False
+    assert check["message"].startswith("answers, but cannot run a container: ")
+    assert "pinacle-no-such-image" in check["message"]
+    # Probed at most once a minute: the answer stands until then, then the host is asked again.
+    settings.POD_IMAGE = good_image
+    assert client.get("/healthz").json()["checks"]["docker host local"]["ok"] is False
+    with time_machine.travel(time.time() + 61):
+        assert client.get("/healthz").json()["checks"]["docker host local"]["ok"] is True
+    assert not docker_client.containers.list(all=True, filters={"label": "pinacle.helper=probe"})
 
 
 def test_the_snapshot_store_check_writes_reads_and_cleans_up(client, docker_client, panel_paths):
