@@ -37,18 +37,20 @@ def line_chart(rows: list[tuple[datetime, int]]) -> Chart:
     times = [t.timestamp() for t, _ in rows]
     values = [v for _, v in rows]
     t0, t1 = min(times), max(times)
-    top = max(values) or 1
+    top = max(values)
+    scale = top or 1  # all zero: a flat line along the bottom
     plot_w, plot_h = WIDTH - PAD_LEFT - 10, HEIGHT - PAD_BOTTOM - PAD_TOP
 
     def x(t: float) -> float:
         return PAD_LEFT + (plot_w * (t - t0) / (t1 - t0) if t1 > t0 else plot_w / 2)
 
     def y(v: float) -> float:
-        return PAD_TOP + plot_h - plot_h * v / top
+        return PAD_TOP + plot_h - plot_h * v / scale
 
     coordinates = [(x(t), y(v)) for t, v in zip(times, values, strict=True)]
     points = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coordinates)
-    y_labels = [(y(top * f), humanize_bytes(top * f)) for f in (0, 0.5, 1)]
+    # Nothing held has one label; a label never claims bytes no sample reached ("1 B").
+    y_labels = [(y(top * f), humanize_bytes(top * f)) for f in (0, 0.5, 1)] if top else [(y(0), "0 B")]
     x_labels = [(x(t0), rows[0][0].strftime("%m-%d %H:%M")), (x(t1), rows[-1][0].strftime("%m-%d %H:%M"))]
     dots = coordinates if len(coordinates) <= 60 else None
     return Chart(points=points, y_labels=y_labels, x_labels=x_labels, empty=False, dots=dots)
