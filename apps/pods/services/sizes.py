@@ -1,5 +1,6 @@
 """Volume sizes on a budget: the size schedule (`pods.measure`) walks, on every host at once,
-the volumes whose size is oldest, for at most POD_SIZE_BUDGET_SECONDS per host per run.
+the volumes whose size is oldest, for at most POD_SIZE_BUDGET_SECONDS per host per run; with
+budget left over, the orphaned volumes never measured (the leak report's rows).
 
 Reconcile never measures (it only lists); a stop's snapshot records the exact bytes it
 streamed, which count as a measurement too (`measured_at`). Each run takes a host's volumes
@@ -29,7 +30,7 @@ from django.utils import timezone
 from apps.audit.models import Operation
 from apps.audit.services import Actor
 from apps.pods.docker_engine import VolumeSizes
-from apps.pods.models import DockerHost, Pod, PodVolume
+from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume
 from apps.pods.selectors import pods_busy
 from apps.pods.services.fleet import BATCH
 from apps.pods.services.hosts import engine_for, host_default
@@ -41,6 +42,17 @@ MEASURE_BATCH = BATCH
 _NEVER = Value(datetime(1970, 1, 1, tzinfo=UTC), output_field=DateTimeField())
 # When a volume's size was last looked at: measured (by this schedule or a stop) or tried.
 LOOKED_AT = Greatest(Coalesce("measured_at", _NEVER), Coalesce("size_tried_at", _NEVER))
+
+
+def orphans_to_measure(*, host: DockerHost, tried: set[int], limit: int) -> list[tuple[int, str]]:
+    """(pk, docker name) of the host's orphaned volumes never measured, not tried in this run
+    yet (one query): the leak report shows their bytes, not "not measured yet", for good."""
+    return list(
+        OrphanVolume.objects.filter(host=host, size_bytes__isnull=True)
+        .exclude(pk__in=tried)
+        .order_by("pk")
+        .values_list("pk", "docker_name")[:limit]
+    )
 
 
 def volumes_to_measure(*, host: DockerHost, before: datetime, limit: int) -> list[tuple[int, str]]:
@@ -64,6 +76,9 @@ class _HostRun:
     deadline: float
     inbox: queue.Queue = field(default_factory=queue.Queue)
     pending: dict[str, int] = field(default_factory=dict)  # docker name → pk of the batch out
+    # Pods' volumes first; once none is left to look at, the orphans (`pending` then holds those).
+    pending_orphans: bool = False
+    orphans_tried: set[int] = field(default_factory=set)
     measured: int = 0
     cut_off: int = 0
     error: str = ""
@@ -92,6 +107,10 @@ def _next_batch(run: _HostRun, *, started: datetime, batch_size: int) -> list[st
     if time.monotonic() >= run.deadline:
         return None
     rows = volumes_to_measure(host=run.host, before=started, limit=batch_size)
+    run.pending_orphans = not rows
+    if run.pending_orphans:
+        rows = orphans_to_measure(host=run.host, tried=run.orphans_tried, limit=batch_size)
+        run.orphans_tried.update(pk for pk, _ in rows)
     run.pending = {name: pk for pk, name in rows}
     return list(run.pending) or None
 
@@ -99,6 +118,16 @@ def _next_batch(run: _HostRun, *, started: datetime, batch_size: int) -> list[st
 def _sizes_write(run: _HostRun, answer: VolumeSizes) -> None:
     """Two queries a batch: the sizes measured, and when the rest were tried."""
     now = timezone.now()
+    if run.pending_orphans:
+        found = [
+            OrphanVolume(pk=run.pending[name], size_bytes=size)
+            for name, size in answer.sizes.items()
+            if name in run.pending
+        ]
+        OrphanVolume.objects.bulk_update(found, ["size_bytes"], batch_size=BATCH)
+        run.measured += len(found)
+        run.cut_off += len([name for name in answer.walked if name not in answer.sizes])
+        return
     measured = [
         PodVolume(pk=run.pending[name], size_bytes=size, measured_at=now, size_tried_at=now)
         for name, size in answer.sizes.items()
