@@ -240,6 +240,19 @@ LEFTOVERS_SHOWN = 200
 SWEEP_LABEL = "Review orphan sweep"
 
 
+def orphan_grace_ends() -> timedelta:
+    return timedelta(minutes=settings.POD_ORPHAN_GRACE_MINUTES)
+
+
+def orphan_label(row: OrphanVolume, grace: timedelta) -> str:
+    """An orphan's leak line; one still inside the grace period says until when the sweep
+    leaves it (a volume just made may be a pod's being provisioned)."""
+    label = f"orphaned volume {row.docker_name} ({row.reason})"
+    if row.created_at and row.created_at + grace > timezone.now():
+        label += f"; in its grace period, the sweep takes it from {row.created_at + grace:%Y-%m-%d %H:%M} UTC"
+    return label
+
+
 def overview_section() -> OverviewSection:
     """The pods' card on the overview and their leaks: database reads only, no Docker call."""
     by_status = {
@@ -254,8 +267,9 @@ def overview_section() -> OverviewSection:
         Snapshot.objects.filter(status=Snapshot.Status.COMPLETE).aggregate(total=Sum("total_bytes"))["total"] or 0
     )
     sweep_url = reverse("pods:sweep")
+    grace_ends = orphan_grace_ends()
     leaks = [
-        Leak(f"orphaned volume {row.docker_name} ({row.reason})", DOMAIN, row.size_bytes, sweep_url, SWEEP_LABEL)
+        Leak(orphan_label(row, grace_ends), DOMAIN, row.size_bytes, sweep_url, SWEEP_LABEL)
         for row in OrphanVolume.objects.all()[:200]
     ]
     # Volumes that still exist for pods that should hold none: each pod's is one leak, the

@@ -2,16 +2,19 @@
 the `Preview` the confirmation pages (pages and admin alike) show. Reads only."""
 
 from django.conf import settings
+from django.utils import timezone
 
 from apps.audit.holds import ON_HOLD, held_ids
 from apps.audit.names import TargetType
 from apps.pods.actions import PROVISION, PodAction, pod_action
-from apps.pods.models import VOLUME_PREFIX, Pod, Snapshot
+from apps.pods.models import VOLUME_PREFIX, OrphanVolume, Pod, Snapshot
+from apps.pods.selectors import orphan_grace_ends
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.housekeeping import orphans_plan
 from apps.pods.services.retention import retention_preview  # noqa: F401 - kept importable from here
 from apps.pods.services.state import _volumes, pod_get, pod_id_check
 from controlpanel.errors import InvalidInput, PanelError
+from controlpanel.formatting import plural
 from controlpanel.preview import Preview, PreviewItem
 
 # A preview measures the pod's volumes for the page, within this long; what is not measured
@@ -98,8 +101,32 @@ def orphans_preview(*, name_prefix: str = VOLUME_PREFIX, host_name: str | None =
     plan = [p for p in plan if p["pod_id"] not in held]
     return Preview(
         title="Sweep orphaned pod volumes",
-        summary=f"These {len(plan)} volumes belong to no pod that needs them and are older than the grace "
-        "period. They will be deleted (each is checked again just before).",
+        summary=_orphans_summary(plan, host_name=host_name),
         delete=[PreviewItem(f"{p['host'].name}: {p['name']}", bytes=p["bytes"], why=p["reason"]) for p in plan],
         keep=[PreviewItem(f"{p['host'].name}: {p['name']}", bytes=p["bytes"], why=ON_HOLD) for p in kept],
+    )
+
+
+def _orphans_summary(plan: list[dict], *, host_name: str | None) -> str:
+    """What the sweep will do, or why it has nothing to do yet and when it will."""
+    if plan:
+        these = "This volume belongs" if len(plan) == 1 else f"These {len(plan)} volumes belong"
+        return (
+            f"{these} to no pod that needs {'it' if len(plan) == 1 else 'them'} and "
+            f"{'is' if len(plan) == 1 else 'are'} older than the grace period. "
+            f"{'It' if len(plan) == 1 else 'They'} will be deleted (each is checked again just before)."
+        )
+    grace = orphan_grace_ends()
+    young = OrphanVolume.objects.filter(created_at__gt=timezone.now() - grace)
+    if host_name:
+        young = young.filter(host__name=host_name)
+    first = young.order_by("created_at").first()
+    minutes = settings.POD_ORPHAN_GRACE_MINUTES
+    if first is None:
+        return "No orphaned volume is older than the grace period: nothing to delete."
+    count = young.count()
+    return (
+        f"Nothing to delete yet: {plural(count, 'orphaned volume')} {'is' if count == 1 else 'are'} still inside "
+        f"the {minutes}-minute grace period (a volume that new may be a pod's being provisioned). "
+        f"The first, {first.docker_name}, can be swept from {first.created_at + grace:%Y-%m-%d %H:%M} UTC."
     )
