@@ -147,6 +147,8 @@ def main() -> int:
         f"\nsync:    {sync_seconds:7.2f}s for {jobs} jobs ({jobs / sync_seconds:,.0f}/s), re-sync {resync_seconds:.2f}s"
     )
     print(f"queries: {len(tenth.captured_queries)} for {tenth_jobs} jobs, {len(first.captured_queries)} for {jobs}")
+    extra = len(first.captured_queries) - len(tenth.captured_queries)
+    print(f"sync queries per 1,000 more jobs: {1000 * extra / max(1, jobs - tenth_jobs):.2f} (target <= 1)")
     print(
         f"cleanup: {ours_seconds:7.2f}s ours vs {ref_seconds:.2f}s reference loop, {ref_deleted} jobs deleted by each"
     )
