@@ -206,13 +206,18 @@ STORAGES = {
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
-# With DEBUG=0 and no collectstatic run, whitenoise still serves from the finders.
-WHITENOISE_USE_FINDERS = True
+# DEBUG=0 names every static file by its hashed name from the manifest that `collectstatic`
+# writes into STATIC_ROOT, and whitenoise serves what was collected there (cached for good);
+# controlpanel/wsgi.py refuses to start without it rather than answer each page with a 500.
+# Under DEBUG=1 whitenoise reads the source folders on each request, by their plain names.
+WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # Security headers; HTTPS-only ones switch on with SECURE_SSL (behind TLS in production).
 SECURE_SSL = envbool("SECURE_SSL", not DEBUG)
 SECURE_SSL_REDIRECT = SECURE_SSL and envbool("SECURE_SSL_REDIRECT", True)
+# A health probe asks the web server directly over plain HTTP: a redirect would read as healthy.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("TRUST_X_FORWARDED_PROTO", False) else None
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000) if SECURE_SSL else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_SSL

@@ -124,3 +124,15 @@ def test_the_readme_is_a_newcomers_page_that_links_every_docs_page():
             assert (ROOT / target).exists(), target
     linked = {target for target in targets if target.startswith("docs/")}
     assert {f"docs/{path.relative_to(DOCS)}" for path in DOCS.rglob("*.md")} <= linked
+
+
+def test_the_production_block_in_the_docs_is_the_one_the_readme_runs():
+    """tests/dashboard/test_production.py runs the README's block; the docs page shows the same."""
+    marker = "<!-- production block:"
+
+    def block(path: Path) -> str:
+        text = path.read_text()
+        assert text.count(marker) == 1, f"{path.name} needs exactly one production block"
+        return text[text.index(marker) :].split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+    assert block(ROOT / "docs" / "production.md") == block(ROOT / "README.md")
