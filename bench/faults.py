@@ -105,6 +105,17 @@ CASES = [
     Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
     # issue #21: production block
     Case("README production block under gunicorn", ("tests/dashboard/test_production.py",)),
+    # issue #21: 3, the panel's own data is never in reach of a volume (added, used, removed)
+    Case("panel data out of reach of volumes", ("tests/volumes/test_panel_data_refused.py",)),
+    # issue #21: 7, a root renamed away and back while an entry vanishes
+    Case(
+        "vanishing root renamed back",
+        ("tests/volumes/test_hostile_files.py::renamed_away_and_back|gone_as_the_walk_starts",),
+    ),
+    # issue #21: 7, a killed drill's error says what is true
+    Case("killed drill's error", ("tests/pods/test_drill.py::killed_midway",)),
+    # issue #21: 8, planted bugs in mix jobs: set-aside without the content, open without O_NONBLOCK
+    Case("mix-job planted bugs", ("tests/mixjobs/test_guards.py::rewritten_in_place|swapped_in_between_lstat",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

@@ -234,7 +234,8 @@ def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
     running = Operation.objects.filter(status=Operation.Status.RUNNING, heartbeat_at__lt=cutoff).update(
         status=Operation.Status.ERRORED,
         finished_at=now,
-        error="worker stopped sending heartbeats (killed or lost); the next run will finish the work",
+        error="worker stopped sending heartbeats (killed or lost); reconcile finishes or rolls back an interrupted "
+        "pod action and removes what a drill left, other work (a drill included) must be run again",
     )
     pending = Operation.objects.filter(status=Operation.Status.PENDING, created_at__lt=cutoff).update(
         status=Operation.Status.ERRORED,

@@ -2,12 +2,17 @@
 fails when the check is taken out (each was proven by planting that bug once)."""
 
 import json
+import os
+import stat
 from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
 from apps.mixjobs import aside
+from apps.mixjobs.models import MixJob
 from apps.mixjobs.services import cleanup as cleanup_service
 from apps.mixjobs.services import mixjobs_cleanup, mixjobs_sync
 from tests.mixjobs.helpers import NOW, atomic_write, index_path, job_path, write_job
@@ -117,6 +122,50 @@ def test_a_newer_job_written_while_one_is_set_aside_is_the_one_kept(clock, monke
         "rewritten while it was being removed; a newer file took its place and is kept"
     )
     assert sorted(p.name for p in job_path("s1", "j").parent.iterdir()) == [".lock", "j.json"]
+
+
+def test_a_job_rewritten_in_place_after_the_reread_is_put_back_not_deleted(clock, monkeypatch):
+    """Issue #21 item 8: a writer without the lock rewrites the job in place (same inode, new
+    bytes) between the re-read and the set-aside: only the content comparison can tell."""
+    write_job("s1", "j", state="complete", updated_at=OLD)
+    path = job_path("s1", "j")
+    inode = path.stat().st_ino
+    fresh = json.loads(path.read_text()) | {"state": "queued", "updated_at": NOW.replace(tzinfo=None).isoformat()}
+
+    def rewrite_in_place():
+        with open(path, "r+b") as job:  # no temporary file, no rename: the inode stays
+            job.write(json.dumps(fresh).encode())
+            job.truncate()
+
+    between_reread_and_delete(monkeypatch, rewrite_in_place)
+    report = mixjobs_cleanup(actor="tests", session_id="s1")
+    assert path.stat().st_ino == inode and json.loads(path.read_text())["state"] == "queued"
+    assert report.deleted_jobs == [] and report.deleted_files == [] and index_path("j").exists()
+    assert report.skipped == [{"path": str(path), "reason": "rewritten while it was being removed; put back"}]
+
+
+@pytest.mark.django_db(transaction=True)  # bounded() runs the sync in a thread
+def test_a_fifo_swapped_in_between_lstat_and_open_is_not_waited_on(clock, monkeypatch):
+    """Issue #21 item 8: the job file is a regular file when `lstat` looks and a FIFO when it
+    is opened; without O_NONBLOCK the open would wait for a writer for good."""
+    write_job("s1", "j", state="complete", updated_at=OLD)
+    path = job_path("s1", "j")
+    real_lstat = os.lstat
+    swapped = []
+
+    def lstat_then_swap(target, *args, **kwargs):
+        found = real_lstat(target, *args, **kwargs)
+        if os.fspath(target) == str(path) and not swapped:
+            os.unlink(path)
+            swapped.append(make_fifo(path))
+        return found
+
+    monkeypatch.setattr(os, "lstat", lstat_then_swap)
+    operation = bounded(lambda: run_now(Kind.MIXJOBS_SYNC, actor="tests"), fifos=[path])
+    monkeypatch.undo()
+    assert swapped and operation.status == "succeeded"
+    assert MixJob.objects.get(job_id="j").problem == "FIFO, not a regular file"
+    assert stat.S_ISFIFO(os.lstat(path).st_mode)  # left as it was
 
 
 def test_pages_count_a_job_as_expired_at_exactly_48_hours(staff_client, clock):

@@ -3,14 +3,17 @@ temporary labelled volumes, every file is checked against the manifest's per-fil
 nothing of the drill remains, and the pod's own volumes are never touched."""
 
 import json
+from datetime import timedelta
 
 import docker.errors
 import pytest
+import time_machine
+from django.utils import timezone
 
 from apps.audit.models import Operation
 from apps.audit.names import Kind, TargetType
 from apps.audit.operations import run_now
-from apps.audit.services import operation_create
+from apps.audit.services import operation_claim, operation_create, operation_reap_stale
 from apps.pods import services
 from apps.pods.models import Pod, Snapshot
 from apps.pods.selectors import overview_section
@@ -92,7 +95,13 @@ def test_a_drill_killed_midway_leaves_nothing_after_the_next_reconcile(docker_cl
     pod_id = new_pod_id()
     services.host_default()
     killed = operation_create(kind=Kind.PODS_DRILL, target_type=TargetType.POD, target_id=pod_id, actor="t")
-    Operation.objects.filter(pk=killed.pk).update(status=Operation.Status.ERRORED)
+    with time_machine.travel(timezone.now() - timedelta(hours=2), tick=False):
+        operation_claim(operation_id=killed.pk)  # its worker was killed two hours ago
+    operation_reap_stale()
+    killed.refresh_from_db()
+    # Nothing runs a drill again by itself: the error says so, and who removes what it left.
+    assert killed.status == Operation.Status.ERRORED and "the next run will finish" not in killed.error
+    assert "removes what a drill left" in killed.error and "(a drill included) must be run again" in killed.error
     live = operation_create(kind=Kind.PODS_DRILL, target_type=TargetType.POD, target_id=pod_id + "x", actor="t")
     left = drill_volume_name(pod_id, "workspace")
     running = drill_volume_name(pod_id + "x", "workspace")

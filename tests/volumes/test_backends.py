@@ -62,7 +62,7 @@ def world(request, tmp_path):
 
 
 def test_backend_for_url_picks_the_implementation(tmp_path):
-    assert isinstance(backend_for_url(f"local://{tmp_path}"), LocalBackend)
+    assert isinstance(backend_for_url(f"local://{tmp_path / 'volume'}"), LocalBackend)
     modal = backend_for_url("modal://music-split-jobs-data?environment=main&mount=/data")
     assert isinstance(modal, ModalBackend)
     assert (modal.name, modal.environment, str(modal.mount_path)) == ("music-split-jobs-data", "main", "/data")

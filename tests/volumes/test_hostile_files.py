@@ -2,6 +2,7 @@
 and are reported, unreadable folders are a finding and not a crash, and a root that moves
 during the walk fails the inspection and stores nothing. Each run is bounded by a deadline."""
 
+import os
 import shutil
 
 import pytest
@@ -179,3 +180,99 @@ def test_a_subfolder_removed_during_the_walk_is_not_a_moved_root(local_world, mo
         inspection = inspect_now(volume)
     assert Operation.objects.get(kind="volume.inspect").status == Operation.Status.SUCCEEDED
     assert inspection.total_files <= 5
+
+
+# -- issue #21 item 7: a root renamed away and back while one entry is read --------------------
+
+
+def _root_away_while_one_entry_is_read(monkeypatch, root, *, replaced: bool) -> None:
+    """The race of a 200k-file walk, made certain: between listing the root's first entry and
+    reading it, the root is renamed away (and, if `replaced`, an empty folder takes its name);
+    the entry's lstat fails as it would, and the root is back the moment the walk reads on.
+    Only `os.scandir` is wrapped, to time the renames; every stat and rename is real."""
+    real_scandir = os.scandir
+    away = root.with_name(root.name + "-away")
+    state = {"fired": False, "moved": False}
+
+    def back() -> None:
+        if state["moved"]:
+            if replaced:
+                root.rmdir()
+            away.rename(root)
+            state["moved"] = False
+
+    class Item:
+        def __init__(self, entry, fire: bool):
+            self._entry, self._fire = entry, fire
+            self.name, self.path = entry.name, entry.path
+
+        def stat(self, *, follow_symlinks=True):
+            if self._fire:
+                root.rename(away)
+                if replaced:
+                    root.mkdir()
+                state["moved"] = True
+            return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    class Listing:
+        def __init__(self, folder):
+            self._it = real_scandir(folder)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._it.close()
+            back()
+
+        def __iter__(self):
+            for entry in self._it:
+                back()  # within 2 ms: the root is back before the next entry is read
+                fire = not state["fired"]
+                state["fired"] = True
+                yield Item(entry, fire)
+
+    def scandir(folder="."):
+        watched = os.fspath(folder) == str(root) and not state["fired"]
+        return Listing(folder) if watched else real_scandir(folder)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize(
+    ("replaced", "said"), [(False, "disappeared during the walk"), (True, "was replaced during the walk")]
+)
+def test_a_root_renamed_away_and_back_while_an_entry_vanishes_fails_and_stores_nothing(
+    local_world, monkeypatch, replaced, said
+):
+    _tree(local_world)
+    volume = local_world.volume()
+    _root_away_while_one_entry_is_read(monkeypatch, local_world.root, replaced=replaced)
+
+    with deadline(DEADLINE), pytest.raises(PanelError, match=said):
+        inspect_now(volume)
+
+    operation = Operation.objects.get(kind="volume.inspect")
+    assert operation.status == Operation.Status.FAILED and "stored nothing" in operation.error
+    assert not Inspection.objects.exists()
+    assert not StorageSample.objects.filter(domain="volumes").exists()
+    # The root is back where it was, with every file: nothing of the volume was touched.
+    assert len([p for p in local_world.root.rglob("*") if p.is_file()]) == 30
+
+
+def test_a_root_gone_as_the_walk_starts_is_no_empty_volume(local_world, monkeypatch):
+    from apps.volumes.backends import LocalBackend
+
+    _tree(local_world)
+    volume = local_world.volume()
+    start = LocalBackend._local
+
+    def moved_first(self, path):
+        _moved_away(self.root)  # after the walk noted the root's identity, before it lists it
+        return start(self, path)
+
+    monkeypatch.setattr(LocalBackend, "_local", moved_first)
+    with deadline(DEADLINE), pytest.raises(PanelError, match="disappeared during the walk"):
+        inspect_now(volume)
+    assert not Inspection.objects.exists()
+    assert not StorageSample.objects.filter(domain="volumes").exists()

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 from .base import Entry, InvalidInput, NotFound, Unreachable, Unreadable, VolumeBackend, VolumeChanged, clean_path
 from .local import LocalBackend
 from .modal import ModalBackend
-from .roots import local_root_clean
+from .roots import local_root_clean, panel_data_check
 
 __all__ = [
     "Entry",
@@ -35,6 +35,7 @@ __all__ = [
     "VolumeChanged",
     "backend_for_url",
     "clean_path",
+    "removal_target_check",
     "volume_url_clean",
 ]
 
@@ -74,3 +75,15 @@ def backend_for_url(url: str) -> VolumeBackend:
     if scheme == "local":
         return LocalBackend(Path(where), url=url)
     return ModalBackend(where, environment=query.get("environment"), url=url, mount_path=query.get("mount"))
+
+
+def removal_target_check(*, backend: VolumeBackend, path: str) -> None:
+    """Right before `path` is removed from a folder on this machine (a local volume, or a Modal
+    volume read through its mount): InvalidInput when it is, holds or is inside the panel's own
+    data as settings say now, since they may have changed after the volume was opened."""
+    # Both backends live in this package: their own path helpers say where the folder is.
+    if isinstance(backend, ModalBackend):
+        backend = backend._mount()
+    if isinstance(backend, LocalBackend):
+        relative = clean_path(path)
+        panel_data_check(str(backend._local(relative)), what=f"removing {relative}/ from volume {backend.name}")

@@ -98,6 +98,7 @@ class LocalBackend:
         root = self._root_identity()
         start = self._local(path)
         if start.is_symlink() or not start.is_dir():
+            self._same_root(root)  # the root itself gone is no empty volume
             return
         prefix = clean_path(path)
         stack = [(start, prefix)]
@@ -110,7 +111,10 @@ class LocalBackend:
                         try:
                             st = item.stat(follow_symlinks=False)
                         except FileNotFoundError:
-                            continue  # removed while we walked
+                            # Removed while we walked, or read through a root that moved away
+                            # (maybe back a moment later): check the root now, before it returns.
+                            self._same_root(root)
+                            continue
                         entry = self._entry(child, st)
                         yield entry
                         if recursive and entry.is_dir and not entry.is_symlink:

@@ -22,7 +22,7 @@ from apps.audit.holds import Held, hold_for, holds_active
 from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, audit_record, operation_log, storage_sample_record
-from apps.volumes.backends import VolumeBackend, clean_path
+from apps.volumes.backends import VolumeBackend, clean_path, removal_target_check
 from apps.volumes.models import LayoutRule, Volume
 from apps.volumes.services.inspection import volume_inspect
 from apps.volumes.services.registry import volume_backend
@@ -182,6 +182,8 @@ def volume_folder_remove(
     # The total is what was just measured: the bar counts towards it and never passes it.
     progress.done = 0
     progress.set_total(contents.files)
+    # Settings read now, not when the volume was opened: panel data moved here meanwhile stays.
+    removal_target_check(backend=backend, path=relative)
     log(f"removing {relative}/ ({plural(contents.files, 'file')}, {humanize_bytes(contents.bytes)})")
     commits = 0
     try:
