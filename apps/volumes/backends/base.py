@@ -9,9 +9,8 @@ disappears or is replaced during a walk ends it with `VolumeChanged`."""
 
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from controlpanel.errors import InvalidInput, NotFound, PanelError, Unreachable
 
@@ -38,8 +37,10 @@ class VolumeChanged(PanelError):
     read describes no volume, so nothing may be stored from it."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One entry of a walk. A named tuple, not a frozen dataclass: a walk makes one per file
+    (100,000s), and a frozen dataclass's __init__ sets each field through object.__setattr__."""
+
     path: str  # relative to the volume root, e.g. "sessions/abc/input.wav"
     is_dir: bool
     size: int

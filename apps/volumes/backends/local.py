@@ -13,6 +13,9 @@ from controlpanel.paths import resolve_inside
 
 from .base import Entry, Unreadable, VolumeChanged, clean_path
 
+S_ISREG = stat_module.S_ISREG
+fromtimestamp = datetime.fromtimestamp
+
 
 def special_kind(mode: int) -> str:
     """What a non-regular, non-folder, non-symlink entry is; "" for those three."""
@@ -114,6 +117,10 @@ class LocalBackend:
                             # Removed while we walked, or read through a root that moved away
                             # (maybe back a moment later): check the root now, before it returns.
                             self._same_root(root)
+                            continue
+                        if S_ISREG(st.st_mode):
+                            # Most entries are plain files: built here, without the general path.
+                            yield Entry(child, False, st.st_size, fromtimestamp(st.st_mtime, UTC), False, st.st_nlink)
                             continue
                         entry = self._entry(child, st)
                         yield entry
