@@ -103,6 +103,17 @@ CASES = [
         (f"{BAD_INPUT}::modal_volume", "tests/volumes/test_refused_urls.py::missing_modal|modal_volume_deleted"),
     ),
     Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
+    # issue #21: 4, stale restic locks (a reader let go of, a killed dump, a killed restore worker)
+    Case(
+        "stale restic locks never block a purge",
+        (
+            "tests/pods/test_dedup_locks.py",
+            "tests/reliability/test_killed_restic.py",
+            "tests/pods/test_snapshot_dedup.py::only_the_lock_of_our_own",
+        ),
+    ),
+    # issue #21: 5, a live operation waiting silently past Q_RETRY is neither reaped nor run twice
+    Case("live operation never reaped", ("tests/reliability/test_heartbeat.py",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

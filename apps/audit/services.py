@@ -267,8 +267,9 @@ def operation_execute(
 def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
     """Mark stale work as errored, so its target is free again and the domain's reconcile
     can roll the work forward or back: running operations whose worker stopped sending
-    heartbeats, and pending ones no worker claimed in the same time (the queue lost them,
-    or they were never handed over)."""
+    heartbeats (a live worker beats every `heartbeat_seconds()`, whatever its step waits
+    for, so only a dead or lost one goes past the limit), and pending ones no worker claimed
+    in the same time (the queue lost them, or they were never handed over)."""
     limit = older_than if older_than is not None else timedelta(seconds=settings.Q_CLUSTER["retry"])
     now = timezone.now()
     cutoff = now - limit
