@@ -116,6 +116,17 @@ CASES = [
     Case("killed drill's error", ("tests/pods/test_drill.py::killed_midway",)),
     # issue #21: 8, planted bugs in mix jobs: set-aside without the content, open without O_NONBLOCK
     Case("mix-job planted bugs", ("tests/mixjobs/test_guards.py::rewritten_in_place|swapped_in_between_lstat",)),
+    # issue #21: 4, stale restic locks (a reader let go of, a killed dump, a killed restore worker)
+    Case(
+        "stale restic locks never block a purge",
+        (
+            "tests/pods/test_dedup_locks.py",
+            "tests/reliability/test_killed_restic.py",
+            "tests/pods/test_snapshot_dedup.py::only_the_lock_of_our_own",
+        ),
+    ),
+    # issue #21: 5, a live operation waiting silently past Q_RETRY is neither reaped nor run twice
+    Case("live operation never reaped", ("tests/reliability/test_heartbeat.py",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

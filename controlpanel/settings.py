@@ -279,6 +279,8 @@ POD_DORMANT_DEPROVISION_DAYS = envfloat("POD_DORMANT_DEPROVISION_DAYS", 0)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
 # The repository key of a dedup+… store: a file, never the database (lose it, lose the snapshots).
 SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")
+# How long a dedup store command waits while another restic holds the repository (a prune).
+SNAPSHOT_LOCK_WAIT_SECONDS = envint("SNAPSHOT_LOCK_WAIT_SECONDS", 300)
 AWS_ENDPOINT_URL = envstr("AWS_ENDPOINT_URL")
 AWS_REGION = envstr("AWS_REGION", envstr("AWS_DEFAULT_REGION", "us-east-1"))
 # A store that does not answer within these is unreachable; botocore retries a request

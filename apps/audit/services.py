@@ -8,6 +8,7 @@ create (the intent), claim, log, progress, finish, reap.
 """
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -179,6 +180,46 @@ class Progress:
         )
 
 
+def heartbeat_seconds() -> float:
+    """How often a running operation says its worker lives: well within the reaper's limit
+    (Q_RETRY), and no more than once a minute."""
+    return max(0.2, min(60.0, settings.Q_CLUSTER["retry"] / 4))
+
+
+class _Heartbeat:
+    """Writes `heartbeat_at` from a thread for as long as the operation's work runs. Progress
+    and log lines beat too, but a step can wait for minutes without either (a restic lock, a
+    prune, a slow engine): without this, the reaper would take a live worker for a dead one and
+    reconcile would run the same work a second time beside it. A killed worker beats no more."""
+
+    def __init__(self, operation_id: int):
+        self.operation_id = operation_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{operation_id}", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        # Not waited for long: a beat stuck on a busy database must not hold the outcome up,
+        # and a late one changes nothing (it only touches a row still running).
+        self.thread.join(timeout=1)
+
+    def _beat(self) -> None:
+        try:
+            while not self.stopped.wait(heartbeat_seconds()):
+                try:
+                    Operation.objects.filter(pk=self.operation_id, status=Operation.Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError as exc:  # the next beat tries again; the work goes on
+                    logger.warning("operation #%s: heartbeat not written: %s", self.operation_id, exc)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
 def _finish(operation: Operation, *, status: str, result=None, error: str = "", tb: str = "") -> None:
     operation.status = status
     operation.finished_at = timezone.now()
@@ -204,7 +245,7 @@ def operation_execute(
         logger.warning("operation #%s is %s, not pending; not running it again", operation_id, existing.status)
         return existing
     try:
-        with operation_context(operation.pk, operation.kind):
+        with operation_context(operation.pk, operation.kind), _Heartbeat(operation.pk):
             result = work(operation)
     except PanelError as exc:
         _finish(operation, status=Operation.Status.FAILED, error=exc.message)
@@ -226,8 +267,9 @@ def operation_execute(
 def operation_reap_stale(*, older_than: timedelta | None = None) -> int:
     """Mark stale work as errored, so its target is free again and the domain's reconcile
     can roll the work forward or back: running operations whose worker stopped sending
-    heartbeats, and pending ones no worker claimed in the same time (the queue lost them,
-    or they were never handed over)."""
+    heartbeats (a live worker beats every `heartbeat_seconds()`, whatever its step waits
+    for, so only a dead or lost one goes past the limit), and pending ones no worker claimed
+    in the same time (the queue lost them, or they were never handed over)."""
     limit = older_than if older_than is not None else timedelta(seconds=settings.Q_CLUSTER["retry"])
     now = timezone.now()
     cutoff = now - limit

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,17 +33,21 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.pods.stores import restic_locks
 from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full
+from apps.pods.stores.restic_locks import RepositoryLocks
 from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line
 from controlpanel.s3 import s3_client, s3_error
 
 HOST = "panel"
-# How long a command waits for another's repository lock (a prune, or a stop during one).
-LOCK_WAIT_SECONDS = 300
 # Commands that only talk to the repository; a backup or dump streams without a limit.
 COMMAND_TIMEOUT_SECONDS = 120
 LOCKED = "repository is already locked"
+# restic's exit status when SIGINT stopped it: it removed its lock first.
+INTERRUPTED = 130
+# How long a restic stopped with SIGINT may take to remove its lock and exit.
+INTERRUPT_WAIT_SECONDS = 30
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
@@ -127,7 +130,7 @@ class _ResticWriter(ObjectWriter):
         self.stderr.close()
 
 
-class DedupStore(SnapshotStore):
+class DedupStore(RepositoryLocks, SnapshotStore):
     slow_writer_start = True  # each backup process derives the key (~0.5 s) before it reads
 
     def __init__(self, url: str, *, path: Path | None = None, bucket: str = "", prefix: str = ""):
@@ -188,39 +191,15 @@ class DedupStore(SnapshotStore):
         if "connection refused" in text or "no such host" in text or "dial tcp" in text:
             return Unreachable(f"snapshot store {self.url} unreachable while {doing}: {text[-200:]}")
         if LOCKED in text:
-            return StoreError(f"snapshot store {self.url} is locked by a prune while {doing}; try again later")
+            return self.locked_error(restic_locks.holder(stderr) or "another restic", doing)
         detail = next((line for line in stderr.splitlines() if line.startswith("Fatal")), text[-300:])
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
-    def own_lock_remove(self, pid: int) -> None:
-        """Remove the lock a restic process of ours (`pid`, exited) left behind, and only that
-        one: `restic unlock` would also take locks of live processes elsewhere that share this
-        host name (workers in containers) and signal the PIDs it finds, which may be reused."""
-        host = socket.gethostname()
-        try:
-            for lock_id in self.run("list", "locks", "--no-lock", doing="listing locks").split():
-                try:
-                    lock = json.loads(self.run("cat", "lock", lock_id, "--no-lock", doing="reading a lock"))
-                except (StoreError, ValueError):  # gone meanwhile, or half written
-                    continue
-                if lock.get("pid") == pid and lock.get("hostname") == host:
-                    self._lock_delete(lock_id)
-        except PanelError:
-            pass  # the store is failing: the command that meets the lock says so
-
-    def _lock_delete(self, lock_id: str) -> None:
-        if self.path is not None:
-            (self.path / "locks" / lock_id).unlink(missing_ok=True)
-            return
-        key = f"{self.prefix}/locks/{lock_id}" if self.prefix else f"locks/{lock_id}"
-        try:
-            s3_client().delete_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            raise s3_error(exc, where=f"snapshot store {self.url}", what=key) from exc
-
     def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
-        """One restic command; waits (up to LOCK_WAIT_SECONDS) while another holds the lock."""
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        """One restic command; waits (up to SNAPSHOT_LOCK_WAIT_SECONDS) while another restic
+        holds the lock, after removing the locks of restics that are gone."""
+        deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
+        looked_at: set[str] = set()
         while True:
             try:
                 done = subprocess.run(
@@ -233,9 +212,17 @@ class DedupStore(SnapshotStore):
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0:
                 return done.stdout.decode(errors="replace")
-            if LOCKED in stderr and time.monotonic() < deadline:
-                time.sleep(1)
-                continue
+            if LOCKED in stderr:
+                holding = restic_locks.storage_id(stderr)
+                # Each lock met is looked at once: a lock left by a restic that is gone would
+                # be waited on in vain (restic never skips one), so it goes and we try at once.
+                if holding not in looked_at:
+                    looked_at.add(holding)
+                    if not any(lock.lock_id.startswith(holding) for lock in self.locks_clear()):
+                        continue
+                if time.monotonic() < deadline:
+                    time.sleep(1)
+                    continue
             raise self.error(doing, stderr)
 
     # --- the repository ---------------------------------------------------------------
@@ -251,25 +238,17 @@ class DedupStore(SnapshotStore):
             self.run("init", doing="creating the repository")
             return []
 
-    def _exclusive_locks(self, lock_ids: list[str]) -> int:
-        found = 0
-        for lock_id in lock_ids:
-            try:
-                if '"exclusive": true' in self.run("cat", "lock", lock_id, "--no-lock", doing="reading a lock"):
-                    found += 1
-            except StoreError:  # the lock went away while we looked
-                continue
-        return found
-
     def preflight(self, *, needed_bytes: int | None, what: str) -> None:
         """Key readable and right, repository there, no prune holding it (waited out), room."""
-        locks = self.repository_ensure()
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while locks and self._exclusive_locks(locks):
-            if time.monotonic() > deadline:
-                raise StoreError(f"snapshot store {self.url} is held by a prune; {what} was not started")
-            time.sleep(1)
-            locks = self.run("list", "locks", "--no-lock", doing="listing locks").split()
+        deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
+        if self.repository_ensure():
+            while held := [lock for lock in self.locks_clear() if lock.exclusive]:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"snapshot store {self.url} is held by {held[0].describe()}; {what} was not started: "
+                        "try again when that restic ends"
+                    )
+                time.sleep(1)
         super().preflight(needed_bytes=needed_bytes, what=what)
 
     def free_bytes(self) -> int | None:
@@ -334,16 +313,34 @@ class DedupStore(SnapshotStore):
             process = subprocess.Popen(
                 self.command("dump", snapshot_id, f"/{name}"), stdout=subprocess.PIPE, stderr=stderr, env=self.env()
             )
+            read_to_end = False
             try:
                 while chunk := process.stdout.read(CHUNK_SIZE):
                     yield chunk
+                read_to_end = True
             finally:
-                if process.poll() is None and process.stdout.closed is False:
-                    process.stdout.close()
-                process.wait()
+                if read_to_end:
+                    process.wait()
+                else:
+                    self._reader_stop(process)
+                process.stdout.close()
             if process.returncode != 0:
                 stderr.seek(0)
                 raise self.error(f"reading {key} back", stderr.read().decode(errors="replace"))
+
+    def _reader_stop(self, process: subprocess.Popen) -> None:
+        """A `restic dump` let go of before its end (a volume found corrupt, a read-ahead not
+        needed) stops the way restic removes its lock, on SIGINT: closing its pipe would kill it
+        with SIGPIPE, lock left behind, and every forget and prune after it would fail."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=INTERRUPT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.returncode < 0:  # killed before it could remove its lock
+            self.own_lock_remove(process.pid)
 
     def size(self, key: str) -> int | None:
         try:

@@ -1,0 +1,155 @@
+"""Restic's repository locks on a real repository (Debian's restic 0.14): a reader the panel
+lets go of removes its own lock, a lock whose restic is gone (killed, or a zombie) is removed
+before any wait, a live restic's lock is waited for and named, never removed."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from apps.pods import services
+from apps.pods.models import Pod, Snapshot
+from apps.pods.snapshots import StoreError, store_from_url
+from tests.pods.conftest import pod_volumes, pod_with_files
+from tests.pods.test_snapshot_dedup import DATA_SCRIPT, dedup_file, restic, restic_template  # noqa: F401
+
+pytestmark = [pytest.mark.django_db]
+
+MIB = 1024 * 1024
+# A purge that meets only locks of gone restics finishes in seconds; one that waits for them
+# waits the whole SNAPSHOT_LOCK_WAIT_SECONDS and fails.
+PROMPT_SECONDS = 30
+
+
+def lock_files(repository: Path) -> list[str]:
+    return sorted(path.name for path in (repository / "locks").iterdir())
+
+
+def restic_processes(word: str) -> list[int]:
+    """PIDs of restic processes with `word` among their arguments."""
+    found = []
+    for folder in Path("/proc").glob("[0-9]*"):
+        try:
+            words = (folder / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(words[0].decode(errors="replace")).name == "restic" and word.encode() in words:
+            found.append(int(folder.name))
+    return found
+
+
+def stored(store, key: str, size: int) -> str:
+    writer = store.writer(key)
+    for _ in range(size // MIB):
+        writer.write(os.urandom(MIB))
+    writer.close()
+    return writer.store_id
+
+
+def test_a_read_stream_let_go_midway_leaves_no_lock_and_the_purge_runs_at_once(dedup_file, settings):  # noqa: F811
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = PROMPT_SECONDS
+    store = store_from_url()
+    store.repository_ensure()
+    snapshot_id = stored(store, "p1/workspace.tar", 24 * MIB)
+
+    chunks = store.read("p1/workspace.tar")
+    next(chunks)
+    time.sleep(0.5)  # restic fills the pipe and waits on it
+    assert lock_files(dedup_file) != []
+    chunks.close()  # what a restore does with the read-ahead of a volume it no longer needs
+
+    assert lock_files(dedup_file) == []
+    assert restic_processes(snapshot_id) == []
+    started = time.monotonic()
+    store.delete_prefix("p1")
+    assert time.monotonic() - started < PROMPT_SECONDS
+    assert store.keys_present() == set()
+
+
+def test_a_killed_dumps_lock_is_removed_before_waiting_and_a_live_restics_is_named_and_kept(
+    dedup_file,  # noqa: F811
+    settings,
+):
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = 3
+    store = store_from_url()
+    store.repository_ensure()
+    snapshot_id = stored(store, "p1/workspace.tar", 16 * MIB)
+    dump = subprocess.Popen(
+        store.command("dump", snapshot_id, "/workspace.tar"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=store.env(),
+    )
+    try:
+        dump.stdout.read(MIB)
+        dump.send_signal(signal.SIGKILL)
+        time.sleep(0.2)
+        # Not waited for yet: a zombie, whose lock restic's own `unlock` would take for live.
+        assert Path(f"/proc/{dump.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        assert len(lock_files(dedup_file)) == 1
+
+        started = time.monotonic()
+        store.delete_prefix("p1")
+        assert time.monotonic() - started < PROMPT_SECONDS
+    finally:
+        dump.wait()
+        dump.stdout.close()
+    assert lock_files(dedup_file) == [] and store.keys_present() == set()
+
+    # A live restic (a backup reading its stdin) holds its shared lock: a forget waits for it,
+    # then fails naming it, and the lock stays.
+    snapshot_id = stored(store, "p2/home.tar", MIB)
+    live = subprocess.Popen(
+        store.command("backup", "--stdin", "--stdin-filename", "x.tar"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=store.env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not lock_files(dedup_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = lock_files(dedup_file)
+        with pytest.raises(StoreError) as refused:
+            store.run("forget", snapshot_id, doing="forgetting p2")
+        message = str(refused.value)
+        assert f"restic PID {live.pid} on {socket.gethostname()} (`restic backup --stdin" in message
+        assert "while forgetting p2" in message and "\n" not in message
+        assert lock_files(dedup_file) == held
+    finally:
+        live.send_signal(signal.SIGINT)
+        live.wait()
+
+
+def test_a_restore_failing_on_its_first_volume_lets_the_next_read_go_and_the_pod_deletes_at_once(
+    docker_client,
+    new_pod_id,
+    dedup_file,  # noqa: F811
+    settings,
+):
+    """The issue's case: the first volume read back is not what the manifest says, the restore
+    stops while the next volume's `restic dump` is already reading ahead; the pod's delete then
+    purges its snapshot without waiting."""
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = PROMPT_SECONDS
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    manifest = snapshot.manifest
+    manifest["workspace"]["sha256"] = "0" * 64  # what a decayed first volume reads as
+    Snapshot.objects.filter(pk=snapshot.pk).update(manifest=manifest)
+
+    with pytest.raises(StoreError, match="workspace"):
+        services.pod_start(pod_id=pod_id, actor="test")
+
+    assert lock_files(dedup_file) == []
+    assert [pid for entry in manifest.values() for pid in restic_processes(entry["store_id"])] == []
+    started = time.monotonic()
+    services.pod_delete(pod_id=pod_id, actor="test")
+    assert time.monotonic() - started < PROMPT_SECONDS
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.DELETED
+    assert store_from_url().keys_present() == set() and pod_volumes(docker_client, pod_id) == []
