@@ -103,6 +103,16 @@ CASES = [
         (f"{BAD_INPUT}::modal_volume", "tests/volumes/test_refused_urls.py::missing_modal|modal_volume_deleted"),
     ),
     Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
+    # issue #21: holds at the moment of deletion
+    Case(
+        "hold set mid-batch keeps its item (cleanups, API, remove-folder)",
+        ("tests/audit/test_holds_at_deletion.py",),
+    ),
+    Case(
+        "hold set mid-run keeps its pod or snapshot (delete, stop, retention, sweep)",
+        ("tests/pods/test_holds_at_deletion_pods.py",),
+    ),
+    Case("hold racing a deletion on PostgreSQL", ("tests/scaleout/test_hold_race.py",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

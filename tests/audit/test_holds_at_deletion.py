@@ -155,3 +155,14 @@ def test_remove_folder_keeps_a_folder_whose_session_was_held_after_it_was_asked_
     assert event.outcome == AuditEvent.Outcome.FAILED and event.bytes_reclaimed == 0
     assert event.details["on_hold"]
     assert Hold.objects.filter(target_id="kept", released_at=None).exists()
+
+
+def test_the_api_batch_answers_on_hold_for_a_session_held_while_it_ran(client, settings, monkeypatch):
+    settings.SESSIONS_API_TOKEN = "t" * 40
+    for session_id in ("s1", "s2"):
+        put_session(session_id, mtime=OLD)
+    after_progress(monkeypatch, 1, lambda: HoldFromAnotherThread(TargetType.SEPARATION_SESSION, "s2").join())
+    response = client.post("/api/sessions/cleanup-on-exit", HTTP_AUTHORIZATION=f"Bearer {'t' * 40}")
+    assert response.status_code == 200
+    assert response.json()["deleted"] == ["s1"] and response.json()["on_hold"] == ["s2"]
+    assert (volume_root() / "sessions" / "s2" / "input.wav").exists()
