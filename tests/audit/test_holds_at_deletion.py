@@ -166,3 +166,25 @@ def test_the_api_batch_answers_on_hold_for_a_session_held_while_it_ran(client, s
     assert response.status_code == 200
     assert response.json()["deleted"] == ["s1"] and response.json()["on_hold"] == ["s2"]
     assert (volume_root() / "sessions" / "s2" / "input.wav").exists()
+
+
+def test_a_session_held_while_the_batch_is_planned_is_reported_on_hold(monkeypatch):
+    for session_id in ("s1", "s2", "s3"):
+        put_session(session_id, mtime=OLD)
+    hold_set(target_type=TargetType.SEPARATION_SESSION, target_id="s1", reason="first", actor="t")
+    from apps.separations.services import plan
+
+    read, reads = plan.held_ids, []
+
+    def reading(**kwargs):
+        held = read(**kwargs)
+        reads.append(held)
+        if len(reads) == 1:  # the plan read the holds once; another comes before it reads again
+            HoldFromAnotherThread(TargetType.SEPARATION_SESSION, "s2").join()
+        return held
+
+    monkeypatch.setattr(plan, "held_ids", reading)
+    result = cleanup_now(policy="exit")
+    assert result["deleted"] == ["s3"]
+    assert sorted(result["on_hold"]) == ["s1", "s2"]
+    assert (volume_root() / "sessions" / "s2" / "input.wav").exists()
