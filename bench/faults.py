@@ -127,6 +127,16 @@ CASES = [
     ),
     # issue #21: 5, a live operation waiting silently past Q_RETRY is neither reaped nor run twice
     Case("live operation never reaped", ("tests/reliability/test_heartbeat.py",)),
+    # issue #21: holds at the moment of deletion
+    Case(
+        "hold set mid-batch keeps its item (cleanups, API, remove-folder)",
+        ("tests/audit/test_holds_at_deletion.py",),
+    ),
+    Case(
+        "hold set mid-run keeps its pod or snapshot (delete, stop, retention, sweep)",
+        ("tests/pods/test_holds_at_deletion_pods.py",),
+    ),
+    Case("hold racing a deletion on PostgreSQL", ("tests/scaleout/test_hold_race.py",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

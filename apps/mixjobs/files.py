@@ -59,6 +59,12 @@ def outputs_root() -> Path:
     return Path(settings.MIX_OUTPUTS_DIR)
 
 
+def session_hold_places(session_id: str) -> list[tuple[str, str, str]]:
+    """Where a held mix-job session lives (`apps.audit.holds.HOLD_PLACES`): its two folders."""
+    what = f"mix-job session {session_id}"
+    return [(f"local://{root}", session_id, what) for root in (media_root(), outputs_root())]
+
+
 def ttl_for(state: str) -> timedelta | None:
     if state == MixJob.State.COMPLETE:
         return timedelta(hours=settings.JOB_TTL_HOURS)

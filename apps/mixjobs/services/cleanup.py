@@ -19,7 +19,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from apps.audit.holds import ON_HOLD, held_ids, hold_for
+from apps.audit.holds import ON_HOLD, held_ids, hold_for, hold_guard
 from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import run_now
@@ -178,12 +178,6 @@ def _claim(
     return claimed
 
 
-def _finish(claimed: SetAside, *, report: CleanupReport, why: str) -> int:
-    """Unlink a file set aside (a dry run only records it); return the bytes it held."""
-    claimed.unlink()
-    return _record(claimed, report=report, why=why)
-
-
 def _record(claimed: SetAside, *, report: CleanupReport, why: str) -> int:
     report.deleted_files.append(str(claimed.path))
     report.file_bytes[str(claimed.path)] = claimed.size
@@ -318,7 +312,8 @@ def _clean_output(*, session_id: str, remaining: int, any_expired: bool, now: da
         return
     claimed = _claim(path, root=outputs_root(), report=report)
     if claimed is not None:
-        report.bytes_reclaimed += _finish(claimed, report=report, why=why)
+        claimed.unlink()  # a dry run's claim only records it
+        report.bytes_reclaimed += _record(claimed, report=report, why=why)
 
 
 def _output_outlived_its_jobs(session_id: str, now: datetime) -> bool:
@@ -363,8 +358,12 @@ def mixjobs_cleanup(
             _clean_session(session_id=name, jobs_folder=jobs_folder, now=now, report=report)
         else:
             try:
-                with session_lock(jobs_folder):
-                    _clean_session(session_id=name, jobs_folder=jobs_folder, now=now, report=report)
+                # Read again under the lock a hold's write takes: held since the run began, kept.
+                with hold_guard((TargetType.MIXJOB_SESSION, name)) as hold, session_lock(jobs_folder):
+                    if hold is not None:
+                        report.skip(jobs_folder, ON_HOLD)
+                    else:
+                        _clean_session(session_id=name, jobs_folder=jobs_folder, now=now, report=report)
             except (Busy, InvalidInput) as exc:
                 report.skip(jobs_folder / LOCK_NAME, str(exc))
         progress.advance(1)

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.audit import operations
-from apps.audit.holds import ON_HOLD, held_ids
+from apps.audit.holds import ON_HOLD, held_ids, hold_guard
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, audit_record
@@ -360,11 +360,18 @@ def orphans_sweep(
         if dry_run:
             continue
         engine = engine_for(host)
-        # Look again right before removing: a pod may have been provisioned or started meanwhile.
-        if not orphans_find(host=host, volumes=[item["volume"]]):
-            continue
         try:
-            engine.volume_remove(item["name"])
+            # Holds are read again under the lock a hold's write takes, and it is kept until
+            # the volume is gone: a pod held since the plan keeps its volume.
+            with hold_guard(*([(TargetType.POD, item["pod_id"])] if item["pod_id"] else [])) as hold:
+                if hold is not None:
+                    on_hold.append(item["name"])
+                    listed.remove(entry)
+                    continue
+                # Look again right before removing: a pod may have been provisioned or started meanwhile.
+                if not orphans_find(host=host, volumes=[item["volume"]]):
+                    continue
+                engine.volume_remove(item["name"])
             if engine.volume_exists(item["name"]):
                 raise DockerFailure(f"volume {item['name']} still exists after removal")
         except PanelError as exc:

@@ -10,10 +10,13 @@ leaves the pod `stopping`, and stopping again finishes the job with the same sna
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import transaction
 
+from apps.audit.holds import Held, hold_guard
 from apps.audit.models import Operation
 from apps.audit.names import TargetType
 from apps.audit.services import Actor, audit_record
@@ -182,9 +185,15 @@ def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -
             raise
     # After it: the container and volumes go; a failure here keeps the pod `stopping`.
     try:
-        engine.container_remove(pod.container_name)
-        _log(operation, f"removed container {pod.container_name}")
-        _volumes_remove(pod=pod, engine=engine, operation=operation)
+        with _unheld(pod_id, doing=f"stopped (snapshot #{snapshot.pk} kept; its volumes too)"):
+            engine.container_remove(pod.container_name)
+            _log(operation, f"removed container {pod.container_name}")
+            _volumes_remove(pod=pod, engine=engine, operation=operation)
+    except Held as exc:  # held while it stopped: nothing more goes, the pod is paused as it stands
+        _record_failure(
+            pod_id=pod_id, to=Pod.Status.PAUSED, action=STOP.audit_action, exc=exc, actor=actor, operation=operation
+        )
+        raise
     except BaseException as exc:
         _record_failure(
             pod_id=pod_id, to=STOP.busy, action=STOP.audit_action, exc=exc, actor=actor, operation=operation
@@ -295,6 +304,23 @@ def _reattach(*, pod: Pod, engine: DockerEngine, operation: Operation | None) ->
 # --- deprovision and delete --------------------------------------------------------------
 
 
+@contextmanager
+def _unheld(pod_id: str, *, doing: str, snapshots: bool = False) -> Iterator[None]:
+    """The pod (and its snapshots) read unheld under the lock a hold's write takes, kept
+    until the block ends; held, a refusal that names the hold."""
+    targets = [(TargetType.POD, pod_id)]
+    if snapshots:
+        kept = Snapshot.objects.filter(pod__pod_id=pod_id).exclude(status=Snapshot.Status.DELETED)
+        targets += [(TargetType.SNAPSHOT, str(pk)) for pk in kept.values_list("pk", flat=True)]
+    with hold_guard(*targets) as hold:
+        if hold is not None:
+            raise Held(
+                f"pod {pod_id} was not {doing}: {hold.target_type} {hold.target_id} was put on hold by "
+                f"{hold.held_by} ({hold.reason}) meanwhile"
+            )
+        yield
+
+
 def pod_deprovision(*, pod_id: str, actor: Actor, operation: Operation | None = None) -> dict:
     """Remove the container and all eight volumes by name; snapshots stay."""
     return _pod_remove(pod_id=pod_id, actor=actor, operation=operation, action=DEPROVISION)
@@ -311,23 +337,26 @@ def _pod_remove(*, pod_id: str, actor: Actor, operation: Operation | None, actio
     # (say `unknown`) instead of `deprovisioning` with an error nobody can act on.
     engine = engine_for(pod_get(pod_id=pod_id).host)
     engine.ping()
-    with transaction.atomic():
-        pod = _locked(pod_id)
-        pod.transition(action.busy)
-        pod.last_error = ""
-        pod.save()
-    snapshot_bytes = 0
-    try:
-        engine.container_remove(pod.container_name)
-        removed = _volumes_remove(pod=pod, engine=engine, operation=operation)
-        if action.purges_snapshots:
-            for snapshot in pod.snapshots.exclude(status=Snapshot.Status.DELETED):
-                snapshot_bytes += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
-    except BaseException as exc:
-        _record_failure(
-            pod_id=pod_id, to=action.busy, action=action.audit_action, exc=exc, actor=actor, operation=operation
-        )
-        raise
+    # Held since it was asked for: refused with the pod as it was; a hold asked for from here
+    # on waits until the removal is done.
+    with _unheld(pod_id, snapshots=action.purges_snapshots, doing=f"{action.done} (left as it was)"):
+        with transaction.atomic():
+            pod = _locked(pod_id)
+            pod.transition(action.busy)
+            pod.last_error = ""
+            pod.save()
+        snapshot_bytes = 0
+        try:
+            engine.container_remove(pod.container_name)
+            removed = _volumes_remove(pod=pod, engine=engine, operation=operation)
+            if action.purges_snapshots:
+                for snapshot in pod.snapshots.exclude(status=Snapshot.Status.DELETED):
+                    snapshot_bytes += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
+        except BaseException as exc:
+            _record_failure(
+                pod_id=pod_id, to=action.busy, action=action.audit_action, exc=exc, actor=actor, operation=operation
+            )
+            raise
     with transaction.atomic():
         pod = _locked(pod_id)
         reclaimed = _held_bytes(pod) if removed else 0

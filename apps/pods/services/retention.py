@@ -6,8 +6,9 @@ deletion; the run purges exactly what the preview lists, looked up again."""
 
 from django.conf import settings
 
-from apps.audit.holds import ON_HOLD
+from apps.audit.holds import ON_HOLD, hold_guard
 from apps.audit.models import Operation
+from apps.audit.names import TargetType
 from apps.audit.services import Actor
 from apps.pods.models import Snapshot
 from apps.pods.selectors import retention_keep_last, snapshot_leaks, snapshots_kept_on_hold
@@ -36,11 +37,16 @@ def retention_policy_sentence(keep: int | None = None) -> str:
 
 
 def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operation: Operation | None = None) -> dict:
-    purged, reclaimed = [], 0
+    purged, reclaimed, held_now = [], 0, []
     for snapshot in snapshots_to_retire(keep=keep):
-        reclaimed += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
+        # Read again under the lock a hold's write takes: one held since the list was made stays.
+        with hold_guard((TargetType.SNAPSHOT, str(snapshot.pk)), (TargetType.POD, snapshot.pod.pod_id)) as hold:
+            if hold is not None:
+                held_now.append(snapshot.pk)
+                continue
+            reclaimed += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
         purged.append(snapshot.pk)
-    on_hold = [snapshot.pk for snapshot in snapshots_on_hold(keep=keep)]
+    on_hold = held_now + [pk for pk in (snapshot.pk for snapshot in snapshots_on_hold(keep=keep)) if pk not in held_now]
     if on_hold:
         _log(operation, f"kept {len(on_hold)} snapshots {ON_HOLD}: " + ", ".join(f"#{pk}" for pk in on_hold[:20]))
     return {"purged": purged, "bytes": reclaimed, "on_hold": on_hold}

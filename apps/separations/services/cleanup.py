@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db import transaction
 
+from apps.audit.holds import hold_guard
 from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, actor_parts, audit_record, operation_log, storage_sample_record
@@ -33,20 +34,42 @@ logger = logging.getLogger(__name__)
 CLEANUP_PROGRESS_UNIT = "sessions"
 
 
+def _remove_unheld(*, backend: VolumeBackend, session: SessionScan, path: str, on_hold: list[str]) -> bool:
+    """Remove one session folder unless it is on hold now (read under the lock a hold's write
+    takes, and kept until the folder is gone); False when a hold kept it."""
+    with hold_guard((TargetType.SEPARATION_SESSION, session.session_id)) as hold:
+        if hold is not None:
+            on_hold.append(session.session_id)
+            return False
+        # Recursive removal unlinks symlinks inside the folder and never follows them; a
+        # session folder that is itself a link loses the link only.
+        backend.remove(path, recursive=not session.is_symlink)
+        return True
+
+
 def _remove(
-    *, backend: VolumeBackend, sessions: list[SessionScan], volume: str, operation: Operation | None, skipped: list[str]
+    *,
+    backend: VolumeBackend,
+    sessions: list[SessionScan],
+    volume: str,
+    operation: Operation | None,
+    skipped: list[str],
+    on_hold: list[str],
 ) -> tuple[list[SessionScan], PanelError | None]:
     """Remove each session folder; stop at the first refusal, skip (into `skipped`, with the
-    reason) one that cannot be removed. What was removed, and why it stopped."""
+    reason) one that cannot be removed, keep (into `on_hold`) one held since the plan. What
+    was removed, and why it stopped."""
     progress = Progress(operation, total=len(sessions), unit=CLEANUP_PROGRESS_UNIT)
     removed: list[SessionScan] = []
     for session in sessions:
         # Check: the path is built from a validated id, directly under sessions/ and nowhere else.
         path = f"{SESSIONS_DIR}/{validate_id(session.session_id, kind='session id')}"
         try:
-            # Recursive removal unlinks symlinks inside the folder and never follows them; a
-            # session folder that is itself a link loses the link only.
-            backend.remove(path, recursive=not session.is_symlink)
+            if not _remove_unheld(backend=backend, session=session, path=path, on_hold=on_hold):
+                progress.advance(1)
+                if operation is not None:
+                    operation_log(operation, f"kept {session.session_id}: on hold")
+                continue
         except NotFound:
             # Gone between the plan and now (someone else removed it): not ours to count.
             logger.info("session %s was already gone from %s", session.session_id, volume)
@@ -120,8 +143,14 @@ def sessions_cleanup(
             operation_log(operation, f"skipped {line}")
         for session in plan.held:
             operation_log(operation, f"kept {session.session_id}: on hold")
+    on_hold = [s.session_id for s in plan.held]
     removed, failure = _remove(
-        backend=backend, sessions=plan.to_delete, volume=plan.volume, operation=operation, skipped=skipped
+        backend=backend,
+        sessions=plan.to_delete,
+        volume=plan.volume,
+        operation=operation,
+        skipped=skipped,
+        on_hold=on_hold,
     )
     removed, commits, failure = _commit_and_verify(
         backend=backend, removed=removed, volume=plan.volume, failure=failure
@@ -136,7 +165,7 @@ def sessions_cleanup(
         "volume": plan.volume,
         "looked_at": len(plan.looked_at),
         "skipped": skipped,
-        "on_hold": [s.session_id for s in plan.held],
+        "on_hold": on_hold,
     }
     reason = f"cleanup policy {chosen.name}" + (f" by {actor_name}" if actor_name else "")
     with transaction.atomic():

@@ -182,10 +182,9 @@ def _sorted_out(due: list[SessionScan]) -> dict[str, list[SessionScan]]:
     held = held_ids(target_type=TargetType.SEPARATION_SESSION, target_ids=[s.session_id for s in due])
     if held:
         # A policy skips what a person put on hold (a manual batch naming one is refused earlier).
-        return {
-            **_sorted_out([s for s in due if s.session_id not in held]),
-            "held": [s for s in due if s.session_id in held],
-        }
+        # The rest is read again: one held meanwhile is kept in the list too, not dropped from both.
+        rest = _sorted_out([s for s in due if s.session_id not in held])
+        return {**rest, "held": [s for s in due if s.session_id in held] + rest.get("held", [])}
     return {
         # Unreadable sessions are skipped: what they hold (hard links?) cannot be known.
         "unreadable": [s for s in due if s.unreadable],

@@ -36,6 +36,16 @@ def sessions_backend() -> VolumeBackend:
     return backend_for_url(settings.SESSIONS_VOLUME_URL)
 
 
+def session_hold_places(session_id: str) -> list[tuple[str, str, str]]:
+    """Where a held session lives, for a folder removal on the same volume
+    (`apps.audit.holds.HOLD_PLACES`); an id no session can have lives nowhere."""
+    try:
+        validate_id(session_id, kind="session id")
+    except InvalidInput:
+        return []
+    return [(settings.SESSIONS_VOLUME_URL, f"{SESSIONS_DIR}/{session_id}", f"session {session_id}")]
+
+
 def sessions_volume_name() -> str:
     """The volume's name: what the sessions operations hold and the mirror rows belong to."""
     return sessions_backend().name

@@ -6,19 +6,24 @@ inspection so the finding, the leak and the volume's size move at once.
 
 Only a folder that an enabled `folder_absent` rule of the volume names may go: never the
 root, never a path that leaves the volume (`clean_path`, and the local backend resolves
-parents inside the root), never a file or a symlink, and never while the folder, a folder
-above it or a folder inside it is on hold (`TargetType.VOLUME_FOLDER`, `<volume>:<path>`).
+parents inside the root), never a file or a symlink, and never while anything in it or above it is on hold: a
+volume folder (`TargetType.VOLUME_FOLDER`, `<volume>:<path>`), a session, a mix-job session
+(each app says where its held things live, `apps.audit.holds.HOLD_PLACES`). Holds are read
+again under `holds_frozen` right before the removal.
 
     preview = volume_folder_preview(volume=volume, path="results")
     request(Kind.VOLUME_REMOVE_FOLDER, folder_target("brain-go-brr-results", "results"), actor=user)
 """
 
+import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 from django.db import transaction
 
-from apps.audit.holds import Held, hold_for, holds_active
+from apps.audit.holds import Held, held_places, holds_frozen
 from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, audit_record, operation_log, storage_sample_record
@@ -55,14 +60,48 @@ def _rule_for(volume: Volume, relative: str) -> LayoutRule | None:
     return next((rule for rule in rules if rule.path.strip("/") == relative), None)
 
 
+def folder_hold_places(target_id: str) -> list[tuple[str, str, str]]:
+    """Where a held volume folder lives (`apps.audit.holds.HOLD_PLACES`)."""
+    try:
+        name, path = folder_target_parse(target_id)
+    except InvalidInput:
+        return []
+    volume = Volume.objects.filter(name=name).first()
+    return [(volume.url, path, f"{path}/")] if volume is not None else []
+
+
+def _location(url: str, path: str) -> tuple[str, str] | None:
+    """A path inside a volume, comparable with one inside another volume: a local folder by
+    its real path (two URLs may reach one folder), a Modal path by volume and environment."""
+    parsed = urlparse(url)
+    if parsed.scheme == "local":
+        return "local", os.path.realpath(os.path.join(unquote(parsed.netloc + parsed.path), path.strip("/")))
+    if parsed.scheme == "modal":
+        environment = parse_qs(parsed.query).get("environment", [""])[0]
+        return f"modal://{parsed.netloc}?{environment}", posixpath.normpath("/" + path.strip("/"))
+    return None
+
+
 def _held_overlap(volume: Volume, relative: str) -> str | None:
-    """A held folder this removal would touch: the folder, one above it or one inside it."""
-    prefix = f"{volume.name}{SEPARATOR}"
-    held_here = holds_active().filter(target_type=TargetType.VOLUME_FOLDER, target_id__startswith=prefix)
-    for target in sorted(held_here.values_list("target_id", flat=True)):
-        held = target[len(prefix) :].strip("/")
-        if held == relative or relative.startswith(f"{held}/") or held.startswith(f"{relative}/"):
-            return held
+    """Why removing this folder would touch something on hold (of any kind: a volume folder,
+    a session, a mix-job session: the held thing, one above it or one inside it), or None."""
+    here = _location(volume.url, relative)
+    what = f"folder {relative}/ on volume {volume.name}"
+    for hold, url, path, label in held_places():
+        there = _location(url, path)
+        if here is None or there is None or here[0] != there[0]:
+            continue
+        mine, theirs = here[1].rstrip("/"), there[1].rstrip("/")
+        if mine == theirs:
+            verb = "is" if label == f"{relative}/" else f"is {label}, which is"
+        elif mine.startswith(f"{theirs}/"):
+            verb = f"is inside {label}, which is"
+        elif theirs.startswith(f"{mine}/"):
+            verb = f"contains {label}, which is"
+        else:
+            continue
+        until = f" until {hold.until:%Y-%m-%d %H:%M} UTC" if hold.until else ""
+        return f"{what} {verb} on hold by {hold.held_by}{until} ({hold.reason}); release the hold first"
     return None
 
 
@@ -80,13 +119,7 @@ def removable_folder(*, volume: Volume, path: str) -> tuple[str, LayoutRule]:
         )
     held = _held_overlap(volume, relative)
     if held is not None:
-        hold = hold_for(target_type=TargetType.VOLUME_FOLDER, target_id=f"{volume.name}{SEPARATOR}{held}")
-        whose = f" by {hold.held_by} ({hold.reason})" if hold else ""
-        what = f"folder {relative}/ on volume {volume.name}"
-        if held != relative:
-            where = "is inside" if relative.startswith(f"{held}/") else "contains"
-            what = f"{what} {where} {held}/, which"
-        raise Held(f"{what} is on hold{whose}; release the hold first")
+        raise Held(held)
     return relative, rule
 
 
@@ -187,7 +220,13 @@ def volume_folder_remove(
     log(f"removing {relative}/ ({plural(contents.files, 'file')}, {humanize_bytes(contents.bytes)})")
     commits = 0
     try:
-        backend.remove(relative, recursive=True)
+        # Holds of any kind are read again now and none is set until the folder is gone: one
+        # set since the run was asked for keeps the folder (and is said to).
+        with holds_frozen(what=f"{relative}/ on volume {volume.name}"):
+            held = _held_overlap(volume, relative)
+            if held is not None:
+                raise Held(held)
+            backend.remove(relative, recursive=True)
         if backend.commit():
             commits = 1
             log("committed the removal to the volume")
@@ -199,6 +238,7 @@ def volume_folder_remove(
             target_id=target,
             outcome=AuditEvent.Outcome.FAILED,
             message=f"removing {relative}/ from {volume.name} failed: {exc}",
+            details={"on_hold": [str(exc)]} if isinstance(exc, Held) else {},
             operation=operation,
         )
         raise
