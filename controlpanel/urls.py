@@ -19,6 +19,8 @@ urlpatterns = [
     path("pods/", include("apps.pods.urls")),
     path("sessions/", include("apps.separations.urls")),
     path("api/sessions/", include("apps.separations.api_urls")),
+    # Beside the sessions endpoints (matched first, answers unchanged): the API for automation.
+    path("api/", include("apps.api.urls")),
     path("mixjobs/", include("apps.mixjobs.urls")),
     path("volumes/", include("apps.volumes.urls")),
     path("", include("apps.dashboard.urls")),
