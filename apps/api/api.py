@@ -8,7 +8,7 @@ where they are (`apps/separations/api.py`, `/api/sessions/...`).
 """
 
 from django.core.paginator import Paginator
-from ninja import NinjaAPI, Query, Schema
+from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from apps.api import schemas
@@ -76,7 +76,7 @@ def _require(request, permission: str, what: str) -> None:
 
 
 def _queued(operation: Operation):
-    return 202, {"operation": operation.pk}
+    return Status(202, {"operation": operation.pk})
 
 
 # --- operations --------------------------------------------------------------------------
@@ -164,7 +164,7 @@ if "backup" not in POD_ACTIONS:
     def pod_backup(request, pod_id: str):
         """Not available yet: copies of running pods are the next step (issue #22)."""
         pod_get(pod_id=pod_id)
-        return 501, {"error": "backing up a running pod is not available yet; stop the pod to take a snapshot"}
+        return Status(501, {"error": "backing up a running pod is not available yet; stop the pod to take a snapshot"})
 
 
 @api.post("/pods/{pod_id}/{action}", response={202: schemas.Queued, **ERRORS}, tags=["pods"])
@@ -220,7 +220,7 @@ def hold_create(request, body: schemas.HoldIn):
         until=body.until,
         actor=request.auth,
     )
-    return 201, hold_out(hold)
+    return Status(201, hold_out(hold))
 
 
 @api.post("/holds/release", response={200: schemas.HoldOut, **ERRORS}, tags=["holds"])

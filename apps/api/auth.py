@@ -5,6 +5,7 @@ from functools import wraps
 
 from django.conf import settings
 from django.http import JsonResponse
+from django.views.decorators.http import require_safe
 from ninja.security import APIKeyCookie, HttpBearer
 
 from apps.api.services import apitoken_authenticate
@@ -50,8 +51,9 @@ def unauthorized() -> JsonResponse:
 
 
 def token_or_staff(view):
-    """The OpenAPI document and its page: for a token or a staff session, like the API."""
+    """The OpenAPI document and its page: read-only, for a token or a staff session, like the API."""
 
+    @require_safe
     @wraps(view)
     def checked(request, *args, **kwargs):
         if _staff(getattr(request, "user", None)):

@@ -7,7 +7,8 @@ urlpatterns = api.urls[0]
 app_name = api.urls_namespace
 
 # A script has no session to log in with: every route answers 401 JSON itself
-# (`apps/api/auth.py`) instead of the login redirect. The browsable page stays a staff page.
+# (`apps/api/auth.py`) instead of the login redirect. The browsable page stays a staff page,
+# and so does ninja's root (a 404 naming the page) for anyone not signed in.
 for pattern in urlpatterns:
-    if pattern.name != "openapi-view":
+    if pattern.name not in {"openapi-view", "api-root"}:
         login_not_required(pattern.callback)
