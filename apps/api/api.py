@@ -64,9 +64,10 @@ def _http_error(request, exc: HttpError):
 
 @api.exception_handler(ValidationError)
 def _invalid(request, exc: ValidationError):
+    # A bad id or body is a 400 with one sentence, as everywhere in the panel (not ninja's 422).
     first = exc.errors[0] if exc.errors else {}
     where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "payload"))
-    return _error(request, f"{where or 'request'}: {first.get('msg', 'invalid')}", 422)
+    return _error(request, f"{where or 'request'}: {first.get('msg', 'invalid')}", 400)
 
 
 def _require(request, permission: str, what: str) -> None:

@@ -66,7 +66,7 @@ def test_an_unknown_pod_is_a_404_with_a_sentence(client, operator_token):
     assert client.get("/api/operations/987654", **bearer(operator_token)).json() == {
         "error": "operation #987654 does not exist"
     }
-    assert client.post("/api/pods/nosuchpod/explode", **bearer(operator_token)).status_code == 422
+    assert client.post("/api/pods/nosuchpod/explode", **bearer(operator_token)).status_code == 400
 
 
 def test_a_refused_action_answers_the_status_and_sentence_the_page_shows(client, operator_token):
@@ -106,7 +106,7 @@ def test_holds_set_refuse_a_stop_and_release(client, operator_token, viewer_toke
     bad = client.post(
         "/api/holds", {**hold, "target_type": "database"}, content_type="application/json", **bearer(operator_token)
     )
-    assert bad.status_code == 422 and bad.json()["error"].startswith("target_type:")
+    assert bad.status_code == 400 and bad.json()["error"].startswith("target_type:")
 
 
 def test_mixjob_cleanup_and_volume_inspection_are_queued_operations(
