@@ -103,6 +103,15 @@ CASES = [
         (f"{BAD_INPUT}::modal_volume", "tests/volumes/test_refused_urls.py::missing_modal|modal_volume_deleted"),
     ),
     Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
+    # issue #23: API tokens: wrong, revoked or missing tokens, forged session POSTs, refusals
+    Case(
+        "API tokens and refusals",
+        (
+            "tests/api/test_tokens.py::revoked|wrong",
+            "tests/api/test_schema_and_csrf.py::csrf",
+            "tests/api/test_actions.py::refused|unknown|viewer",
+        ),
+    ),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------
