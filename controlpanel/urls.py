@@ -18,8 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("pods/", include("apps.pods.urls")),
     path("sessions/", include("apps.separations.urls")),
-    path("api/sessions/", include("apps.separations.api_urls")),
-    # Beside the sessions endpoints (matched first, answers unchanged): the API for automation.
+    # The API for automation, the separation service's cleanups included (apps/api/api.py).
     path("api/", include("apps.api.urls")),
     path("mixjobs/", include("apps.mixjobs.urls")),
     path("volumes/", include("apps.volumes.urls")),

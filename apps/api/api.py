@@ -3,8 +3,8 @@
 Every action is the declared kind it names, asked for with `operations.request` as the page
 does: the answer is 202 `{"operation": id}`, then `GET /api/operations/{id}` until it ends.
 A refusal is the panel's own sentence, `{"error": "..."}`, with the status every page uses
-(`controlpanel.errors.http_status`). The separation service's three cleanup endpoints stay
-where they are (`apps/separations/api.py`, `/api/sessions/...`).
+(`controlpanel.errors.http_status`). The separation service's three cleanups keep their
+paths and answers (`apps/separations/api.py` makes them).
 """
 
 from django.core.paginator import Paginator
@@ -12,7 +12,7 @@ from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from apps.api import schemas
-from apps.api.auth import AUTH, token_or_staff, unauthorized
+from apps.api.auth import AUTH, SESSIONS_AUTH, SessionsServiceRefused, token_or_staff, unauthorized
 from apps.audit import operations
 from apps.audit.holds import hold_release, hold_set, holds_active
 from apps.audit.models import Operation
@@ -20,6 +20,7 @@ from apps.audit.names import Kind
 from apps.pods.actions import PAGE_ACTIONS, POD_ACTIONS
 from apps.pods.selectors import pod_as_dict, pods_with_totals
 from apps.pods.services import pod_get
+from apps.separations import api as separations_api
 from controlpanel.errors import Forbidden, NotFound, PanelError, http_status
 
 api = NinjaAPI(
@@ -52,6 +53,11 @@ def _refused(request, exc: PanelError):
 @api.exception_handler(AuthenticationError)
 def _unauthorized(request, exc):
     return unauthorized()
+
+
+@api.exception_handler(SessionsServiceRefused)
+def _sessions_unauthorized(request, exc):
+    return separations_api.unauthorized()
 
 
 @api.exception_handler(HttpError)
@@ -193,6 +199,49 @@ def mixjobs_cleanup_session(request, session_id: str):
 def volume_inspect(request, name: str):
     """Inspect a registered volume; the operation's `result` holds sizes, counts and rule findings."""
     return _queued(operations.request(Kind.VOLUME_INSPECT, name, actor=request.auth))
+
+
+# --- the separation service's cleanups: paths and answers as they always were ------------
+
+SESSIONS_ANSWERS = {200: dict, **ERRORS, 503: schemas.Error}
+SESSIONS_URL_NAMES = {"sessions-cleanup-on-download", "sessions-cleanup-on-exit", "sessions-cleanup-session"}
+
+
+@api.post(
+    "/sessions/cleanup-on-download",
+    auth=SESSIONS_AUTH,
+    response=SESSIONS_ANSWERS,
+    tags=["sessions"],
+    url_name="sessions-cleanup-on-download",
+)
+def sessions_cleanup_on_download(request):
+    """The download policy's batch (by default up to 20 oldest sessions older than 1 h), run
+    before answering `{"deleted": [...], "bytes_reclaimed": N, "commits": N}`."""
+    return separations_api.cleanup_answer(policy="download", actor=request.auth)
+
+
+@api.post(
+    "/sessions/cleanup-on-exit",
+    auth=SESSIONS_AUTH,
+    response=SESSIONS_ANSWERS,
+    tags=["sessions"],
+    url_name="sessions-cleanup-on-exit",
+)
+def sessions_cleanup_on_exit(request):
+    """The window-close policy's batch (by default up to 100 oldest sessions older than 2 h)."""
+    return separations_api.cleanup_answer(policy="exit", actor=request.auth)
+
+
+@api.post(
+    "/sessions/{session_id}/cleanup",
+    auth=SESSIONS_AUTH,
+    response=SESSIONS_ANSWERS,
+    tags=["sessions"],
+    url_name="sessions-cleanup-session",
+)
+def sessions_cleanup_session(request, session_id: str):
+    """One session now, whatever its age (refused while it is on hold)."""
+    return separations_api.cleanup_answer(policy="manual", session_ids=[session_id], actor=request.auth)
 
 
 # --- holds -------------------------------------------------------------------------------

@@ -9,11 +9,23 @@ from django.views.decorators.http import require_safe
 from ninja.security import APIKeyCookie, HttpBearer
 
 from apps.api.services import apitoken_authenticate
+from apps.separations import api as separations_api
 
 UNAUTHORIZED = "missing, wrong or revoked API token"
 
 
-class TokenAuth(HttpBearer):
+class _Bearer(HttpBearer):
+    """`Authorization: Bearer <token>`, read without ever logging the header (ninja's own
+    reader logs a header of another scheme, a token sent as `Basic` included, under DEBUG)."""
+
+    def __call__(self, request):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return None
+        return self.authenticate(request, given.strip())
+
+
+class TokenAuth(_Bearer):
     def authenticate(self, request, token: str):
         api_token = apitoken_authenticate(secret=token.strip())
         if api_token is None:
@@ -41,7 +53,26 @@ class StaffSession(APIKeyCookie):
         return request.user if key and _staff(request.user) else None
 
 
+class SessionsServiceRefused(Exception):
+    """The separation service's endpoints answer a refused token as they always have."""
+
+
+class SessionsServiceToken(_Bearer):
+    """SESSIONS_API_TOKEN, the separation service's own token; it acts as `api:separation-service`."""
+
+    def __call__(self, request):
+        if separations_api.service_authorized(request):
+            return separations_api.API_ACTOR
+        # Last of its list: nothing else may still accept the request.
+        raise SessionsServiceRefused
+
+    def authenticate(self, request, token: str):  # pragma: no cover - __call__ decides
+        return None
+
+
 AUTH = [TokenAuth(), StaffSession()]
+# The separation service's token, or an API token whose role may clean up sessions.
+SESSIONS_AUTH = [TokenAuth(), SessionsServiceToken()]
 
 
 def unauthorized() -> JsonResponse:
