@@ -32,7 +32,11 @@ def test_create_prints_the_token_once_alone_on_its_last_line_and_keeps_only_its_
     listed = apitoken("list")
     assert "deploy-bot" in listed and token.prefix in listed and secret not in listed
 
+    assert "never used" in listed
     assert client.get("/api/pods", **bearer(secret)).status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+    assert "last used" in apitoken("list")
 
 
 def test_a_name_is_taken_once_and_a_role_must_exist():
