@@ -137,6 +137,15 @@ CASES = [
         ("tests/pods/test_holds_at_deletion_pods.py",),
     ),
     Case("hold racing a deletion on PostgreSQL", ("tests/scaleout/test_hold_race.py",)),
+    # issue #23: API tokens: wrong, revoked or missing tokens, forged session POSTs, refusals
+    Case(
+        "API tokens and refusals",
+        (
+            "tests/api/test_tokens.py::revoked|wrong",
+            "tests/api/test_schema_and_csrf.py::csrf",
+            "tests/api/test_actions.py::refused|unknown|viewer",
+        ),
+    ),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

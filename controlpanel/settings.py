@@ -101,6 +101,9 @@ INSTALLED_APPS = [
     "apps.mixjobs",
     "apps.volumes",
     "apps.dashboard",
+    "apps.api",
+    # Only for its templates and static files: the browsable API page is served from here, no CDN.
+    "ninja",
 ]
 
 MIDDLEWARE = [

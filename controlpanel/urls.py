@@ -18,7 +18,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("pods/", include("apps.pods.urls")),
     path("sessions/", include("apps.separations.urls")),
-    path("api/sessions/", include("apps.separations.api_urls")),
+    # The API for automation, the separation service's cleanups included (apps/api/api.py).
+    path("api/", include("apps.api.urls")),
     path("mixjobs/", include("apps.mixjobs.urls")),
     path("volumes/", include("apps.volumes.urls")),
     path("", include("apps.dashboard.urls")),

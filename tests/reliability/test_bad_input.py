@@ -189,7 +189,7 @@ def id_urls():
 def test_the_sweep_covers_every_url_with_an_id():
     names = {name for name, *_ in id_urls()}
     assert {"pods:detail", "pods:stop", "separations:detail", "separations:cleanup-run", "volumes:inspect"} <= names
-    assert "separations-api:cleanup-session" in names
+    assert "api:sessions-cleanup-session" in names
 
 
 def csrf_client(client, staff_user):
