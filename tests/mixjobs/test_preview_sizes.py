@@ -24,3 +24,5 @@ def test_every_file_in_the_preview_has_its_size(clock, tmp_path):
     assert sizes[str(output_path("s1"))] == 4096  # kept: a job of the session remains
     assert sizes[str(linked)] == linked.stat().st_size  # skipped: hard link
     assert all(size is not None for size in sizes.values()), sizes
+    why = {item.path: item.why for item in preview.keep}
+    assert why[str(output_path("s1"))] == "the session's output; 1 job of the session remains"

@@ -307,7 +307,8 @@ def _clean_output(*, session_id: str, remaining: int, any_expired: bool, now: da
         why = "the session's output, left without jobs and older than any job TTL"
     else:
         if report.dry_run and os.path.lexists(path):
-            reason = f"{plural(remaining, 'job')} of the session remain" if remaining else "younger than any job TTL"
+            verb = "remains" if remaining == 1 else "remain"
+            reason = f"{plural(remaining, 'job')} of the session {verb}" if remaining else "younger than any job TTL"
             report.keep(path, _size_now(path), f"the session's output; {reason}")
         return
     claimed = _claim(path, root=outputs_root(), report=report)
