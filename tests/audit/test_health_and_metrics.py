@@ -60,6 +60,8 @@ def test_healthz_ok_when_every_check_passes_and_holds_no_secret(client, extra_ch
     settings.METRICS_TOKEN = "metrics-secret-123"
     settings.NOTIFY_URLS = ["json://user:notify-secret-456@127.0.0.1:9/x"]
     health._CHECKS.pop("worker")
+    # The real Docker hosts' check runs a container (tests/pods/test_health.py); stand in for it.
+    health._CHECKS.pop("docker hosts")
     extra_checks(health.HealthCheck("docker host local", lambda: "answers (engine 20.10)"))
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"
