@@ -3,6 +3,7 @@ Debian's real restic, a pack of the store decays between two stops of an unchang
 the second stop keeps every volume instead of removing the only good copy."""
 
 import json
+import time
 
 import pytest
 
@@ -11,7 +12,7 @@ from apps.audit.names import Kind
 from apps.audit.operations import run_now
 from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
-from apps.pods.snapshots import store_from_url
+from apps.pods.snapshots import StoreError, store_from_url
 from controlpanel.errors import PanelError
 from tests.pods import test_snapshot_dedup
 from tests.pods.conftest import container_exists, listing, pod_volumes, pod_with_files
@@ -97,3 +98,28 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     assert pod_volumes(docker_client, pod_id) == []
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+
+def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, new_pod_id, dedup_file, restic):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    restic.write_text("not the key")
+    time.sleep(1)  # the stop's own events are a second behind
+    since = time.time()
+
+    with pytest.raises(StoreError, match="refused the key in SNAPSHOT_KEY_FILE") as refused:
+        run_now(Kind.POD_START, pod_id, actor="test")
+
+    assert "\n" not in str(refused.value)
+    operation = Operation.objects.filter(kind=Kind.POD_START, target_id=pod_id).latest("pk")
+    assert operation.status == Operation.Status.FAILED and "refused the key" in operation.error
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
+    # Not one container or volume of the pod was made (and then removed) on the way.
+    touched = [
+        event
+        for event in docker_client.events(since=since, until=time.time() + 1, decode=True)
+        if pod_id in str((event.get("Actor") or {}).get("ID", "")) + str((event.get("Actor") or {}).get("Attributes"))
+    ]
+    assert touched == []
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
