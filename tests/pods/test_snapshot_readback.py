@@ -123,3 +123,31 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
     ]
     assert touched == []
     assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+
+
+def test_verify_drill_and_start_over_a_decayed_pack_say_what_to_do(docker_client, new_pod_id, dedup_file):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    _flip_in_pack_of(store_from_url(), snapshot.manifest["workspace"], dedup_file)
+    advice = (
+        f"snapshot #{snapshot.pk} will not restore as it is: run Verify on pod {pod_id}'s snapshots, and repair "
+        "the store before the pod's next stop: `restic check --read-data` names the damaged pack; remove that "
+        "pack file, then run `restic rebuild-index`"
+    )
+
+    with pytest.raises(StoreError) as start:
+        services.pod_start(pod_id=pod_id, actor="test")
+    assert "ciphertext verification failed" in str(start.value) and str(start.value).endswith(advice)
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.STOPPED and pod.last_error.endswith(advice)
+    assert pod_volumes(docker_client, pod_id) == []
+
+    result = services.snapshots_verify(actor="test", pod_id=pod_id)
+    assert result["failed"][str(snapshot.pk)].endswith(advice)
+    assert Snapshot.objects.get(pk=snapshot.pk).verify_error.endswith(advice)
+
+    with pytest.raises(PanelError) as drill:
+        services.pod_drill(pod_id=pod_id, actor="test")
+    assert "workspace" in str(drill.value) and str(drill.value).endswith(advice)
+    assert "\n" not in str(start.value) + str(drill.value) + result["failed"][str(snapshot.pk)]

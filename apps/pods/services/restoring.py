@@ -12,6 +12,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
+from apps.pods.services.verify import damage_advice
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import joined
 from controlpanel.formatting import humanize_bytes
@@ -63,15 +64,18 @@ def _volume_read(
     digest, count = hashlib.sha256(), 0
     if then is not None:
         then.start()
-    for chunk in chunks:
-        digest.update(chunk)
-        count += len(chunk)
-        progress.advance(len(chunk))
-        yield chunk
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            count += len(chunk)
+            progress.advance(len(chunk))
+            yield chunk
+    except StoreError as exc:  # restic found a chunk damaged, or the object gone
+        raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
     if count != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
         raise StoreError(
-            f"snapshot #{snapshot.pk} {name}: read {count} bytes with sha256 "
-            f"{digest.hexdigest()[:12]}…, manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
+            f"snapshot #{snapshot.pk} {name}: read {count} bytes with sha256 {digest.hexdigest()[:12]}…, "
+            f"manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…; {damage_advice(snapshot=snapshot)}"
         )
     checked.add(name)
 

@@ -31,6 +31,7 @@ from apps.pods.services.unchanged import (
     same_as_reference,
     volume_compare,
 )
+from apps.pods.services.verify import DEDUP_REPAIR
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
@@ -211,7 +212,7 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
                 try:
                     checks[name].result()
                 except StoreError as exc:
-                    raise _readback_failure(snapshot=snapshot, name=name, entry=entry, exc=exc) from exc
+                    raise _readback_failure(store=store, snapshot=snapshot, name=name, entry=entry, exc=exc) from exc
                 if "same_as" in entry:
                     how = "kept as it is in the store" if entry.get("reused") else "no new chunk in the store"
                     _log(operation, f"verified {name}: the same bytes as snapshot #{entry['same_as']}, {how}")
@@ -224,11 +225,13 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
 
 
-def _readback_failure(*, snapshot: Snapshot, name: str, entry: dict, exc: StoreError) -> StoreError:
-    """A volume does not read back: the store's copy of it is damaged (a decayed pack), and
-    restic, which stores a chunk once, would never write it again. The pod's complete
-    snapshots that point at that copy are marked as failing their re-read (no later stop
-    takes one as its reference), and the sentence says what to do."""
+def _readback_failure(
+    *, store: SnapshotStore, snapshot: Snapshot, name: str, entry: dict, exc: StoreError
+) -> StoreError:
+    """A volume does not read back: the store's copy of it is damaged (in a deduplicating
+    store, a decayed pack that no later backup writes again: restic stores a chunk once). The
+    pod's complete snapshots that point at that copy are marked as failing their re-read (no
+    later stop takes one as its reference), and the sentence says what to do."""
     relying = [
         pk
         for pk, manifest in Snapshot.objects.filter(
@@ -241,11 +244,10 @@ def _readback_failure(*, snapshot: Snapshot, name: str, entry: dict, exc: StoreE
     )
     held = f", kept from snapshot #{entry['same_as']}," if entry.get("reused") else ""
     marked = f" (snapshot {', '.join(f'#{pk}' for pk in relying)} marked as failing verification)" if relying else ""
+    then = f"and {DEDUP_REPAIR}" if isinstance(store, DedupStore) else "or stop it again to write a new copy"
     return StoreError(
         f"snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id}: volume {name}{held} does not read back from "
-        f"the store ({exc}){marked}; the pod keeps its eight volumes, so start it to go on working, and before "
-        "stopping it again repair the store: `restic check --read-data` names the damaged pack, remove that "
-        "pack file and run `restic rebuild-index`"
+        f"the store ({exc}){marked}; the pod keeps its eight volumes: start it to go on working, {then}"
     )
 
 
