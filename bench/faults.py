@@ -103,6 +103,12 @@ CASES = [
         (f"{BAD_INPUT}::modal_volume", "tests/volumes/test_refused_urls.py::missing_modal|modal_volume_deleted"),
     ),
     Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
+    # issue #21: 1. a dedup stop over a decayed pack keeps every volume (reused copies read back)
+    Case("stop over a decayed pack", ("tests/pods/test_snapshot_readback.py::decayed_pack",)),
+    # issue #21: 7. a start with a wrong key makes no container or volume
+    Case("start with a wrong key", ("tests/pods/test_snapshot_readback.py::wrong_key",)),
+    # issue #21: 8. a compare changed in its first block reads no further (planted bug)
+    Case("compare let go at the first changed block", ("tests/pods/test_snapshot_compare.py::first_block",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------
