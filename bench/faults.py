@@ -146,6 +146,14 @@ CASES = [
             "tests/api/test_actions.py::refused|unknown|viewer",
         ),
     ),
+    # issue #21: 1. a dedup stop over a decayed pack keeps every volume (reused copies read back)
+    Case("stop over a decayed pack", ("tests/pods/test_snapshot_readback.py::decayed_pack_keeps_every_volume",)),
+    # issue #21: 7. a start with a wrong key makes no container or volume
+    Case("start with a wrong key", ("tests/pods/test_snapshot_readback.py::wrong_key",)),
+    # issue #21: 8. a compare changed in its first block reads no further (planted bug)
+    Case("compare let go at the first changed block", ("tests/pods/test_snapshot_compare.py::first_block",)),
+    # issue #21: 7. a snapshot that does not read back says what to do (verify, drill, start)
+    Case("damaged snapshot says what to do", ("tests/pods/test_snapshot_readback.py::say_what_to_do",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

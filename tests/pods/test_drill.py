@@ -86,6 +86,7 @@ def test_a_file_that_differs_from_the_list_fails_the_drill_notifies_and_shows(
 
     pod = Pod.objects.get(pod_id=pod_id)
     assert pod.proven_at is None and "workspace/proj/src/a.txt" in pod.drill_error
+    assert pod.drill_error.endswith(f"will not restore as it is: run Verify on pod {pod_id}'s snapshots")
     assert drill_leftovers(docker_client, pod_id) == []
     assert any("Restore drill" in body["title"] and "a.txt" in body["message"] for body in receiver.bodies)
     assert f"restore drill of pod {pod_id} failed" in [item.label for item in overview_section().attention]

@@ -101,6 +101,7 @@ def test_a_volume_changed_in_the_store_after_the_stop_fails_the_restore_and_noth
 
     pod = Pod.objects.get(pod_id=pod_id)
     assert pod.status == Pod.Status.STOPPED and "etc" in pod.last_error
+    assert pod.last_error.endswith(f"#{snapshot.pk} will not restore as it is: run Verify on pod {pod_id}'s snapshots")
     assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
     etc.write_bytes(good)
     services.pod_start(pod_id=pod_id, actor="test")

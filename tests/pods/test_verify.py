@@ -106,6 +106,7 @@ def check_flipped_byte_fails(tmp_path, receiver, bucket=None) -> None:
     assert list(result["failed"]) == [str(snapshot.pk)]
     snapshot.refresh_from_db()
     assert snapshot.verify_error and snapshot.verify_checked_at > snapshot.verified_at
+    assert f"#{snapshot.pk} will not restore as it is: run Verify on pod {pod.pod_id}'s" in snapshot.verify_error
     failure = AuditEvent.objects.get(action=AuditAction.PODS_VERIFY, target_id=str(snapshot.pk))
     assert failure.outcome == "failed"
     [body] = receiver.bodies

@@ -25,6 +25,7 @@ from apps.pods.models import VOLUME_MOUNTS, VOLUME_PREFIX, DockerHost, Pod, Snap
 from apps.pods.services.fleet import hosts_each
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _latest_complete, _log, pod_get
+from apps.pods.services.verify import damage_advice
 from apps.pods.snapshots import StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList, file_differences
 from controlpanel.errors import Busy, PanelError
@@ -180,7 +181,8 @@ def pod_drill(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
     now = timezone.now()
     with transaction.atomic():
         if problems:
-            error = f"restore drill of snapshot #{snapshot.pk} failed: " + "; ".join(problems)
+            error = f"restore drill of snapshot #{snapshot.pk} failed: {'; '.join(problems)}"
+            error += f"; {damage_advice(snapshot=snapshot)}"
             Pod.objects.filter(pk=pod.pk).update(drill_error=error[:2000])
         else:
             Pod.objects.filter(pk=pod.pk).update(

@@ -24,7 +24,7 @@ from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAc
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.hosts import engine_for, host_get
-from apps.pods.services.restoring import _restore
+from apps.pods.services.restoring import _restore, _restore_precheck
 from apps.pods.services.snapshotting import (
     _container_create,
     _container_for_volumes,
@@ -226,6 +226,11 @@ def pod_start(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
     """Paused: reattach its volumes. Stopped: restore the latest complete snapshot into new
     volumes and check every sha256 before the pod counts as running."""
     validate_id(pod_id, kind="pod id")
+    pod = pod_get(pod_id=pod_id)
+    planned = pod.restoring_snapshot or _latest_complete(pod)
+    if pod.status in {Pod.Status.STOPPED, Pod.Status.DEPROVISIONED} and planned is not None:
+        # Refused up front, the pod untouched: a dedup store without its key or the snapshot's objects.
+        _restore_precheck(snapshot=planned)
     with transaction.atomic():
         pod = _locked(pod_id)
         restorable = pod.status in {Pod.Status.STOPPED, Pod.Status.DEPROVISIONED}

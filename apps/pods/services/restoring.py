@@ -12,7 +12,8 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
-from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
+from apps.pods.services.verify import damage_advice
+from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import joined
 from controlpanel.formatting import humanize_bytes
 
@@ -63,17 +64,37 @@ def _volume_read(
     digest, count = hashlib.sha256(), 0
     if then is not None:
         then.start()
-    for chunk in chunks:
-        digest.update(chunk)
-        count += len(chunk)
-        progress.advance(len(chunk))
-        yield chunk
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            count += len(chunk)
+            progress.advance(len(chunk))
+            yield chunk
+    except StoreError as exc:  # restic found a chunk damaged, or the object gone
+        raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
     if count != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
         raise StoreError(
-            f"snapshot #{snapshot.pk} {name}: read {count} bytes with sha256 "
-            f"{digest.hexdigest()[:12]}…, manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
+            f"snapshot #{snapshot.pk} {name}: read {count} bytes with sha256 {digest.hexdigest()[:12]}…, "
+            f"manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…; {damage_advice(snapshot=snapshot)}"
         )
     checked.add(name)
+
+
+def _restore_precheck(*, snapshot: Snapshot) -> None:
+    """Before the pod changes state or any container or volume is made: a deduplicated store
+    opens with the key in SNAPSHOT_KEY_FILE and lists every object of the snapshot (one
+    `restic snapshots`, a wrong key refused in one line). A restore that cannot read its
+    first byte must not create, then remove, a container and eight volumes."""
+    store = store_from_url(snapshot.store_url)
+    if not isinstance(store, DedupStore):
+        return
+    keys = [entry["key"] for entry in (snapshot.manifest or {}).values() if isinstance(entry, dict)]
+    missing = sorted(set(keys) - store.keys_present(keys))
+    if missing:
+        raise StoreError(
+            f"snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id} is not whole in {store.url} (missing "
+            f"{', '.join(missing)}); nothing was touched: run Verify on the pod's snapshots before starting it"
+        )
 
 
 def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: Operation | None) -> str:

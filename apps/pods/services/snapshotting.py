@@ -28,9 +28,10 @@ from apps.pods.services.unchanged import (
     archive_complete,
     purge_keys,
     reference_for,
-    verified_by_reference,
+    same_as_reference,
     volume_compare,
 )
+from apps.pods.services.verify import DEDUP_REPAIR
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
@@ -188,10 +189,12 @@ def _volumes_stream(
 
 
 def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation: Operation | None) -> None:
-    """Every object read back (or checksummed by the store) at once, VERIFY_STREAMS at a time:
-    a deduplicated store reads each through its own restic process, most of whose time is
-    spent deriving the key, not moving bytes. A volume `verified_as` an earlier snapshot (see
-    `unchanged`) is not read again. Failures are told in volume order."""
+    """Every object the snapshot relies on read back (or checksummed by the store) at once,
+    VERIFY_STREAMS at a time: a deduplicated store reads each through its own restic process,
+    most of whose time is spent deriving the key, not moving bytes. A volume kept as an
+    earlier snapshot's object, or written as chunks the store already held, is read back
+    too: what was read when that snapshot was taken proves nothing about the store now.
+    Failures are told in volume order."""
     with ThreadPoolExecutor(max_workers=VERIFY_STREAMS, thread_name_prefix="verify") as pool:
         checks = {
             name: pool.submit(
@@ -202,26 +205,50 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
                 expected_etag=entry["etag"],
             )
             for name, entry in manifest.items()
-            if "verified_as" not in entry
         }
         written = pool.submit(store.get_small, f"{snapshot.prefix}/manifest.json")
         try:
             for name, entry in manifest.items():
-                if name in checks:
+                try:
                     checks[name].result()
-                    _log(operation, f"verified {name} in {store.url}")
-                else:
+                except StoreError as exc:
+                    raise _readback_failure(store=store, snapshot=snapshot, name=name, entry=entry, exc=exc) from exc
+                if "same_as" in entry:
                     how = "kept as it is in the store" if entry.get("reused") else "no new chunk in the store"
-                    _log(
-                        operation,
-                        f"verified {name}: the same bytes as snapshot #{entry['verified_as']}, read back when it "
-                        f"was taken; {how}",
-                    )
+                    _log(operation, f"verified {name}: the same bytes as snapshot #{entry['same_as']}, {how}")
+                else:
+                    _log(operation, f"verified {name} in {store.url}")
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # the stop has failed: read no more
             raise
         if json.loads(written.result())["volumes"] != manifest:
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
+
+
+def _readback_failure(
+    *, store: SnapshotStore, snapshot: Snapshot, name: str, entry: dict, exc: StoreError
+) -> StoreError:
+    """A volume does not read back: the store's copy of it is damaged (in a deduplicating
+    store, a decayed pack that no later backup writes again: restic stores a chunk once). The
+    pod's complete snapshots that point at that copy are marked as failing their re-read (no
+    later stop takes one as its reference), and the sentence says what to do."""
+    relying = [
+        pk
+        for pk, manifest in Snapshot.objects.filter(
+            pod_id=snapshot.pod_id, store_url=snapshot.store_url, status=Snapshot.Status.COMPLETE
+        ).values_list("pk", "manifest")
+        if any(isinstance(e, dict) and e.get("key") == entry["key"] for e in (manifest or {}).values())
+    ]
+    Snapshot.objects.filter(pk__in=relying).update(
+        verify_error=f"{name}: {exc}"[:2000], verify_checked_at=timezone.now()
+    )
+    held = f", kept from snapshot #{entry['same_as']}," if entry.get("reused") else ""
+    marked = f" (snapshot {', '.join(f'#{pk}' for pk in relying)} marked as failing verification)" if relying else ""
+    then = f"and {DEDUP_REPAIR}" if isinstance(store, DedupStore) else "or stop it again to write a new copy"
+    return StoreError(
+        f"snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id}: volume {name}{held} does not read back from "
+        f"the store ({exc}){marked}; the pod keeps its eight volumes: start it to go on working, {then}"
+    )
 
 
 def _needed_bytes(pod: Pod) -> int | None:
@@ -301,10 +328,7 @@ def _snapshot_take(
             reusable=reusable,
             writers=writers,
         )
-        for entry in manifest.values():
-            if entry.get("reused"):
-                entry["verified_as"] = reference.pk
-        verified_by_reference(manifest, reference)
+        same_as_reference(manifest, reference)
         # The manifest is written last: a snapshot without one never counts as complete. Its
         # per-file lists ({volume: [[path, size, sha256], …]}) live in the store's copy only.
         file_lists = {name: entry.pop("file_list") for name, entry in manifest.items()}

@@ -1,24 +1,25 @@
 """What a stop into a deduplicating store does not redo for a volume that has not changed
-since the pod's last snapshot.
+since the pod's last snapshot, and what it always does.
 
 - **Nothing written.** Each volume's stream is recorded as the digests of its consecutive
   blocks (`blocks`: 8 MiB each for the first 1,000, doubling every 1,000 like S3 parts). A
   volume that the pod's last snapshot in the store (its `reference`) holds is first read only
   to compare: block by block against the reference's digests, as it streams, writing nothing.
   If every block matches and the stream ends at the same size, the new manifest points at the
-  object already stored (`reused`): no restic process, no new chunk, nothing to read back. At
-  the first block that differs (or a stream longer than the old one) the comparison stops and
-  the volume is read again from its start into a restic backup, as any changed volume is.
-- **Nothing read back twice.** A volume that was written but whose bytes equal the
-  reference's (same size and sha256), and of which restic stored no new chunk, is the same
-  chunks the reference read back and checked when it was taken (restic names a chunk by the
-  SHA-256 of its content and cuts the same bytes the same way in one repository): it is not
-  read back again (a reference from before block digests were kept is compared this way).
+  object already stored (`reused`): no restic process, no new chunk. At the first block that
+  differs (or a stream longer than the old one) the comparison stops and the volume is read
+  again from its start into a restic backup, as any changed volume is.
+- **Everything read back.** Reuse saves the write, never the read-back: before any volume is
+  removed, the stop reads back every object the new snapshot points at, reused ones and those
+  written as chunks the store already held (`new_chunks == 0`) included, and matches its size
+  and sha256. A digest recorded when an object was written proves nothing about the object
+  now: a pack that decayed since would otherwise be the only copy left once the volumes go.
+  A copy that does not read back fails the stop with every volume kept (see
+  `snapshotting._readback_failure`).
 
-Either records `verified_as: <reference>` in the manifest. What can decay in between is the
-scheduled re-read's job: while any complete snapshot of the store has failed its last re-read,
-there is no reference, and every volume is written and read back. A purge keeps the objects
-a later snapshot still points at (`purge_keys`).
+Both record `same_as: <reference>` in the manifest (what the log tells). While any complete
+snapshot of the store has failed its last re-read there is no reference, and every volume is
+written. A purge keeps the objects a later snapshot still points at (`purge_keys`).
 """
 
 import gc
@@ -135,9 +136,9 @@ def archive_complete(mount_path: str, count: int, tail: bytes) -> None:
 
 
 def reference_for(*, pod: Pod, store: SnapshotStore) -> Snapshot | None:
-    """The pod's last complete snapshot in this deduplicating store, whose volumes were read
-    back from the store when it was taken. None when any complete snapshot in the store failed
-    its last re-read: chunks are shared, so then every volume is written and read back."""
+    """The pod's last complete snapshot in this deduplicating store, to compare its volumes
+    with. None when any complete snapshot in the store failed its last re-read: chunks are
+    shared, so then every volume is written."""
     if not isinstance(store, DedupStore):
         return None
     complete = Snapshot.objects.filter(status=Snapshot.Status.COMPLETE, store_url=store.url)
@@ -173,19 +174,20 @@ class Reusable:
         return self._listing is not None and key in self._listing.result()
 
 
-def verified_by_reference(manifest: dict, reference: Snapshot | None) -> None:
-    """Mark each written volume whose stream is, byte for byte, one `reference` already read
-    back, and of which restic found every chunk in the store (`new_chunks == 0`)."""
+def same_as_reference(manifest: dict, reference: Snapshot | None) -> None:
+    """Mark each volume whose stream is, byte for byte, one `reference` holds: kept as its
+    object (`reused`), or written and found by restic as chunks it already held
+    (`new_chunks == 0`). Only a label for the log: every object is read back all the same."""
     if reference is None:
         return
     for name, entry in manifest.items():
         earlier = (reference.manifest or {}).get(name) or {}
-        if (
+        if entry.get("reused") or (
             entry.get("new_chunks") == 0
             and earlier.get("bytes") == entry["bytes"]
             and earlier.get("sha256") == entry["sha256"]
         ):
-            entry["verified_as"] = reference.pk
+            entry["same_as"] = reference.pk
 
 
 def purge_keys(snapshot: Snapshot) -> tuple[set[str], set[str]]:

@@ -19,9 +19,9 @@ from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, TargetType
 from apps.audit.notify import notify
 from apps.audit.services import Actor, Progress, audit_record
-from apps.pods.models import Pod, Snapshot
+from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.state import _log
-from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
+from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
@@ -45,6 +45,25 @@ def snapshots_to_verify(*, budget_bytes: int | None = None, pod_id: str | None =
     return [by_pk[pk] for pk in chosen if pk in by_pk]
 
 
+# restic stores a chunk once: until the damaged pack is out of its index, no later backup
+# writes those chunks again, and every stop that needs them fails its read-back.
+DEDUP_REPAIR = (
+    "repair the store before the pod's next stop: `restic check --read-data` names the damaged pack; "
+    "remove that pack file, then run `restic rebuild-index`"
+)
+
+
+def damage_advice(*, snapshot: Snapshot) -> str:
+    """What to do about a snapshot that does not read back, as the end of one sentence."""
+    advice = f"snapshot #{snapshot.pk} will not restore as it is: run Verify on pod {snapshot.pod.pod_id}'s snapshots"
+    kept = PodVolume.objects.filter(pod_id=snapshot.pod_id, exists=True).exists()
+    if kept:
+        advice += ", keep its volumes (do not deprovision or delete it)"
+    if snapshot.store_url.startswith("dedup+"):
+        return f"{advice}, and {DEDUP_REPAIR}"
+    return f"{advice}; its next stop writes a new copy" if kept else advice
+
+
 def _read_back(*, store: SnapshotStore, key: str, entry: dict, progress: Progress) -> None:
     digest, count = hashlib.sha256(), 0
     for chunk in store.read(key):
@@ -59,19 +78,42 @@ def _read_back(*, store: SnapshotStore, key: str, entry: dict, progress: Progres
 
 
 def snapshot_verify(*, snapshot: Snapshot, progress: Progress, operation: Operation | None = None) -> str:
-    """Read every object of one snapshot back; "" when all match, else why not (one line)."""
+    """Read every object of one snapshot back; "" when all match, else why not (one line,
+    ending with what to do when the store's bytes are damaged)."""
     try:
         store = store_from_url(snapshot.store_url)
         store.remember(snapshot.manifest)
-        written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
-        if written.get("volumes") != snapshot.manifest:
-            raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json differs from the one recorded")
+        if isinstance(store, DedupStore):
+            # The key first (one listing): a refused key is told as such, not as damage.
+            store.keys_present([entry["key"] for entry in snapshot.manifest.values()])
         for name, entry in snapshot.manifest.items():
-            _read_back(store=store, key=entry["key"], entry=entry, progress=progress)
+            try:
+                _read_back(store=store, key=entry["key"], entry=entry, progress=progress)
+            except StoreError as exc:
+                raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
             _log(operation, f"snapshot #{snapshot.pk} {name}: {humanize_bytes(entry['bytes'])}, sha256 matches")
+        try:
+            written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
+        except StoreError as exc:
+            raise StoreError(f"{exc}; {_manifest_advice(snapshot)}") from exc
+        if written.get("volumes") != snapshot.manifest:
+            raise StoreError(
+                f"{store.url}/{snapshot.prefix}/manifest.json differs from the one recorded; "
+                f"{_manifest_advice(snapshot)}"
+            )
     except (PanelError, ValueError) as exc:  # ValueError: a manifest that is not JSON
-        return str(exc) if isinstance(exc, PanelError) else f"manifest of snapshot #{snapshot.pk} is unreadable"
+        if isinstance(exc, PanelError):
+            return str(exc)
+        return f"manifest of snapshot #{snapshot.pk} is unreadable; {_manifest_advice(snapshot)}"
     return ""
+
+
+def _manifest_advice(snapshot: Snapshot) -> str:
+    repair = DEDUP_REPAIR if snapshot.store_url.startswith("dedup+") else "its next stop writes a new snapshot"
+    return (
+        f"its volumes read back whole, so snapshot #{snapshot.pk} restores (from the panel's copy of the "
+        f"manifest), but a restore drill cannot check its files: {repair}"
+    )
 
 
 def _verified(*, snapshot: Snapshot, error: str, actor: Actor, operation: Operation | None) -> None:
