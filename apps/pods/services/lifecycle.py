@@ -25,6 +25,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.hosts import engine_for, host_get
 from apps.pods.services.restoring import _restore, _restore_precheck
+from apps.pods.services.sizes import pod_sizes_measure
 from apps.pods.services.snapshotting import (
     _container_create,
     _container_for_volumes,
@@ -133,6 +134,7 @@ def pod_provision(
             operation=operation,
             message=f"provisioned on {host.name} from {image}",
         )
+    pod_sizes_measure(pod=pod, operation=operation)
     return {"pod_id": pod_id, "container_id": container.id, "volumes": [v.docker_name for v in volumes]}
 
 
@@ -289,6 +291,7 @@ def pod_start(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
         pod.save()
         PodVolume.objects.filter(pod=pod).update(exists=True)
         _audit_done(action=START, pod_id=pod_id, actor=actor, operation=operation, message=message)
+    pod_sizes_measure(pod=pod, operation=operation)
     return {"pod_id": pod_id, "container_id": container_id, "restored_snapshot": snapshot.pk if snapshot else None}
 
 

@@ -184,3 +184,28 @@ def pods_measure(*, actor: Actor, operation: Operation | None = None, batch_size
         report["hosts"][run.host.name] = {"measured": run.measured, "cut_off": run.cut_off, "error": run.error}
     report["seconds"] = round(time.monotonic() - begun, 3)
     return report
+
+
+# A pod just provisioned or started is measured at once, for its page and the chart.
+POD_MEASURE_SECONDS = 10
+
+
+def pod_sizes_measure(*, pod: Pod, operation: Operation | None = None) -> None:
+    """Measure one pod's volumes now, the way the size schedule and the confirmation pages do
+    (`du -sb` in a helper), so every page shows one kind of figure with its age: not the
+    snapshot's archive bytes after a start, not "not measured yet" after a provision. A failure
+    only leaves the sizes for the schedule; it never fails the action."""
+    volumes = list(PodVolume.objects.filter(pod=pod, exists=True))
+    try:
+        answer = engine_for(pod.host).volumes_measure(
+            names=[v.docker_name for v in volumes], image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS
+        )
+    except PanelError as exc:
+        _log(operation, f"volume sizes not measured now ({exc}); the size schedule measures them")
+        return
+    now = timezone.now()
+    measured = [v for v in volumes if v.docker_name in answer.sizes]
+    for volume in measured:
+        volume.size_bytes, volume.measured_at, volume.size_tried_at = answer.sizes[volume.docker_name], now, now
+    PodVolume.objects.bulk_update(measured, ["size_bytes", "measured_at", "size_tried_at"])
+    host_sample(pod.host)  # the chart shows the pod's bytes from now on, not 0 B until the schedule

@@ -1,0 +1,33 @@
+"""One source for a pod's sizes, with its age (issue #23): a pod just provisioned or started
+is measured by the same helper the confirmation pages use, and the chart gets a sample after
+a restore, so the pod page, the confirmations and the chart agree."""
+
+import pytest
+
+from apps.audit.models import StorageSample
+from apps.pods import services
+from apps.pods.models import DOMAIN, PodVolume
+from apps.pods.services.previews import pod_preview
+from tests.pods.conftest import run_in
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+
+def page_sizes(pod_id: str) -> dict[str, int | None]:
+    return dict(PodVolume.objects.filter(pod__pod_id=pod_id).values_list("docker_name", "size_bytes"))
+
+
+def test_provision_and_start_measure_what_the_confirmation_measures(docker_client, new_pod_id):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    assert None not in page_sizes(pod_id).values()  # not "not measured yet" on a new pod's page
+    run_in(docker_client, pod_id, "dd if=/dev/urandom of=/workspace/blob bs=1024 count=5120 2>/dev/null")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    services.pod_start(pod_id=pod_id, actor="test")
+    shown = page_sizes(pod_id)
+    confirmed = {item.name: item.bytes for item in pod_preview(pod_id=pod_id, action="deprovision").delete}
+    assert {name: shown[name] for name in confirmed} == confirmed  # the page and the confirmation agree
+    assert shown[f"pinacle-vol-{pod_id}-workspace"] >= 5 * 1024 * 1024
+    # The chart's last sample, taken after the restore, holds the restored pod, not 0 B.
+    last = StorageSample.objects.filter(domain=DOMAIN).order_by("-sampled_at", "-pk").first()
+    assert last.total_bytes >= sum(shown.values())
