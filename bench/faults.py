@@ -103,6 +103,8 @@ CASES = [
         (f"{BAD_INPUT}::modal_volume", "tests/volumes/test_refused_urls.py::missing_modal|modal_volume_deleted"),
     ),
     Case("NUL in list filters on PostgreSQL", (f"{BAD_INPUT}::nul_bytes",)),
+    # issue #23: part 4 (a viewer's forged hold, an unholdable kind, a foreign `next`)
+    Case("forged hold posts", ("tests/dashboard/test_hold_control.py::viewer|holdable",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------
