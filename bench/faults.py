@@ -154,6 +154,8 @@ CASES = [
     Case("compare let go at the first changed block", ("tests/pods/test_snapshot_compare.py::first_block",)),
     # issue #21: 7. a snapshot that does not read back says what to do (verify, drill, start)
     Case("damaged snapshot says what to do", ("tests/pods/test_snapshot_readback.py::say_what_to_do",)),
+    # issue #23: part 4 (a viewer's forged hold, an unholdable kind, a foreign `next`)
+    Case("forged hold posts", ("tests/dashboard/test_hold_control.py::viewer|holdable",)),
 ]
 
 # -- the plugin half: loaded into the pytest run with `-p bench.faults` -------------------------------

@@ -271,6 +271,9 @@ SNAPSHOT_KEEP_DAILY = envint("SNAPSHOT_KEEP_DAILY", 0)
 SNAPSHOT_KEEP_WEEKLY = envint("SNAPSHOT_KEEP_WEEKLY", 0)
 # Bytes the daily verification re-reads from the store per run (oldest-verified first).
 VERIFY_BYTES_PER_RUN = envint("VERIFY_BYTES_PER_RUN", 10 * 1024**3)
+# Restore drills on a schedule: each pod with a complete snapshot is drilled about every
+# POD_DRILL_EVERY_DAYS days, one pod a turn, the one whose last drill is oldest (0 = off).
+POD_DRILL_EVERY_DAYS = envfloat("POD_DRILL_EVERY_DAYS", 7)
 # Idle pods: a running pod whose container used less than POD_IDLE_CPU_SECONDS of CPU over the
 # last POD_IDLE_STOP_HOURS is stopped with a snapshot (0 = off; reconcile samples CPU only then).
 POD_IDLE_STOP_HOURS = envfloat("POD_IDLE_STOP_HOURS", 0)

@@ -159,3 +159,9 @@ def hold_release(*, target_type: str, target_id: str, actor: Actor) -> Hold:
             details={"hold": hold.pk},
         )
     return hold
+
+
+def holds_by_id(*, target_type: str, target_ids: Iterable[str]) -> dict[str, Hold]:
+    """The active hold of each of these, by target id: one query for a page of rows."""
+    found = holds_active().filter(target_type=target_type, target_id__in=[str(target_id) for target_id in target_ids])
+    return {hold.target_id: hold for hold in found}

@@ -37,6 +37,7 @@ class Kind(models.TextChoices):
     PODS_MEASURE = "pods.measure", "Measure pod volume sizes"
     PODS_VERIFY = "pods.verify", "Verify snapshots"
     PODS_DRILL = "pods.drill", "Restore drill"
+    PODS_DRILL_ROTATION = "pods.drill-rotation", "Rotate restore drills"
     PODS_IDLE_STOP = "pods.idle-stop", "Stop idle pods"
     PODS_DORMANCY = "pods.dormancy", "Mark dormant pods"
     SESSIONS_SYNC = "sessions.sync", "Sync separation sessions"

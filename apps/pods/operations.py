@@ -10,6 +10,7 @@ from apps.audit.operations import OperationKind, Schedule
 from apps.pods import services
 from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAction
 from apps.pods.models import VOLUME_PREFIX, Snapshot
+from apps.pods.services.drill_rotation import drill_rotation_sentence, pods_drill_rotate
 from apps.pods.services.idle import dormancy_sentence, idle_sentence, idle_stop_notify, pods_dormancy, pods_idle_stop
 from apps.pods.services.sizes import pods_measure
 from apps.pods.services.verify import snapshots_verified_sentence
@@ -165,6 +166,10 @@ def _drilled(result: dict) -> str:
     )
 
 
+def _drill_rotation(operation: Operation) -> dict:
+    return pods_drill_rotate(actor=operation.actor, operation=operation)
+
+
 def _drill_check(target_id: str, params: dict) -> None:
     services.drill_check(pod_id=target_id)
 
@@ -300,5 +305,15 @@ KINDS = [
         exclusive=False,
         describe=_drilled,
         check=_drill_check,
+    ),
+    # POD_DRILL_EVERY_DAYS: each turn queues at most one `pods.drill` (services/drill_rotation.py).
+    _pods_kind(
+        Kind.PODS_DRILL_ROTATION,
+        _drill_rotation,
+        drill_rotation_sentence,
+        Schedule("rotate restore drills", 60, "schedule:drill-rotation"),
+        permission="pods.verify_snapshot",
+        audit_action=AuditAction.PODS_DRILL,
+        progress_unit="pods",
     ),
 ]

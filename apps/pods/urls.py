@@ -15,7 +15,7 @@ urlpatterns = [
         for page in views.HOUSEKEEPING
     ],
     path("<str:pod_id>/", views.detail_view, name="detail"),
-    *views_verify.URLS,  # pods:verify, pods:drill, pods:hold, pods:release-hold
+    *views_verify.URLS,  # pods:verify, pods:drill
     path("<str:pod_id>/confirm/<str:action>/", views.confirm_view, name="confirm"),
     # pods:stop, pods:start, pods:deprovision, pods:delete
     *[

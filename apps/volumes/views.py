@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
 from apps.audit.charts import bytes_chart
+from apps.audit.holds import holds_by_id
 from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import Kind, TargetType
 from apps.audit.operations import request as request_operation
@@ -74,15 +75,20 @@ def detail_view(request, name: str):
         .only("pk", "inspected_at", "total_bytes", "total_files", "bytes_delta", "files_delta", "monthly_cost")
         .order_by("-inspected_at", "-id")[:HISTORY_ROWS]
     )
-    inspection = None
+    inspection, folder_rows, folder_holds = None, [], {}
     if history:
         # Each finding with its rule in the same query: a folder_absent one offers its removal.
         findings = Prefetch("findings", queryset=Finding.objects.select_related("rule"))
         inspection = Inspection.objects.prefetch_related(findings).get(pk=history[0].pk)
+        # Each folder row with its hold's target (`<volume>:<path>`) and every row's hold in one query.
+        folder_rows = [{**row, "target": folder_target(volume.name, row["path"])} for row in inspection.folder_rows]
+        folder_holds = holds_by_id(target_type=TargetType.VOLUME_FOLDER, target_ids=[r["target"] for r in folder_rows])
     context = {
         "volume": volume,
         "error": error,
         "inspection": inspection,
+        "folder_rows": folder_rows,
+        "folder_holds": folder_holds,
         "history": history,
         "rules": list(volume.rules.all()),
         "price": volume_price_per_gb_month(url=volume.url),

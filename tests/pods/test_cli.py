@@ -12,8 +12,10 @@ import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 
+from apps.audit.models import Operation
 from apps.pods.models import Pod
 from tests.pods.conftest import pod_volumes
+from tests.pods.test_verify import flip_a_byte, pod_row, stored_snapshot
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +126,42 @@ def test_two_concurrent_stops_make_one_snapshot_on_postgresql(postgres_url, dock
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_cli_verify_and_drill_a_pod_say_one_sentence_or_json(docker_client, new_pod_id):
+    pod_id = new_pod_id()
+    pods("provision", pod_id)
+    pods("stop", pod_id)
+    snapshot = Pod.objects.get(pod_id=pod_id).snapshots.get()
+
+    said = pods("verify", pod_id)
+
+    assert said.count("\n") == 1  # one sentence, one line
+    assert said.startswith("1 snapshot re-read (") and said.strip().endswith("every object matches its manifest.")
+    drill = json.loads(pods("drill", pod_id, "--json"))
+    operation = Operation.objects.get(pk=drill["operation"])
+    assert (drill["ok"], drill["kind"], drill["pod_id"]) == (True, "pods.drill", pod_id)
+    assert drill["sentence"].startswith(f"Snapshot #{snapshot.pk} of pod {pod_id} restored into temporary volumes")
+    assert drill["result"]["files"] > 0 and operation.status == Operation.Status.SUCCEEDED
+    assert operation.actor_name.startswith("cli:")
+    assert Pod.objects.get(pod_id=pod_id).proven_by == f"restore drill of snapshot #{snapshot.pk}"
+
+
+def test_cli_verify_and_drill_fail_with_the_panels_sentence(new_pod_id, panel_paths):
+    pod = pod_row(new_pod_id())
+    with pytest.raises(CommandError, match=f"pod '{pod.pod_id}' has no complete snapshot to drill"):
+        pods("drill", pod.pod_id)
+    with pytest.raises(CommandError, match="^No complete snapshot to verify.$"):
+        pods("verify", pod.pod_id)
+    with pytest.raises(CommandError, match="pod 'nope' does not exist"):
+        pods("verify", "nope")
+    snapshot = stored_snapshot(pod)
+    flip_a_byte(snapshot, panel_paths)
+    out = StringIO()
+
+    with pytest.raises(CommandError, match=f"1 FAILED verification \\(#{snapshot.pk}: "):
+        call_command("pods", "verify", pod.pod_id, "--json", stdout=out)
+
+    answer = json.loads(out.getvalue())
+    assert answer["ok"] is False and list(answer["result"]["failed"]) == [str(snapshot.pk)]
+    assert Operation.objects.get(pk=answer["operation"]).kind == "pods.verify"

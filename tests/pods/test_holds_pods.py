@@ -8,6 +8,7 @@ from datetime import timedelta
 import docker.errors
 import pytest
 import time_machine
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.holds import Held, hold_release, hold_set
@@ -77,30 +78,37 @@ def test_the_orphan_sweep_keeps_volumes_of_a_held_pod_id(docker_client, pods_set
                 pass
 
 
+def _hold_form(pod_id: str, **fields) -> dict:
+    return {"target_type": TargetType.POD, "target_id": pod_id, "next": f"/pods/{pod_id}/", **fields}
+
+
 def test_a_hold_is_set_and_released_from_the_pod_page(staff_client):
     pod = pod_row("paged", Pod.Status.RUNNING)
     page = staff_client.get(f"/pods/{pod.pod_id}/").content.decode()
     assert "Put on hold" in page and "Not on hold" in page
-    response = staff_client.post(f"/pods/{pod.pod_id}/hold/", {"reason": "customer dispute", "until": "2999-01-01"})
-    assert response.status_code == 302
+    response = staff_client.post(
+        reverse("dashboard:hold-set"), _hold_form(pod.pod_id, reason="customer dispute", until="2999-01-01")
+    )
+    assert response.status_code == 302 and response["Location"] == f"/pods/{pod.pod_id}/"
     hold = Hold.objects.get(target_type=TargetType.POD, target_id=pod.pod_id)
     assert hold.reason == "customer dispute" and hold.until.year == 2999
     page = staff_client.get(f"/pods/{pod.pod_id}/").content.decode()
     assert "customer dispute" in page and "Release the hold" in page
-    staff_client.post(f"/pods/{pod.pod_id}/release-hold/")
+    staff_client.post(reverse("dashboard:hold-release"), _hold_form(pod.pod_id))
     assert AuditEvent.objects.filter(action=AuditAction.HOLD_RELEASE, target_id=pod.pod_id).exists()
 
 
-def test_a_viewer_can_neither_see_hold_controls_nor_post_them(viewer_client):
+def test_a_viewer_sees_hold_controls_disabled_and_cannot_post_them(viewer_client):
     pod = pod_row("watched", Pod.Status.RUNNING)
     page = viewer_client.get(f"/pods/{pod.pod_id}/").content.decode()
-    assert "Put on hold" not in page and "Run a restore drill" not in page
-    assert viewer_client.post(f"/pods/{pod.pod_id}/hold/", {"reason": "x"}).status_code == 403
+    assert "Run a restore drill" not in page
+    assert 'disabled title="Your role may look, not change' in page and reverse("dashboard:hold-set") not in page
+    assert viewer_client.post(reverse("dashboard:hold-set"), _hold_form(pod.pod_id, reason="x")).status_code == 403
     assert not Hold.objects.exists()
 
 
 def test_a_hold_without_a_reason_is_refused_on_the_page(staff_client):
     pod = pod_row("noreason", Pod.Status.RUNNING)
-    response = staff_client.post(f"/pods/{pod.pod_id}/hold/", {"reason": " "}, follow=True)
+    response = staff_client.post(reverse("dashboard:hold-set"), _hold_form(pod.pod_id, reason=" "), follow=True)
     assert "a hold needs a reason" in response.content.decode()
     assert not Hold.objects.exists()

@@ -52,8 +52,9 @@ def test_detail_page_shows_folders_largest_files_findings_and_history(
     local_world.put("train/run-2/metrics.json", 4000)
     volume_inspect(volume=volume, actor="test")
     # 1 session, 2 user, 3 volume, 4 recent operations, 5 history rows, 6 latest inspection
-    # and 7 its findings, 8 rules, 9 chart samples, 10 cross-checks, 11 audit events.
-    with django_assert_num_queries(11):
+    # and 7 its findings, 8 the folders' holds (one query for every row), 9 rules, 10 chart
+    # samples, 11 cross-checks, 12 audit events.
+    with django_assert_num_queries(12):
         response = staff_client.get(reverse("volumes:detail", args=[volume.name]))
     page = response.content.decode()
     assert response.status_code == 200

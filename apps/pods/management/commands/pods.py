@@ -1,16 +1,20 @@
 """python manage.py pods provision|stop|start|deprovision|delete POD_ID, reconcile,
-sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json].
+sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json],
+verify|drill POD_ID [--json].
 
 Synchronous: the work runs as an Operation right here (`run_now`, the same kinds as the
 pages and schedules); a failure prints one line and exits non-zero."""
 
 import getpass
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.audit.models import Operation
 from apps.audit.names import Kind
-from apps.audit.operations import run_now
+from apps.audit.operations import kind_get, run_now, sentence
 from apps.pods.actions import POD_ACTIONS, PROVISION
 from apps.pods.selectors import pod_as_dict, pods_with_totals
 from apps.pods.services import pod_get
@@ -25,8 +29,27 @@ HOUSEKEEPING = {
 }
 
 
+@dataclass(frozen=True)
+class ProofVerb:
+    """A verb that proves one pod's snapshot restorable: the kind it runs (its label is the
+    help), whether POD is the kind's target or its `pod_id` parameter, and when a run that
+    ended well still proved nothing (a verification reads and reports, it does not raise)."""
+
+    kind: Kind
+    pod_is_target: bool
+    unproven: Callable[[dict], bool] = lambda result: False
+
+
+PROOF_VERBS = {
+    "verify": ProofVerb(
+        Kind.PODS_VERIFY, pod_is_target=False, unproven=lambda r: bool(r["failed"]) or not r["verified"]
+    ),
+    "drill": ProofVerb(Kind.PODS_DRILL, pod_is_target=True),
+}
+
+
 class Command(BaseCommand):
-    help = "Provision, stop, start, deprovision and delete pods; reconcile, sweep orphans, list and show."
+    help = "Provision, stop, start, deprovision and delete pods; reconcile, sweep orphans; verify, drill, list, show."
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
@@ -46,6 +69,10 @@ class Command(BaseCommand):
         sweep.add_argument("--dry-run", action="store_true", help="list them with sizes; remove nothing")
         retention = sub.add_parser("retention", help="purge failed snapshots and complete ones beyond retention")
         retention.add_argument("--keep", type=int, help="complete snapshots kept per pod (default SNAPSHOT_RETENTION)")
+        for verb, proof in PROOF_VERBS.items():
+            parser_ = sub.add_parser(verb, help=f"{kind_get(proof.kind).label.lower()} of one pod, now")
+            parser_.add_argument("pod_id")
+            parser_.add_argument("--json", dest="as_json", action="store_true")
         listing = sub.add_parser("list", help="every pod with status, host, volume bytes and last snapshot")
         listing.add_argument("--json", dest="as_json", action="store_true")
         show = sub.add_parser("show", help="one pod with its volumes and last snapshot")
@@ -59,6 +86,8 @@ class Command(BaseCommand):
                 return self._list(as_json=options["as_json"])
             if action == "show":
                 return self._show(pod_id=options["pod_id"], as_json=options["as_json"])
+            if action in PROOF_VERBS:
+                return self._prove(action, pod_id=options["pod_id"], actor=actor, as_json=options["as_json"])
             if action in HOUSEKEEPING:
                 params = {
                     "sweep-orphans": {"dry_run": options.get("dry_run")},
@@ -89,6 +118,30 @@ class Command(BaseCommand):
             return "\n".join(lines)
         # The exact result, as before the sentence people read was added to it.
         return json.dumps({key: value for key, value in result.items() if key != "summary"}, sort_keys=True)
+
+    def _prove(self, verb: str, *, pod_id: str, actor: str, as_json: bool) -> None:
+        """One sentence (or JSON), as the pod page's button would end; non-zero when it proved nothing."""
+        proof = PROOF_VERBS[verb]
+        pod_id = pod_get(pod_id=pod_id).pod_id
+        answer = {"pod_id": pod_id, "kind": str(proof.kind), "operation": None}
+        operation: Operation | None = None
+        try:
+            if proof.pod_is_target:
+                operation = run_now(proof.kind, pod_id, actor=actor)
+            else:
+                operation = run_now(proof.kind, actor=actor, pod_id=pod_id)
+        except PanelError as exc:
+            said, ok = first_line(exc), False
+        else:
+            said, ok = sentence(operation), not proof.unproven(operation.result)
+            answer["operation"] = operation.pk
+            answer["result"] = {key: value for key, value in operation.result.items() if key != "summary"}
+        if as_json:
+            self.stdout.write(json.dumps({**answer, "ok": ok, "sentence": said}, indent=2, sort_keys=True))
+        if not ok:
+            raise CommandError(said)
+        if not as_json:
+            self.stdout.write(said)
 
     def _list(self, *, as_json: bool) -> None:
         rows = [
