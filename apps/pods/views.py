@@ -6,6 +6,7 @@ from functools import wraps
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -79,6 +80,7 @@ PARTS = {
         "volumes": "pods/part_volumes.html",
         "snapshots": "pods/part_snapshots.html",
         "audit": "pods/part_audit.html",
+        "proven": "pods/proven.html",
     },
 }
 
@@ -108,6 +110,9 @@ def list_view(request):
 def detail_view(request, pod_id: str):
     pod = _pod_or_404(pod_id)
     on_pod = {"target_type": TargetType.POD, "target_id": pod.pod_id}
+    # Work on this pod: its own actions, and a verification asked for from its page (a fleet
+    # kind, with the pod as a parameter).
+    pod_work = Q(**on_pod) | Q(kind=Kind.PODS_VERIFY, params__pod_id=pod.pod_id)
     snapshots = list(pod.snapshots.all()[:20])
     actions = [action for action in PAGE_ACTIONS if action.allowed(pod)]
     if pod.status == Pod.Status.DEPROVISIONED and not pod.snapshots.filter(status=Snapshot.Status.COMPLETE).exists():
@@ -124,8 +129,9 @@ def detail_view(request, pod_id: str):
         "snapshots": [s for s in snapshots if s.created_at >= pod.created_at],
         "earlier_snapshots": [s for s in snapshots if s.created_at < pod.created_at],
         "events": AuditEvent.objects.filter(**on_pod).select_related("actor_user")[:50],
-        "operations": Operation.objects.filter(**on_pod).order_by("-created_at")[:5],
-        "busy": Operation.objects.filter(**on_pod, status__in=Operation.ACTIVE).exists(),
+        "operations": Operation.objects.filter(pod_work).order_by("-created_at")[:5],
+        "busy": Operation.objects.filter(pod_work, status__in=Operation.ACTIVE).exists(),
+        "has_complete_snapshot": pod.snapshots.filter(status=Snapshot.Status.COMPLETE).exists(),
         # What this person may do; a viewer is told why there are no buttons.
         "actions": [action for action in actions if operations.user_may(request.user, action.kind)],
         "actions_refused": join_words(

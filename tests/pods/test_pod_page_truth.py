@@ -1,6 +1,7 @@
-"""A held pod's page tells the truth: what the hold refuses is shown disabled with the reason,
-its confirmation says so instead of listing volumes to delete, and an attempt anyway is
-refused, audited and logged (issue #23)."""
+"""A pod's page tells the truth (issue #23): what a hold refuses is shown disabled with the
+reason, its confirmation says so instead of listing volumes to delete, and an attempt anyway
+is refused, audited and logged; proofs are offered only when there is something to prove and
+no work runs, and the card reloads itself when work ends."""
 
 import logging
 
@@ -9,8 +10,9 @@ from django.urls import reverse
 
 from apps.audit.holds import hold_set
 from apps.audit.models import AuditEvent, Operation
-from apps.audit.names import AuditAction, TargetType
-from apps.pods.models import Pod
+from apps.audit.names import AuditAction, Kind, TargetType
+from apps.audit.operations import request
+from apps.pods.models import Pod, Snapshot
 from tests.pods.test_verify import pod_row
 
 pytestmark = pytest.mark.django_db
@@ -51,3 +53,21 @@ def test_an_attempt_on_a_held_pod_is_refused_audited_and_logged(staff_client, he
     assert (event.outcome, event.target_id, event.actor_name) == ("failed", "kept", "root")
     assert event.message == f"refused: {HOLD_SENTENCE}"
     assert any("refused pod.deprovision of kept for root" in record.getMessage() for record in caplog.records)
+
+
+def test_verify_and_drill_are_offered_only_with_a_complete_snapshot_and_wait_while_work_runs(staff_client):
+    pod = pod_row("proofs", Pod.Status.RUNNING)
+    page = reverse("pods:detail", args=["proofs"])
+    verify = reverse("pods:verify", args=["proofs"])
+    body = staff_client.get(page).text
+    assert verify not in body and "No complete snapshot yet: there is nothing to verify or drill" in body
+    Snapshot.objects.create(pod=pod, store_url="file:///s", status=Snapshot.Status.COMPLETE, total_bytes=10)
+    assert verify in staff_client.get(page).text
+    # A verification asked for from this page is this pod's work: listed, and the buttons wait.
+    asked = request(Kind.PODS_VERIFY, None, actor="t", pod_id="proofs")
+    body = staff_client.get(page).text
+    assert f'id="operation-{asked.pk}"' in body
+    assert verify not in body and "Work on this pod is under way; these come back when it ends." in body
+    # The card reloads itself when an operation ends (no page reload needed).
+    part = staff_client.get(page, {"part": "proven"}).text
+    assert part.lstrip().startswith('<section class="card" id="proven"') and "operation-finished from:body" in part
