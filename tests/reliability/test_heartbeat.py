@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from tests.parts import require_part
 from tests.pods.conftest import remove_pod_objects
 from tests.reliability.deployment import Deployment, migrated_template
 
@@ -112,7 +113,7 @@ def test_a_pod_delete_waiting_on_a_restic_lock_past_q_retry_is_neither_reaped_no
     tmp_path, template, pod_image, docker_client, fault_point
 ):
     if shutil.which("restic") is None:
-        pytest.skip("no restic")  # the dedup tests require it through require_part
+        require_part("restic", "no restic binary", "Install Debian's restic: apt-get install restic")
     key = tmp_path / "snapshot.key"
     key.write_text(uuid.uuid4().hex)
     repository = tmp_path / "dedup-repo"

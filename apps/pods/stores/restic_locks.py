@@ -73,13 +73,8 @@ class ResticLock:
         return self.here and not _restic_running(self.pid, self.written_at)
 
     def describe(self) -> str:
-        command = _command(self.pid) if self.here else ""
         age = int((datetime.now(UTC) - self.written_at).total_seconds())
-        return (
-            f"restic PID {self.pid} on {self.hostname}"
-            + (f" (`{command}`)" if command else "")
-            + f", user {self.username}, {'an exclusive' if self.exclusive else 'a shared'} lock written {age} s ago"
-        )
+        return _holder_sentence(self.pid, self.hostname, self.username, self.exclusive, f"{age} s")
 
 
 def holder(stderr: str) -> str:
@@ -87,13 +82,17 @@ def holder(stderr: str) -> str:
     found = _HOLDER.search(stderr)
     if found is None:
         return ""
-    pid, host = int(found["pid"]), found["host"]
-    command = _command(pid) if host == socket.gethostname() else ""
     age = re.sub(r"(\d+)\.\d+(m?s)", r"\1\2", found["age"])
+    return _holder_sentence(int(found["pid"]), found["host"], found["user"], bool(found["exclusive"]), age)
+
+
+def _holder_sentence(pid: int, host: str, user: str, exclusive: bool, age: str) -> str:
+    """ "restic PID 42 on vm (`restic prune`), user root, an exclusive lock written 3 s ago"."""
+    command = _command(pid) if host == socket.gethostname() else ""
     return (
         f"restic PID {pid} on {host}"
         + (f" (`{command}`)" if command else "")
-        + f", user {found['user']}, {'an exclusive' if found['exclusive'] else 'a shared'} lock written {age} ago"
+        + f", user {user}, {'an exclusive' if exclusive else 'a shared'} lock written {age} ago"
     )
 
 
