@@ -82,7 +82,8 @@ def test_a_finished_poll_tells_the_page_to_reload_its_parts(staff_client):
 def test_a_pod_page_part_renders_alone_and_listens_for_finished_work(staff_client, local_host):
     Pod.objects.create(pod_id="parts", host=local_host, image="img", status=Pod.Status.STOPPED)
     page = staff_client.get(reverse("pods:detail", args=["parts"]))
-    assert page.content.decode().count("operation-finished from:body") == 4
+    # Head, volumes, snapshots, proven restorable, audit trail.
+    assert page.content.decode().count("operation-finished from:body") == 5
     part = staff_client.get(reverse("pods:detail", args=["parts"]) + "?part=head").content.decode()
     assert part.lstrip().startswith('<section class="card" id="pod-head"') and "<html" not in part
 

@@ -46,6 +46,7 @@ def test_a_dead_container_is_paused_within_one_reconcile_while_the_size_budget_i
     spent = pods_measure(actor="test")
     assert spent["hosts"]["local"]["measured"] == 0  # the budget is exhausted: no size at all
     docker_client.api.kill(container_name(pod_id))
+    sizes_before = list(PodVolume.objects.filter(pod__pod_id=pod_id).values_list("size_bytes", "measured_at"))
 
     # Fault injection: any size measurement from here on fails the test loudly.
     monkeypatch.setattr(DockerEngine, "volumes_measure", _walked)
@@ -57,7 +58,8 @@ def test_a_dead_container_is_paused_within_one_reconcile_while_the_size_budget_i
     assert report["hosts"]["local"]["changed"] == {pod_id: Pod.Status.PAUSED}
     assert "without a user action; volumes kept" in pod.last_error
     assert len(pod_volumes(docker_client, pod_id)) == 8
-    assert not PodVolume.objects.filter(pod=pod, measured_at__isnull=False).exists()
+    # Reconcile measured nothing: the sizes are the ones provisioning measured, as they were.
+    assert list(PodVolume.objects.filter(pod=pod).values_list("size_bytes", "measured_at")) == sizes_before
     assert PodVolume.objects.filter(pod=pod, exists=True).count() == 8
 
 
