@@ -58,3 +58,17 @@ def test_a_sweep_with_nothing_to_do_yet_says_why_and_from_when(staff_client, doc
         assert f"{row.created_at + timezone.timedelta(minutes=60):%Y-%m-%d %H:%M} UTC" in body
     finally:
         docker_client.volumes.get(name).remove(force=True)
+
+
+@pytest.mark.docker
+def test_an_orphan_a_reconcile_finds_shows_in_the_leak_report_at_once(staff_client, docker_client, pods_settings):
+    pods_settings.OVERVIEW_CACHE_SECONDS = 300
+    name = f"pinacle-vol-n{uuid.uuid4().hex[:10]}-workspace"
+    services.pods_reconcile(actor="test")
+    assert name not in staff_client.get(reverse("dashboard:leaks")).text  # the figures are now kept
+    docker_client.volumes.create(name=name)
+    try:
+        services.pods_reconcile(actor="test")
+        assert f"orphaned volume {name}" in staff_client.get(reverse("dashboard:leaks")).text
+    finally:
+        docker_client.volumes.get(name).remove(force=True)

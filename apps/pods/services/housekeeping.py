@@ -29,7 +29,7 @@ from apps.pods.services.hosts import engine_for, host_default, host_get
 from apps.pods.services.idle import cpu_read, cpu_record
 from apps.pods.services.lifecycle import _provision_cleanup
 from apps.pods.services.retention import snapshots_apply_retention, snapshots_to_retire  # noqa: F401 - their old home
-from apps.pods.services.state import _locked, _log, _record_failure
+from apps.pods.services.state import _locked, _log, _record_failure, host_sample
 from controlpanel.errors import InvalidInput, PanelError
 
 # --- reconcile -------------------------------------------------------------------------------
@@ -210,6 +210,9 @@ def _orphans_record(*, host: DockerHost, volumes: list[VolumeInfo]) -> list[tupl
             ],
             batch_size=BATCH,
         )
+    if {v.name for v, _, _ in orphans} != set(sizes):
+        # Orphans came or went: the bytes held changed, and the sample tells the pages to count again.
+        host_sample(host)
     return orphans
 
 
