@@ -154,8 +154,11 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     expect(viewer.locator("main")).not_to_contain_text("PodAction(")
     expect(viewer.locator("#proven")).not_to_contain_text("Verify latest snapshot")
 
-    # (d) No snapshot yet: nothing to verify or drill, and the page says why.
+    # (d) No snapshot yet: nothing to verify or drill, and the page says why. (e) A pod just
+    # provisioned is measured: no "not measured yet" on its page.
     admin.goto(pod_url)
+    expect(admin.locator("#pod-volumes td.exists")).to_have_text(["yes"] * 8)
+    expect(admin.locator("#pod-volumes")).not_to_contain_text("not measured yet")
     proven = admin.locator("#proven")
     expect(proven).to_contain_text("No complete snapshot yet")
     expect(proven.get_by_role("button", name="Verify latest snapshot")).to_have_count(0)
@@ -165,6 +168,10 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     head = admin.locator("#pod-head")
     actions = head.locator(".pod-actions")
     expect(actions.locator("a.button", has_text="Stop")).to_be_visible()
+    # A deprovision confirmation left open in another tab from before the hold.
+    side = admin.context.new_page()
+    side.goto(f"{pod_url}confirm/deprovision/")
+    expect(side.locator("form.actions button.danger")).to_be_enabled()
     mark(admin)
     hold = admin.locator("section.hold-control")
     hold.locator("input[name=reason]").fill("legal asked to keep it")
@@ -187,6 +194,14 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
         assert response.status == 409
         expect(page.locator("p.error")).to_contain_text(f"pod {pod_id} is on hold by root")
         expect(page.locator("main button")).to_have_count(0)
+    # Its button pressed anyway: refused with the hold's reason, and the attempt is audited.
+    side.click("form.actions button.danger")
+    side.wait_for_url(pod_url)
+    expect(side.locator("main")).to_contain_text(f"pod {pod_id} is on hold by root (legal asked to keep it)")
+    expect(side.locator("#pod-audit")).to_contain_text("refused: pod")
+    expect(side.locator("#pod-head .badge").first).to_have_text("running")
+    side.close()
+    assert not Operation.objects.filter(kind="pod.deprovision").exists()
     # Released from the page: Stop is a live link again, still without a reload.
     admin.goto(pod_url)
     mark(admin)
