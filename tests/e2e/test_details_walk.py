@@ -1,11 +1,12 @@
 """Issue #23 part 1's Done-when, in Chromium: each detail that was not true is walked as admin
-and as viewer, at 1,400 and 390 px, on real parts (dockerd, restic-free file store, the
+and as viewer, at 1,400 and 390 px, on real parts (dockerd, the file snapshot store, the
 panel's own operations run like a worker), and asserted on the page as it shows it. No
 reload: an action's outcome must arrive on the page by itself (htmx parts), checked with
 Playwright's auto-waiting expect() and the journey's reload mark."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from itertools import product
 
 import pytest
 from playwright.sync_api import expect
@@ -23,20 +24,26 @@ VIEWER_SENTENCE = "Your role may look at this pod but not stop, deprovision or d
 HELD_TITLE = "On hold: release the hold first"
 
 
-@pytest.fixture(params=[1400, 390], ids=lambda width: f"{width}px")
-def width(request):
-    return request.param
+# A laptop window and a phone. One pod and one login per role serve both: each page is
+# resized between the two, and the pod's actions are pressed at one width or the other.
+WIDE, PHONE = 1400, 390
+WIDTHS = (WIDE, PHONE)
+
+
+def at(width: int, *pages) -> None:
+    for page in pages:
+        page.set_viewport_size({"width": width, "height": 900})
 
 
 @pytest.fixture
-def admin(logged_in_page, width):
-    logged_in_page.set_viewport_size({"width": width, "height": 900})
+def admin(logged_in_page):
+    at(WIDE, logged_in_page)
     return logged_in_page
 
 
 @pytest.fixture
-def viewer(browser, live_server, viewer_user, width):
-    context = browser.new_context(viewport={"width": width, "height": 900})
+def viewer(browser, live_server, viewer_user):
+    context = browser.new_context(viewport={"width": WIDE, "height": 900})
     page = context.new_page()
     log_in(page, live_server, "viewer", "pw-viewer-123!")
     yield page
@@ -66,7 +73,6 @@ def test_leaks_unmeasured_the_sweep_in_its_grace_period_and_the_panels_404(
     live_server,
     docker_client,
     pods_settings,  # noqa: F811 - the pods tests' fixture, imported above
-    width,
 ):
     # Every orphan on the shared daemon stays young: the sweep has nothing to do yet.
     pods_settings.POD_ORPHAN_GRACE_MINUTES = 60 * 24 * 365
@@ -89,7 +95,8 @@ def test_leaks_unmeasured_the_sweep_in_its_grace_period_and_the_panels_404(
         write_job("walk-s1", "job-expired", state="complete", updated_at=now - timedelta(hours=60))
         write_job("walk-s1", "job-new", state="complete", updated_at=now)
 
-        for page in (admin, viewer):
+        for width, page in product(WIDTHS, (admin, viewer)):
+            at(width, page)
             # The 404 of an unknown URL is the panel's, with its navigation and a Leaks link.
             response = page.goto(f"{live_server.url}/no-such-page/{width}/")
             assert response.status == 404
@@ -149,27 +156,31 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
 
     # (a) The viewer is told in words what its role may not do; no Python object on the page.
     viewer.goto(pod_url)
-    head = viewer.locator("#pod-head")
-    expect(head).to_contain_text(VIEWER_SENTENCE)
-    expect(viewer.locator("main")).not_to_contain_text("PodAction(")
-    expect(viewer.locator("#proven")).not_to_contain_text("Verify latest snapshot")
+    for width in WIDTHS:
+        at(width, viewer)
+        expect(viewer.locator("#pod-head")).to_contain_text(VIEWER_SENTENCE)
+        expect(viewer.locator("#pod-head .pod-actions span", has_text=VIEWER_SENTENCE)).to_be_visible()
+        expect(viewer.locator("main")).not_to_contain_text("PodAction(")
+        expect(viewer.locator("#proven")).not_to_contain_text("Verify latest snapshot")
 
     # (d) No snapshot yet: nothing to verify or drill, and the page says why. (e) A pod just
     # provisioned is measured: no "not measured yet" on its page.
     admin.goto(pod_url)
+    at(PHONE, admin)
     expect(admin.locator("#pod-volumes td.exists")).to_have_text(["yes"] * 8)
     expect(admin.locator("#pod-volumes")).not_to_contain_text("not measured yet")
     proven = admin.locator("#proven")
     expect(proven).to_contain_text("No complete snapshot yet")
     expect(proven.get_by_role("button", name="Verify latest snapshot")).to_have_count(0)
 
-    # (c) A hold from the page: Stop, Deprovision and Delete turn disabled with the reason,
-    # without a reload (the head listens to hold-changed).
+    # (c) A hold from the page (on a phone): Stop, Deprovision and Delete turn disabled with
+    # the reason, without a reload (the head listens to hold-changed).
     head = admin.locator("#pod-head")
     actions = head.locator(".pod-actions")
     expect(actions.locator("a.button", has_text="Stop")).to_be_visible()
     # A deprovision confirmation left open in another tab from before the hold.
     side = admin.context.new_page()
+    at(WIDE, side)
     side.goto(f"{pod_url}confirm/deprovision/")
     expect(side.locator("form.actions button.danger")).to_be_enabled()
     mark(admin)
@@ -177,14 +188,18 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     hold.locator("input[name=reason]").fill("legal asked to keep it")
     hold.locator("button:has-text('Put on hold')").click()
     expect(admin.locator("section.hold-control[data-held=yes]")).to_contain_text("legal asked to keep it")
-    for name in ("Stop", "Deprovision", "Delete"):
-        button = actions.locator("button", has_text=name)
-        expect(button).to_be_disabled()
-        expect(button).to_have_attribute("title", HELD_TITLE)
-    expect(actions.locator("a.button", has_text="Stop")).to_have_count(0)
-    expect(actions).to_contain_text("On hold by root (legal asked to keep it)")
+    for width in (PHONE, WIDE):
+        at(width, admin)
+        for name in ("Stop", "Deprovision", "Delete"):
+            button = actions.locator("button", has_text=name)
+            expect(button).to_be_visible()
+            expect(button).to_be_disabled()
+            expect(button).to_have_attribute("title", HELD_TITLE)
+        expect(actions.locator("a.button", has_text="Stop")).to_have_count(0)
+        expect(actions).to_contain_text("On hold by root (legal asked to keep it)")
     assert_not_reloaded(admin)
     # The viewer sees the hold, and still no control of its own.
+    at(PHONE, viewer)
     viewer.goto(pod_url)
     expect(viewer.locator("section.hold-control[data-held=yes]")).to_contain_text("legal asked to keep it")
     expect(viewer.locator("section.hold-control button")).to_be_disabled()
@@ -194,7 +209,7 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
         assert response.status == 409
         expect(page.locator("p.error")).to_contain_text(f"pod {pod_id} is on hold by root")
         expect(page.locator("main button")).to_have_count(0)
-    # Its button pressed anyway: refused with the hold's reason, and the attempt is audited.
+    # The open tab's button pressed anyway: refused with the hold's reason, and audited.
     side.click("form.actions button.danger")
     side.wait_for_url(pod_url)
     expect(side.locator("main")).to_contain_text(f"pod {pod_id} is on hold by root (legal asked to keep it)")
@@ -202,7 +217,7 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     expect(side.locator("#pod-head .badge").first).to_have_text("running")
     side.close()
     assert not Operation.objects.filter(kind="pod.deprovision").exists()
-    # Released from the page: Stop is a live link again, still without a reload.
+    # Released from the page (on a laptop): Stop is a live link again, still without a reload.
     admin.goto(pod_url)
     mark(admin)
     admin.locator("section.hold-control button:has-text('Release the hold')").click()
@@ -210,11 +225,12 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     expect(actions.locator("a.button", has_text="Stop")).to_be_visible()
     assert_not_reloaded(admin)
 
-    # (d) Stop; then Verify from the page: disabled while it runs, listed in the pod's
-    # Operations, and the Proven card changes by itself when it ends.
+    # (d) Stop; then Verify from the page (on a phone): disabled while it runs, listed in the
+    # pod's Operations, and the Proven card changes by itself when it ends.
     actions.locator("a.button", has_text="Stop").click()
     confirm_and_run(admin, pod_url, watcher, kind="pod.stop")
     expect(head.locator(".pod-status .badge")).to_have_text("stopped")
+    at(PHONE, admin)
     verify = proven.get_by_role("button", name="Verify latest snapshot")
     expect(verify).to_be_enabled()
     verify.click()
@@ -223,20 +239,22 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     expect(proven.get_by_role("button", name="Run a restore drill")).to_be_disabled()
     mark(admin)
     verification = watcher.run_queued(kind="pods.verify")
-    expect(proven).to_contain_text("Last proven restorable")
-    expect(proven).to_contain_text("by verification of snapshot #")
-    box = admin.locator(f"#operation-{verification.pk}")
-    expect(box).to_have_attribute("data-status", "succeeded")
-    expect(admin.locator("section.card", has=admin.locator("h2", has_text="Operations"))).to_contain_text(
-        f"#{verification.pk}"
-    )
-    expect(verify).to_be_enabled()
+    operations_card = admin.locator("section.card", has=admin.locator("h2", has_text="Operations"))
+    for width in (PHONE, WIDE):
+        at(width, admin)
+        expect(proven).to_contain_text("Last proven restorable")
+        expect(proven).to_contain_text("by verification of snapshot #")
+        expect(admin.locator(f"#operation-{verification.pk}")).to_have_attribute("data-status", "succeeded")
+        expect(operations_card).to_contain_text(f"#{verification.pk}")
+        expect(verify).to_be_enabled()
     assert_not_reloaded(admin)
     viewer.goto(pod_url)
     expect(viewer.locator("#proven")).to_contain_text("Last proven restorable")
     expect(viewer.locator(f"#operation-{verification.pk}")).to_be_visible()
 
-    # (e) Start: the page's workspace size is what the deprovision confirmation measures.
+    # (e) Start (on a phone): the page's workspace size is what the deprovision confirmation
+    # measures, for either role at either width.
+    at(PHONE, admin)
     actions.locator("a.button", has_text="Start").click()
     confirm_and_run(admin, pod_url, watcher, kind="pod.start")
     expect(head.locator(".pod-status .badge")).to_have_text("running")
@@ -246,6 +264,7 @@ def test_a_real_pod_held_stopped_verified_and_started_as_admin_and_viewer(
     shown = admin.locator("#pod-volumes tr[data-volume=workspace] td.num .bytes")
     expect(shown).to_have_attribute("title", f"{measured:,} bytes")
     assert_not_reloaded(admin)
+    at(WIDE, admin)
     for page in (admin, viewer):
         page.goto(pod_url)
         on_page = exact_bytes(page.locator("#pod-volumes tr[data-volume=workspace] td.num .bytes"))
