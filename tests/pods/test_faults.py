@@ -255,3 +255,34 @@ def test_provision_interrupted_by_a_killed_worker_is_finished_by_provisioning_ag
 
     services.pod_provision(pod_id=pod_id, actor="test")
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+
+
+def test_a_resumed_stop_reads_its_snapshot_back_again_before_removing_what_is_left(
+    docker_client, new_pod_id, monkeypatch, panel_paths
+):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, WRITE_SCRIPT)
+    original_remove = DockerEngine.volume_remove
+
+    def refuse_etc(self, name):
+        if name.endswith("-etc"):
+            raise DockerFailure(f"Docker host 'local' refused removing volume {name}: volume is in use")
+        return original_remove(self, name)
+
+    monkeypatch.setattr(DockerEngine, "volume_remove", refuse_etc)
+    with pytest.raises(DockerFailure):
+        services.pod_stop(pod_id=pod_id, actor="test")
+    monkeypatch.setattr(DockerEngine, "volume_remove", original_remove)
+    # The only copy of /etc's bytes is now that volume and the stored archive; the archive decays.
+    (archive,) = (panel_paths / "snapshots").rglob("etc.tar")
+    with open(archive, "r+b") as damaged:
+        damaged.seek(600)
+        damaged.write(b"\xff" * 16)
+
+    with pytest.raises(StoreError):
+        services.pod_stop(pod_id=pod_id, actor="test")
+
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.STOPPING and "etc" in pod.last_error
+    assert pod_volumes(docker_client, pod_id) == [f"pinacle-vol-{pod_id}-etc"]  # not removed on trust

@@ -31,6 +31,7 @@ from apps.pods.services.snapshotting import (
     _container_for_volumes,
     _snapshot_precheck,
     _snapshot_purge,
+    _snapshot_reverify,
     _snapshot_take,
 )
 from apps.pods.services.state import (
@@ -167,15 +168,22 @@ def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -
     engine = engine_for(pod.host)
     snapshot = None
     if resuming:
-        # A snapshot verified since this stop began still holds every byte: the container
-        # has not run since (a stopping pod cannot be started).
+        # A snapshot taken since this stop began holds what the volumes held (the container has
+        # not run since: a stopping pod cannot be started), once it reads back again, now.
         snapshot = (
             Snapshot.objects.filter(pod=pod, status=Snapshot.Status.COMPLETE, finished_at__gte=pod.status_changed_at)
             .order_by("-finished_at")
             .first()
         )
         if snapshot is not None:
-            _log(operation, f"resuming: snapshot #{snapshot.pk} is already verified")
+            try:
+                _snapshot_reverify(snapshot=snapshot, operation=operation)
+            except BaseException as exc:
+                # Some volumes may be gone already: the pod stays `stopping`, the rest stay too.
+                _record_failure(
+                    pod_id=pod_id, to=STOP.busy, action=STOP.audit_action, exc=exc, actor=actor, operation=operation
+                )
+                raise
     # Before the snapshot is verified: any failure leaves all eight volumes where they are.
     if snapshot is None:
         try:

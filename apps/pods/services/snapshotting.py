@@ -225,6 +225,15 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
             raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
 
 
+def _snapshot_reverify(*, snapshot: Snapshot, operation: Operation | None) -> None:
+    """A resumed stop relies on the snapshot its earlier attempt took: read it back again now,
+    in this operation, before any volume goes (what was read then proves nothing about now)."""
+    _log(operation, f"resuming: reading snapshot #{snapshot.pk} back again before any volume is removed")
+    _snapshot_verify(
+        store=store_from_url(snapshot.store_url), snapshot=snapshot, manifest=snapshot.manifest, operation=operation
+    )
+
+
 def _readback_failure(
     *, store: SnapshotStore, snapshot: Snapshot, name: str, entry: dict, exc: StoreError
 ) -> StoreError:
