@@ -12,8 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.api.models import ApiToken
+from apps.audit.names import AuditAction, TargetType
 from apps.audit.roles import OPERATOR_GROUP, VIEWER_GROUP, roles_sync
-from apps.audit.services import Actor, actor_parts
+from apps.audit.services import Actor, actor_parts, audit_record
 from controlpanel.errors import InvalidInput, NotFound, PanelError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,13 @@ def apitoken_create(*, name: str, group: str, actor: Actor) -> tuple[ApiToken, s
             token_hash=token_hash(secret),
             created_by=actor_parts(actor)[1],
         )
+        audit_record(
+            actor=actor,
+            action=AuditAction.API_TOKEN_CREATE,
+            target_type=TargetType.API_TOKEN,
+            target_id=name,
+            message=f"API token {name} made, acting as {group}",
+        )
     logger.info("API token %s (%s) made by %s", name, group, token.created_by)
     return token, secret
 
@@ -81,6 +89,13 @@ def apitoken_revoke(*, name: str, actor: Actor) -> ApiToken:
         # Belt and braces: the service user can no longer hold any permission either.
         token.user.is_active = False
         token.user.save(update_fields=["is_active"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.API_TOKEN_REVOKE,
+            target_type=TargetType.API_TOKEN,
+            target_id=name,
+            message=f"API token {name} revoked",
+        )
     logger.info("API token %s revoked by %s", name, token.revoked_by)
     return token
 

@@ -21,6 +21,7 @@ class TargetType(models.TextChoices):
     SEPARATION_SESSION = "separation-session", "separation session"
     VOLUME_FOLDER = "volume-folder", "volume folder"
     NOTIFICATION = "notification", "notification"
+    API_TOKEN = "api-token", "API token"
 
 
 class Kind(models.TextChoices):
@@ -87,4 +88,6 @@ class AuditAction(models.TextChoices):
     NOTIFY_SENT = "notify.sent", "notification sent"
     HOLD_SET = "hold.set", "hold set"
     HOLD_RELEASE = "hold.release", "hold released"
+    API_TOKEN_CREATE = "api.token-create", "API token made"
+    API_TOKEN_REVOKE = "api.token-revoke", "API token revoked"
     NOTIFY_FAILED = "notify.failed", "notification failed"

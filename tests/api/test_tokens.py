@@ -7,6 +7,7 @@ import pytest
 from django.core.management import call_command
 
 from apps.api.models import ApiToken
+from apps.audit.models import AuditEvent
 from tests.api.conftest import bearer
 
 pytestmark = pytest.mark.django_db
@@ -55,6 +56,10 @@ def test_a_token_revoked_with_the_cli_is_refused_with_401(client):
     assert response.status_code == 401
     assert response.json() == {"error": "missing, wrong or revoked API token"}
     assert "revoked" in apitoken("list")
+    # Making and revoking a token are audit events; the token itself is in neither.
+    events = AuditEvent.objects.filter(target_type="api-token", target_id="old-ci").order_by("pk")
+    assert list(events.values_list("action", flat=True)) == ["api.token-create", "api.token-revoke"]
+    assert all(secret not in event.message + str(event.details) for event in events)
 
 
 def test_a_token_revoked_in_the_admin_is_refused_with_401(client, staff_client):
