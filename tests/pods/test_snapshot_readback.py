@@ -14,6 +14,7 @@ from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.snapshots import StoreError, store_from_url
 from controlpanel.errors import PanelError
+from tests.faults import bytes_missing, panel_files_changed, panel_files_snapshot, pod_files
 from tests.pods import test_snapshot_dedup
 from tests.pods.conftest import container_exists, listing, pod_volumes, pod_with_files
 
@@ -53,8 +54,10 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     new_pod_id,
     dedup_file,
     receiver,
+    harm,
 ):
     pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
+    written = pod_files(docker_client, pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
     first = Snapshot.objects.get(pod__pod_id=pod_id)
     services.pod_start(pod_id=pod_id, actor="test")
@@ -85,6 +88,8 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
 
     # The pod goes on from its own volumes, every byte as it was.
     services.pod_start(pod_id=pod_id, actor="test")
+    lost = bytes_missing(written, pod_files(docker_client, pod_id))
+    harm("dedup stop", "an unchanged pod stopped over a decayed pack, then started", lost_bytes=lost)
     assert listing(docker_client, pod_id) == before
 
     # What the sentence says to do works: the damaged pack removed, the index rebuilt, the
@@ -100,11 +105,13 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     assert listing(docker_client, pod_id) == before
 
 
-def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, new_pod_id, dedup_file, restic):
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
+def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, new_pod_id, dedup_file, restic, harm):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id)
+    written = pod_files(docker_client, pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
+    key = restic.read_text()
     restic.write_text("not the key")
+    panel = panel_files_snapshot()
     time.sleep(1)  # the stop's own events are a second behind
     since = time.time()
 
@@ -112,6 +119,7 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
         run_now(Kind.POD_START, pod_id, actor="test")
 
     assert "\n" not in str(refused.value)
+    panel_changed = panel_files_changed(panel)
     operation = Operation.objects.filter(kind=Kind.POD_START, target_id=pod_id).latest("pk")
     assert operation.status == Operation.Status.FAILED and "refused the key" in operation.error
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
@@ -123,6 +131,14 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
     ]
     assert touched == []
     assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+
+    # With the right key back, the start gives back every byte the pod had.
+    restic.write_text(key)
+    services.pod_start(pod_id=pod_id, actor="test")
+    lost = bytes_missing(written, pod_files(docker_client, pod_id))
+    harm(
+        "dedup start", "a start with a wrong key, then with the right one", lost_bytes=lost, panel_touched=panel_changed
+    )
 
 
 def test_verify_drill_and_start_over_a_decayed_pack_say_what_to_do(docker_client, new_pod_id, dedup_file):
