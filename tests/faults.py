@@ -2,8 +2,9 @@
 
 Each test still asserts its own invariants; these fixtures only count, and what they count is
 measured by the test from the real world afterwards (files on disk, volumes on dockerd, rows
-in the database), never a constant. With `FAULT_REPORT=/path/report.jsonl` set, every entry is
-appended to that file as one JSON line; without it the entries are checked for shape and dropped.
+in the database), never a constant (a pod's lost bytes: tests/reliability/pod_files.py). With
+`FAULT_REPORT=/path/report.jsonl` set, every entry is appended to that file as one JSON line;
+without it the entries are checked for shape and dropped.
 
 Registered for every test by one import line in tests/conftest.py."""
 
@@ -107,7 +108,7 @@ def harm(request):
 # -- measuring ----------------------------------------------------------------------------------
 
 
-def file_sizes(*roots: Path) -> dict[str, int]:
+def tree_sizes(*roots: Path) -> dict[str, int]:
     """Every regular file under `roots` (not following symlinks) and its size."""
     sizes = {}
     for root in roots:
@@ -120,24 +121,6 @@ def file_sizes(*roots: Path) -> dict[str, int]:
                 except OSError:
                     continue
     return sizes
-
-
-def bytes_missing(before: dict[str, tuple], after: dict[str, tuple]) -> int:
-    """Bytes of the files in `before` ({name: (digest, size)}) that `after` lacks or has changed."""
-    return sum(size for name, (digest, size) in before.items() if after.get(name) != (digest, size))
-
-
-def pod_files(docker_client, pod_id: str) -> dict[str, tuple[str, int]]:
-    """{path: (md5, size)} of every regular file in the pod's eight mounts, read in the container."""
-    from tests.pods.conftest import DOCKER_MANAGED, MOUNTS, run_in
-
-    each = 'for f; do printf "%s " "$(stat -c %s "$f")"; md5sum "$f"; done'
-    script = f"find {' '.join(MOUNTS)} -type f -exec sh -c '{each}' _ {{}} +"
-    files = {}
-    for line in run_in(docker_client, pod_id, script).splitlines():
-        size, digest, path = line.split(" ", 2)
-        files[path.lstrip(" *")] = (digest, int(size))
-    return {path: seen for path, seen in files.items() if path not in DOCKER_MANAGED}
 
 
 def _local_path(value) -> Path | None:
@@ -190,7 +173,7 @@ def panel_files_snapshot(*also: Path) -> dict[str, tuple[int, int, int]]:
     the step is about to make panel data), to compare after a hostile step."""
     found = {}
     for root in [*panel_roots(), *also]:
-        paths = [str(root)] if root.is_file() else list(file_sizes(root)) if root.is_dir() else []
+        paths = [str(root)] if root.is_file() else list(tree_sizes(root)) if root.is_dir() else []
         for path in paths:
             if _written_by_the_panel(path):
                 continue

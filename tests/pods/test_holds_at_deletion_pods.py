@@ -24,7 +24,7 @@ from apps.pods import services
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
 from tests.audit.test_holds_at_deletion import HoldFromAnotherThread
-from tests.faults import file_sizes
+from tests.faults import tree_sizes
 from tests.pods.conftest import container_exists, pod_volumes
 from tests.pods.test_verify import pod_row, stored_snapshot
 
@@ -38,7 +38,7 @@ def pods_on_disk(docker_client, pod_ids) -> dict[str, set[str]]:
     for pod_id in pod_ids:
         names = set(pod_volumes(docker_client, pod_id))
         for snapshot in Snapshot.objects.filter(pod__pod_id=pod_id):
-            names |= set(file_sizes(store / snapshot.prefix))
+            names |= set(tree_sizes(store / snapshot.prefix))
         found[pod_id] = names
     return found
 

@@ -14,9 +14,10 @@ from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.snapshots import StoreError, store_from_url
 from controlpanel.errors import PanelError
-from tests.faults import bytes_missing, panel_files_changed, panel_files_snapshot, pod_files
+from tests.faults import panel_files_changed, panel_files_snapshot
 from tests.pods import test_snapshot_dedup
 from tests.pods.conftest import container_exists, listing, pod_volumes, pod_with_files
+from tests.reliability.pod_files import digests, file_sizes, lost_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -57,7 +58,7 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     harm,
 ):
     pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
-    written = pod_files(docker_client, pod_id)
+    sizes = file_sizes(docker_client, pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
     first = Snapshot.objects.get(pod__pod_id=pod_id)
     services.pod_start(pod_id=pod_id, actor="test")
@@ -88,7 +89,7 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
 
     # The pod goes on from its own volumes, every byte as it was.
     services.pod_start(pod_id=pod_id, actor="test")
-    lost = bytes_missing(written, pod_files(docker_client, pod_id))
+    lost = lost_bytes(sizes, digests(before), digests(listing(docker_client, pod_id)))
     harm("dedup stop", "an unchanged pod stopped over a decayed pack, then started", lost_bytes=lost)
     assert listing(docker_client, pod_id) == before
 
@@ -106,8 +107,8 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
 
 
 def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, new_pod_id, dedup_file, restic, harm):
-    pod_id, _ = pod_with_files(docker_client, new_pod_id)
-    written = pod_files(docker_client, pod_id)
+    pod_id, written = pod_with_files(docker_client, new_pod_id)
+    sizes = file_sizes(docker_client, pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
     key = restic.read_text()
     restic.write_text("not the key")
@@ -135,7 +136,7 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
     # With the right key back, the start gives back every byte the pod had.
     restic.write_text(key)
     services.pod_start(pod_id=pod_id, actor="test")
-    lost = bytes_missing(written, pod_files(docker_client, pod_id))
+    lost = lost_bytes(sizes, digests(written), digests(listing(docker_client, pod_id)))
     harm(
         "dedup start", "a start with a wrong key, then with the right one", lost_bytes=lost, panel_touched=panel_changed
     )
