@@ -124,7 +124,11 @@ CASES = [
     # issue #21: 7, a killed drill's error says what is true
     Case("killed drill's error", ("tests/pods/test_drill.py::killed_midway",)),
     # issue #21: 8, planted bugs in mix jobs: set-aside without the content, open without O_NONBLOCK
-    Case("mix-job planted bugs", ("tests/mixjobs/test_guards.py::rewritten_in_place|swapped_in_between_lstat",)),
+    Case(
+        "mix-job planted bugs",
+        ("tests/mixjobs/test_guards.py::rewritten_in_place|swapped_in_between_lstat",),
+        harms=True,
+    ),
     # issue #21: 4, stale restic locks (a reader let go of, a killed dump, a killed restore worker)
     Case(
         "stale restic locks never block a purge",

@@ -11,6 +11,7 @@ Registered for every test by one import line in tests/conftest.py."""
 import json
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -86,7 +87,11 @@ def harm(request):
     `lost_bytes`: bytes of the pod/session/job that are in neither its volumes/folder nor a
     verified copy afterwards; `held_deleted`: held items that no longer exist; `panel_touched`:
     files of the panel's own data changed or removed (`panel_files_changed`). All must be 0;
-    `ran_twice` (an operation run twice at once) is counted with the harms too."""
+    `ran_twice` (an operation run twice at once) is counted with the harms too.
+
+    `with harm.around(area, point, held_deleted=lambda: ...):` measures after the block even
+    when it fails: with a guard gone, the test's `pytest.raises` fails first, and the harm the
+    missing guard let through must still be counted."""
 
     def record(area: str, point: str, *, lost_bytes=0, held_deleted=0, panel_touched=0, ran_twice=0) -> None:
         _append(
@@ -102,6 +107,14 @@ def harm(request):
             }
         )
 
+    @contextmanager
+    def around(area: str, point: str, **measures):
+        try:
+            yield
+        finally:
+            record(area, point, **{name: measure() for name, measure in measures.items()})
+
+    record.around = around
     return record
 
 

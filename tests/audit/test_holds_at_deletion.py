@@ -142,11 +142,12 @@ def test_remove_folder_refuses_a_folder_holding_a_held_session(harm):
     volume = sessions_volume_with_rule()
     hold_set(target_type=TargetType.SEPARATION_SESSION, target_id="kept", reason="legal", actor="t")
     words = "folder sessions/ on volume split-data contains session kept, which is on hold by t (legal)"
-    with pytest.raises(Held, match=words.replace("(", r"\(").replace(")", r"\)")):
-        request(Kind.VOLUME_REMOVE_FOLDER, "split-data:sessions", actor="test")
-    with pytest.raises(Held):
-        volume_folder_preview(volume=volume, path="sessions")
-    harm("holds", "remove-folder over a folder holding a held session", held_deleted=held_gone())
+    point = "remove-folder over a folder holding a held session"
+    with harm.around("holds", point, held_deleted=held_gone):
+        with pytest.raises(Held, match=words.replace("(", r"\(").replace(")", r"\)")):
+            request(Kind.VOLUME_REMOVE_FOLDER, "split-data:sessions", actor="test")
+        with pytest.raises(Held):
+            volume_folder_preview(volume=volume, path="sessions")
     assert (volume_root() / "sessions" / "kept" / "input.wav").exists()
 
 
@@ -164,9 +165,12 @@ def test_remove_folder_keeps_a_folder_whose_session_was_held_after_it_was_asked_
         return contents
 
     monkeypatch.setattr(removal, "_measure", measured)
-    with pytest.raises(Held, match="contains session kept, which is on hold by another person"):
+    point = "a session held while remove-folder measures its folder"
+    with (
+        harm.around("holds", point, held_deleted=held_gone),
+        pytest.raises(Held, match="contains session kept, which is on hold by another person"),
+    ):
         run_now(Kind.VOLUME_REMOVE_FOLDER, "split-data:sessions", actor="test")
-    harm("holds", "a session held while remove-folder measures its folder", held_deleted=held_gone())
     assert Operation.objects.get(kind=Kind.VOLUME_REMOVE_FOLDER).status == Operation.Status.FAILED
     assert (volume_root() / "sessions" / "kept" / "input.wav").exists()
     event = AuditEvent.objects.get(action=AuditAction.VOLUME_REMOVE_FOLDER)

@@ -7,6 +7,7 @@ keep what was held since their list was made and report it on hold."""
 import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -77,10 +78,13 @@ def test_a_pod_held_after_its_delete_was_asked_for_keeps_everything(kind, docker
     services.pod_provision(pod_id=pod_id, actor="test")
     snapshot = stored_snapshot(Pod.objects.get(pod_id=pod_id))
     before = pods_on_disk(docker_client, [pod_id])
+    held = partial(held_pods_deleted, docker_client, before)
     hold_at_ping(monkeypatch, pod_id)
-    with pytest.raises(Held, match=f"pod {pod_id} was not .*put on hold by another person"):
+    with (
+        harm.around("holds", f"a pod held after its {kind} was asked for", held_deleted=held),
+        pytest.raises(Held, match=f"pod {pod_id} was not .*put on hold by another person"),
+    ):
         run_now(kind, pod_id, actor="test")
-    harm("holds", f"a pod held after its {kind} was asked for", held_deleted=held_pods_deleted(docker_client, before))
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
     assert container_exists(docker_client, pod_id) and len(pod_volumes(docker_client, pod_id)) == 8
     assert Snapshot.objects.get(pk=snapshot.pk).status == Snapshot.Status.COMPLETE
@@ -91,6 +95,7 @@ def test_a_pod_held_while_it_stops_keeps_its_volumes_and_is_paused(docker_client
     pod_id = new_pod_id()
     services.pod_provision(pod_id=pod_id, actor="test")
     before = pods_on_disk(docker_client, [pod_id])
+    held = partial(held_pods_deleted, docker_client, before)
     from apps.pods.services import lifecycle
 
     take = lifecycle._snapshot_take
@@ -102,9 +107,11 @@ def test_a_pod_held_while_it_stops_keeps_its_volumes_and_is_paused(docker_client
 
     monkeypatch.setattr(lifecycle, "_snapshot_take", taken)
     # As the idle schedule queues it: a stop with a snapshot.
-    with pytest.raises(Held, match="snapshot #\\d+ kept; its volumes too"):
+    with (
+        harm.around("holds", "a pod held while its idle stop runs", held_deleted=held),
+        pytest.raises(Held, match="snapshot #\\d+ kept; its volumes too"),
+    ):
         run_now(Kind.POD_STOP, pod_id, actor="idle-schedule", idle_hours=4, idle_cpu_seconds=0.1)
-    harm("holds", "a pod held while its idle stop runs", held_deleted=held_pods_deleted(docker_client, before))
     pod = Pod.objects.get(pod_id=pod_id)
     assert pod.status == Pod.Status.PAUSED and "on hold" in pod.last_error
     assert len(pod_volumes(docker_client, pod_id)) == 8

@@ -136,18 +136,15 @@ def _moved_store_world(settings, tmp_path_factory):
 def test_a_volume_that_now_holds_the_snapshot_store_is_refused_when_used(settings, tmp_path_factory, harm):
     volume, root, written = _moved_store_world(settings, tmp_path_factory)
     panel = panel_files_snapshot()
-    with pytest.raises(InvalidInput) as caught:
-        inspect_now(volume)
+    point = "inspect and remove-folder on a volume now holding the store"
+    with harm.around("panel data", point, panel_touched=lambda: panel_files_changed(panel)):
+        with pytest.raises(InvalidInput) as caught:
+            inspect_now(volume)
+        _one_line_refusal(str(caught.value))
+        assert "holds the panel's snapshot store" in str(caught.value)
+        with pytest.raises(InvalidInput) as caught:
+            run_now(Kind.VOLUME_REMOVE_FOLDER, "data:snapshots", actor="test")
     _one_line_refusal(str(caught.value))
-    assert "holds the panel's snapshot store" in str(caught.value)
-    with pytest.raises(InvalidInput) as caught:
-        run_now(Kind.VOLUME_REMOVE_FOLDER, "data:snapshots", actor="test")
-    _one_line_refusal(str(caught.value))
-    harm(
-        "panel data",
-        "inspect and remove-folder on a volume now holding the store",
-        panel_touched=panel_files_changed(panel),
-    )
     assert _files_under(root / "snapshots") == written
     assert not Inspection.objects.exists()
     assert {op.status for op in Operation.objects.all()} == {Operation.Status.FAILED}
@@ -165,11 +162,12 @@ def test_a_sessions_volume_that_now_holds_panel_data_is_refused_and_nothing_is_r
     settings.MIX_OUTPUTS_DIR = root / "sessions" / "old" / "output"
     before = _files_under(root)
     panel = panel_files_snapshot()
-    with pytest.raises(InvalidInput) as caught:
+    point = "a session cleanup on a volume now holding mix outputs"
+    with (
+        harm.around("panel data", point, panel_touched=lambda: panel_files_changed(panel)),
+        pytest.raises(InvalidInput) as caught,
+    ):
         cleanup_now(policy="exit")
-    harm(
-        "panel data", "a session cleanup on a volume now holding mix outputs", panel_touched=panel_files_changed(panel)
-    )
     _one_line_refusal(str(caught.value))
     assert "holds the panel's mix-job outputs" in str(caught.value)
     assert _files_under(root) == before
@@ -197,9 +195,12 @@ def test_remove_folder_refuses_panel_data_found_there_at_the_moment_of_deletion(
     monkeypatch.setattr(removal, "_measure", measured_then_settings_change)
     # The store is panel data from the moment settings name it: watched from before the run.
     panel = panel_files_snapshot(root / "snapshots" / "store")
-    with pytest.raises(InvalidInput) as caught:
+    point = "remove-folder as the store is configured inside it"
+    with (
+        harm.around("panel data", point, panel_touched=lambda: panel_files_changed(panel)),
+        pytest.raises(InvalidInput) as caught,
+    ):
         run_now(Kind.VOLUME_REMOVE_FOLDER, "data:snapshots", actor="test")
-    harm("panel data", "remove-folder as the store is configured inside it", panel_touched=panel_files_changed(panel))
     _one_line_refusal(str(caught.value))
     assert "removing snapshots/ from volume data refused" in str(caught.value)
     assert "holds the panel's snapshot store" in str(caught.value) and "nothing was removed" in str(caught.value)
