@@ -1,22 +1,26 @@
 """Report: faults injected and hostile inputs tried, and what survived them.
 
-    .venv/bin/python bench/faults.py                 # the reliability tests and issue #15's cases, then the tables
+    .venv/bin/python bench/faults.py                 # the reliability tests and every case's tests, then the tables
     .venv/bin/python bench/faults.py -- -k sigkill   # pass pytest options after --
 
 Runs `pytest tests/reliability` (real dockerd, S3 servers, killed worker processes) and the
-test files of issue #15's cases (CASES below) with `FAULT_REPORT` pointing at a temporary
-file. Every reliability case records what it tried there (see tests/reliability/conftest.py),
-and this file, loaded into the run as a pytest plugin, records every test's outcome. Printed:
+test files of every case (CASES below: issues #15, #21 and #23) with `FAULT_REPORT` pointing at
+a temporary file. Tests record there what they tried and what it cost, measured afterwards
+(the `fault_point`, `bad_input` and `harm` fixtures of tests/faults.py), and this file, loaded
+into the run as a pytest plugin, records every test's outcome. Printed:
 
-- issue #15's cases, one row each (the tests that prove it, by node-id pattern): tests run and
-  passed, hangs (failed by the per-test timeout), errored (a test that failed or errored, an
-  input not refused cleanly, a fault not survived), bytes lost, files touched outside the roots;
+- the cases, one row each (the tests that prove it, by node-id pattern): tests run and passed,
+  hangs (failed by the per-test timeout), errored (a test that failed or errored, an input not
+  refused cleanly, a fault not survived), harm records (issue #21's measurements), bytes lost,
+  held items deleted, panel files touched, operations run twice, files touched outside the roots;
 - fault points tried, survived (invariants held and the retry finished), bytes lost;
-- bad inputs tried, rejected cleanly (a clear message, no traceback), files touched outside roots.
+- bad inputs tried, rejected cleanly (a clear message, no traceback), files touched outside roots;
+- harm measurements by area, and a closing line of totals.
 
 Exits non-zero when a test failed, when a case has no passing test (a row of zero tests proves
-nothing), when any byte was lost or any file outside a root was touched, or when nothing was
-recorded at all.
+nothing), when an issue #21 case's tests recorded no harm measurement (neither does a row that
+measured nothing), when any byte was lost, any held item deleted, any panel file or any file
+outside a root touched, any operation run twice, or when nothing was recorded at all.
 """
 
 import argparse
@@ -37,10 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Case:
-    """One of issue #15's cases and the tests that prove it: `path-glob` or `path-glob::name-regex`."""
+    """One case and the tests that prove it: `path-glob` or `path-glob::name-regex`. A case with
+    `harms` is one of issue #21's harms (data lost, held items deleted, panel files touched, work
+    run twice): its tests must record what they measured with the `harm` fixture (tests/faults.py),
+    or the row proves nothing."""
 
     label: str
     tests: tuple[str, ...]
+    harms: bool = False
 
     def matches(self, nodeid: str) -> bool:
         path, _, name = nodeid.partition("::")
@@ -106,16 +114,21 @@ CASES = [
     # issue #21: production block
     Case("README production block under gunicorn", ("tests/dashboard/test_production.py",)),
     # issue #21: 3, the panel's own data is never in reach of a volume (added, used, removed)
-    Case("panel data out of reach of volumes", ("tests/volumes/test_panel_data_refused.py",)),
+    Case("panel data out of reach of volumes", ("tests/volumes/test_panel_data_refused.py",), harms=True),
     # issue #21: 7, a root renamed away and back while an entry vanishes
     Case(
         "vanishing root renamed back",
         ("tests/volumes/test_hostile_files.py::renamed_away_and_back|gone_as_the_walk_starts",),
+        harms=True,
     ),
     # issue #21: 7, a killed drill's error says what is true
     Case("killed drill's error", ("tests/pods/test_drill.py::killed_midway",)),
     # issue #21: 8, planted bugs in mix jobs: set-aside without the content, open without O_NONBLOCK
-    Case("mix-job planted bugs", ("tests/mixjobs/test_guards.py::rewritten_in_place|swapped_in_between_lstat",)),
+    Case(
+        "mix-job planted bugs",
+        ("tests/mixjobs/test_guards.py::rewritten_in_place|swapped_in_between_lstat",),
+        harms=True,
+    ),
     # issue #21: 4, stale restic locks (a reader let go of, a killed dump, a killed restore worker)
     Case(
         "stale restic locks never block a purge",
@@ -124,19 +137,22 @@ CASES = [
             "tests/reliability/test_killed_restic.py",
             "tests/pods/test_snapshot_dedup.py::only_the_lock_of_our_own",
         ),
+        harms=True,
     ),
     # issue #21: 5, a live operation waiting silently past Q_RETRY is neither reaped nor run twice
-    Case("live operation never reaped", ("tests/reliability/test_heartbeat.py",)),
+    Case("live operation never reaped", ("tests/reliability/test_heartbeat.py",), harms=True),
     # issue #21: holds at the moment of deletion
     Case(
         "hold set mid-batch keeps its item (cleanups, API, remove-folder)",
         ("tests/audit/test_holds_at_deletion.py",),
+        harms=True,
     ),
     Case(
         "hold set mid-run keeps its pod or snapshot (delete, stop, retention, sweep)",
         ("tests/pods/test_holds_at_deletion_pods.py",),
+        harms=True,
     ),
-    Case("hold racing a deletion on PostgreSQL", ("tests/scaleout/test_hold_race.py",)),
+    Case("hold racing a deletion on PostgreSQL", ("tests/scaleout/test_hold_race.py",), harms=True),
     # issue #23: API tokens: wrong, revoked or missing tokens, forged session POSTs, refusals
     Case(
         "API tokens and refusals",
@@ -147,9 +163,13 @@ CASES = [
         ),
     ),
     # issue #21: 1. a dedup stop over a decayed pack keeps every volume (reused copies read back)
-    Case("stop over a decayed pack", ("tests/pods/test_snapshot_readback.py::decayed_pack_keeps_every_volume",)),
+    Case(
+        "stop over a decayed pack",
+        ("tests/pods/test_snapshot_readback.py::decayed_pack_keeps_every_volume",),
+        harms=True,
+    ),
     # issue #21: 7. a start with a wrong key makes no container or volume
-    Case("start with a wrong key", ("tests/pods/test_snapshot_readback.py::wrong_key",)),
+    Case("start with a wrong key", ("tests/pods/test_snapshot_readback.py::wrong_key",), harms=True),
     # issue #21: 8. a compare changed in its first block reads no further (planted bug)
     Case("compare let go at the first changed block", ("tests/pods/test_snapshot_compare.py::first_block",)),
     # issue #21: 7. a snapshot that does not read back says what to do (verify, drill, start)
@@ -244,39 +264,67 @@ def test_outcomes(outcomes: list[dict]) -> dict[str, dict]:
     return tests
 
 
+HARMS = ("lost_bytes", "held_deleted", "panel_touched", "ran_twice")
+
+
 def case_rows(entries: list[dict]) -> tuple[list[list], bool]:
     tests = test_outcomes([e for e in entries if e["type"] == "outcome"])
     rows, ok = [], True
     for case in CASES:
         mine = {nodeid: t for nodeid, t in tests.items() if case.matches(nodeid)}
         records = [e for e in entries if e["type"] in {"fault", "bad_input"} and case.matches(e["test"])]
+        harms = [e for e in entries if e["type"] == "harm" and case.matches(e["test"])]
         broken = [e for e in entries if e["type"] == "collect_error" and case.matches_file(e["path"])]
         passed = sum(t["outcome"] == "passed" for t in mine.values())
         hangs = sum(t["timeout"] for t in mine.values())
         errored = sum(t["outcome"] == "failed" and not t["timeout"] for t in mine.values())
         errored += sum(not e.get("rejected", True) or not e.get("survived", True) for e in records) + len(broken)
-        lost = sum(e.get("lost_bytes", 0) for e in records)
+        # A test that records both a fault point and a harm measured the same bytes once: its harm counts.
+        measured = {e["test"] for e in harms}
+        lost = sum(e["lost_bytes"] for e in harms)
+        lost += sum(e.get("lost_bytes", 0) for e in records if e["test"] not in measured)
+        held, panel, twice = (sum(e[key] for e in harms) for key in HARMS[1:])
         touched = sum(e.get("touched_outside", 0) for e in records)
-        rows.append([case.label, len(mine) or "no test yet", passed, hangs, errored, lost, touched])
+        recorded = len(harms) if case.harms or harms else "-"
+        rows.append([case.label, len(mine) or "no test yet", passed, hangs, errored, recorded])
+        rows[-1] += [lost, held, panel, twice, touched]
+        # An issue-#21 row whose tests ran but measured nothing proves nothing.
+        unmeasured = case.harms and bool(mine) and not harms
         ok = ok and bool(mine) and passed == len(mine) and not (hangs or errored or lost or touched)
+        ok = ok and not (held or panel or twice or unmeasured)
     return rows, ok
 
 
-def summarise(entries: list[dict]) -> tuple[str, bool]:
+def harm_rows(harms: list[dict]) -> tuple[list[list], list]:
+    """One row per harm area: measurements recorded and the sum of each harm, and a total row."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for entry in harms:
+        groups[entry["area"]].append(entry)
+
+    def row(name: str, items: list[dict]) -> list:
+        return [name, len(items), *(sum(e[key] for e in items) for key in HARMS)]
+
+    return [row(name, items) for name, items in sorted(groups.items())], row("all harm measurements", harms)
+
+
+def summarise(entries: list[dict]) -> tuple[str, bool, str]:
+    """The tables, whether everything held, and the closing line of totals over the cases."""
     faults = [e for e in entries if e["type"] == "fault"]
     inputs = [e for e in entries if e["type"] == "bad_input"]
+    harms = [e for e in entries if e["type"] == "harm"]
     ok = bool(faults) and bool(inputs)
 
     cases, cases_ok = case_rows(entries)
     fault_rows, fault_total = _grouped(faults, "area", "survived", "lost_bytes", total="all fault points")
     input_rows, input_total = _grouped(inputs, "surface", "rejected", "touched_outside", total="all bad inputs")
+    harm_area_rows, harm_total = harm_rows(harms)
     ok = ok and cases_ok and fault_total[1] == fault_total[2] and fault_total[3] == 0
-    ok = ok and input_total[1] == input_total[2] and input_total[3] == 0
+    ok = ok and input_total[1] == input_total[2] and input_total[3] == 0 and not any(harm_total[2:])
 
     lines = [
         table(
-            ["issue #15 case", "tests", "passed", "hangs", "errored (traceback)", "bytes lost"]
-            + ["files touched outside roots"],
+            ["case", "tests", "passed", "hangs", "errored (traceback)", "harm records", "bytes lost"]
+            + ["held items deleted", "panel files touched", "run twice", "files touched outside roots"],
             cases,
         ),
         "",
@@ -285,9 +333,19 @@ def summarise(entries: list[dict]) -> tuple[str, bool]:
         table(
             ["bad input surface", "tried", "rejected cleanly", "files touched outside roots"], input_rows, input_total
         ),
+        "",
+        table(
+            ["harm area", "measured", "bytes lost", "held items deleted", "panel files touched", "run twice"],
+            harm_area_rows,
+            harm_total,
+        ),
     ]
     failures = [e for e in faults if not e["survived"] or e["lost_bytes"]] + [
         e for e in inputs if not e["rejected"] or e["touched_outside"]
+    ]
+    harmed = [e for e in harms if any(e[key] for key in HARMS)]
+    unmeasured = [
+        row[0] for case, row in zip(CASES, cases, strict=True) if case.harms and isinstance(row[1], int) and not row[5]
     ]
     tests = test_outcomes([e for e in entries if e["type"] == "outcome"])
     failed_tests = [f"{n}{' (timeout)' if t['timeout'] else ''}" for n, t in tests.items() if t["outcome"] == "failed"]
@@ -296,7 +354,21 @@ def summarise(entries: list[dict]) -> tuple[str, bool]:
     if failures:
         lines += ["", "Not survived / not rejected cleanly:"]
         lines += [f"  {e.get('point') or e.get('value')!r} ({e['test']})" for e in failures[:30]]
-    return "\n".join(lines), ok
+    if harmed:
+        lines += ["", "Harm measured:"]
+        lines += [
+            f"  {e['point']!r}: " + ", ".join(f"{key} {e[key]}" for key in HARMS if e[key]) + f" ({e['test']})"
+            for e in harmed[:30]
+        ]
+    if unmeasured:
+        lines += ["", "Issue #21 cases whose tests ran but recorded no harm measurement:"]
+        lines += [f"  {label}" for label in unmeasured]
+    lost, held, panel, twice = (sum(row[i] for row in cases) for i in (6, 7, 8, 9))
+    closing = (
+        f"faults: {len(cases)} cases, {lost} bytes lost, {held} held items deleted, {panel} panel files touched"
+        + (f", {twice} operations run twice" if twice else "")
+    )
+    return "\n".join(lines), ok, closing
 
 
 def main() -> int:
@@ -307,14 +379,16 @@ def main() -> int:
         report = Path(folder) / "faults.jsonl"
         returncode = run_tests(report, args.pytest_args)
         entries = load(report)
-    text, ok = summarise(entries)
+    text, ok, closing = summarise(entries)
     print()
     print(text)
     verdict = "PASS" if ok and returncode == 0 else "FAIL"
     print(
         f"\n{verdict}: pytest exit {returncode}; every case needs passing tests, and hangs, errors, "
-        "data lost and files touched outside roots must all be 0"
+        "data lost, held items deleted, panel files touched, work run twice and files touched outside roots must "
+        "all be 0, and every issue #21 case must have measured its harms"
     )
+    print(closing)
     return 0 if verdict == "PASS" else 1
 
 

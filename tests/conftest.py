@@ -6,6 +6,7 @@ import pytest
 from tests import parts
 from tests.browser import artifacts, browser, logged_in_page, page  # noqa: F401
 from tests.fakes.modal_fixtures import _modal_servicer, modal_server  # noqa: F401
+from tests.faults import bad_input, fault_point, harm  # noqa: F401
 
 # Credentials for the local S3 and Modal servers only; never real ones.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

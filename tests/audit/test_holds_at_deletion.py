@@ -22,7 +22,7 @@ from apps.audit.services import Progress
 from apps.volumes.models import LayoutRule, Volume
 from apps.volumes.services.removal import volume_folder_preview
 from controlpanel.errors import PanelError
-from tests.mixjobs.helpers import job_path, write_job
+from tests.mixjobs.helpers import job_path, media, write_job
 from tests.separations.helpers import cleanup_now, put_session, volume_root
 
 # Threads write on their own connections: the test's rows must be committed to be seen.
@@ -54,6 +54,17 @@ class HoldFromAnotherThread:
         return self
 
 
+def held_gone() -> int:
+    """Sessions (either kind) on hold now whose files are no longer on disk."""
+    gone = 0
+    for hold in Hold.objects.filter(released_at=None):
+        if hold.target_type == TargetType.SEPARATION_SESSION:
+            gone += not (volume_root() / "sessions" / hold.target_id / "input.wav").exists()
+        elif hold.target_type == TargetType.MIXJOB_SESSION:
+            gone += not any((media() / hold.target_id / "jobs").glob("*.json"))
+    return gone
+
+
 def after_progress(monkeypatch, calls: int, action) -> None:
     """Run `action` once the run has reported `calls` items done (between two items)."""
     original, seen = Progress.advance, []
@@ -67,12 +78,13 @@ def after_progress(monkeypatch, calls: int, action) -> None:
     monkeypatch.setattr(Progress, "advance", advance)
 
 
-def test_a_session_held_while_an_exit_batch_runs_is_kept_and_reported_on_hold(monkeypatch):
+def test_a_session_held_while_an_exit_batch_runs_is_kept_and_reported_on_hold(monkeypatch, harm):
     for session_id in ("s1", "s2", "s3"):
         put_session(session_id, mtime=OLD)
     # Oldest first, all equally old: s1, s2, s3. The hold on s3 comes once s1 is gone.
     after_progress(monkeypatch, 1, lambda: HoldFromAnotherThread(TargetType.SEPARATION_SESSION, "s3").join())
     result = cleanup_now(policy="exit")
+    harm("holds", "a session held between two items of an exit batch", held_deleted=held_gone())
     assert result["deleted"] == ["s1", "s2"]
     assert result["on_hold"] == ["s3"]
     assert (volume_root() / "sessions" / "s3" / "input.wav").exists()
@@ -80,7 +92,7 @@ def test_a_session_held_while_an_exit_batch_runs_is_kept_and_reported_on_hold(mo
     assert "s3" not in event.details["deleted"] and event.details["on_hold"] == ["s3"]
 
 
-def test_a_hold_asked_for_while_a_session_is_being_removed_waits_until_it_is_gone(monkeypatch):
+def test_a_hold_asked_for_while_a_session_is_being_removed_waits_until_it_is_gone(monkeypatch, harm):
     put_session("going", mtime=OLD)
     from apps.volumes.backends.local import LocalBackend
 
@@ -96,16 +108,20 @@ def test_a_hold_asked_for_while_a_session_is_being_removed_waits_until_it_is_gon
     monkeypatch.setattr(LocalBackend, "remove", remove)
     result = cleanup_now(policy="manual", session_ids=["going"])
     hold, removed_at = asked[0].join(), asked[1]
+    # Held and deleted: the hold answered "set" before the folder was gone.
+    held_then_removed = hold.when is not None and hold.when <= removed_at
+    harm("holds", "a hold asked for while its session is being removed", held_deleted=int(held_then_removed))
     assert result["deleted"] == ["going"] and not (volume_root() / "sessions" / "going").exists()
     # The hold was written, but only once the folder was gone: never "set" and then deleted.
     assert hold.when is not None and hold.when > removed_at
 
 
-def test_a_mix_job_session_held_while_the_cleanup_runs_keeps_its_jobs(monkeypatch):
+def test_a_mix_job_session_held_while_the_cleanup_runs_keeps_its_jobs(monkeypatch, harm):
     write_job("a-first", "j1", state="complete", updated_at=OLD)
     write_job("b-second", "j2", state="complete", updated_at=OLD)
     after_progress(monkeypatch, 1, lambda: HoldFromAnotherThread(TargetType.MIXJOB_SESSION, "b-second").join())
     operation = run_now(Kind.MIXJOBS_CLEANUP, actor="test")
+    harm("holds", "a mix-job session held between two items of the cleanup", held_deleted=held_gone())
     assert operation.status == Operation.Status.SUCCEEDED
     assert not job_path("a-first", "j1").exists()
     assert job_path("b-second", "j2").exists()
@@ -120,20 +136,22 @@ def sessions_volume_with_rule() -> Volume:
     return volume
 
 
-def test_remove_folder_refuses_a_folder_holding_a_held_session():
+def test_remove_folder_refuses_a_folder_holding_a_held_session(harm):
     put_session("kept", mtime=OLD)
     put_session("other", mtime=OLD)
     volume = sessions_volume_with_rule()
     hold_set(target_type=TargetType.SEPARATION_SESSION, target_id="kept", reason="legal", actor="t")
     words = "folder sessions/ on volume split-data contains session kept, which is on hold by t (legal)"
-    with pytest.raises(Held, match=words.replace("(", r"\(").replace(")", r"\)")):
-        request(Kind.VOLUME_REMOVE_FOLDER, "split-data:sessions", actor="test")
-    with pytest.raises(Held):
-        volume_folder_preview(volume=volume, path="sessions")
+    point = "remove-folder over a folder holding a held session"
+    with harm.around("holds", point, held_deleted=held_gone):
+        with pytest.raises(Held, match=words.replace("(", r"\(").replace(")", r"\)")):
+            request(Kind.VOLUME_REMOVE_FOLDER, "split-data:sessions", actor="test")
+        with pytest.raises(Held):
+            volume_folder_preview(volume=volume, path="sessions")
     assert (volume_root() / "sessions" / "kept" / "input.wav").exists()
 
 
-def test_remove_folder_keeps_a_folder_whose_session_was_held_after_it_was_asked_for(monkeypatch):
+def test_remove_folder_keeps_a_folder_whose_session_was_held_after_it_was_asked_for(monkeypatch, harm):
     put_session("kept", mtime=OLD)
     sessions_volume_with_rule()
     # The hold comes while the run measures the folder, after every check made when it was asked for.
@@ -147,7 +165,11 @@ def test_remove_folder_keeps_a_folder_whose_session_was_held_after_it_was_asked_
         return contents
 
     monkeypatch.setattr(removal, "_measure", measured)
-    with pytest.raises(Held, match="contains session kept, which is on hold by another person"):
+    point = "a session held while remove-folder measures its folder"
+    with (
+        harm.around("holds", point, held_deleted=held_gone),
+        pytest.raises(Held, match="contains session kept, which is on hold by another person"),
+    ):
         run_now(Kind.VOLUME_REMOVE_FOLDER, "split-data:sessions", actor="test")
     assert Operation.objects.get(kind=Kind.VOLUME_REMOVE_FOLDER).status == Operation.Status.FAILED
     assert (volume_root() / "sessions" / "kept" / "input.wav").exists()
@@ -157,18 +179,19 @@ def test_remove_folder_keeps_a_folder_whose_session_was_held_after_it_was_asked_
     assert Hold.objects.filter(target_id="kept", released_at=None).exists()
 
 
-def test_the_api_batch_answers_on_hold_for_a_session_held_while_it_ran(client, settings, monkeypatch):
+def test_the_api_batch_answers_on_hold_for_a_session_held_while_it_ran(client, settings, monkeypatch, harm):
     settings.SESSIONS_API_TOKEN = "t" * 40
     for session_id in ("s1", "s2"):
         put_session(session_id, mtime=OLD)
     after_progress(monkeypatch, 1, lambda: HoldFromAnotherThread(TargetType.SEPARATION_SESSION, "s2").join())
     response = client.post("/api/sessions/cleanup-on-exit", HTTP_AUTHORIZATION=f"Bearer {'t' * 40}")
+    harm("holds", "a session held while the API's exit batch runs", held_deleted=held_gone())
     assert response.status_code == 200
     assert response.json()["deleted"] == ["s1"] and response.json()["on_hold"] == ["s2"]
     assert (volume_root() / "sessions" / "s2" / "input.wav").exists()
 
 
-def test_a_session_held_while_the_batch_is_planned_is_reported_on_hold(monkeypatch):
+def test_a_session_held_while_the_batch_is_planned_is_reported_on_hold(monkeypatch, harm):
     for session_id in ("s1", "s2", "s3"):
         put_session(session_id, mtime=OLD)
     hold_set(target_type=TargetType.SEPARATION_SESSION, target_id="s1", reason="first", actor="t")
@@ -185,6 +208,7 @@ def test_a_session_held_while_the_batch_is_planned_is_reported_on_hold(monkeypat
 
     monkeypatch.setattr(plan, "held_ids", reading)
     result = cleanup_now(policy="exit")
+    harm("holds", "a session held between two reads of the plan", held_deleted=held_gone())
     assert result["deleted"] == ["s3"]
     assert sorted(result["on_hold"]) == ["s1", "s2"]
     assert (volume_root() / "sessions" / "s2" / "input.wav").exists()

@@ -124,7 +124,7 @@ def test_a_newer_job_written_while_one_is_set_aside_is_the_one_kept(clock, monke
     assert sorted(p.name for p in job_path("s1", "j").parent.iterdir()) == [".lock", "j.json"]
 
 
-def test_a_job_rewritten_in_place_after_the_reread_is_put_back_not_deleted(clock, monkeypatch):
+def test_a_job_rewritten_in_place_after_the_reread_is_put_back_not_deleted(clock, monkeypatch, harm):
     """Issue #21 item 8: a writer without the lock rewrites the job in place (same inode, new
     bytes) between the re-read and the set-aside: only the content comparison can tell."""
     write_job("s1", "j", state="complete", updated_at=OLD)
@@ -139,6 +139,13 @@ def test_a_job_rewritten_in_place_after_the_reread_is_put_back_not_deleted(clock
 
     between_reread_and_delete(monkeypatch, rewrite_in_place)
     report = mixjobs_cleanup(actor="tests", session_id="s1")
+    # Lost: the writer's new bytes, unless the job file is there holding exactly them.
+    kept = path.exists() and path.read_bytes() == json.dumps(fresh).encode()
+    harm(
+        "mix jobs",
+        "a job rewritten in place between the re-read and the set-aside",
+        lost_bytes=0 if kept else len(json.dumps(fresh)),
+    )
     assert path.stat().st_ino == inode and json.loads(path.read_text())["state"] == "queued"
     assert report.deleted_jobs == [] and report.deleted_files == [] and index_path("j").exists()
     assert report.skipped == [{"path": str(path), "reason": "rewritten while it was being removed; put back"}]

@@ -14,6 +14,7 @@ import pytest
 from apps.pods import services
 from apps.pods.models import Pod, Snapshot
 from apps.pods.snapshots import StoreError, store_from_url
+from tests.faults import panel_files_changed, panel_files_snapshot
 from tests.pods.conftest import pod_volumes, pod_with_files
 from tests.pods.test_snapshot_dedup import DATA_SCRIPT, dedup_file, restic, restic_template  # noqa: F401
 
@@ -73,6 +74,7 @@ def test_a_read_stream_let_go_midway_leaves_no_lock_and_the_purge_runs_at_once(d
 def test_a_killed_dumps_lock_is_removed_before_waiting_and_a_live_restics_is_named_and_kept(
     dedup_file,  # noqa: F811
     settings,
+    harm,
 ):
     settings.SNAPSHOT_LOCK_WAIT_SECONDS = 3
     store = store_from_url()
@@ -115,8 +117,12 @@ def test_a_killed_dumps_lock_is_removed_before_waiting_and_a_live_restics_is_nam
         while not lock_files(dedup_file) and time.monotonic() < deadline:
             time.sleep(0.1)
         held = lock_files(dedup_file)
+        # A live restic's lock removed, or the forget run past it, changes the repository's files.
+        panel = panel_files_snapshot()
         with pytest.raises(StoreError) as refused:
             store.run("forget", snapshot_id, doing="forgetting p2")
+        touched = panel_files_changed(panel)
+        harm("restic locks", "a forget while a live restic holds its lock", panel_touched=touched)
         message = str(refused.value)
         assert f"restic PID {live.pid} on {socket.gethostname()} (`restic backup --stdin" in message
         assert "while forgetting p2" in message and "\n" not in message

@@ -14,8 +14,10 @@ from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.snapshots import StoreError, store_from_url
 from controlpanel.errors import PanelError
+from tests.faults import panel_files_changed, panel_files_snapshot
 from tests.pods import test_snapshot_dedup
 from tests.pods.conftest import container_exists, listing, pod_volumes, pod_with_files
+from tests.reliability.pod_files import digests, file_sizes, lost_bytes
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -48,21 +50,39 @@ def _flip_in_pack_of(store, entry: dict, repository) -> tuple[str, int]:
     raise AssertionError(f"blob {blob} of {entry['key']} is in no index")
 
 
+def _lost_after_a_start(docker_client, pod_id: str, sizes: dict[str, int], before: list[str]) -> int:
+    """Bytes of the pod's files (as `listing` saw them before) that a start does not give back;
+    all of them when it cannot start."""
+    try:
+        services.pod_start(pod_id=pod_id, actor="test")
+    except PanelError:
+        return lost_bytes(sizes, digests(before), None)
+    return lost_bytes(sizes, digests(before), digests(listing(docker_client, pod_id)))
+
+
 def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     docker_client,
     new_pod_id,
     dedup_file,
     receiver,
+    harm,
 ):
     pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
+    sizes = file_sizes(docker_client, pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
     first = Snapshot.objects.get(pod__pod_id=pod_id)
     services.pod_start(pod_id=pod_id, actor="test")
     store = store_from_url()
     pack, _ = _flip_in_pack_of(store, first.manifest["workspace"], dedup_file)
+    point = "an unchanged pod stopped over a decayed pack, then started"
 
-    with pytest.raises(PanelError) as failed:
-        run_now(Kind.POD_STOP, pod_id, actor="test")
+    try:
+        with pytest.raises(PanelError) as failed:
+            run_now(Kind.POD_STOP, pod_id, actor="test")
+    except BaseException:
+        # The stop went through: what a start gives back now is all the pod still has.
+        harm("dedup stop", point, lost_bytes=_lost_after_a_start(docker_client, pod_id, sizes, before))
+        raise
 
     message = str(failed.value)
     second = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
@@ -84,7 +104,7 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     assert any(pod_id in body["title"] and "volume workspace" in body["message"] for body in receiver.bodies)
 
     # The pod goes on from its own volumes, every byte as it was.
-    services.pod_start(pod_id=pod_id, actor="test")
+    harm("dedup stop", point, lost_bytes=_lost_after_a_start(docker_client, pod_id, sizes, before))
     assert listing(docker_client, pod_id) == before
 
     # What the sentence says to do works: the damaged pack removed, the index rebuilt, the
@@ -100,11 +120,13 @@ def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     assert listing(docker_client, pod_id) == before
 
 
-def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, new_pod_id, dedup_file, restic):
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
+def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, new_pod_id, dedup_file, restic, harm):
+    pod_id, written = pod_with_files(docker_client, new_pod_id)
+    sizes = file_sizes(docker_client, pod_id)
     services.pod_stop(pod_id=pod_id, actor="test")
+    key = restic.read_text()
     restic.write_text("not the key")
+    panel = panel_files_snapshot()
     time.sleep(1)  # the stop's own events are a second behind
     since = time.time()
 
@@ -112,6 +134,7 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
         run_now(Kind.POD_START, pod_id, actor="test")
 
     assert "\n" not in str(refused.value)
+    panel_changed = panel_files_changed(panel)
     operation = Operation.objects.filter(kind=Kind.POD_START, target_id=pod_id).latest("pk")
     assert operation.status == Operation.Status.FAILED and "refused the key" in operation.error
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
@@ -123,6 +146,14 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
     ]
     assert touched == []
     assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+
+    # With the right key back, the start gives back every byte the pod had.
+    restic.write_text(key)
+    services.pod_start(pod_id=pod_id, actor="test")
+    lost = lost_bytes(sizes, digests(written), digests(listing(docker_client, pod_id)))
+    harm(
+        "dedup start", "a start with a wrong key, then with the right one", lost_bytes=lost, panel_touched=panel_changed
+    )
 
 
 def test_verify_drill_and_start_over_a_decayed_pack_say_what_to_do(docker_client, new_pod_id, dedup_file):

@@ -59,7 +59,7 @@ def dedup_deployment(tmp_path, template, pod_image, docker_client):
 
 
 def test_worker_killed_during_a_dedup_restore_leaves_no_lock_that_blocks_the_purge(
-    dedup_deployment, docker_client, fault_point
+    dedup_deployment, docker_client, fault_point, harm
 ):
     deployment = dedup_deployment
     pod_id = f"r{os.urandom(5).hex()}"
@@ -88,6 +88,7 @@ def test_worker_killed_during_a_dedup_restore_leaves_no_lock_that_blocks_the_pur
 
     survived = running and deleted and took < LOCK_WAIT_SECONDS and list(locks.iterdir()) == []
     fault_point("sigkill", "dedup restore, killed with its restic dump", survived=survived, lost_bytes=lost)
+    harm("restic locks", "a restore worker killed with its restic dump, then a delete", lost_bytes=lost)
     context = f"locks left by the kill: {len(left)}; recovery: {report}; delete took {took:.1f} s"
     assert left, f"the kill left no lock: the case tested nothing ({context})"
     assert running and lost == 0, context

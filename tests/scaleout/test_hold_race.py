@@ -58,7 +58,7 @@ def put_sessions(root, count: int) -> None:
             os.utime(path, (stamp, stamp))
 
 
-def test_a_hold_racing_a_deletion_is_never_set_and_then_deleted(stack):
+def test_a_hold_racing_a_deletion_is_never_set_and_then_deleted(stack, harm):
     root = stack.var_dir / "volumes" / "music-split-jobs-data"
     put_sessions(root, SESSIONS)
     start = time.time() + 4  # both processes are up and spinning before the race starts
@@ -72,6 +72,11 @@ def test_a_hold_racing_a_deletion_is_never_set_and_then_deleted(stack):
     }
     held = {line.split()[1]: float(line.split()[2]) for line in holds_out.splitlines() if line.startswith("set")}
     result = json.loads(next(line for line in cleanup_out.splitlines() if line.startswith("result"))[7:])
+    # Held and deleted: a session whose hold was written before it was removed, or that is gone
+    # from disk without the cleanup having removed it.
+    gone = {sid for sid in held if not (root / "sessions" / sid / "input.wav").exists()}
+    held_then_removed = {sid for sid in gone if sid not in removed or removed[sid] > held[sid]}
+    harm("holds", "40 holds racing an exit batch on PostgreSQL", held_deleted=len(held_then_removed))
     assert len(held) == SESSIONS
     late = {sid: (removed[sid], held[sid]) for sid in held if sid in removed and removed[sid] > held[sid]}
     assert late == {}, "held, then deleted"
@@ -109,7 +114,7 @@ print("set", "race-00", repr(time.time()), flush=True)
 """
 
 
-def test_a_hold_asked_for_during_a_removal_on_postgresql_is_written_once_the_session_is_gone(stack):
+def test_a_hold_asked_for_during_a_removal_on_postgresql_is_written_once_the_session_is_gone(stack, harm):
     root = stack.var_dir / "volumes" / "music-split-jobs-data"
     put_sessions(root, 1)
     marker = str(stack.var_dir / "removal-began")
@@ -120,4 +125,6 @@ def test_a_hold_asked_for_during_a_removal_on_postgresql_is_written_once_the_ses
     assert holds.returncode == 0, holds_err
     removed_at = float(next(line for line in cleanup_out.splitlines() if line.startswith("removed")).split()[2])
     held_at = float(next(line for line in holds_out.splitlines() if line.startswith("set")).split()[2])
+    held_then_removed = held_at <= removed_at and not (root / "sessions" / "race-00").exists()
+    harm("holds", "a hold asked for mid-removal on PostgreSQL", held_deleted=int(held_then_removed))
     assert held_at > removed_at  # asked for mid-removal, written only once the session was gone

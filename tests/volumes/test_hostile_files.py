@@ -11,6 +11,7 @@ from apps.audit.models import AuditEvent, Operation, StorageSample
 from apps.volumes.backends import Unreadable
 from apps.volumes.models import CrossCheck, Inspection, Severity
 from controlpanel.errors import PanelError
+from tests.faults import tree_sizes
 from tests.volumes.helpers import (
     after_entries,
     crosscheck_now,
@@ -239,18 +240,30 @@ def _root_away_while_one_entry_is_read(monkeypatch, root, *, replaced: bool) -> 
     monkeypatch.setattr(os, "scandir", scandir)
 
 
+def _record_vanishing_root(fault_point, harm, root, before: dict[str, int], point: str) -> None:
+    """An inspection stored from a walk of a root that moved is a wrong answer (not survived);
+    bytes lost are the volume's files that are not back where they were, with their size."""
+    after = tree_sizes(root)
+    lost = sum(size for path, size in before.items() if after.get(path) != size)
+    fault_point("vanishing root", point, survived=not Inspection.objects.exists(), lost_bytes=lost)
+    harm("vanishing root", point, lost_bytes=lost)
+
+
 @pytest.mark.parametrize(
     ("replaced", "said"), [(False, "disappeared during the walk"), (True, "was replaced during the walk")]
 )
 def test_a_root_renamed_away_and_back_while_an_entry_vanishes_fails_and_stores_nothing(
-    local_world, monkeypatch, replaced, said
+    local_world, monkeypatch, replaced, said, fault_point, harm
 ):
     _tree(local_world)
     volume = local_world.volume()
+    before = tree_sizes(local_world.root)
     _root_away_while_one_entry_is_read(monkeypatch, local_world.root, replaced=replaced)
 
     with deadline(DEADLINE), pytest.raises(PanelError, match=said):
         inspect_now(volume)
+    point = f"a root {'replaced' if replaced else 'renamed away'} and back while an entry vanishes"
+    _record_vanishing_root(fault_point, harm, local_world.root, before, point)
 
     operation = Operation.objects.get(kind="volume.inspect")
     assert operation.status == Operation.Status.FAILED and "stored nothing" in operation.error
@@ -260,11 +273,16 @@ def test_a_root_renamed_away_and_back_while_an_entry_vanishes_fails_and_stores_n
     assert len([p for p in local_world.root.rglob("*") if p.is_file()]) == 30
 
 
-def test_a_root_gone_as_the_walk_starts_is_no_empty_volume(local_world, monkeypatch):
+def test_a_root_gone_as_the_walk_starts_is_no_empty_volume(local_world, monkeypatch, fault_point, harm):
     from apps.volumes.backends import LocalBackend
 
     _tree(local_world)
     volume = local_world.volume()
+    root = local_world.root
+    before = {
+        path.replace(str(root), str(root.with_name(root.name + "-moved")), 1): size
+        for path, size in tree_sizes(root).items()
+    }
     start = LocalBackend._local
 
     def moved_first(self, path):
@@ -274,5 +292,9 @@ def test_a_root_gone_as_the_walk_starts_is_no_empty_volume(local_world, monkeypa
     monkeypatch.setattr(LocalBackend, "_local", moved_first)
     with deadline(DEADLINE), pytest.raises(PanelError, match="disappeared during the walk"):
         inspect_now(volume)
+    # Where the files are now: in the folder the root was moved to, every byte.
+    _record_vanishing_root(
+        fault_point, harm, root.with_name(root.name + "-moved"), before, "a root gone as the walk starts"
+    )
     assert not Inspection.objects.exists()
     assert not StorageSample.objects.filter(domain="volumes").exists()

@@ -16,6 +16,7 @@ from apps.audit.operations import run_now
 from apps.volumes.models import Inspection, LayoutRule, Volume
 from apps.volumes.services import volume_add
 from controlpanel.errors import InvalidInput
+from tests.faults import panel_files_changed, panel_files_snapshot
 from tests.volumes.helpers import inspect_now
 
 pytestmark = pytest.mark.django_db
@@ -46,9 +47,11 @@ def _files_under(folder) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_the_parent_of_var_dir_is_refused_however_it_is_written(settings, panel_paths):
+def test_the_parent_of_var_dir_is_refused_however_it_is_written(settings, panel_paths, harm):
     parent = panel_paths  # VAR_DIR, the snapshot store and the mix folders all live in it
     assert settings.VAR_DIR.parent == parent
+    (settings.VAR_DIR / "secret-key").write_text("kept")
+    panel = panel_files_snapshot()
     for written in [
         f"local://{parent}",
         f"local://{parent}/",
@@ -58,6 +61,7 @@ def test_the_parent_of_var_dir_is_refused_however_it_is_written(settings, panel_
         f"local://{parent / 'volumes' / '..'}",
     ]:
         assert "holds the panel's" in _refused(written), written
+    harm("panel data", "a volume added at VAR_DIR's parent, six spellings", panel_touched=panel_files_changed(panel))
 
 
 def test_the_cli_refuses_the_parent_of_var_dir_with_one_line(settings):
@@ -82,7 +86,7 @@ def test_a_symlink_to_a_parent_of_var_dir_is_refused(settings, tmp_path_factory)
 @pytest.mark.parametrize(
     "setting", ["SNAPSHOT_STORE_URL", "DEDUP_STORE_URL", "MIX_MEDIA_DIR", "MIX_OUTPUTS_DIR", "DATABASE"]
 )
-def test_a_folder_above_inside_or_at_each_kind_of_panel_data_is_refused(settings, tmp_path_factory, setting):
+def test_a_folder_above_inside_or_at_each_kind_of_panel_data_is_refused(settings, tmp_path_factory, setting, harm):
     """Each kind configured outside VAR_DIR, so only its own rule can refuse it."""
     top = tmp_path_factory.mktemp("panel-data")
     data = top / "kept" / "data"
@@ -97,11 +101,15 @@ def test_a_folder_above_inside_or_at_each_kind_of_panel_data_is_refused(settings
         settings.DATABASES = {**settings.DATABASES, "default": {**settings.DATABASES["default"], "NAME": str(data)}}
     else:
         setattr(settings, setting, data)
+    if data.is_dir():
+        (data / "kept.bin").write_bytes(b"panel data")
+    panel = panel_files_snapshot()
     _refused(f"local://{top / 'kept'}")
     _refused(f"local://{top}")
     _refused(f"local://{data}")
     if data.is_dir():
         _refused(f"local://{data / 'inside'}")
+    harm("panel data", f"volumes added above, at and inside {setting}", panel_touched=panel_files_changed(panel))
     # A folder beside it holds none of it.
     assert volume_add(name="beside", url=f"local://{top / 'beside'}", actor="test").url == f"local://{top / 'beside'}"
 
@@ -125,14 +133,17 @@ def _moved_store_world(settings, tmp_path_factory):
     return volume, root, written
 
 
-def test_a_volume_that_now_holds_the_snapshot_store_is_refused_when_used(settings, tmp_path_factory):
+def test_a_volume_that_now_holds_the_snapshot_store_is_refused_when_used(settings, tmp_path_factory, harm):
     volume, root, written = _moved_store_world(settings, tmp_path_factory)
-    with pytest.raises(InvalidInput) as caught:
-        inspect_now(volume)
-    _one_line_refusal(str(caught.value))
-    assert "holds the panel's snapshot store" in str(caught.value)
-    with pytest.raises(InvalidInput) as caught:
-        run_now(Kind.VOLUME_REMOVE_FOLDER, "data:snapshots", actor="test")
+    panel = panel_files_snapshot()
+    point = "inspect and remove-folder on a volume now holding the store"
+    with harm.around("panel data", point, panel_touched=lambda: panel_files_changed(panel)):
+        with pytest.raises(InvalidInput) as caught:
+            inspect_now(volume)
+        _one_line_refusal(str(caught.value))
+        assert "holds the panel's snapshot store" in str(caught.value)
+        with pytest.raises(InvalidInput) as caught:
+            run_now(Kind.VOLUME_REMOVE_FOLDER, "data:snapshots", actor="test")
     _one_line_refusal(str(caught.value))
     assert _files_under(root / "snapshots") == written
     assert not Inspection.objects.exists()
@@ -140,7 +151,9 @@ def test_a_volume_that_now_holds_the_snapshot_store_is_refused_when_used(setting
     assert not AuditEvent.objects.filter(action="volume.remove-folder").exists()
 
 
-def test_a_sessions_volume_that_now_holds_panel_data_is_refused_and_nothing_is_removed(settings, tmp_path_factory):
+def test_a_sessions_volume_that_now_holds_panel_data_is_refused_and_nothing_is_removed(
+    settings, tmp_path_factory, harm
+):
     from tests.separations.helpers import cleanup_now, put_session
 
     root = tmp_path_factory.mktemp("shared") / "sessions-volume"
@@ -148,7 +161,12 @@ def test_a_sessions_volume_that_now_holds_panel_data_is_refused_and_nothing_is_r
     put_session("old", mtime=timezone.now() - timedelta(days=3), root=root)
     settings.MIX_OUTPUTS_DIR = root / "sessions" / "old" / "output"
     before = _files_under(root)
-    with pytest.raises(InvalidInput) as caught:
+    panel = panel_files_snapshot()
+    point = "a session cleanup on a volume now holding mix outputs"
+    with (
+        harm.around("panel data", point, panel_touched=lambda: panel_files_changed(panel)),
+        pytest.raises(InvalidInput) as caught,
+    ):
         cleanup_now(policy="exit")
     _one_line_refusal(str(caught.value))
     assert "holds the panel's mix-job outputs" in str(caught.value)
@@ -156,7 +174,7 @@ def test_a_sessions_volume_that_now_holds_panel_data_is_refused_and_nothing_is_r
 
 
 def test_remove_folder_refuses_panel_data_found_there_at_the_moment_of_deletion(
-    settings, tmp_path_factory, monkeypatch
+    settings, tmp_path_factory, monkeypatch, harm
 ):
     """The volume is fine when opened; while its folder is measured, the store is configured
     inside it. The last check, right before deletion, reads settings as they are then."""
@@ -175,7 +193,13 @@ def test_remove_folder_refuses_panel_data_found_there_at_the_moment_of_deletion(
         return contents
 
     monkeypatch.setattr(removal, "_measure", measured_then_settings_change)
-    with pytest.raises(InvalidInput) as caught:
+    # The store is panel data from the moment settings name it: watched from before the run.
+    panel = panel_files_snapshot(root / "snapshots" / "store")
+    point = "remove-folder as the store is configured inside it"
+    with (
+        harm.around("panel data", point, panel_touched=lambda: panel_files_changed(panel)),
+        pytest.raises(InvalidInput) as caught,
+    ):
         run_now(Kind.VOLUME_REMOVE_FOLDER, "data:snapshots", actor="test")
     _one_line_refusal(str(caught.value))
     assert "removing snapshots/ from volume data refused" in str(caught.value)
