@@ -153,3 +153,20 @@ def postgres_url():
 @pytest.fixture(scope="session")
 def redis_url():
     return parts.redis_url()
+
+
+def pytest_sessionfinish(session):
+    """The run's safety net: a test that failed before its teardown (or whose teardown failed)
+    leaves pod containers and volumes; those named with this run's tag go now. Under xdist only
+    the controller sweeps, after every worker is done; another run's objects are never touched."""
+    if hasattr(session.config, "workerinput"):
+        return
+    client = parts.docker_client_or_none()
+    if client is None:
+        return
+    removed = parts.docker_leftovers_remove(client)
+    if removed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"removed {len(removed)} Docker objects tests left behind: {', '.join(removed[:10])}"
+        if reporter is not None:
+            reporter.write_line(message, yellow=True)

@@ -1,12 +1,11 @@
 """Pods tests run on the real dockerd; every test only touches containers and volumes
 named after its own uuid pod ids, and removes them afterwards."""
 
-import uuid
-
 import docker.errors
 import pytest
 
 from apps.pods.models import VOLUME_MOUNTS, container_name, volume_docker_name
+from tests import parts
 
 MOUNTS = list(VOLUME_MOUNTS.values())
 # Docker bind-mounts these over /etc in every running container: not pod data.
@@ -90,7 +89,7 @@ def new_pod_id(docker_client, pods_settings, db):
     made = []
 
     def make() -> str:
-        pod_id = f"t{uuid.uuid4().hex[:10]}"
+        pod_id = parts.pod_id("t")
         made.append(pod_id)
         return pod_id
 

@@ -5,7 +5,6 @@ schedule queues) keeps the volumes and leaves the pod paused; retention and the 
 keep what was held since their list was made and report it on hold."""
 
 import contextlib
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import docker.errors
@@ -20,6 +19,7 @@ from apps.audit.operations import run_now
 from apps.pods import services
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
+from tests import parts
 from tests.audit.test_holds_at_deletion import HoldFromAnotherThread
 from tests.pods.conftest import container_exists, pod_volumes
 from tests.pods.test_verify import pod_row, stored_snapshot
@@ -103,7 +103,7 @@ def test_retention_keeps_a_snapshot_held_while_it_runs(settings, monkeypatch, tm
 
 def test_the_orphan_sweep_keeps_a_volume_whose_pod_was_held_while_it_ran(docker_client, pods_settings, monkeypatch):
     pods_settings.POD_ORPHAN_GRACE_MINUTES = 60
-    tag = f"o{uuid.uuid4().hex[:8]}"
+    tag = parts.pod_id("o")
     pod_ids = [f"{tag}a", f"{tag}b"]
     names = [f"pinacle-vol-{pod_id}-workspace" for pod_id in pod_ids]
     for name, pod_id in zip(names, pod_ids, strict=True):

@@ -1,8 +1,6 @@
 """Unmeasured is not zero: the leak report says which leaks were never measured, and a fix
 with nothing to do yet says why and from when (issue #23)."""
 
-import uuid
-
 import pytest
 from django.core.cache import cache
 from django.urls import reverse
@@ -10,6 +8,7 @@ from django.utils import timezone
 
 from apps.pods import services
 from apps.pods.models import DockerHost, OrphanVolume
+from tests import parts
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +46,7 @@ def test_an_orphan_in_its_grace_period_says_when_the_sweep_takes_it(staff_client
 @pytest.mark.docker
 def test_a_sweep_with_nothing_to_do_yet_says_why_and_from_when(staff_client, docker_client, pods_settings):
     pods_settings.POD_ORPHAN_GRACE_MINUTES = 60
-    name = f"pinacle-vol-g{uuid.uuid4().hex[:10]}-workspace"
+    name = f"pinacle-vol-{parts.pod_id('g')}-workspace"
     docker_client.volumes.create(name=name)
     try:
         services.pods_reconcile(actor="test")
