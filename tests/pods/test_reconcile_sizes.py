@@ -239,6 +239,7 @@ def test_orphaned_volumes_are_measured_once_the_pods_volumes_are(docker_client, 
         assert 20_000 <= orphan.size_bytes < 40_000  # du -sb: the file and its folders
         assert report["hosts"]["local"]["measured"] >= 1
         # Measured once: a later run looks at it no more (its size stays in the leak report).
-        assert orphans_to_measure(host=orphan.host, tried=set(), limit=10) == []
+        # Other workers' volumes on the shared dockerd are orphans here too, some not measured.
+        assert name not in [left for _, left in orphans_to_measure(host=orphan.host, tried=set(), limit=100_000)]
     finally:
         docker_client.volumes.get(name).remove(force=True)
