@@ -206,7 +206,7 @@ def pytest_sessionfinish(session):
     """The run's safety net: a test that failed before its teardown (or whose teardown failed)
     leaves pod containers and volumes; those named with this run's tag go now. Under xdist only
     the controller sweeps, after every worker is done; another run's objects are never touched."""
-    if hasattr(session.config, "workerinput"):
+    if hasattr(session.config, "workerinput") or str(os.getpid()) != parts.RUN_OWNER:
         return
     client = parts.docker_client_or_none()
     if client is None:

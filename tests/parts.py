@@ -26,6 +26,9 @@ BASE_IMAGE = "pinacle-base:test"
 # environment): every Docker name a test makes starts with it, so the run's end can remove what
 # a failed test left behind without ever touching another run's (or a real panel's) objects.
 RUN_TAG = os.environ.setdefault("PINACLE_TEST_RUN", f"tr{uuid.uuid4().hex[:6]}")
+# The process that owns the tag sweeps at the end; a pytest a test starts inherits the tag but
+# must not sweep its parent's objects.
+RUN_OWNER = os.environ.setdefault("PINACLE_TEST_RUN_OWNER", str(os.getpid()))
 # "gw0", "gw1"… under pytest-xdist; "" when the suite runs in one process.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 WORKER_INDEX = int(WORKER[2:]) if WORKER.startswith("gw") else 0
