@@ -84,6 +84,20 @@ def pods_settings(settings, pod_image):
 
 
 @pytest.fixture
+def own_dockerd(pods_settings):
+    """A dockerd of the test's own as the `local` host (`settings.DOCKER_HOST`), for a test
+    whose answer depends on every volume of the daemon: on the shared one, other workers' and
+    runs' volumes are orphans too, and come and go. Its volumes go with it."""
+    daemon = parts.SecondDockerd()
+    try:
+        daemon.start()
+        pods_settings.DOCKER_HOST = daemon.base_url
+        yield daemon
+    finally:
+        daemon.close()
+
+
+@pytest.fixture
 def new_pod_id(docker_client, pods_settings, db):
     """Unique pod ids; whatever Docker objects they got are removed at the end."""
     made = []

@@ -97,19 +97,6 @@ def _pods_without_containers(count: int, host: DockerHost) -> list[str]:
     return made
 
 
-@pytest.fixture
-def own_dockerd(pods_settings):
-    """A dockerd of the test's own as the `local` host: on the shared one, other workers' and
-    runs' volumes appear and go between the two counts (orphans here, each its queries)."""
-    daemon = parts.SecondDockerd()
-    try:
-        daemon.start()
-        pods_settings.DOCKER_HOST = daemon.base_url
-        yield daemon
-    finally:
-        daemon.close()
-
-
 def test_reconcile_makes_the_same_queries_for_ten_pods_as_for_sixty(own_dockerd):
     host = services.host_default()
     counts = []
