@@ -3,6 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for the suite, each in its own process with its own databases, Redis
+# database, ports and Docker names (docs/development.md#tests-in-parallel); 0 runs it in one
+# process. Whole test files go to one worker (module fixtures start once), slowest first
+# (tests/conftest.py SLOW_FILES_FIRST; xdist would otherwise deal the files with most tests first).
+PYTEST_WORKERS ?= 0
+PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # Material's end-of-life banner on every build says nothing about these docs.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
@@ -31,7 +37,7 @@ test: $(STAMP)
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(MKDOCS) build --strict
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL)
 
 # The docs site in site/, built strictly (mkdocs.yml): a broken link or anchor, a page left out
 # of the nav or a setting missing from docs/settings.md fails it. Never with --quiet: it drops

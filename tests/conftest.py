@@ -31,6 +31,23 @@ def panel_paths(settings, tmp_path):
     return tmp_path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """The file cache is `var/cache` of the checkout, fixed when settings load, so every process
+    testing there shared it: xdist workers' `cache.clear()` wiped each other's entries, and one
+    read another's overview figures (same key: the same ids in each worker's database). One
+    folder per test process."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    caches = {name: dict(config) for name, config in settings.CACHES.items()}
+    for config in caches.values():
+        if config["BACKEND"].endswith("FileBasedCache"):
+            config["LOCATION"] = str(tmp_path_factory.mktemp("cache"))
+    with override_settings(CACHES=caches):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def clear_cache():
     from django.core.cache import cache
@@ -117,6 +134,36 @@ EVERY_S3_SERVER = {
 }
 
 
+# Under pytest-xdist each test file goes whole to one worker, in collection order, as workers
+# come free: a slow file dealt last keeps one worker busy while the others sit idle. These
+# (the slowest files of a full run; docs/development.md) are dealt first.
+SLOW_FILES_FIRST = [
+    "tests/pods/test_snapshot_dedup.py",
+    "tests/reliability/test_killed_workers.py",
+    "tests/reliability/test_bad_input.py",
+    "tests/pods/test_dedup_locks.py",
+    "tests/dashboard/test_production.py",
+    "tests/reliability/test_killed_restic.py",
+    "tests/reliability/test_heartbeat.py",
+    "tests/reliability/test_s3_faults.py",
+    "tests/reliability/test_docker_hosts.py",
+    "tests/scaleout/test_health_and_metrics.py",
+    "tests/scaleout/test_two_workers.py",
+    "tests/dashboard/test_login_race.py",
+    "tests/e2e/test_journey.py",
+    "tests/audit/test_claim_race.py",
+    "tests/pods/test_cli.py",
+    "tests/pods/test_lifecycle.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):
+        return  # one process: the usual order
+    rank = {path: n for n, path in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 def pytest_generate_tests(metafunc):
     if "s3_server" not in metafunc.fixturenames:
         return
@@ -154,3 +201,20 @@ def postgres_url():
 @pytest.fixture(scope="session")
 def redis_url():
     return parts.redis_url()
+
+
+def pytest_sessionfinish(session):
+    """The run's safety net: a test that failed before its teardown (or whose teardown failed)
+    leaves pod containers and volumes; those named with this run's tag go now. Under xdist only
+    the controller sweeps, after every worker is done; another run's objects are never touched."""
+    if hasattr(session.config, "workerinput") or str(os.getpid()) != parts.RUN_OWNER:
+        return
+    client = parts.docker_client_or_none()
+    if client is None:
+        return
+    removed = parts.docker_leftovers_remove(client)
+    if removed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"removed {len(removed)} Docker objects tests left behind: {', '.join(removed[:10])}"
+        if reporter is not None:
+            reporter.write_line(message, yellow=True)

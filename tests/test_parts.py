@@ -74,3 +74,14 @@ def _listening_addresses(pid: int) -> list[str]:
                     ip = "::"
                 found.append(f"{ip}:{int(port, 16)}")
     return found
+
+
+def test_each_test_process_has_a_cache_and_a_redis_database_of_its_own(redis_url, tmp_path_factory):
+    """Parallel workers (pytest-xdist) must not share the file cache (one's clear() wipes the
+    other's figures) nor, under a scale-out stack's flushdb, a Redis database."""
+    from django.conf import settings
+
+    location = settings.CACHES["default"].get("LOCATION", "")
+    assert str(tmp_path_factory.getbasetemp()) in location and "var/cache" not in location
+    first = int(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15").rpartition("/")[2])
+    assert redis_url.endswith(f"/{first - parts.WORKER_INDEX}")

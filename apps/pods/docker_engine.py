@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
 # Marks the short-lived containers that measure volume sizes (never a pod's container).
 HELPER_LABEL = "pinacle.helper"
+# A helper lives for one size budget or one probe (seconds); one this old was left by a dead
+# worker. A younger exited one may be another worker's (or panel's, on a shared daemon) whose
+# output is still to be read: removing it would lose that run's sizes.
+HELPER_STALE_SECONDS = 3600
 
 
 class DockerFailure(PanelError):
@@ -212,9 +216,11 @@ class DockerEngine:
             logger.warning("%s", exc)
 
     def helpers_remove(self) -> int:
-        """Remove size helpers a dead worker left behind (exited; a running one ends by itself)."""
+        """Remove size helpers a dead worker left behind (exited, and older than any live one
+        can be; a running one ends by itself)."""
         with self._errors("listing volume size helpers"):
-            left = self.client.api.containers(all=True, filters={"label": HELPER_LABEL, "status": "exited"})
+            exited = self.client.api.containers(all=True, filters={"label": HELPER_LABEL, "status": "exited"})
+            left = [row for row in exited if time.time() - row.get("Created", 0) > HELPER_STALE_SECONDS]
             for row in left:
                 try:
                     self.client.api.remove_container(row["Id"], force=True)

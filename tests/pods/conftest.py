@@ -1,12 +1,11 @@
 """Pods tests run on the real dockerd; every test only touches containers and volumes
 named after its own uuid pod ids, and removes them afterwards."""
 
-import uuid
-
 import docker.errors
 import pytest
 
 from apps.pods.models import VOLUME_MOUNTS, container_name, volume_docker_name
+from tests import parts
 
 MOUNTS = list(VOLUME_MOUNTS.values())
 # Docker bind-mounts these over /etc in every running container: not pod data.
@@ -85,12 +84,26 @@ def pods_settings(settings, pod_image):
 
 
 @pytest.fixture
+def own_dockerd(pods_settings):
+    """A dockerd of the test's own as the `local` host (`settings.DOCKER_HOST`), for a test
+    whose answer depends on every volume of the daemon: on the shared one, other workers' and
+    runs' volumes are orphans too, and come and go. Its volumes go with it."""
+    daemon = parts.SecondDockerd()
+    try:
+        daemon.start()
+        pods_settings.DOCKER_HOST = daemon.base_url
+        yield daemon
+    finally:
+        daemon.close()
+
+
+@pytest.fixture
 def new_pod_id(docker_client, pods_settings, db):
     """Unique pod ids; whatever Docker objects they got are removed at the end."""
     made = []
 
     def make() -> str:
-        pod_id = f"t{uuid.uuid4().hex[:10]}"
+        pod_id = parts.pod_id("t")
         made.append(pod_id)
         return pod_id
 

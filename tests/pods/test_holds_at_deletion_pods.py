@@ -5,7 +5,6 @@ schedule queues) keeps the volumes and leaves the pod paused; retention and the 
 keep what was held since their list was made and report it on hold."""
 
 import contextlib
-import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ from apps.audit.operations import run_now
 from apps.pods import services
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
+from tests import parts
 from tests.audit.test_holds_at_deletion import HoldFromAnotherThread
 from tests.faults import tree_sizes
 from tests.pods.conftest import container_exists, pod_volumes
@@ -150,7 +150,7 @@ def test_the_orphan_sweep_keeps_a_volume_whose_pod_was_held_while_it_ran(
     docker_client, pods_settings, monkeypatch, harm
 ):
     pods_settings.POD_ORPHAN_GRACE_MINUTES = 60
-    tag = f"o{uuid.uuid4().hex[:8]}"
+    tag = parts.pod_id("o")
     pod_ids = [f"{tag}a", f"{tag}b"]
     names = [f"pinacle-vol-{pod_id}-workspace" for pod_id in pod_ids]
     for name, pod_id in zip(names, pod_ids, strict=True):

@@ -2,7 +2,6 @@
 row is written; reconcile leaves a held interrupted pod alone; the orphan sweep keeps the
 volumes of a held pod id and says so; holds are set and released from the pod's page."""
 
-import uuid
 from datetime import timedelta
 
 import docker.errors
@@ -17,6 +16,7 @@ from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import request
 from apps.pods import services
 from apps.pods.models import Pod
+from tests import parts
 from tests.pods.test_verify import pod_row, stored_snapshot
 
 pytestmark = pytest.mark.django_db
@@ -55,7 +55,7 @@ def test_reconcile_leaves_a_held_interrupted_pod_alone():
 @pytest.mark.docker
 def test_the_orphan_sweep_keeps_volumes_of_a_held_pod_id(docker_client, pods_settings):
     pods_settings.POD_ORPHAN_GRACE_MINUTES = 60
-    held_id, free_id = f"h{uuid.uuid4().hex[:8]}", f"f{uuid.uuid4().hex[:8]}"
+    held_id, free_id = parts.pod_id("h"), parts.pod_id("f")
     names = [f"pinacle-vol-{pod_id}-workspace" for pod_id in (held_id, free_id)]
     for name, pod_id in zip(names, (held_id, free_id), strict=True):
         docker_client.volumes.create(name=name, labels={"pinacle.pod": pod_id})

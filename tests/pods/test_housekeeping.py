@@ -1,7 +1,6 @@
 """Orphan sweep and snapshot retention. Each test only looks at volumes under its own
 unique name prefix, so volumes of other tests on the same dockerd are never touched."""
 
-import uuid
 from datetime import timedelta
 
 import docker.errors
@@ -16,6 +15,7 @@ from apps.pods import services
 from apps.pods.models import OrphanVolume, Pod, Snapshot
 from apps.pods.snapshots import store_from_url
 from controlpanel.errors import InvalidInput
+from tests import parts
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 @pytest.fixture
 def prefix(docker_client):
     """A unique `pinacle-vol-…` prefix; every volume under it is removed afterwards."""
-    value = f"pinacle-vol-s{uuid.uuid4().hex[:8]}"
+    value = f"pinacle-vol-{parts.pod_id('s')}"
     yield value
     for volume in docker_client.volumes.list(filters={"name": value}):
         if volume.name.startswith(value):

@@ -2,8 +2,6 @@
 (no file is walked, whatever the size budget), every host at once with its own time limit,
 and a fixed number of queries per batch of pods."""
 
-import uuid
-
 import docker.api.client
 import pytest
 from django.db import connection
@@ -16,6 +14,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume, container_name
 from apps.pods.services.fleet import BATCH, LOOKUP_BATCH
 from apps.pods.services.sizes import pods_measure
+from tests import parts
 from tests.fakes.silent_server import SilentServer
 from tests.pods.conftest import pod_volumes, run_in
 
@@ -93,14 +92,14 @@ def _pods_without_containers(count: int, host: DockerHost) -> list[str]:
     """Running pods whose containers and volumes are gone: every one of them changes."""
     made = []
     for _ in range(count):
-        pod = Pod.objects.create(pod_id=f"q{uuid.uuid4().hex[:10]}", host=host, image="img", status="running")
+        pod = Pod.objects.create(pod_id=parts.pod_id("q"), host=host, image="img", status="running")
         services._volume_rows_ensure(pod)
         made.append(pod.pod_id)
     PodVolume.objects.filter(pod__pod_id__in=made).update(exists=True)
     return made
 
 
-def test_reconcile_makes_the_same_queries_for_ten_pods_as_for_sixty(docker_client, pods_settings):
+def test_reconcile_makes_the_same_queries_for_ten_pods_as_for_sixty(own_dockerd):
     host = services.host_default()
     counts = []
     for count in (10, 60):

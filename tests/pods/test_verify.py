@@ -19,6 +19,7 @@ from apps.pods import services
 from apps.pods.models import Pod, Snapshot
 from apps.pods.selectors import overview_section
 from apps.pods.snapshots import store_from_url
+from tests import parts
 from tests.parts import require_part
 
 pytestmark = pytest.mark.django_db
@@ -91,7 +92,7 @@ def local_store(request, settings, tmp_path):
 
 
 def check_flipped_byte_fails(tmp_path, receiver, bucket=None) -> None:
-    pod = pod_row(f"v{uuid.uuid4().hex[:8]}")
+    pod = pod_row(parts.pod_id("v"))
     snapshot = stored_snapshot(pod)
 
     result = services.snapshots_verify(actor="test")

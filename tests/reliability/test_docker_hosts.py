@@ -9,7 +9,6 @@ The second daemon has its own data-root, exec-root and socket under /tmp (see
 
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,7 @@ def new_pod_id(docker_client, second_dockerd, hosts):
     made = []
 
     def make() -> str:
-        pod_id = f"h{uuid.uuid4().hex[:10]}"
+        pod_id = parts.pod_id("h")
         made.append(pod_id)
         return pod_id
 

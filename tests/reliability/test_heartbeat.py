@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from tests import parts
 from tests.parts import require_part
 from tests.pods.conftest import remove_pod_objects
 from tests.reliability.deployment import Deployment, migrated_template
@@ -139,7 +140,7 @@ def test_a_pod_delete_waiting_on_a_restic_lock_past_q_retry_is_neither_reaped_no
             "POD_STOP_TIMEOUT_SECONDS": "0",
         },
     )
-    pod_id = f"h{os.urandom(5).hex()}"
+    pod_id = parts.pod_id("h")
     holder = None
     try:
         deployment.run(

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from tests import parts
 from tests.pods.conftest import listing, pod_volumes, remove_pod_objects, run_in
 from tests.reliability.deployment import Deployment, migrated_template, recover
 from tests.reliability.pod_files import digests, file_sizes, lost_bytes
@@ -62,7 +63,7 @@ def test_worker_killed_during_a_dedup_restore_leaves_no_lock_that_blocks_the_pur
     dedup_deployment, docker_client, fault_point, harm
 ):
     deployment = dedup_deployment
-    pod_id = f"r{os.urandom(5).hex()}"
+    pod_id = parts.pod_id("r")
     deployment.pod_ids.append(pod_id)
     deployment.run(f"from apps.pods.services import pod_provision\npod_provision(pod_id={pod_id!r}, actor='test')")
     run_in(docker_client, pod_id, BIG_SCRIPT)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import parts
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, remove_pod_objects, run_in
 from tests.reliability.deployment import Deployment, migrated_template, recover
 from tests.reliability.pod_files import digests, file_sizes, lost_bytes
@@ -55,7 +56,7 @@ def deployment(tmp_path, template, pod_image, docker_client):
 
 def provisioned(deployment: Deployment, docker_client, *, stopped: bool = False) -> tuple[str, dict, dict]:
     """A pod with data in it: its id, the md5 of every file and their sizes."""
-    pod_id = f"k{os.urandom(5).hex()}"
+    pod_id = parts.pod_id("k")
     deployment.pod_ids.append(pod_id)
     deployment.run(f"from apps.pods.services import pod_provision\npod_provision(pod_id={pod_id!r}, actor='test')")
     run_in(docker_client, pod_id, BIG_SCRIPT)
@@ -215,7 +216,7 @@ def test_worker_killed_during_deprovision(deployment, docker_client, point, faul
 
 
 def test_worker_killed_while_provisioning_is_rolled_back(deployment, docker_client, fault_point):
-    pod_id = f"k{os.urandom(5).hex()}"
+    pod_id = parts.pod_id("k")
     deployment.pod_ids.append(pod_id)
     worker = deployment.spawn(WORKER.format(action="provision", pod_id=pod_id))
     killed = kill_when(deployment, worker, lambda: len(pod_volumes(docker_client, pod_id)) >= 4, what="provision")
