@@ -155,3 +155,36 @@ def recover(deployment: Deployment, *, then: str = "") -> object:
         f"{then}\n"
         "print(json.dumps({'reaped': reaped, 'resumed': report['resumed']}))\n"
     )
+
+
+def dedup_deployment(*, root: Path, template: Path, pod_image: str, extra_env: dict[str, str]) -> Deployment:
+    """A deployment whose snapshot store is a fresh `dedup+file://` restic repository under
+    `root`; `.repository` and `.restic_env` let a test run restic beside it."""
+    from tests.parts import require_part
+
+    if shutil.which("restic") is None:
+        require_part("restic", "no restic binary", "Install Debian's restic: apt-get install restic")
+    key = root / "snapshot.key"
+    key.write_text(uuid.uuid4().hex)
+    repository = root / "dedup-repo"
+    restic_env = {
+        **os.environ,
+        "RESTIC_REPOSITORY": str(repository),
+        "RESTIC_PASSWORD_FILE": str(key),
+        "RESTIC_CACHE_DIR": str(root / "restic-cache"),
+    }
+    subprocess.run(["restic", "init"], env=restic_env, check=True, capture_output=True, timeout=120)
+    panel = Deployment(
+        root=root / "deployment",
+        template=template,
+        extra_env={
+            "SNAPSHOT_STORE_URL": f"dedup+file://{repository}",
+            "SNAPSHOT_KEY_FILE": str(key),
+            "POD_IMAGE": pod_image,
+            "POD_COMMAND": "/bin/sh",
+            "POD_STOP_TIMEOUT_SECONDS": "0",
+            **extra_env,
+        },
+    )
+    panel.repository, panel.restic_env = repository, restic_env
+    return panel

@@ -4,19 +4,15 @@ killed with SIGKILL beats no more, and its operation is still reaped.
 
 Real worker processes on one SQLite file (tests/reliability/deployment.py), Q_RETRY of 2 s."""
 
-import os
-import shutil
 import signal
 import subprocess
 import time
-import uuid
 
 import pytest
 
 from tests import parts
-from tests.parts import require_part
 from tests.pods.conftest import remove_pod_objects
-from tests.reliability.deployment import Deployment, migrated_template
+from tests.reliability.deployment import Deployment, dedup_deployment, migrated_template
 
 Q_RETRY = 2
 # Long enough for a reaper without heartbeats to take the worker for dead, several times over.
@@ -116,30 +112,10 @@ RECONCILE = (
 def test_a_pod_delete_waiting_on_a_restic_lock_past_q_retry_is_neither_reaped_nor_run_twice(
     tmp_path, template, pod_image, docker_client, fault_point, harm
 ):
-    if shutil.which("restic") is None:
-        require_part("restic", "no restic binary", "Install Debian's restic: apt-get install restic")
-    key = tmp_path / "snapshot.key"
-    key.write_text(uuid.uuid4().hex)
-    repository = tmp_path / "dedup-repo"
-    restic_env = {
-        **os.environ,
-        "RESTIC_REPOSITORY": str(repository),
-        "RESTIC_PASSWORD_FILE": str(key),
-        "RESTIC_CACHE_DIR": str(tmp_path / "restic-cache"),
-    }
-    subprocess.run(["restic", "init"], env=restic_env, check=True, capture_output=True, timeout=120)
-    deployment = Deployment(
-        root=tmp_path / "deployment",
-        template=template,
-        extra_env={
-            "Q_RETRY": str(Q_RETRY),
-            "SNAPSHOT_STORE_URL": f"dedup+file://{repository}",
-            "SNAPSHOT_KEY_FILE": str(key),
-            "POD_IMAGE": pod_image,
-            "POD_COMMAND": "/bin/sh",
-            "POD_STOP_TIMEOUT_SECONDS": "0",
-        },
+    deployment = dedup_deployment(
+        root=tmp_path, template=template, pod_image=pod_image, extra_env={"Q_RETRY": str(Q_RETRY)}
     )
+    repository, restic_env = deployment.repository, deployment.restic_env
     pod_id = parts.pod_id("h")
     holder = None
     try:

@@ -3,16 +3,14 @@ dies with it and leaves its repository lock behind. The next purge (here the pod
 after recovery finished the start) removes that lock, whose restic is gone, and runs at once
 instead of waiting for it and failing."""
 
-import os
-import subprocess
 import time
-import uuid
 
 import pytest
 
 from tests import parts
 from tests.pods.conftest import listing, pod_volumes, remove_pod_objects, run_in
-from tests.reliability.deployment import Deployment, migrated_template, recover
+from tests.reliability.deployment import dedup_deployment as make_dedup_deployment
+from tests.reliability.deployment import migrated_template, recover
 from tests.reliability.pod_files import digests, file_sizes, lost_bytes
 from tests.reliability.test_killed_workers import BIG_SCRIPT, WORKER, kill_when, pod_status
 
@@ -29,29 +27,12 @@ def template(tmp_path_factory):
 
 @pytest.fixture
 def dedup_deployment(tmp_path, template, pod_image, docker_client):
-    key = tmp_path / "snapshot.key"
-    key.write_text(uuid.uuid4().hex)
-    repository = tmp_path / "dedup-repo"
-    env = {
-        **os.environ,
-        "RESTIC_REPOSITORY": str(repository),
-        "RESTIC_PASSWORD_FILE": str(key),
-        "RESTIC_CACHE_DIR": str(tmp_path / "restic-cache"),
-    }
-    subprocess.run(["restic", "init"], env=env, check=True, capture_output=True, timeout=120)
-    panel = Deployment(
-        root=tmp_path / "deployment",
+    panel = make_dedup_deployment(
+        root=tmp_path,
         template=template,
-        extra_env={
-            "SNAPSHOT_STORE_URL": f"dedup+file://{repository}",
-            "SNAPSHOT_KEY_FILE": str(key),
-            "SNAPSHOT_LOCK_WAIT_SECONDS": str(LOCK_WAIT_SECONDS),
-            "POD_IMAGE": pod_image,
-            "POD_COMMAND": "/bin/sh",
-            "POD_STOP_TIMEOUT_SECONDS": "0",
-        },
+        pod_image=pod_image,
+        extra_env={"SNAPSHOT_LOCK_WAIT_SECONDS": str(LOCK_WAIT_SECONDS)},
     )
-    panel.repository = repository
     panel.pod_ids = []
     yield panel
     panel.close()
