@@ -24,6 +24,7 @@ from apps.pods.stores import dedup
 from controlpanel.errors import PanelError
 from tests.parts import require_part
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
+from tests.restic_keys import restic_key_make_fast
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -37,7 +38,7 @@ DATA_SCRIPT = WRITE_SCRIPT + (
 @pytest.fixture(scope="session")
 def restic_template(tmp_path_factory) -> tuple[Path, str]:
     """An empty repository made once (`restic init` calibrates its key derivation, a second
-    or so) and its key, copied for each test."""
+    or so) and its key, copied for each test; its key opens fast (`tests.restic_keys`)."""
     if shutil.which("restic") is None:
         require_part("restic", "no restic binary", "Install Debian's restic: apt-get install restic")
     folder, secret = tmp_path_factory.mktemp("restic-template"), uuid.uuid4().hex
@@ -49,6 +50,7 @@ def restic_template(tmp_path_factory) -> tuple[Path, str]:
         "RESTIC_CACHE_DIR": str(folder / "cache"),
     }
     subprocess.run(["restic", "init"], env=env, check=True, capture_output=True, timeout=120)
+    restic_key_make_fast(folder / "repo", secret)
     return folder / "repo", secret
 
 

@@ -161,6 +161,7 @@ def dedup_deployment(*, root: Path, template: Path, pod_image: str, extra_env: d
     """A deployment whose snapshot store is a fresh `dedup+file://` restic repository under
     `root`; `.repository` and `.restic_env` let a test run restic beside it."""
     from tests.parts import require_part
+    from tests.restic_keys import restic_key_make_fast
 
     if shutil.which("restic") is None:
         require_part("restic", "no restic binary", "Install Debian's restic: apt-get install restic")
@@ -174,6 +175,7 @@ def dedup_deployment(*, root: Path, template: Path, pod_image: str, extra_env: d
         "RESTIC_CACHE_DIR": str(root / "restic-cache"),
     }
     subprocess.run(["restic", "init"], env=restic_env, check=True, capture_output=True, timeout=120)
+    restic_key_make_fast(repository, key.read_text())
     panel = Deployment(
         root=root / "deployment",
         template=template,
