@@ -14,6 +14,10 @@ small ones), then times, beside each other:
 For `--store dedup` (restic, `dedup+file://`), also: a second stop of the unchanged pod (bytes
 added and time, against the first), and ten pods from one image (a base of BENCH_BYTES/2 plus
 BENCH_BYTES/20 of their own each), all stopped: the store's growth against base + 10 × own.
+For `--store dedup`, restic by hand on the same volume folders is the baseline #22 measures
+against, with the same promise: `backup` of the eight folders then `check --read-data` (every
+stored byte read back); the same for the unchanged pod (restic picks the parent snapshot and
+skips unchanged files by their metadata); `restore` into a folder for the start.
 S3 is SeaweedFS (`weed mini`, started here on 127.0.0.1). Prints every ratio; exits 0.
 """
 
@@ -230,6 +234,35 @@ class Bench:
         finally:
             scratch.remove(force=True)
 
+    # --- dedup: restic by hand, the baseline ---------------------------------------------------
+
+    def restic_by_hand(self, client, pod_id: str) -> dict[str, float]:
+        """restic's own times on the pod's volume folders (read on this host, as dockerd keeps
+        them): first backup + read-back, unchanged backup (parent) + read-back, restore."""
+        folders = [client.volumes.get(f"pinacle-vol-{pod_id}-{name}").attrs["Mountpoint"] for name in NAMES]
+        env = {
+            **os.environ,
+            "RESTIC_REPOSITORY": str(self.work / "by-hand"),
+            "RESTIC_PASSWORD_FILE": self.env["SNAPSHOT_KEY_FILE"],
+            "RESTIC_CACHE_DIR": str(self.work / "by-hand-cache"),
+        }
+
+        def restic(*args: str) -> float:
+            started = time.monotonic()
+            subprocess.run(["restic", "-q", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+            return time.monotonic() - started
+
+        restic("init")
+        times = {}
+        settle()
+        times["first"] = restic("backup", "--host", "bench", *folders) + restic("check", "--read-data")
+        settle()
+        times["unchanged"] = restic("backup", "--host", "bench", *folders) + restic("check", "--read-data")
+        settle()
+        times["restore"] = restic("restore", "latest", "--target", str(self.work / "by-hand-restore"))
+        shutil.rmtree(self.work / "by-hand-restore", ignore_errors=True)
+        return times
+
     # --- dedup: ten pods from one image ------------------------------------------------------
 
     def ten_pods(self, client) -> tuple[int, int]:
@@ -282,6 +315,7 @@ class Bench:
         # so the tar stores run ROUNDS rounds and take each figure's median (dedup runs one:
         # its later stops would be the second, deduplicated kind).
         rounds = 1 if self.store == "dedup" else ROUNDS
+        by_hand = self.restic_by_hand(client, pod_id) if self.store == "dedup" else {}
         runs: dict[str, list[float]] = {name: [] for name in ["limit", "naive_stop", "naive_start", "stop", "start"]}
         stop_rss = start_rss = 0.0
         for _ in range(rounds):
@@ -329,6 +363,13 @@ class Bench:
         print(f"dedup second stop of the unchanged pod: {second:7.2f} s, added {stored2} of {total2} bytes")
         print(f"ratio second stop added/pod bytes: {stored2 / max(total2, 1):.4f} (target ≤ 0.02)")
         print(f"ratio second stop/first stop time: {second / stop:.2f}x (target ≤ 0.5)")
+        print(
+            f"restic by hand on the same folders: first backup + read-back {by_hand['first']:.2f} s, "
+            f"unchanged backup + read-back {by_hand['unchanged']:.2f} s, restore {by_hand['restore']:.2f} s"
+        )
+        print(f"ratio first stop/restic by hand: {stop / by_hand['first']:.2f}x (target ≤ 1.3)")
+        print(f"ratio unchanged stop/restic by hand: {second / by_hand['unchanged']:.2f}x (target ≤ 1.3)")
+        print(f"ratio start/restic restore by hand: {start / by_hand['restore']:.2f}x (target ≤ 1.3)")
         grown, expected = self.ten_pods(client)
         print(
             f"ten pods from one image: store grew {grown / MIB:.1f} MiB for base + 10 × own = {expected / MIB:.1f} MiB"
