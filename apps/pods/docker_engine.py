@@ -341,7 +341,8 @@ class DockerEngine:
         return _coalesced(self._guarded(stream, f"reading {path} of {container}"))
 
     def archive_write(self, *, container: str, path: str, chunks: Iterable[bytes]) -> None:
-        """Unpack a tar stream into `path` of a created (not started) container."""
+        """Unpack a tar stream into `path` of a container: a created one (a restore), or a
+        running one (a path restored beside the current one, `services.restore_path`)."""
         with self._errors(f"writing into {path} of {container}"):
             ok = self.client.api.put_archive(container, path, chunks)
         if not ok:
