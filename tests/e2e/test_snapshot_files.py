@@ -101,6 +101,11 @@ def test_an_operator_browses_searches_and_restores_a_file_beside_without_a_reloa
     assert hashlib.sha256(restored).hexdigest() == hashlib.sha256(b"hello pod\n").hexdigest()
     assert file_in(docker_client, pod_id, "/workspace/proj/src/a.txt") == b"changed"
 
+    # Asked again, the confirmation says why not, with no button: nothing is overwritten.
+    page.goto(f"{live_server.url}/pods/{pod_id}/snapshots/{number}/files/restore/?path=/workspace/proj/src/a.txt")
+    expect(page.locator("main .error")).to_contain_text("already exists in pod")
+    expect(page.locator("button:has-text('Restore as')")).to_have_count(0)
+
     # The page fits a phone and a laptop.
     for width, height in [(390, 844), (1400, 900)]:
         page.set_viewport_size({"width": width, "height": height})
