@@ -341,11 +341,23 @@ class DockerEngine:
         return _coalesced(self._guarded(stream, f"reading {path} of {container}"))
 
     def archive_write(self, *, container: str, path: str, chunks: Iterable[bytes]) -> None:
-        """Unpack a tar stream into `path` of a created (not started) container."""
+        """Unpack a tar stream into `path` of a container: a created one (a restore), or a
+        running one (a path restored beside the current one, `services.restore_path`)."""
         with self._errors(f"writing into {path} of {container}"):
             ok = self.client.api.put_archive(container, path, chunks)
         if not ok:
             raise DockerFailure(f"Docker host {self.host_name!r} did not unpack the archive into {path}")
+
+    def path_exists(self, *, container: str, path: str) -> bool:
+        """Whether `path` exists in the container (a HEAD of its archive: nothing is read)."""
+        with self._errors(f"looking for {path} in {container}"):
+            api = self.client.api
+            answer = api.head(api._url("/containers/{0}/archive", container), params={"path": path})
+        if answer.status_code == 404:
+            return False
+        if not answer.ok:
+            raise DockerFailure(f"Docker host {self.host_name!r} refused looking for {path}: {answer.status_code}")
+        return True
 
     def _guarded(self, stream: Iterable[bytes], doing: str) -> Iterator[bytes]:
         with self._errors(doing):

@@ -142,6 +142,8 @@ class Pod(StateMachine, models.Model):
             # Deleting a pod with its snapshots uses Django's own `delete_pod` permission.
             ("sweep_orphans", "Can remove orphaned pod volumes and old snapshots"),
             ("verify_snapshot", "Can verify snapshots and run restore drills"),
+            # Names and sizes are for anyone who may view the pod; contents are not.
+            ("restore_files_pod", "Can download files from snapshots and restore them beside the current ones"),
         ]
 
     def __str__(self) -> str:

@@ -12,6 +12,7 @@ from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAc
 from apps.pods.models import VOLUME_PREFIX, Snapshot
 from apps.pods.services.drill_rotation import drill_rotation_sentence, pods_drill_rotate
 from apps.pods.services.idle import dormancy_sentence, idle_sentence, idle_stop_notify, pods_dormancy, pods_idle_stop
+from apps.pods.services.restore_path import pod_restore_path, restore_path_check, restored_sentence
 from apps.pods.services.sizes import pods_measure
 from apps.pods.services.verify import snapshots_verified_sentence
 from controlpanel.formatting import humanize_bytes, plural
@@ -170,6 +171,21 @@ def _drill_rotation(operation: Operation) -> dict:
     return pods_drill_rotate(actor=operation.actor, operation=operation)
 
 
+def _restore_path(operation: Operation) -> dict:
+    params = operation.params or {}
+    return pod_restore_path(
+        pod_id=operation.target_id,
+        number=params.get("snapshot"),
+        path=params.get("path"),
+        actor=operation.actor,
+        operation=operation,
+    )
+
+
+def _restore_path_check(target_id: str, params: dict) -> None:
+    restore_path_check(pod_id=target_id, number=params.get("snapshot"), path=params.get("path"))
+
+
 def _drill_check(target_id: str, params: dict) -> None:
     services.drill_check(pod_id=target_id)
 
@@ -305,6 +321,19 @@ KINDS = [
         exclusive=False,
         describe=_drilled,
         check=_drill_check,
+    ),
+    # Writes into the running pod beside what is there (services/restore_path.py); exclusive:
+    # never beside a stop or start of the same pod.
+    OperationKind(
+        name=str(Kind.POD_RESTORE_PATH),
+        target_type=TargetType.POD,
+        run=_restore_path,
+        permission="pods.restore_files_pod",
+        audit_action=AuditAction.POD_RESTORE_PATH,
+        label=Kind.POD_RESTORE_PATH.label,
+        progress_unit="bytes",
+        describe=restored_sentence,
+        check=_restore_path_check,
     ),
     # POD_DRILL_EVERY_DAYS: each turn queues at most one `pods.drill` (services/drill_rotation.py).
     _pods_kind(

@@ -42,7 +42,7 @@ def test_a_drill_checks_every_file_of_the_latest_snapshot_and_leaves_nothing(doc
     pod_id = stopped_pod(docker_client, new_pod_id)
     snapshot = Snapshot.objects.get(pod__pod_id=pod_id, status=Snapshot.Status.COMPLETE)
     written = json.loads((panel_paths / "snapshots" / snapshot.prefix / "manifest.json").read_text())
-    by_path = {path: (size, sha) for path, size, sha in written["files"]["workspace"]}
+    by_path = {path: (size, sha) for path, size, sha, *_ in written["files"]["workspace"]}
     assert by_path["workspace/proj/src/a.txt"][0] == len("hello pod\n")
     assert snapshot.manifest["home"]["files"] >= 1
 

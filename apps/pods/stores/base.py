@@ -65,6 +65,32 @@ class SnapshotStore:
     def read(self, key: str) -> Iterator[bytes]:
         raise NotImplementedError
 
+    # Reads a byte range of an object without the bytes before it (a seek, an S3 range GET).
+    ranged = False
+
+    def read_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        """`length` bytes of the object from byte `start`. A store that can only stream an
+        object from its beginning (restic dumps a volume's whole tar) reads up to them, and
+        lets go of the rest (its reader stops)."""
+        if length <= 0:
+            return
+        stream = self.read(key)
+        at, left = 0, length
+        try:
+            for chunk in stream:
+                end = at + len(chunk)
+                if end > start:
+                    piece = chunk[max(0, start - at) :][:left]
+                    left -= len(piece)
+                    yield piece
+                    if not left:
+                        break  # the rest of the object is never read
+                at = end
+        finally:
+            stream.close()
+        if left > 0:
+            raise StoreError(f"{self.url}/{key} ends before byte {start + length}")
+
     def remember(self, manifest: dict) -> None:
         """Learn the store's own names of a snapshot's objects (`store_id` in its manifest), so
         reading them needs no lookup first."""

@@ -94,6 +94,23 @@ class FileStore(SnapshotStore):
         except FileNotFoundError:
             raise StoreError(f"{self.url}/{key} is missing") from None
 
+    ranged = True
+
+    def read_range(self, key: str, start: int, length: int) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                left = length
+                while left > 0:
+                    chunk = handle.read(min(CHUNK_SIZE, left))
+                    if not chunk:
+                        raise StoreError(f"{self.url}/{key} ends before byte {start + length}")
+                    left -= len(chunk)
+                    yield chunk
+        except FileNotFoundError:
+            raise StoreError(f"{self.url}/{key} is missing") from None
+
     def size(self, key: str) -> int | None:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None

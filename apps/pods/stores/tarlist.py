@@ -4,7 +4,11 @@ volumes back): no second read, and never more than one header block buffered.
 
 Docker's archives are Go's `archive/tar`: ustar headers (with the `prefix` field), PAX `x`
 records for long or non-ASCII names and sizes, and GNU `L` long names; all three are read.
-Links, folders and special files carry no data: only regular files are listed.
+Links, folders and special files carry no data: only regular files are listed, each as
+`[path, size, sha256, mtime, offset]`: its modification time (seconds since the epoch, from
+the header or a PAX `mtime`) and where its data begins in the stream, so one file can later be
+read out of a stored volume without reading the rest (`snapshot_files`). Lists written before
+mtime and offset were recorded hold `[path, size, sha256]`: readers take both (`file_entry`).
 
 The same walk finds where a tar's end-of-archive marker begins, so a restore can send several
 volumes' tars as one stream (`joined`): one unpacking by the engine instead of one each."""
@@ -22,17 +26,18 @@ PAX, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK = b"x", b"g", b"L", b"K"
 class TarFileList:
     def __init__(self, *, hash_files: bool = True):
         self.hash_files = hash_files
-        self.files: list[list] = []  # [path, size, sha256]; sha256 "" when not hashing
+        self.files: list[list] = []  # [path, size, sha256, mtime, offset]; sha256 "" when not hashing
         self.consumed = 0  # bytes fed so far
         self.end_at: int | None = None  # where the end-of-archive marker begins
         self._buffer = bytearray()
         self._remaining = 0  # data bytes of the current member still to come
         self._padding = 0  # zero bytes after them, up to the next block
-        self._member: tuple[bytes, str, int] | None = None  # (type, path, size)
+        self._member: tuple[bytes, str, int, int, int] | None = None  # (type, path, size, mtime, offset)
         self._digest = None
         self._meta = bytearray()  # the data of a PAX or GNU long-name member
         self._next_path: str | None = None
         self._next_size: int | None = None
+        self._next_mtime: int | None = None
         self.ended = False
         self._unread = 0  # bytes of the current chunk after the header being read
 
@@ -80,15 +85,18 @@ class TarFileList:
         prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
         path = (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
         size = _number(header[124:136])
+        mtime = _number(header[136:148])
         if kind in REGULAR:
             path = self._next_path if self._next_path is not None else path
             size = self._next_size if self._next_size is not None else size
-            self._next_path = self._next_size = None
+            mtime = self._next_mtime if self._next_mtime is not None else mtime
+            self._next_path = self._next_size = self._next_mtime = None
             self._digest = hashlib.sha256() if self.hash_files else None
         elif kind not in {PAX, PAX_GLOBAL, GNU_LONG_NAME, GNU_LONG_LINK}:
-            self._next_path = self._next_size = None
+            self._next_path = self._next_size = self._next_mtime = None
             size = 0 if kind in {b"1", b"2", b"3", b"4", b"5", b"6"} else size
-        self._member = (kind, path, size)
+        # The member's data begins right after this header block.
+        self._member = (kind, path, size, mtime, self.consumed - self._unread)
         self._meta = bytearray()
         self._remaining = size
         self._padding = -size % BLOCK
@@ -104,10 +112,10 @@ class TarFileList:
             self._meta += data
 
     def _member_end(self) -> None:
-        kind, path, size = self._member
+        kind, path, size, mtime, offset = self._member
         if kind in REGULAR:
             sha256 = self._digest.hexdigest() if self._digest is not None else ""
-            self.files.append([path.removesuffix("/"), size, sha256])
+            self.files.append([path.removesuffix("/"), size, sha256, mtime, offset])
             self._digest = None
         elif kind == GNU_LONG_NAME:
             self._next_path = bytes(self._meta).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -117,6 +125,11 @@ class TarFileList:
                 self._next_path = records["path"]
             if "size" in records and records["size"].isdigit():
                 self._next_size = int(records["size"])
+            if "mtime" in records:
+                try:
+                    self._next_mtime = int(float(records["mtime"]))
+                except ValueError:
+                    pass
         self._member = None
 
 
@@ -170,10 +183,19 @@ def _pax(data: bytes) -> dict[str, str]:
     return records
 
 
+def file_entry(entry: list) -> tuple[str, int, str, int | None, int | None]:
+    """(path, size, sha256, mtime, offset) of a file list's entry, old (`[path, size, sha256]`,
+    mtime and offset None) or new."""
+    path, size, sha256, *rest = entry
+    mtime, offset = (rest + [None, None])[:2]
+    return path, size, sha256, mtime, offset
+
+
 def file_differences(expected: list[list], found: list[list], *, shown: int = 3) -> list[str]:
-    """What differs between two file lists, one short line each (the first `shown`)."""
-    want = {path: (size, sha) for path, size, sha in expected}
-    have = {path: (size, sha) for path, size, sha in found}
+    """What differs between two file lists (old or new entries), one short line each (the first
+    `shown`). Only size and sha256 count: the same bytes restored elsewhere lie elsewhere."""
+    want = {entry[0]: (entry[1], entry[2]) for entry in expected}
+    have = {entry[0]: (entry[1], entry[2]) for entry in found}
     lines = [f"{path} missing" for path in sorted(want.keys() - have.keys())]
     lines += [f"{path} not in the snapshot" for path in sorted(have.keys() - want.keys())]
     for path in sorted(want.keys() & have.keys()):

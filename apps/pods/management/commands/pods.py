@@ -1,6 +1,6 @@
 """python manage.py pods provision|stop|start|deprovision|delete POD_ID, reconcile,
 sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json],
-verify|drill POD_ID [--json].
+verify|drill POD_ID [--json], files POD_ID N [PATH] [--json], restore-path POD_ID N PATH.
 
 Synchronous: the work runs as an Operation right here (`run_now`, the same kinds as the
 pages and schedules); a failure prints one line and exits non-zero."""
@@ -9,6 +9,7 @@ import getpass
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -18,6 +19,7 @@ from apps.audit.operations import kind_get, run_now, sentence
 from apps.pods.actions import POD_ACTIONS, PROVISION
 from apps.pods.selectors import pod_as_dict, pods_with_totals
 from apps.pods.services import pod_get
+from apps.pods.services.snapshot_files import snapshot_entries
 from controlpanel.errors import PanelError
 from controlpanel.formatting import first_line
 
@@ -49,7 +51,10 @@ PROOF_VERBS = {
 
 
 class Command(BaseCommand):
-    help = "Provision, stop, start, deprovision and delete pods; reconcile, sweep orphans; verify, drill, list, show."
+    help = (
+        "Provision, stop, start, deprovision and delete pods; reconcile, sweep orphans; verify, drill, list, show; "
+        "a snapshot's files, and one path restored beside the current one."
+    )
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
@@ -75,6 +80,17 @@ class Command(BaseCommand):
             parser_.add_argument("--json", dest="as_json", action="store_true")
         listing = sub.add_parser("list", help="every pod with status, host, volume bytes and last snapshot")
         listing.add_argument("--json", dest="as_json", action="store_true")
+        files = sub.add_parser("files", help="the folders and files at PATH (default /) in snapshot N of a pod")
+        files.add_argument("pod_id")
+        files.add_argument("number", help="the snapshot's number (#N on the pod page)")
+        files.add_argument("path", nargs="?", default="/")
+        files.add_argument("--json", dest="as_json", action="store_true")
+        restore = sub.add_parser(
+            "restore-path", help="put PATH from snapshot N into the running pod beside it, as PATH.from-snapshot-N"
+        )
+        restore.add_argument("pod_id")
+        restore.add_argument("number")
+        restore.add_argument("path")
         show = sub.add_parser("show", help="one pod with its volumes and last snapshot")
         show.add_argument("pod_id")
         show.add_argument("--json", dest="as_json", action="store_true")
@@ -86,6 +102,13 @@ class Command(BaseCommand):
                 return self._list(as_json=options["as_json"])
             if action == "show":
                 return self._show(pod_id=options["pod_id"], as_json=options["as_json"])
+            if action == "files":
+                return self._files(options["pod_id"], options["number"], options["path"], as_json=options["as_json"])
+            if action == "restore-path":
+                where = {"snapshot": options["number"], "path": options["path"]}
+                operation = run_now(Kind.POD_RESTORE_PATH, options["pod_id"], actor=actor, **where)
+                self.stdout.write(sentence(operation))
+                return None
             if action in PROOF_VERBS:
                 return self._prove(action, pod_id=options["pod_id"], actor=actor, as_json=options["as_json"])
             if action in HOUSEKEEPING:
@@ -142,6 +165,16 @@ class Command(BaseCommand):
             raise CommandError(said)
         if not as_json:
             self.stdout.write(said)
+
+    def _files(self, pod_id: str, number: str, path: str, *, as_json: bool) -> None:
+        entries = [entry.as_dict() for entry in snapshot_entries(pod_id=pod_id, number=number, path=path)]
+        if as_json:
+            self.stdout.write(json.dumps(entries, indent=2))
+            return
+        for entry in entries:
+            mtime = datetime.fromtimestamp(entry["mtime"], UTC).strftime("%Y-%m-%d %H:%M") if entry["mtime"] else "-"
+            kind = "dir " if entry["type"] == "folder" else "file"
+            self.stdout.write(f"{kind} {entry['size']:>14} {mtime:<16} {entry['path']}")
 
     def _list(self, *, as_json: bool) -> None:
         rows = [

@@ -1,0 +1,200 @@
+"""A path out of a snapshot, put into the running pod beside the current one: `PATH` from
+snapshot N becomes `PATH.from-snapshot-N` (a folder: every file under it), never overwriting.
+
+check → write → read back, as one short pipeline:
+1. the snapshot is complete and the pod's own, the path is inside one of the eight volumes
+   (not a volume's root: its copy would land outside every volume), the pod is running and
+   not on hold, and `PATH.from-snapshot-N` does not exist;
+2. under the pod's hold lock, looked at again (a hold or the target may have come
+   meanwhile), the files stream as one tar from the store (each checked against the
+   snapshot's sha256) through the engine's archive API into the running container;
+3. the written files are read back out of the container (size and sha256 of each) before it
+   says done.
+
+Files come back with their mtime, mode 0644 and owner root (the snapshot's file list keeps
+no mode or owner; a whole restore, a start, brings those back)."""
+
+import posixpath
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from apps.audit.holds import Held, hold_guard, hold_refuse
+from apps.audit.models import Operation
+from apps.audit.names import AuditAction, TargetType
+from apps.audit.services import Actor, Progress, audit_record
+from apps.pods.docker_engine import DockerEngine
+from apps.pods.models import Pod
+from apps.pods.services.hosts import engine_for
+from apps.pods.services.snapshot_files import (
+    FileRow,
+    Selection,
+    _member,
+    _rows_read,
+    mount_of,
+    snapshot_select,
+)
+from apps.pods.services.state import _log
+from apps.pods.stores.tarlist import BLOCK, TarFileList
+from controlpanel.errors import Busy, InvalidInput, PanelError
+from controlpanel.formatting import humanize_bytes, plural
+from controlpanel.preview import Preview, PreviewItem
+
+# Files a confirmation page names one by one; the rest are counted.
+PREVIEW_FILES = 50
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    selection: Selection
+    pod: Pod
+    target: str  # PATH.from-snapshot-N, in the pod
+    mount: str
+
+    def name_of(self, row: FileRow) -> str:
+        """The row's name in the tar put at the mount: relative to the mount, renamed."""
+        renamed = self.target[len(self.mount) + 1 :]
+        if not self.selection.is_folder:
+            return renamed
+        return renamed + row.path[len(self.selection.path) :]
+
+
+def target_of(path: str, number: int) -> str:
+    return f"{path}.from-snapshot-{number}"
+
+
+def restore_path_plan(*, pod_id: str, number: int | str, path: str, look: bool = True) -> RestorePlan:
+    """Everything checked that can be checked before writing; one sentence otherwise. With
+    `look`, the running container is asked whether the target exists."""
+    selection = snapshot_select(pod_id=pod_id, number=number, path=path)
+    pod, path = selection.snapshot.pod, selection.path
+    mount = mount_of(path)
+    if mount is None or mount == path:
+        raise InvalidInput(
+            f"{path} is a whole volume or above one: restore a file or folder inside it "
+            "(its copy beside it would lie outside the pod's volumes)"
+        )
+    if pod.status != Pod.Status.RUNNING:
+        raise InvalidInput(f"pod {pod.pod_id} is {pod.status}: a path is restored only into a running pod")
+    plan = RestorePlan(selection, pod, target_of(path, selection.snapshot.pk), mount)
+    if look:
+        _running_and_free(plan, engine_for(pod.host))
+    return plan
+
+
+def _running_and_free(plan: RestorePlan, engine: DockerEngine) -> None:
+    info = engine.container_get(plan.pod.container_name)
+    if info is None or not info.running:
+        raise InvalidInput(f"pod {plan.pod.pod_id}'s container is not running: start the pod first")
+    if engine.path_exists(container=plan.pod.container_name, path=plan.target):
+        raise Busy(
+            f"{plan.target} already exists in pod {plan.pod.pod_id}: nothing is overwritten; move or remove it first"
+        )
+
+
+def restore_path_check(*, pod_id: str, number: int | str, path: str) -> RestorePlan:
+    """What a request must pass (the operation kind's check): the plan, and no hold."""
+    plan = restore_path_plan(pod_id=pod_id, number=number, path=path)
+    hold_refuse(target_type=TargetType.POD, target_id=plan.pod.pod_id, what=f"pod {plan.pod.pod_id}")
+    return plan
+
+
+def restore_path_preview(*, pod_id: str, number: int | str, path: str) -> Preview:
+    plan = restore_path_check(pod_id=pod_id, number=number, path=path)
+    rows = plan.selection.rows
+    items = [
+        PreviewItem(name=plan.mount + "/" + plan.name_of(row), bytes=row.size, why=f"from {row.path}")
+        for row in rows[:PREVIEW_FILES]
+    ]
+    more = f" The first {PREVIEW_FILES} are listed." if len(rows) > PREVIEW_FILES else ""
+    return Preview(
+        title=f"Restore {plan.selection.path} beside the current one",
+        summary=(
+            f"Writes {plural(len(rows), 'file')} ({humanize_bytes(plan.selection.bytes)}) from snapshot "
+            f"#{plan.selection.snapshot.pk} into the running pod {plan.pod.pod_id} as {plan.target}; "
+            f"{plan.selection.path} itself is left as it is, and nothing is overwritten.{more}"
+        ),
+        delete=items,
+        destructive=False,
+    )
+
+
+def _counted(chunks, progress: Progress):
+    for chunk in chunks:
+        progress.advance(len(chunk))
+        yield chunk
+
+
+def _archive(plan: RestorePlan, progress: Progress):
+    """The files as one tar, named from the mount on (missing folders above are made)."""
+    for row, chunks in _rows_read(plan.selection):
+        yield from _member(plan.name_of(row), row, _counted(chunks, progress))
+    yield bytes(2 * BLOCK)
+
+
+def _read_back(plan: RestorePlan, engine: DockerEngine) -> list[str]:
+    """The written files as the container gives them back, against the snapshot's list."""
+    found = TarFileList()
+    for chunk in engine.archive_read(container=plan.pod.container_name, path=plan.target):
+        found.feed(chunk)
+    # get_archive names entries from the target's own name on.
+    top = posixpath.basename(plan.target)
+    have = {entry[0]: (entry[1], entry[2]) for entry in found.files}
+    problems = []
+    for row in plan.selection.rows:
+        name = top + (row.path[len(plan.selection.path) :] if plan.selection.is_folder else "")
+        if have.get(name) != (row.size, row.sha256):
+            problems.append(f"{plan.mount}/{plan.name_of(row)}")
+    return problems
+
+
+def pod_restore_path(
+    *, pod_id: str, number: int | str, path: str, actor: Actor, operation: Operation | None = None
+) -> dict:
+    plan = restore_path_plan(pod_id=pod_id, number=number, path=path, look=False)
+    engine = engine_for(plan.pod.host)
+    selection, snapshot = plan.selection, plan.selection.snapshot
+    progress = Progress(operation, total=selection.bytes, unit="bytes")
+    _log(operation, f"restoring {selection.path} from snapshot #{snapshot.pk} as {plan.target}")
+    # Under the pod's hold lock: a hold set now waits until the files are written.
+    with hold_guard((TargetType.POD, plan.pod.pod_id)) as hold:
+        if hold is not None:
+            raise Held(
+                f"pod {plan.pod.pod_id} is on hold by {hold.held_by} ({hold.reason}): nothing was written into it"
+            )
+        _running_and_free(plan, engine)
+        engine.archive_write(container=plan.pod.container_name, path=plan.mount, chunks=_archive(plan, progress))
+    progress.flush()
+    _log(operation, f"wrote {plural(len(selection.rows), 'file')}; reading them back from the pod")
+    problems = _read_back(plan, engine)
+    if problems:
+        raise PanelError(
+            f"{plan.target} in pod {plan.pod.pod_id} does not read back as snapshot #{snapshot.pk} holds it: "
+            f"{', '.join(problems[:3])}{' and more' if len(problems) > 3 else ''} differ; look at it before using it"
+        )
+    result = {
+        "pod_id": plan.pod.pod_id,
+        "snapshot": snapshot.pk,
+        "path": selection.path,
+        "target": plan.target,
+        "files": len(selection.rows),
+        "bytes": selection.bytes,
+    }
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action=AuditAction.POD_RESTORE_PATH,
+            target_type=TargetType.POD,
+            target_id=plan.pod.pod_id,
+            message=f"{selection.path} from snapshot #{snapshot.pk} restored as {plan.target}",
+            details=result,
+            operation=operation,
+        )
+    return result
+
+
+def restored_sentence(result: dict) -> str:
+    return (
+        f"{result['path']} from snapshot #{result['snapshot']} is in pod {result['pod_id']} as {result['target']}: "
+        f"{plural(result['files'], 'file')} ({humanize_bytes(result['bytes'])}), read back and matching."
+    )

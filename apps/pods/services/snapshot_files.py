@@ -1,0 +1,371 @@
+"""Any file back: a complete snapshot's regular files, browsed at a pod path and read one by
+one, from the per-file lists its manifest holds (`stores.tarlist`: path, size, sha256, mtime
+and where the file's data begins in its volume's tar).
+
+- The manifest is read from the store once and kept, per process, for the last few snapshots
+  looked at: a complete snapshot never changes, and whether it is still complete (not
+  deleted) is asked of the database on every call.
+- One file is read as a range of its volume's object: a seek in `file://`, a range GET in
+  `s3://`. A deduplicating store can only dump a volume's whole tar from its start: it is
+  read up to the file and let go of there.
+- What is read is hashed on the way and must match the list's sha256; the last chunk is held
+  back until it does, so a damaged copy never arrives whole.
+- Folders are implied by the files' paths: empty folders, links and special files are not in
+  the lists (they are in the volume's tar, and come back with a whole restore).
+"""
+
+import hashlib
+import json
+import posixpath
+import tarfile
+import threading
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from apps.pods.models import VOLUME_MOUNTS, Snapshot
+from apps.pods.services.state import pod_get
+from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
+from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
+from controlpanel.errors import InvalidInput, NotFound
+from controlpanel.formatting import humanize_bytes
+
+# Snapshots whose file index a process keeps (each entry: every file's path and numbers).
+KEPT_INDEXES = 4
+MOUNTS = ", ".join(VOLUME_MOUNTS.values())
+
+
+@dataclass(frozen=True)
+class FileRow:
+    path: str  # in the pod: /workspace/proj/a.txt
+    volume: str
+    size: int
+    sha256: str
+    mtime: int | None
+    offset: int | None
+    tar_path: str  # in the volume's tar: workspace/proj/a.txt
+
+
+@dataclass
+class Entry:
+    """One row of a listing: a folder (its files' total size, newest mtime, count) or a file."""
+
+    path: str
+    type: str  # "folder" or "file"
+    size: int
+    mtime: int | None
+    files: int = 1
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "type": self.type, "size": self.size, "mtime": self.mtime}
+
+
+def path_normalise(path: str | None) -> str:
+    """An absolute pod path without `.`/`..` or a trailing slash, inside the eight volumes
+    (or above them: `/`, `/usr`); otherwise one sentence."""
+    text = (path or "/").strip()
+    if "\x00" in text or len(text) > 4096:
+        raise InvalidInput("a path may not hold a NUL character or be longer than 4,096 characters")
+    parts = [part for part in text.split("/") if part]
+    if any(part in {".", ".."} for part in parts):
+        raise InvalidInput(f"path {text[:200]!r} may not contain '.' or '..': give the path from / in the pod")
+    clean = "/" + "/".join(parts)
+    inside = any(clean == mount or clean.startswith(mount + "/") for mount in VOLUME_MOUNTS.values())
+    above = any(mount.startswith(clean.rstrip("/") + "/") for mount in VOLUME_MOUNTS.values())
+    if not inside and not above:
+        raise InvalidInput(f"path {clean[:200]} is outside the pod's eight volumes ({MOUNTS})")
+    return clean
+
+
+def mount_of(path: str) -> str | None:
+    """The mount a pod path lies in, or None (`/`, `/usr`)."""
+    for mount in VOLUME_MOUNTS.values():
+        if path == mount or path.startswith(mount + "/"):
+            return mount
+    return None
+
+
+class FileIndex:
+    """Every regular file of one snapshot, sorted by pod path."""
+
+    def __init__(self, snapshot: Snapshot, file_lists: dict[str, list]):
+        rows = []
+        for volume, entries in file_lists.items():
+            mount = VOLUME_MOUNTS.get(volume)
+            if mount is None:
+                continue
+            above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
+            for entry in entries:
+                tar_path, size, sha256, mtime, offset = file_entry(entry)
+                path = posixpath.join(above, tar_path)
+                if path.startswith(mount + "/"):
+                    rows.append(FileRow(path, volume, size, sha256, mtime, offset, tar_path))
+        rows.sort(key=lambda row: row.path)
+        self.snapshot_pk = snapshot.pk
+        self.rows = rows
+        self.paths = [row.path for row in rows]
+        self.by_path = {row.path: row for row in rows}
+
+    def under(self, path: str) -> list[FileRow]:
+        prefix = "/" if path == "/" else path + "/"
+        at = bisect_left(self.paths, prefix)
+        end = at
+        while end < len(self.paths) and self.paths[end].startswith(prefix):
+            end += 1
+        return self.rows[at:end]
+
+    def entries(self, path: str, query: str = "") -> list[Entry]:
+        """The folders and files right inside `path`; with a query, every folder and file below
+        it whose name holds the query (any case). Folders first, then files, by name."""
+        prefix = "/" if path == "/" else path + "/"
+        folders: dict[str, Entry] = {}
+        files: list[Entry] = []
+        needle = query.strip().lower()
+        for row in self.under(path):
+            parts = row.path[len(prefix) :].split("/")
+            folder_names = parts[:-1] if needle else parts[:1] if len(parts) > 1 else []
+            for depth, name in enumerate(folder_names):
+                if needle and needle not in name.lower():
+                    continue
+                folder = prefix + "/".join(parts[: depth + 1])
+                entry = folders.get(folder)
+                if entry is None:
+                    folders[folder] = Entry(folder, "folder", row.size, row.mtime, 1)
+                else:
+                    entry.size += row.size
+                    entry.files += 1
+                    entry.mtime = max(entry.mtime or 0, row.mtime or 0) or None
+            if (len(parts) == 1 and not needle) or (needle and needle in parts[-1].lower()):
+                files.append(Entry(row.path, "file", row.size, row.mtime))
+        return sorted(folders.values(), key=lambda e: e.path) + sorted(files, key=lambda e: e.path)
+
+
+_indexes: OrderedDict[tuple[int, str, str], FileIndex] = OrderedDict()
+_indexes_lock = threading.Lock()
+
+
+def snapshot_for_files(*, pod_id: str, number: int | str) -> Snapshot:
+    """Snapshot `number` of the pod, complete; otherwise one sentence."""
+    pod = pod_get(pod_id=pod_id)
+    if not str(number).isdigit():
+        raise InvalidInput(f"snapshot {str(number)[:40]!r} is not a snapshot number")
+    snapshot = Snapshot.objects.select_related("pod").filter(pk=int(number)).first()
+    if snapshot is None:
+        raise NotFound(f"snapshot #{number} does not exist")
+    if snapshot.pod_id != pod.pk:
+        raise NotFound(f"snapshot #{number} is not a snapshot of pod {pod.pod_id}")
+    if snapshot.status != Snapshot.Status.COMPLETE:
+        raise InvalidInput(
+            f"snapshot #{number} of pod {pod.pod_id} is {snapshot.status}: only a complete snapshot's files can be read"
+        )
+    return snapshot
+
+
+def file_index(snapshot: Snapshot) -> FileIndex:
+    """The snapshot's files, from its manifest in the store (read once per process)."""
+    key = (snapshot.pk, snapshot.store_url, str(snapshot.finished_at))
+    with _indexes_lock:
+        if key in _indexes:
+            _indexes.move_to_end(key)
+            return _indexes[key]
+    store = store_from_url(snapshot.store_url)
+    written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
+    if not written.get("files"):
+        raise InvalidInput(
+            f"snapshot #{snapshot.pk} was taken before snapshots listed their files: its files cannot be "
+            "browsed one by one (start the pod from it to get them back)"
+        )
+    index = FileIndex(snapshot, written["files"])
+    with _indexes_lock:
+        _indexes[key] = index
+        while len(_indexes) > KEPT_INDEXES:
+            _indexes.popitem(last=False)
+    return index
+
+
+def snapshot_entries(*, pod_id: str, number: int | str, path: str = "/", query: str = "") -> list[Entry]:
+    """What is at `path` in the snapshot (see `FileIndex.entries`)."""
+    snapshot = snapshot_for_files(pod_id=pod_id, number=number)
+    path = path_normalise(path)
+    index = file_index(snapshot)
+    if path != "/" and path not in index.by_path and not index.under(path):
+        raise NotFound(not_in_snapshot(snapshot, path))
+    if path in index.by_path:
+        row = index.by_path[path]
+        return [Entry(row.path, "file", row.size, row.mtime)]
+    return index.entries(path, query)
+
+
+def not_in_snapshot(snapshot: Snapshot, path: str) -> str:
+    return (
+        f"{path} is not in snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id} "
+        "(it lists regular files: empty folders, links and special files are not in it)"
+    )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a path names in a snapshot: one file, or a folder's files."""
+
+    snapshot: Snapshot
+    path: str
+    rows: list[FileRow]
+    is_folder: bool
+
+    @property
+    def bytes(self) -> int:
+        return sum(row.size for row in self.rows)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path) or f"snapshot-{self.snapshot.pk}"
+
+
+def snapshot_select(*, pod_id: str, number: int | str, path: str) -> Selection:
+    snapshot = snapshot_for_files(pod_id=pod_id, number=number)
+    path = path_normalise(path)
+    index = file_index(snapshot)
+    if path in index.by_path:
+        return Selection(snapshot, path, [index.by_path[path]], False)
+    rows = index.under(path)
+    if not rows:
+        raise NotFound(not_in_snapshot(snapshot, path))
+    return Selection(snapshot, path, rows, True)
+
+
+# --- reading bytes -----------------------------------------------------------------------
+
+
+def _located(store: SnapshotStore, key: str, row: FileRow) -> int:
+    """Where an old list's file (no offset recorded) begins: found by walking its volume's tar."""
+    walk = TarFileList(hash_files=False)
+    stream = store.read(key)
+    try:
+        for chunk in stream:
+            walk.feed(chunk)
+            for entry in walk.files:
+                if entry[0] == row.tar_path:
+                    return entry[4]
+            walk.files.clear()
+    finally:
+        stream.close()
+    raise StoreError(f"{row.path} is not in {store.url}/{key}")
+
+
+def _verified(chunks: Iterable[bytes], row: FileRow, snapshot: Snapshot) -> Iterator[bytes]:
+    """The chunks, hashed on the way; the last one only once size and sha256 match the list."""
+    digest, count, held = hashlib.sha256(), 0, None
+    for chunk in chunks:
+        digest.update(chunk)
+        count += len(chunk)
+        if held is not None:
+            yield held
+        held = chunk
+    if count != row.size or digest.hexdigest() != row.sha256:
+        raise StoreError(
+            f"{row.path} in snapshot #{snapshot.pk} reads back as {humanize_bytes(count)} with sha256 "
+            f"{digest.hexdigest()[:12]}…, but the snapshot lists {humanize_bytes(row.size)} with sha256 "
+            f"{row.sha256[:12]}…: the store's copy is damaged, nothing of it was used"
+        )
+    if held is not None:
+        yield held
+
+
+def _store_for(snapshot: Snapshot) -> SnapshotStore:
+    store = store_from_url(snapshot.store_url)
+    store.remember(snapshot.manifest)
+    return store
+
+
+def _key(snapshot: Snapshot, row: FileRow) -> str:
+    entry = (snapshot.manifest or {}).get(row.volume)
+    if not entry or not entry.get("key"):
+        raise StoreError(f"snapshot #{snapshot.pk} has no object for volume {row.volume}")
+    return entry["key"]
+
+
+def file_read(selection: Selection, row: FileRow | None = None) -> Iterator[bytes]:
+    """One file's bytes, checked against the list's sha256 as they pass."""
+    row = row or selection.rows[0]
+    store = _store_for(selection.snapshot)
+    key = _key(selection.snapshot, row)
+    offset = row.offset if row.offset is not None else _located(store, key, row)
+    return _verified(store.read_range(key, offset, row.size), row, selection.snapshot)
+
+
+def _rows_read(selection: Selection) -> Iterator[tuple[FileRow, Iterator[bytes]]]:
+    """Each file of the selection with its (checked) bytes, in the order its volume holds them:
+    a store that reads ranges reads each on its own; a deduplicating one streams each volume
+    once, from its start to its last selected file."""
+    store = _store_for(selection.snapshot)
+    by_volume: dict[str, list[FileRow]] = {}
+    for row in selection.rows:
+        by_volume.setdefault(row.volume, []).append(row)
+    for volume_rows in by_volume.values():
+        if store.ranged or any(row.offset is None for row in volume_rows):
+            for row in volume_rows:
+                yield row, file_read(selection, row)
+            continue
+        volume_rows.sort(key=lambda row: row.offset)
+        stream = store.read(_key(selection.snapshot, volume_rows[0]))
+        try:
+            yield from _cut(stream, volume_rows, selection.snapshot)
+        finally:
+            stream.close()
+
+
+def _cut(stream: Iterator[bytes], rows: list[FileRow], snapshot: Snapshot) -> Iterator[tuple[FileRow, Iterator]]:
+    """Cut each row's bytes (sorted by offset) out of one pass over the volume's tar; each
+    row's bytes are read to their end before the next row's."""
+    buffer = bytearray()
+    at = 0  # the stream position of buffer[0]
+
+    def fill(row: FileRow) -> None:
+        chunk = next(stream, None)
+        if chunk is None:
+            raise StoreError(f"the volume's archive ends before {row.path} does")
+        buffer.extend(chunk)
+
+    def take(row: FileRow) -> Iterator[bytes]:
+        nonlocal at
+        while at + len(buffer) < row.offset:  # what lies before the file goes unread by anyone
+            at += len(buffer)
+            buffer.clear()
+            fill(row)
+        del buffer[: row.offset - at]
+        at, left = row.offset, row.size
+        while left:
+            if not buffer:
+                fill(row)
+            piece = bytes(buffer[:left])
+            del buffer[: len(piece)]
+            at += len(piece)
+            left -= len(piece)
+            yield piece
+
+    for row in rows:
+        yield row, _verified(take(row), row, snapshot)
+
+
+def folder_tar(selection: Selection) -> Iterator[bytes]:
+    """The selection as a tar stream (made here, one file at a time, never whole in memory):
+    a file as itself, a folder's files under a folder named after it, with sizes and mtimes."""
+    base = selection.path.rstrip("/") + "/"
+    for row, chunks in _rows_read(selection):
+        name = f"{selection.name}/{row.path[len(base) :]}" if selection.is_folder else selection.name
+        yield from _member(name, row, chunks)
+    yield bytes(2 * BLOCK)
+
+
+def _member(name: str, row: FileRow, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = row.size, 0o644, row.mtime or 0
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    yield from chunks
+    if row.size % BLOCK:
+        yield bytes(BLOCK - row.size % BLOCK)
