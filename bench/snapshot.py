@@ -14,6 +14,9 @@ small ones), then times, beside each other:
 For `--store dedup` (restic, `dedup+file://`), also: a second stop of the unchanged pod (bytes
 added and time, against the first), and ten pods from one image (a base of BENCH_BYTES/2 plus
 BENCH_BYTES/20 of their own each), all stopped: the store's growth against base + 10 × own.
+Every store: one 10 MiB file (in /home after the large one: a tar stream reaches it last) read
+out of the pod's latest snapshot (`snapshot_files.file_read`,
+what the files page and a restore beside use), against #22's 2 s.
 For `--store dedup`, restic by hand on the same volume folders is the baseline #22 measures
 against, with the same promise: `backup` of the eight folders then `check --read-data` (every
 stored byte read back); the same for the unchanged pod (restic picks the parent snapshot and
@@ -46,6 +49,7 @@ TOTAL_BYTES = int(os.environ.get("BENCH_BYTES", str(64 * MIB)))
 SMALL_FILES = int(os.environ.get("BENCH_SMALL_FILES", "2000"))
 SMALL_SIZE = 2048
 TEN_PODS = 10
+ONE_FILE = 10 * MIB
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3" if TOTAL_BYTES <= 256 * MIB else "1"))
 SETTLE_SECONDS = float(os.environ.get("BENCH_SETTLE_SECONDS", "2"))
 MOUNTS = ["/workspace", "/home", "/root", "/etc", "/usr/local", "/opt", "/var", "/srv"]
@@ -173,6 +177,31 @@ class Bench:
         seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
         return seconds, usage.ru_maxrss / 1024
 
+    def one_file_seconds(self, pod_id: str, path: str) -> float:
+        """Reading one file out of the pod's latest complete snapshot, in its own process
+        (what the files page's download and a restore beside read), the bytes counted."""
+        code = (
+            "import time\n"
+            "from apps.pods.models import Snapshot\n"
+            "from apps.pods.services.snapshot_files import file_read, snapshot_select\n"
+            f"snapshot = Snapshot.objects.filter(pod__pod_id={pod_id!r}, status='complete').latest('id')\n"
+            f"selection = snapshot_select(pod_id={pod_id!r}, number=snapshot.pk, path={path!r})\n"
+            "started = time.monotonic()\n"
+            "count = sum(len(chunk) for chunk in file_read(selection))\n"
+            "print(count, time.monotonic() - started)\n"
+        )
+        answer = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if int(answer[-2]) != ONE_FILE:
+            raise SystemExit(f"read {answer[-2]} bytes of {path}, expected {ONE_FILE}")
+        return float(answer[-1])
+
     def snapshot_row(self, pod_id: str) -> tuple[int, int]:
         with sqlite3.connect(self.work / "bench.sqlite3") as db:
             return db.execute(
@@ -260,6 +289,8 @@ class Bench:
         times["unchanged"] = restic("backup", "--host", "bench", *folders) + restic("check", "--read-data")
         settle()
         times["restore"] = restic("restore", "latest", "--target", str(self.work / "by-hand-restore"))
+        home = client.volumes.get(f"pinacle-vol-{pod_id}-home").attrs["Mountpoint"]
+        times["one file"] = restic("dump", "latest", f"{home}/one.bin")
         shutil.rmtree(self.work / "by-hand-restore", ignore_errors=True)
         return times
 
@@ -304,8 +335,9 @@ class Bench:
         pod_id = self.provision()
         container = f"pinacle-pod-{pod_id}"
         client.api.put_archive(container, "/workspace", small_files_tar())
-        large = max(0, TOTAL_BYTES - SMALL_FILES * SMALL_SIZE)
+        large = max(0, TOTAL_BYTES - SMALL_FILES * SMALL_SIZE - ONE_FILE)
         client.containers.get(container).exec_run(["sh", "-c", f"head -c {large} /dev/urandom > /home/large.bin"])
+        client.containers.get(container).exec_run(["sh", "-c", f"head -c {ONE_FILE} /dev/urandom > /home/one.bin"])
         client.api.stop(container, timeout=0)
         print(f"store {self.store}: pod of {large / MIB:.0f} MiB large file + {SMALL_FILES} small files")
 
@@ -353,6 +385,8 @@ class Bench:
         print(f"ratio start/naive start: {start / naive_start:.2f}x (target ≤ 1)")
         print(f"peak RSS: {max(stop_rss, start_rss):.0f} MiB (target ≤ 200 MiB at 4 GiB)")
         print(f"stored {stored} of {total} bytes read ({stored / max(total, 1):.3f})")
+        one = self.one_file_seconds(pod_id, "/home/one.bin")
+        print(f"one 10 MiB file out of the {total / MIB:.0f} MiB snapshot: {one:.2f} s (target ≤ 2 s)")
         print(f"machine: {os.cpu_count()} cores; CPU used by each of our stops and starts:")
         print("\n".join(self.cpu_lines))
         if self.store != "dedup":
@@ -370,6 +404,7 @@ class Bench:
         print(f"ratio first stop/restic by hand: {stop / by_hand['first']:.2f}x (target ≤ 1.3)")
         print(f"ratio unchanged stop/restic by hand: {second / by_hand['unchanged']:.2f}x (target ≤ 1.3)")
         print(f"ratio start/restic restore by hand: {start / by_hand['restore']:.2f}x (target ≤ 1.3)")
+        print(f"one 10 MiB file, restic dump by hand: {by_hand['one file']:.2f} s")
         grown, expected = self.ten_pods(client)
         print(
             f"ten pods from one image: store grew {grown / MIB:.1f} MiB for base + 10 × own = {expected / MIB:.1f} MiB"
