@@ -29,6 +29,7 @@ from apps.audit.models import Operation, StorageSample
 from apps.audit.names import TargetType
 from apps.audit.overview import Attention, Leak, OverviewSection
 from apps.pods.models import DOMAIN, UNREFERENCED_DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
+from apps.pods.selectors_backup import backups_overview
 from controlpanel.formatting import humanize_bytes, plural
 
 
@@ -320,6 +321,7 @@ def overview_section() -> OverviewSection:
     unreachable = list(DockerHost.objects.filter(reachable=False).values_list("name", "last_error"))
     proven_row, proven_attention = proven_overview(by_status)
     dormant_rows, dormant_attention = dormant_overview()
+    backup_rows, backup_attention = backups_overview()
     return OverviewSection(
         title="Pods",
         url=reverse("pods:list"),
@@ -331,8 +333,9 @@ def overview_section() -> OverviewSection:
             ("in snapshots", humanize_bytes(snapshot_bytes)),
             proven_row,
             *dormant_rows,
+            *backup_rows,
         ],
-        attention=proven_attention + dormant_attention,
+        attention=proven_attention + dormant_attention + backup_attention,
         leaks=leaks,
         error="; ".join(error or f"Docker host {name!r} unreachable" for name, error in unreachable),
     )

@@ -127,9 +127,13 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
     return entry
 
 
+class ArchiveCut(PanelError):
+    """An archive that came out of Docker without its end: never stored as the whole volume."""
+
+
 def archive_complete(mount_path: str, count: int, tail: bytes) -> None:
     if count % 512 or tail != TAR_END:
-        raise PanelError(
+        raise ArchiveCut(
             f"the archive of {mount_path} ended early, after {count} bytes (no end-of-archive marker): "
             "Docker stopped sending it; nothing was removed"
         )
