@@ -67,6 +67,7 @@ def pod_as_dict(pod: Pod) -> dict:
         "container_id": pod.container_id,
         "container_name": pod.container_name,
         "last_error": pod.last_error,
+        "backup_every_hours": pod.backup_every_hours,  # None: POD_BACKUP_EVERY_HOURS
         "created_at": pod.created_at.isoformat(),
         "updated_at": pod.updated_at.isoformat(),
         "volumes": [
@@ -84,6 +85,7 @@ def pod_as_dict(pod: Pod) -> dict:
         if last is None
         else {
             "id": last.pk,
+            "kind": last.kind,  # stop, or backup of the running pod
             "status": last.status,
             "total_bytes": last.total_bytes,
             # Bytes this snapshot added to the store (less than total_bytes in a dedup store).

@@ -43,6 +43,10 @@ def test_back_up_now_copies_the_running_pod_and_the_page_shows_it_not_yet_proven
     answer = json.loads("".join(out))
     assert set(answer) == {"snapshot", "stored_bytes", "seconds"}
     assert Snapshot.objects.get(pk=answer["snapshot"]).status == Snapshot.Status.COMPLETE
+    shown = []
+    call_command("pods", "show", pod_id, "--json", stdout=_Lines(shown))
+    last = json.loads("".join(shown))["last_snapshot"]
+    assert (last["id"], last["kind"], last["status"]) == (answer["snapshot"], "backup", "complete")
     said = []
     call_command("pods", "backup", pod_id, stdout=_Lines(said))
     assert "".join(said).startswith(f"Pod {pod_id} backed up while running: snapshot #")
