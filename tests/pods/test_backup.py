@@ -92,9 +92,9 @@ def test_pause_is_measured_and_the_pod_runs_on_held_or_not(docker_client, new_po
     assert Snapshot.objects.get(pk=operation.result["snapshot"]).status == Snapshot.Status.COMPLETE
 
 
-def cut_short(monkeypatch, *, times: int) -> list[str]:
+def cut_short(monkeypatch, *, times: int, keep=lambda whole: len(whole) - 1024 - 100) -> list[str]:
     """/workspace's archive comes out without its end the first `times` reads (what a file
-    shrinking under Docker's tar writer does, found on dockerd 20.10)."""
+    shrinking under Docker's tar writer does, found on dockerd 20.10): `keep(whole)` bytes of it."""
     read, cuts = DockerEngine.archive_read, []
 
     def archive_read(self, *, container, path):
@@ -103,7 +103,7 @@ def cut_short(monkeypatch, *, times: int) -> list[str]:
             return chunks
         cuts.append(path)
         whole = b"".join(chunks)
-        return iter([whole[: len(whole) - 1024 - 100]])
+        return iter([whole[: keep(whole)]])
 
     monkeypatch.setattr(DockerEngine, "archive_read", archive_read)
     return cuts
@@ -119,6 +119,29 @@ def test_an_archive_cut_short_is_read_again(docker_client, new_pod_id, monkeypat
     assert cuts == ["/workspace", "/workspace"]
     assert operation.log.count("came out cut short") == 2
     assert Snapshot.objects.get(pk=operation.result["snapshot"]).status == Snapshot.Status.COMPLETE
+
+
+def test_an_archive_cut_inside_a_file_of_zeros_is_caught_too(docker_client, new_pod_id, monkeypatch):
+    """Cut on a block boundary inside zeros it ends in 1,024 zero bytes, like a whole archive
+    (seen on dockerd 20.10 with `head -c 3000000 /dev/zero > file` in a loop): its headers tell."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, "head -c 8192 /dev/zero > /workspace/zeros")
+    cuts = cut_short(monkeypatch, times=1, keep=lambda whole: len(whole) - 1024 - 4096)
+
+    operation = run_now(Kind.POD_BACKUP, pod_id, actor="test")
+
+    assert cuts == ["/workspace"] and operation.log.count("came out cut short") == 1
+    snapshot = Snapshot.objects.get(pk=operation.result["snapshot"])
+    assert ["workspace/zeros", 8192] in [entry[:2] for entry in _file_list(snapshot, "workspace")]
+
+
+def _file_list(snapshot: Snapshot, volume: str) -> list:
+    import json
+
+    from apps.pods.snapshots import store_from_url
+
+    return json.loads(store_from_url(snapshot.store_url).get_small(f"{snapshot.prefix}/manifest.json"))["files"][volume]
 
 
 def test_an_archive_cut_short_every_time_fails_the_backup_and_suggests_a_pause(docker_client, new_pod_id, monkeypatch):

@@ -93,7 +93,7 @@ def _volume_stream(
             count += len(chunk)
             tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
             counter.add(len(chunk))
-        archive_complete(mount_path, count, tail)
+        archive_complete(mount_path, count, tail, ended=files.ended)
         writer.close()
     except BaseException:
         writer.abort()
