@@ -98,3 +98,22 @@ def test_the_interval_is_set_on_the_page_and_audited(staff_client):
     assert sorted(messages) == sorted(
         ["backups of the running pod: every 6 h", "backups of the running pod: the default (POD_BACKUP_EVERY_HOURS)"]
     )
+
+
+def test_the_admin_sets_the_interval_through_the_same_service(staff_user, rf):
+    from django.contrib import admin
+
+    pod = pod_row("admin-interval", status=Pod.Status.RUNNING)
+    model_admin = admin.site._registry[Pod]
+    request = rf.post("/")
+    request.user = staff_user
+    form_class = model_admin.get_form(request, pod, change=True)
+    shown = form_class(instance=pod)
+    data = {name: shown[name].value() for name in shown.fields}
+    data = {name: "" if value is None else value for name, value in data.items()}
+    form = form_class(data={**data, "backup_every_hours": "12"}, instance=pod)
+    assert form.is_valid(), form.errors
+    model_admin.save_model(request, form.save(commit=False), form, change=True)
+    assert Pod.objects.get(pk=pod.pk).backup_every_hours == 12
+    event = AuditEvent.objects.get(action="pod.backup-interval")
+    assert event.message == "backups of the running pod: every 12 h" and event.actor_user == staff_user
