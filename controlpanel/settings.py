@@ -282,6 +282,12 @@ POD_IDLE_CPU_SECONDS = envfloat("POD_IDLE_CPU_SECONDS", 60.0)
 # kept) POD_DORMANT_DEPROVISION_DAYS after that (0 = never), a day after a warning at the earliest.
 POD_DORMANT_DAYS = envfloat("POD_DORMANT_DAYS", 0)
 POD_DORMANT_DEPROVISION_DAYS = envfloat("POD_DORMANT_DEPROVISION_DAYS", 0)
+# Backups of running pods: every POD_BACKUP_EVERY_HOURS (0 = off; a pod may say otherwise), at
+# most POD_BACKUP_CONCURRENCY at once per Docker host; POD_BACKUP_PAUSE pauses the container
+# while its volumes stream (consistent, the pod frozen meanwhile) instead of crash-consistent.
+POD_BACKUP_EVERY_HOURS = envfloat("POD_BACKUP_EVERY_HOURS", 24)
+POD_BACKUP_CONCURRENCY = envint("POD_BACKUP_CONCURRENCY", 1)
+POD_BACKUP_PAUSE = envbool("POD_BACKUP_PAUSE", False)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
 # The repository key of a dedup+… store: a file, never the database (lose it, lose the snapshots).
 SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")

@@ -165,13 +165,10 @@ def pod_show(request, pod_id: str):
     return shown
 
 
-if "backup" not in POD_ACTIONS:
-
-    @api.post("/pods/{pod_id}/backup", response={501: schemas.Error, **ERRORS}, tags=["pods"])
-    def pod_backup(request, pod_id: str):
-        """Not available yet: copies of running pods are the next step (issue #22)."""
-        pod_get(pod_id=pod_id)
-        return Status(501, {"error": "backing up a running pod is not available yet; stop the pod to take a snapshot"})
+@api.post("/pods/{pod_id}/backup", response={202: schemas.Queued, **ERRORS}, tags=["pods"])
+def pod_backup(request, pod_id: str):
+    """Back up a running pod now, without stopping it (removes nothing); refused unless it is running and idle."""
+    return _queued(operations.request(Kind.POD_BACKUP, pod_id, actor=request.auth))
 
 
 @api.post("/pods/{pod_id}/{action}", response={202: schemas.Queued, **ERRORS}, tags=["pods"])

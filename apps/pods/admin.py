@@ -12,6 +12,7 @@ from apps.audit.admin import ReadOnlyAdmin
 from apps.pods.actions import PAGE_ACTIONS, PodAction
 from apps.pods.models import DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
 from apps.pods.services import pod_preview
+from apps.pods.services.backup import pod_backup_interval_set
 from controlpanel.errors import PanelError
 from controlpanel.formatting import plural
 from controlpanel.preview import Preview, PreviewItem, confirm_page, is_confirmed
@@ -140,6 +141,8 @@ class PodAdmin(admin.ModelAdmin):
         "updated_at",
         "status_changed_at",
         "restoring_snapshot",
+        "backup_unchanged_at",
+        "backup_at_risk_at",
     ]
     inlines = [PodVolumeInline, SnapshotInline]
     actions = [_admin_action(action) for action in PAGE_ACTIONS]
@@ -155,6 +158,13 @@ class PodAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)
         return actions
 
+    def save_model(self, request, obj, form, change):
+        # The backup interval goes through its service (audited), as the pod page's form does.
+        if "backup_every_hours" in form.changed_data:
+            pod_backup_interval_set(pod_id=obj.pod_id, hours=obj.backup_every_hours, actor=request.user)
+        if set(form.changed_data) - {"backup_every_hours"}:
+            super().save_model(request, obj, form, change)
+
 
 # `has_stop_pod_permission`, …: each action is offered to the roles its kind allows.
 for _action in PAGE_ACTIONS:
@@ -165,8 +175,8 @@ for _action in PAGE_ACTIONS:
 class SnapshotAdmin(ReadOnlyAdmin):
     """Snapshots go through retention or the pod's Delete, never a row delete."""
 
-    list_display = ["id", "pod", "status", "total_bytes", "store_url", "started_at", "finished_at"]
-    list_filter = ["status"]
+    list_display = ["id", "pod", "kind", "status", "total_bytes", "store_url", "started_at", "finished_at"]
+    list_filter = ["status", "kind"]
     search_fields = ["pod__pod_id"]
     list_select_related = ["pod"]
 

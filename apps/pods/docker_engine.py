@@ -325,6 +325,14 @@ class DockerEngine:
         with self._errors(f"stopping container {name}"):
             self.client.api.stop(name, timeout=settings.POD_STOP_TIMEOUT_SECONDS)
 
+    def container_pause(self, name: str) -> None:
+        with self._errors(f"pausing container {name}"):
+            self.client.api.pause(name)
+
+    def container_unpause(self, name: str) -> None:
+        with self._errors(f"unpausing container {name}"):
+            self.client.api.unpause(name)
+
     def container_remove(self, name: str) -> bool:
         """Remove the container; False when already gone. Named volumes stay (see services)."""
         with self._errors(f"removing container {name}"):
@@ -335,7 +343,7 @@ class DockerEngine:
         return True
 
     def archive_read(self, *, container: str, path: str) -> Iterator[bytes]:
-        """Stream `path` out of a (stopped) container as a tar, chunk by chunk."""
+        """Stream `path` out of a container (stopped, or running for a backup) as a tar, chunk by chunk."""
         with self._errors(f"reading {path} of {container}"):
             stream, _stat = self.client.api.get_archive(container, path, chunk_size=CHUNK_SIZE)
         return _coalesced(self._guarded(stream, f"reading {path} of {container}"))

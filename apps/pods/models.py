@@ -132,6 +132,15 @@ class Pod(StateMachine, models.Model):
     proven_by = models.CharField(max_length=200, blank=True)
     drill_error = models.TextField(blank=True)
 
+    # Backups of the running pod (`services.backup`): every this many hours instead of
+    # POD_BACKUP_EVERY_HOURS (0 = never); when the schedule last found it unchanged since its
+    # newest copy (that copy still holds all of it); when it was told its recovery point is at risk.
+    backup_every_hours = models.FloatField(
+        null=True, blank=True, help_text="hours between backups of the running pod; empty: POD_BACKUP_EVERY_HOURS"
+    )
+    backup_unchanged_at = models.DateTimeField(null=True, blank=True)
+    backup_at_risk_at = models.DateTimeField(null=True, blank=True)
+
     class Meta:
         ordering = ["pod_id"]
         permissions = [
@@ -144,6 +153,7 @@ class Pod(StateMachine, models.Model):
             ("verify_snapshot", "Can verify snapshots and run restore drills"),
             # Names and sizes are for anyone who may view the pod; contents are not.
             ("restore_files_pod", "Can download files from snapshots and restore them beside the current ones"),
+            ("backup_pod", "Can back up a running pod (removes nothing)"),
         ]
 
     def __str__(self) -> str:
@@ -208,6 +218,10 @@ class Snapshot(StateMachine, models.Model):
         FAILED = "failed", "failed"
         DELETED = "deleted", "deleted"
 
+    class Kind(models.TextChoices):
+        STOP = "stop", "stop"  # taken with the container stopped, before its volumes went
+        BACKUP = "backup", "backup"  # taken while the pod ran (`services.backup`); removed nothing
+
     TRANSITIONS: dict[str, set[str]] = {
         Status.PENDING: {Status.UPLOADING, Status.FAILED},
         Status.UPLOADING: {Status.COMPLETE, Status.FAILED},
@@ -218,6 +232,7 @@ class Snapshot(StateMachine, models.Model):
 
     pod = models.ForeignKey(Pod, on_delete=models.CASCADE, related_name="snapshots")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.STOP)
     # The store it was written to: a later change of SNAPSHOT_STORE_URL still finds it.
     store_url = models.CharField(max_length=500)
     # {volume: {"key": ..., "bytes": ..., "sha256": ...}} for each of the eight volumes.

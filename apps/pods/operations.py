@@ -10,6 +10,8 @@ from apps.audit.operations import OperationKind, Schedule
 from apps.pods import services
 from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAction
 from apps.pods.models import VOLUME_PREFIX, Snapshot
+from apps.pods.services.backup import backed_up_sentence
+from apps.pods.services.backup_schedule import backups_sentence, pods_backups
 from apps.pods.services.drill_rotation import drill_rotation_sentence, pods_drill_rotate
 from apps.pods.services.idle import dormancy_sentence, idle_sentence, idle_stop_notify, pods_dormancy, pods_idle_stop
 from apps.pods.services.restore_path import pod_restore_path, restore_path_check, restored_sentence
@@ -167,6 +169,10 @@ def _drilled(result: dict) -> str:
     )
 
 
+def _backups(operation: Operation) -> dict:
+    return pods_backups(actor=operation.actor, operation=operation)
+
+
 def _drill_rotation(operation: Operation) -> dict:
     return pods_drill_rotate(actor=operation.actor, operation=operation)
 
@@ -188,6 +194,10 @@ def _restore_path_check(target_id: str, params: dict) -> None:
 
 def _drill_check(target_id: str, params: dict) -> None:
     services.drill_check(pod_id=target_id)
+
+
+def _backup_check(target_id: str, params: dict) -> None:
+    services.backup_check(pod_id=target_id)
 
 
 # Actions that delete a pod's data: refused while the pod (or, for delete, one of its
@@ -334,6 +344,30 @@ KINDS = [
         progress_unit="bytes",
         describe=restored_sentence,
         check=_restore_path_check,
+    ),
+    OperationKind(
+        name=str(Kind.POD_BACKUP),
+        target_type=TargetType.POD,
+        run=_on_pod(services.pod_backup),
+        permission="pods.backup_pod",
+        audit_action=AuditAction.POD_BACKUP,
+        label=Kind.POD_BACKUP.label,
+        progress_unit="bytes",
+        # Not exclusive: a stop, deprovision or delete asked for meanwhile is never refused as
+        # busy, it supersedes the backup (`services.backup`); `backup_check` refuses the rest.
+        exclusive=False,
+        describe=backed_up_sentence,
+        check=_backup_check,
+    ),
+    # POD_BACKUP_EVERY_HOURS: each turn queues the due running pods' `pod.backup` (services/backup_schedule.py).
+    _pods_kind(
+        Kind.PODS_BACKUPS,
+        _backups,
+        backups_sentence,
+        Schedule("back up running pods", 5, "schedule:backups"),
+        permission="pods.backup_pod",
+        audit_action=AuditAction.PODS_BACKUPS,
+        progress_unit="pods",
     ),
     # POD_DRILL_EVERY_DAYS: each turn queues at most one `pods.drill` (services/drill_rotation.py).
     _pods_kind(

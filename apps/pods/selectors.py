@@ -29,6 +29,7 @@ from apps.audit.models import Operation, StorageSample
 from apps.audit.names import TargetType
 from apps.audit.overview import Attention, Leak, OverviewSection
 from apps.pods.models import DOMAIN, UNREFERENCED_DOMAIN, DockerHost, OrphanVolume, Pod, PodVolume, Snapshot
+from apps.pods.selectors_backup import backups_overview
 from controlpanel.formatting import humanize_bytes, plural
 
 
@@ -66,6 +67,7 @@ def pod_as_dict(pod: Pod) -> dict:
         "container_id": pod.container_id,
         "container_name": pod.container_name,
         "last_error": pod.last_error,
+        "backup_every_hours": pod.backup_every_hours,  # None: POD_BACKUP_EVERY_HOURS
         "created_at": pod.created_at.isoformat(),
         "updated_at": pod.updated_at.isoformat(),
         "volumes": [
@@ -83,6 +85,7 @@ def pod_as_dict(pod: Pod) -> dict:
         if last is None
         else {
             "id": last.pk,
+            "kind": last.kind,  # stop, or backup of the running pod
             "status": last.status,
             "total_bytes": last.total_bytes,
             # Bytes this snapshot added to the store (less than total_bytes in a dedup store).
@@ -320,6 +323,7 @@ def overview_section() -> OverviewSection:
     unreachable = list(DockerHost.objects.filter(reachable=False).values_list("name", "last_error"))
     proven_row, proven_attention = proven_overview(by_status)
     dormant_rows, dormant_attention = dormant_overview()
+    backup_rows, backup_attention = backups_overview()
     return OverviewSection(
         title="Pods",
         url=reverse("pods:list"),
@@ -331,8 +335,9 @@ def overview_section() -> OverviewSection:
             ("in snapshots", humanize_bytes(snapshot_bytes)),
             proven_row,
             *dormant_rows,
+            *backup_rows,
         ],
-        attention=proven_attention + dormant_attention,
+        attention=proven_attention + dormant_attention + backup_attention,
         leaks=leaks,
         error="; ".join(error or f"Docker host {name!r} unreachable" for name, error in unreachable),
     )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.pods import views, views_files, views_verify
+from apps.pods import views, views_backup, views_files, views_verify
 from apps.pods.actions import PAGE_ACTIONS
 
 app_name = "pods"
@@ -17,6 +17,7 @@ urlpatterns = [
     path("<str:pod_id>/", views.detail_view, name="detail"),
     *views_verify.URLS,  # pods:verify, pods:drill
     *views_files.URLS,  # pods:snapshot-files, -download, -restore, -restore-run
+    *views_backup.URLS,  # pods:backup, pods:backup-interval
     path("<str:pod_id>/confirm/<str:action>/", views.confirm_view, name="confirm"),
     # pods:stop, pods:start, pods:deprovision, pods:delete
     *[

@@ -20,6 +20,7 @@ from apps.pods.forms import FROM_SNAPSHOT, ProvisionForm
 from apps.pods.models import DockerHost, Pod, Snapshot
 from apps.pods.operations import HELD_REFUSED
 from apps.pods.selectors import pods_with_totals
+from apps.pods.selectors_backup import backup_state
 from apps.pods.services import orphans_preview, pod_get, pod_preview, retention_preview
 from controlpanel.errors import InvalidInput, NotFound, PanelError
 from controlpanel.formatting import join_words
@@ -81,6 +82,7 @@ PARTS = {
         "snapshots": "pods/part_snapshots.html",
         "audit": "pods/part_audit.html",
         "proven": "pods/proven.html",
+        "backup": "pods/_backup.html",
     },
 }
 
@@ -132,6 +134,7 @@ def detail_view(request, pod_id: str):
         "operations": Operation.objects.filter(pod_work).order_by("-created_at")[:5],
         "busy": Operation.objects.filter(pod_work, status__in=Operation.ACTIVE).exists(),
         "has_complete_snapshot": pod.snapshots.filter(status=Snapshot.Status.COMPLETE).exists(),
+        "backup": backup_state(pod),
         # What this person may do; a viewer is told why there are no buttons.
         "actions": [action for action in actions if operations.user_may(request.user, action.kind)],
         "actions_refused": join_words(

@@ -76,12 +76,25 @@ def test_a_refused_action_answers_the_status_and_sentence_the_page_shows(client,
     assert response.json() == {"error": "pod 'stopped1' is stopped; it cannot be stopped now"}
 
 
-def test_backup_says_it_is_not_available_yet(client, operator_token):
+def test_backup_of_a_running_pod_is_queued_and_refusals_are_sentences(client, operator_token, viewer_token):
     pod_row("backme")
     response = client.post("/api/pods/backme/backup", **bearer(operator_token))
-    assert response.status_code == 501
-    assert "not available yet" in response.json()["error"]
-    assert not Operation.objects.exists()
+    assert response.status_code == 202
+    operation = Operation.objects.get(pk=response.json()["operation"])
+    assert (operation.kind, operation.target_id, operation.actor_name) == ("pod.backup", "backme", "api:ci-deploy")
+    # One backup of a pod at a time.
+    again = client.post("/api/pods/backme/backup", **bearer(operator_token))
+    assert again.status_code == 409
+    assert again.json()["error"].startswith("pod 'backme' already has pod.backup in progress")
+
+    pod_row("stoppedpod", status=Pod.Status.STOPPED)
+    refused = client.post("/api/pods/stoppedpod/backup", **bearer(operator_token))
+    assert refused.status_code == 409
+    assert refused.json() == {"error": "pod 'stoppedpod' is stopped; only a running pod can be backed up"}
+    forbidden = client.post("/api/pods/backme/backup", **bearer(viewer_token))
+    assert forbidden.status_code == 403
+    assert forbidden.json() == {"error": "api:dash-reader may not back up pod (needs pods.backup_pod)"}
+    assert Operation.objects.count() == 1
 
 
 def test_holds_set_refuse_a_stop_and_release(client, operator_token, viewer_token):

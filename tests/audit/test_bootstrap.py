@@ -47,3 +47,6 @@ def test_viewer_group_only_views_and_operator_group_acts():
     viewer_codenames = set(viewer.permissions.values_list("codename", flat=True))
     assert viewer_codenames and all(code.startswith("view_") for code in viewer_codenames)
     assert "retry_operation" in set(operator.permissions.values_list("codename", flat=True))
+    # Backing up a running pod is the operators' (and superusers'), never a viewer's.
+    assert "backup_pod" in set(operator.permissions.values_list("codename", flat=True))
+    assert "backup_pod" not in viewer_codenames

@@ -6,6 +6,8 @@ A package split along its seams; every public name is importable from here:
   state         the pod row: lookup, lock, recorded failures, its eight volume rows
   snapshotting  streaming volumes into the snapshot store, verifying, restoring, purging
   lifecycle     provision, stop, start, deprovision, delete
+  capture       the streaming core a stop and a backup share
+  backup        backups of running pods (and the schedule's `backups`)
   housekeeping  reconcile (and resume), orphan sweep
   retention     snapshot retention by policy (keep last / daily / weekly, never held)
   verify        re-reading complete snapshots against their manifests
@@ -14,6 +16,7 @@ A package split along its seams; every public name is importable from here:
 """
 
 from apps.pods.actions import POD_ACTIONS, RESUME_ACTIONS, pod_action, pod_action_allowed
+from apps.pods.services.backup import backup_check, pod_backup
 from apps.pods.services.drill import drill_check, drills_leftover_remove, pod_drill
 from apps.pods.services.hosts import engine_for, host_default, host_get
 from apps.pods.services.housekeeping import orphans_plan, orphans_sweep, pods_reconcile, pods_resume_interrupted
@@ -30,6 +33,7 @@ __all__ = [
     "RESUME_ACTIONS",
     "VOLUME_STREAMS",
     "_volume_rows_ensure",
+    "backup_check",
     "drill_check",
     "drills_leftover_remove",
     "engine_for",
@@ -41,6 +45,7 @@ __all__ = [
     "pod_action",
     "pod_action_allowed",
     "pod_action_check",
+    "pod_backup",
     "pod_delete",
     "pod_drill",
     "pod_deprovision",

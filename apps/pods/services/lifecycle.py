@@ -23,6 +23,7 @@ from apps.audit.services import Actor, audit_record
 from apps.pods.actions import DELETE, DEPROVISION, PROVISION, START, STOP, PodAction
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.services.backup import backups_supersede
 from apps.pods.services.hosts import engine_for, host_get
 from apps.pods.services.restoring import _restore, _restore_precheck
 from apps.pods.services.sizes import pod_sizes_measure
@@ -165,6 +166,7 @@ def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -
         pod.transition(STOP.busy)
         pod.last_error = ""
         pod.save()
+        backups_supersede(pod, by="stop")  # never waited for: it sees this between chunks and gives up
     engine = engine_for(pod.host)
     snapshot = None
     if resuming:
@@ -311,7 +313,10 @@ def _reattach(*, pod: Pod, engine: DockerEngine, operation: Operation | None) ->
             "(deprovision it, or restore it from a snapshot by stopping and starting)"
         )
     _container_for_volumes(pod=pod, engine=engine)
-    engine.container_start(pod.container_name)
+    if getattr(engine.container_get(pod.container_name), "status", "") == "paused":
+        engine.container_unpause(pod.container_name)  # frozen by a backup whose worker died (POD_BACKUP_PAUSE)
+    else:
+        engine.container_start(pod.container_name)
     info = engine.container_get(pod.container_name)
     _log(operation, f"started {pod.container_name} with its eight volumes")
     return info.id if info else ""
@@ -361,6 +366,7 @@ def _pod_remove(*, pod_id: str, actor: Actor, operation: Operation | None, actio
             pod.transition(action.busy)
             pod.last_error = ""
             pod.save()
+            backups_supersede(pod, by=action.name)
         snapshot_bytes = 0
         try:
             engine.container_remove(pod.container_name)

@@ -4,44 +4,26 @@ them, and purging a snapshot from its store (restoring them is `restoring`).
 Bytes move on worker threads; every database write (progress, log) happens on the calling
 thread."""
 
-import hashlib
 import json
-import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, TargetType
-from apps.audit.services import Actor, Progress, Throttle, audit_record, storage_sample_record
+from apps.audit.services import Actor, audit_record
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
-from apps.pods.services.state import _error_text, _labels, _log, _volumes, host_sample
-from apps.pods.services.streams import ByteCounter, Writers
-from apps.pods.services.unchanged import (
-    TAR_END,
-    Blocks,
-    Reusable,
-    archive_complete,
-    purge_keys,
-    reference_for,
-    same_as_reference,
-    volume_compare,
-)
+from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.services.capture import VOLUME_STREAMS as VOLUME_STREAMS  # re-exported: older imports
+from apps.pods.services.capture import _unreferenced_record, snapshot_capture
+from apps.pods.services.state import _labels, _log, _volumes
+from apps.pods.services.unchanged import purge_keys
 from apps.pods.services.verify import DEDUP_REPAIR
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
-from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
-# Volumes streamed at once during a snapshot. One: dockerd holds a container's lock while an
-# archive streams out of it, so a second get_archive on the same container only waits, and
-# past DOCKER_TIMEOUT_SECONDS it fails the stop. The store still overlaps with the engine
-# (parts upload on the writer's own threads while the next bytes are read).
-VOLUME_STREAMS = 1
 # Objects of one snapshot verified at once (reads from the store, not from the engine).
 VERIFY_STREAMS = 4
 
@@ -60,132 +42,6 @@ def _container_for_volumes(*, pod: Pod, engine: DockerEngine) -> None:
     """Make sure a container with the eight volumes exists (not started) to read them through."""
     if engine.container_get(pod.container_name) is None:
         _container_create(pod=pod, engine=engine, volumes=_volumes(pod), copy_image_content=False)
-
-
-def _volume_stream(
-    *, engine: DockerEngine, writers: Writers, container: str, mount_path: str, key: str, counter, cancel, reusable
-) -> dict:
-    """One volume: tar out of the container → sha256 → store, never more than a part in memory.
-    A volume the reference holds is compared first (`unchanged.volume_compare`) and written only if it
-    changed; a deduplicating store's entries keep their block digests for the next stop."""
-    earlier = reusable.get(key.rsplit("/", 1)[-1].removesuffix(".tar"))
-    counter.begin(mount_path)
-    if earlier is not None:
-        kept = volume_compare(
-            engine=engine, container=container, mount_path=mount_path, earlier=earlier, counter=counter, cancel=cancel
-        )
-        if kept is not None and reusable.present(kept["key"]):
-            return kept
-        counter.restart(mount_path)
-    digest, count, tail = hashlib.sha256(), 0, b""
-    # Every file's path, size and sha256, from the same chunks (the restore drill checks them).
-    files = TarFileList()
-    blocks = Blocks() if isinstance(writers.store, DedupStore) else None
-    writer = writers.take(key)
-    try:
-        for chunk in engine.archive_read(container=container, path=mount_path):
-            if cancel.is_set():
-                raise PanelError("stopped: another volume of this snapshot failed")
-            digest.update(chunk)
-            files.feed(chunk)
-            if blocks is not None:
-                blocks.feed(chunk)
-            writer.write(chunk)
-            count += len(chunk)
-            tail = (tail + chunk[-len(TAR_END) :])[-len(TAR_END) :]
-            counter.add(len(chunk))
-        archive_complete(mount_path, count, tail)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    entry = {
-        "key": key,
-        "mount_path": mount_path,
-        "bytes": count,
-        "sha256": digest.hexdigest(),
-        "etag": writer.expected_etag,
-        "stored_bytes": writer.stored_bytes,
-        "files": len(files.files),
-        "file_list": files.files,
-    }
-    if writer.store_id:
-        entry["store_id"] = writer.store_id
-    if writer.new_chunks is not None:
-        entry["new_chunks"] = writer.new_chunks
-    if blocks is not None:
-        entry["blocks"] = blocks.finish()
-    return entry
-
-
-def _volumes_stream(
-    *,
-    pod: Pod,
-    volumes: list[PodVolume],
-    engine: DockerEngine,
-    store: SnapshotStore,
-    snapshot: Snapshot,
-    progress: Progress,
-    operation: Operation | None,
-    reusable: Reusable,
-    writers: Writers,
-) -> dict[str, dict[str, Any]]:
-    """Stream VOLUME_STREAMS volumes at a time on worker threads. Threads only move bytes;
-    every database write (progress, log) happens here on the calling thread."""
-    counter, cancel = ByteCounter(), threading.Event()
-    throttle = Throttle()
-    keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
-    with ThreadPoolExecutor(max_workers=VOLUME_STREAMS, thread_name_prefix="snapshot") as pool:
-        futures = {
-            pool.submit(
-                _volume_stream,
-                engine=engine,
-                writers=writers,
-                container=pod.container_name,
-                mount_path=volume.mount_path,
-                key=keys[volume.name],
-                counter=counter,
-                cancel=cancel,
-                reusable=reusable,
-            ): volume
-            for volume in volumes
-        }
-        pending = set(futures)
-        started = 0
-        try:
-            while pending:
-                done, pending = wait(
-                    pending, timeout=max(0.2, settings.OPERATION_PROGRESS_INTERVAL_SECONDS), return_when=FIRST_EXCEPTION
-                )
-                for mount_path in counter.take_began():
-                    started += 1
-                    _log(operation, f"streaming {mount_path}, {started} of {len(volumes)}")
-                for mount_path in counter.take_changed():
-                    _log(operation, f"{mount_path} changed since the last snapshot: streaming it again, to the store")
-                progress.advance(counter.take())
-                if throttle.due():
-                    Snapshot.objects.filter(pk=snapshot.pk).update(bytes_done=progress.done)
-                # In volume order, not the set's: when the daemon dies, the volume streaming
-                # then fails first and every later one fails at once after it; the error
-                # must name the first.
-                for future in [f for f in futures if f in done]:
-                    entry = future.result()  # raises the volume's failure
-                    volume = futures[future]
-                    unchanged = ", unchanged: nothing written" if entry.get("reused") else ""
-                    _log(
-                        operation,
-                        f"{volume.docker_name}: {humanize_bytes(entry['bytes'])}, "
-                        f"sha256 {entry['sha256'][:16]}…{unchanged}",
-                    )
-        except BaseException:
-            cancel.set()
-            for future in futures:
-                future.cancel()
-            raise
-        finally:
-            pool.shutdown(wait=True)
-    by_name = {futures[f].name: f.result() for f in futures}
-    return {volume.name: by_name[volume.name] for volume in volumes}
 
 
 def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation: Operation | None) -> None:
@@ -272,18 +128,6 @@ def _snapshot_precheck(*, pod: Pod) -> None:
     store_from_url().preflight(needed_bytes=_needed_bytes(pod), what=f"stopping pod {pod.pod_id!r}")
 
 
-def _unreferenced_record(store: SnapshotStore, operation: Operation | None) -> None:
-    """What a deduplicated store holds that no snapshot needs, for the leak report."""
-    if not isinstance(store, DedupStore):
-        return
-    try:
-        unreferenced = store.unreferenced_bytes()
-    except PanelError as exc:  # the measurement is a report, not the work: say so and go on
-        _log(operation, f"could not measure unreferenced bytes in {store.url}: {exc}")
-        return
-    storage_sample_record(domain=UNREFERENCED_DOMAIN, subject=store.url[:255], total_bytes=unreferenced)
-
-
 def _snapshot_take(
     *, pod: Pod, engine: DockerEngine, operation: Operation | None, prechecked: bool = False
 ) -> Snapshot:
@@ -304,76 +148,9 @@ def _snapshot_take(
     Snapshot.objects.filter(pod=pod, status__in=[Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]).update(
         status=Snapshot.Status.FAILED, error="interrupted; superseded by a later attempt", finished_at=timezone.now()
     )
-    # The last measurement is kept as an estimate on the snapshot, but it is no total for the
-    # bar: files written since would show more done than the total. Measuring now would walk
-    # every file before the first byte moves, so the bar counts the bytes so far instead.
-    measured = [v.size_bytes for v in volumes if v.size_bytes is not None]
-    expected = sum(measured) if measured else None
-    snapshot = Snapshot.objects.create(
-        pod=pod, store_url=store.url, operation=operation, expected_bytes=expected, started_at=timezone.now()
+    return snapshot_capture(
+        pod=pod, engine=engine, store=store, volumes=volumes, operation=operation, readback=_snapshot_verify
     )
-    progress = Progress(operation, total=None, unit="bytes")
-    reference = reference_for(pod=pod, store=store)
-    reusable = Reusable(store=store, reference=reference)
-    manifest_key = f"{snapshot.prefix}/manifest.json"
-    # Writers are made ahead only for what will surely be written: the volumes the reference
-    # does not hold, and the manifest (first, when nothing else surely is).
-    writers = Writers(
-        store, [f"{snapshot.prefix}/{v.name}.tar" for v in volumes if reusable.get(v.name) is None] + [manifest_key]
-    )
-    try:
-        snapshot.transition(Snapshot.Status.UPLOADING)
-        snapshot.save(update_fields=["status"])
-        if len(writers.keys) == 1:
-            writers.prepare(manifest_key)
-        manifest = _volumes_stream(
-            pod=pod,
-            volumes=volumes,
-            engine=engine,
-            store=store,
-            snapshot=snapshot,
-            progress=progress,
-            operation=operation,
-            reusable=reusable,
-            writers=writers,
-        )
-        same_as_reference(manifest, reference)
-        # The manifest is written last: a snapshot without one never counts as complete. Its
-        # per-file lists ({volume: [[path, size, sha256], …]}) live in the store's copy only.
-        file_lists = {name: entry.pop("file_list") for name, entry in manifest.items()}
-        manifest_body = json.dumps(
-            {"pod_id": pod.pod_id, "snapshot": snapshot.pk, "volumes": manifest, "files": file_lists}, indent=1
-        )
-        manifest_stored = store.put_small(manifest_key, manifest_body.encode(), writer=writers.take(manifest_key))
-        writers.abort_unused()  # none is left by now; never a restic process waiting on nothing
-        _snapshot_verify(store=store, snapshot=snapshot, manifest=manifest, operation=operation)
-    except BaseException as exc:
-        snapshot.status = Snapshot.Status.FAILED
-        snapshot.error = _error_text(exc)
-        snapshot.finished_at = timezone.now()
-        snapshot.bytes_done = progress.done
-        snapshot.save(update_fields=["status", "error", "finished_at", "bytes_done"])
-        # A failed backup leaves chunks no snapshot refers to: measured for the leak report.
-        writers.abort_unused()
-        _unreferenced_record(store, operation)
-        raise
-    progress.flush()
-    snapshot.transition(Snapshot.Status.COMPLETE)
-    snapshot.manifest = manifest
-    snapshot.total_bytes = sum(entry["bytes"] for entry in manifest.values())
-    snapshot.stored_bytes = sum(entry["stored_bytes"] or 0 for entry in manifest.values()) + (manifest_stored or 0)
-    snapshot.bytes_done = snapshot.total_bytes
-    snapshot.finished_at = timezone.now()
-    snapshot.save(update_fields=["status", "manifest", "total_bytes", "stored_bytes", "bytes_done", "finished_at"])
-    if snapshot.stored_bytes != snapshot.total_bytes:
-        _log(operation, f"snapshot #{snapshot.pk} added {humanize_bytes(snapshot.stored_bytes)} to {store.url}")
-    # The archive sizes are a fresh measurement of what the volumes held.
-    for volume in volumes:
-        volume.size_bytes, volume.measured_at = manifest[volume.name]["bytes"], snapshot.finished_at
-    PodVolume.objects.bulk_update(volumes, ["size_bytes", "measured_at"])
-    # The peak the pod reached, recorded before its volumes go: charts show what existed.
-    host_sample(pod.host)
-    return snapshot
 
 
 def _stop_writing_to(store_url: str, *, besides: Snapshot) -> bool:

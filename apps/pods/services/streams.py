@@ -16,6 +16,7 @@ class ByteCounter:
         self._pending = 0
         self.began: list[str] = []
         self.changed: list[str] = []
+        self.retried: list[str] = []
 
     def _note(self, kind: str, mount_path: str) -> None:
         with self._lock:
@@ -39,6 +40,13 @@ class ByteCounter:
 
     def take_changed(self) -> list[str]:
         return self._taken("changed")
+
+    def retry(self, mount_path: str) -> None:
+        """A running container's volume came out cut short and is read again."""
+        self._note("retried", mount_path)
+
+    def take_retried(self) -> list[str]:
+        return self._taken("retried")
 
     def add(self, amount: int) -> None:
         with self._lock:
@@ -67,6 +75,9 @@ class Writers:
             writer = self.made.pop(key, None)
         writer = writer or self.store.writer(key)
         following = self.after.get(key)
+        with self._lock:  # a volume read again takes its key again: the next one's writer is made once
+            if following in self.made:
+                following = None
         if following is not None and self.store.slow_writer_start:
             try:
                 prepared = self.store.writer(following)

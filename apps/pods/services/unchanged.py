@@ -107,7 +107,7 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
             # and the next read of it waits for that. A reference cycle would keep the
             # response until the collector next runs (in a large process, many seconds).
             gc.collect()
-    archive_complete(mount_path, count, tail)
+    archive_complete(mount_path, count, tail, ended=files.ended)
     if count != earlier["bytes"] or blocks.finish() != earlier["blocks"]:
         return None
     entry = {
@@ -127,9 +127,16 @@ def volume_compare(*, engine: DockerEngine, container: str, mount_path: str, ear
     return entry
 
 
-def archive_complete(mount_path: str, count: int, tail: bytes) -> None:
-    if count % 512 or tail != TAR_END:
-        raise PanelError(
+class ArchiveCut(PanelError):
+    """An archive that came out of Docker without its end: never stored as the whole volume."""
+
+
+def archive_complete(mount_path: str, count: int, tail: bytes, *, ended: bool = True) -> None:
+    """`ended`: the walk of its headers met the end-of-archive marker where a header belongs. The
+    tail alone is not enough: an archive cut inside a file of zeros (a running pod's file
+    shrinking while Docker reads it) ends in 1,024 zero bytes too."""
+    if count % 512 or tail != TAR_END or not ended:
+        raise ArchiveCut(
             f"the archive of {mount_path} ended early, after {count} bytes (no end-of-archive marker): "
             "Docker stopped sending it; nothing was removed"
         )

@@ -1,6 +1,7 @@
 """python manage.py pods provision|stop|start|deprovision|delete POD_ID, reconcile,
 sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json],
-verify|drill POD_ID [--json], files POD_ID N [PATH] [--json], restore-path POD_ID N PATH.
+verify|drill POD_ID [--json], backup POD_ID [--json], files POD_ID N [PATH] [--json],
+restore-path POD_ID N PATH.
 
 Synchronous: the work runs as an Operation right here (`run_now`, the same kinds as the
 pages and schedules); a failure prints one line and exits non-zero."""
@@ -78,6 +79,9 @@ class Command(BaseCommand):
             parser_ = sub.add_parser(verb, help=f"{kind_get(proof.kind).label.lower()} of one pod, now")
             parser_.add_argument("pod_id")
             parser_.add_argument("--json", dest="as_json", action="store_true")
+        backup = sub.add_parser("backup", help="copy a running pod's 8 volumes into the store; it keeps running")
+        backup.add_argument("pod_id")
+        backup.add_argument("--json", dest="as_json", action="store_true")
         listing = sub.add_parser("list", help="every pod with status, host, volume bytes and last snapshot")
         listing.add_argument("--json", dest="as_json", action="store_true")
         files = sub.add_parser("files", help="the folders and files at PATH (default /) in snapshot N of a pod")
@@ -109,6 +113,8 @@ class Command(BaseCommand):
                 operation = run_now(Kind.POD_RESTORE_PATH, options["pod_id"], actor=actor, **where)
                 self.stdout.write(sentence(operation))
                 return None
+            if action == "backup":
+                return self._backup(pod_id=options["pod_id"], actor=actor, as_json=options["as_json"])
             if action in PROOF_VERBS:
                 return self._prove(action, pod_id=options["pod_id"], actor=actor, as_json=options["as_json"])
             if action in HOUSEKEEPING:
@@ -141,6 +147,15 @@ class Command(BaseCommand):
             return "\n".join(lines)
         # The exact result, as before the sentence people read was added to it.
         return json.dumps({key: value for key, value in result.items() if key != "summary"}, sort_keys=True)
+
+    def _backup(self, *, pod_id: str, actor: str, as_json: bool) -> None:
+        """Back up a running pod now: `{"snapshot", "stored_bytes", "seconds"}` or one sentence."""
+        operation = run_now(Kind.POD_BACKUP, pod_id, actor=actor)
+        if as_json:
+            keys = ("snapshot", "stored_bytes", "seconds")
+            self.stdout.write(json.dumps({key: operation.result[key] for key in keys}))
+        else:
+            self.stdout.write(sentence(operation))
 
     def _prove(self, verb: str, *, pod_id: str, actor: str, as_json: bool) -> None:
         """One sentence (or JSON), as the pod page's button would end; non-zero when it proved nothing."""

@@ -1,0 +1,77 @@
+"""A stop supersedes a running backup on the real dockerd: the backup gives up (its snapshot
+failed "superseded by a stop", nothing of it complete), the stop is not held up by it and its
+own snapshot restores the pod. Threads write on their own connections: rows are committed."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from apps.audit.models import Operation
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.pods import services
+from apps.pods.docker_engine import DockerEngine
+from apps.pods.models import Pod, Snapshot
+from apps.pods.services import lifecycle
+from controlpanel.errors import PanelError
+from tests.pods.conftest import listing, pod_volumes, pod_with_files
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.docker]
+
+
+def test_a_stop_supersedes_a_running_backup_and_is_not_held_up(docker_client, new_pod_id, monkeypatch):
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
+    streaming, claimed = threading.Event(), threading.Event()
+    read, supersede = DockerEngine.archive_read, lifecycle.backups_supersede
+
+    def archive_read(self, *, container, path):
+        chunks = read(self, container=container, path=path)
+        if streaming.is_set():
+            return chunks
+        streaming.set()
+
+        def held_mid_volume():
+            first = next(chunks)
+            yield first
+            claimed.wait(timeout=60)  # the backup is mid-volume when the stop takes the pod
+            yield from chunks
+
+        return held_mid_volume()
+
+    def superseding(pod, *, by):
+        superseded = supersede(pod, by=by)
+        claimed.set()
+        return superseded
+
+    monkeypatch.setattr(DockerEngine, "archive_read", archive_read)
+    monkeypatch.setattr(lifecycle, "backups_supersede", superseding)
+    refused: list[PanelError] = []
+
+    def backup() -> None:
+        try:
+            run_now(Kind.POD_BACKUP, pod_id, actor="test")
+        except PanelError as exc:
+            refused.append(exc)
+        finally:
+            connection.close()
+
+    backing_up = threading.Thread(target=backup)
+    backing_up.start()
+    assert streaming.wait(timeout=60)
+    # Asked for while the backup runs: not refused as busy, and done without waiting for it.
+    stop = run_now(Kind.POD_STOP, pod_id, actor="test")
+    backing_up.join(timeout=120)
+    assert not backing_up.is_alive()
+
+    assert stop.status == Operation.Status.SUCCEEDED
+    assert [str(exc) for exc in refused] == ["superseded by a stop"]
+    backup_op = Operation.objects.get(kind=Kind.POD_BACKUP)
+    assert backup_op.status == Operation.Status.FAILED and backup_op.error == "superseded by a stop"
+    snapshots = {s.kind: s for s in Snapshot.objects.filter(pod__pod_id=pod_id)}
+    assert snapshots["backup"].status == Snapshot.Status.FAILED and snapshots["backup"].error == "superseded by a stop"
+    assert snapshots["stop"].status == Snapshot.Status.COMPLETE
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED and pod_volumes(docker_client, pod_id) == []
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
