@@ -64,6 +64,7 @@ class AuditAction(models.TextChoices):
     POD_DEPROVISION = "pod.deprovision", "pod deprovisioned"
     POD_DELETE = "pod.delete", "pod deleted"
     POD_RESTORE_PATH = "pod.restore-path", "path restored beside the current one"
+    POD_FILES_DOWNLOAD = "pod.files-download", "files downloaded from a snapshot"
     POD_RECONCILE = "pod.reconcile", "pod reconciled"
     POD_RESUME = "pod.resume", "pod's interrupted work resumed"
     PODS_SWEEP_ORPHANS = "pods.sweep-orphans", "orphaned pod volumes swept"

@@ -118,7 +118,7 @@ def test_downloads_stream_the_file_as_itself_and_a_folder_as_a_tar(operator_clie
             "src/a.txt": b"hello pod\n",
             "src/b.txt": b"second",
         }
-    assert operator_client.get(url, {"path": "/workspace/../etc"}).status_code == 404
+    assert operator_client.get(url, {"path": "/workspace/../etc"}).status_code == 400
 
 
 def test_a_viewer_sees_names_and_sizes_but_no_download_or_restore(viewer_client):

@@ -12,6 +12,10 @@ and where the file's data begins in its volume's tar).
   back until it does, so a damaged copy never arrives whole.
 - Folders are implied by the files' paths: empty folders, links and special files are not in
   the lists (they are in the volume's tar, and come back with a whole restore).
+- A name in a list is the pod's data (a pod names its files as it likes, and the list comes
+  from the store): only a plain relative path (no `.`, `..`, empty part, leading `/` or NUL,
+  as a real file's name always is) is listed, so no download or restore names a place
+  outside the path asked for; any other is counted (`FileIndex.unsafe`) and left out.
 """
 
 import hashlib
@@ -24,12 +28,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from django.db import transaction
+
+from apps.audit.names import AuditAction, TargetType
+from apps.audit.services import Actor, audit_record
 from apps.pods.models import VOLUME_MOUNTS, Snapshot
 from apps.pods.services.state import pod_get
 from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
 from controlpanel.errors import InvalidInput, NotFound
-from controlpanel.formatting import humanize_bytes
+from controlpanel.formatting import humanize_bytes, plural
 
 # Snapshots whose file index a process keeps (each entry: every file's path and numbers).
 KEPT_INDEXES = 4
@@ -68,7 +76,8 @@ class Entry:
 def path_normalise(path: str | None) -> str:
     """An absolute pod path without `.`/`..` or a trailing slash, inside the eight volumes
     (or above them: `/`, `/usr`); otherwise one sentence."""
-    text = (path or "/").strip()
+    # Not stripped: a pod's file may be named "notes " and must not be read as "notes".
+    text = path or "/"
     if "\x00" in text or len(text) > 4096:
         raise InvalidInput("a path may not hold a NUL character or be longer than 4,096 characters")
     parts = [part for part in text.split("/") if part]
@@ -78,8 +87,25 @@ def path_normalise(path: str | None) -> str:
     inside = any(clean == mount or clean.startswith(mount + "/") for mount in VOLUME_MOUNTS.values())
     above = any(mount.startswith(clean.rstrip("/") + "/") for mount in VOLUME_MOUNTS.values())
     if not inside and not above:
-        raise InvalidInput(f"path {clean[:200]} is outside the pod's eight volumes ({MOUNTS})")
+        raise InvalidInput(f"path {shown(clean)} is outside the pod's eight volumes ({MOUNTS})")
     return clean
+
+
+def shown(path: str, limit: int = 200) -> str:
+    """A path as a one-line sentence shows it: a control character (a newline in a name) as
+    its escape, and at most `limit` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path[: limit + 1])
+    return text[:limit] + ("…" if len(path) > limit else "")
+
+
+def plain_relative(name: str) -> bool:
+    """`a/b.txt`: relative, every part a real name (not empty, `.` or `..`), no NUL."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and "\x00" not in name
+        and all(part not in {"", ".", ".."} for part in name.split("/"))
+    )
 
 
 def mount_of(path: str) -> str | None:
@@ -94,7 +120,7 @@ class FileIndex:
     """Every regular file of one snapshot, sorted by pod path."""
 
     def __init__(self, snapshot: Snapshot, file_lists: dict[str, list]):
-        rows = []
+        rows, self.unsafe = [], 0
         for volume, entries in file_lists.items():
             mount = VOLUME_MOUNTS.get(volume)
             if mount is None:
@@ -102,6 +128,9 @@ class FileIndex:
             above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
             for entry in entries:
                 tar_path, size, sha256, mtime, offset = file_entry(entry)
+                if not plain_relative(tar_path):
+                    self.unsafe += 1
+                    continue
                 path = posixpath.join(above, tar_path)
                 if path.startswith(mount + "/"):
                     rows.append(FileRow(path, volume, size, sha256, mtime, offset, tar_path))
@@ -203,7 +232,7 @@ def snapshot_entries(*, pod_id: str, number: int | str, path: str = "/", query: 
 
 def not_in_snapshot(snapshot: Snapshot, path: str) -> str:
     return (
-        f"{path} is not in snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id} "
+        f"{shown(path)} is not in snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id} "
         "(it lists regular files: empty folders, links and special files are not in it)"
     )
 
@@ -238,6 +267,30 @@ def snapshot_select(*, pod_id: str, number: int | str, path: str) -> Selection:
     return Selection(snapshot, path, rows, True)
 
 
+def snapshot_download(*, pod_id: str, number: int | str, path: str, actor: Actor) -> Selection:
+    """What a download of `path` will send, with the audit event naming who takes it out of
+    which snapshot (one per download asked for, written before the first byte leaves)."""
+    selection = snapshot_select(pod_id=pod_id, number=number, path=path)
+    snapshot = selection.snapshot
+    what = f"{shown(selection.path, 1000)} ({plural(len(selection.rows), 'file')}, {humanize_bytes(selection.bytes)})"
+    with transaction.atomic():
+        audit_record(
+            actor=actor,
+            action=AuditAction.POD_FILES_DOWNLOAD,
+            target_type=TargetType.POD,
+            target_id=snapshot.pod.pod_id,
+            message=f"{what} downloaded from snapshot #{snapshot.pk}"[:4000],
+            details={
+                "snapshot": snapshot.pk,
+                "path": selection.path,
+                "folder": selection.is_folder,
+                "files": len(selection.rows),
+                "bytes": selection.bytes,
+            },
+        )
+    return selection
+
+
 # --- reading bytes -----------------------------------------------------------------------
 
 
@@ -254,7 +307,7 @@ def _located(store: SnapshotStore, key: str, row: FileRow) -> int:
             walk.files.clear()
     finally:
         stream.close()
-    raise StoreError(f"{row.path} is not in {store.url}/{key}")
+    raise StoreError(f"{shown(row.path)} is not in {store.url}/{key}")
 
 
 def _verified(chunks: Iterable[bytes], row: FileRow, snapshot: Snapshot) -> Iterator[bytes]:
@@ -268,7 +321,7 @@ def _verified(chunks: Iterable[bytes], row: FileRow, snapshot: Snapshot) -> Iter
         held = chunk
     if count != row.size or digest.hexdigest() != row.sha256:
         raise StoreError(
-            f"{row.path} in snapshot #{snapshot.pk} reads back as {humanize_bytes(count)} with sha256 "
+            f"{shown(row.path)} in snapshot #{snapshot.pk} reads back as {humanize_bytes(count)} with sha256 "
             f"{digest.hexdigest()[:12]}…, but the snapshot lists {humanize_bytes(row.size)} with sha256 "
             f"{row.sha256[:12]}…: the store's copy is damaged, nothing of it was used"
         )
@@ -328,7 +381,7 @@ def _cut(stream: Iterator[bytes], rows: list[FileRow], snapshot: Snapshot) -> It
     def fill(row: FileRow) -> None:
         chunk = next(stream, None)
         if chunk is None:
-            raise StoreError(f"the volume's archive ends before {row.path} does")
+            raise StoreError(f"the volume's archive ends before {shown(row.path)} does")
         buffer.extend(chunk)
 
     def take(row: FileRow) -> Iterator[bytes]:

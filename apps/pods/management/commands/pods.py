@@ -19,7 +19,7 @@ from apps.audit.operations import kind_get, run_now, sentence
 from apps.pods.actions import POD_ACTIONS, PROVISION
 from apps.pods.selectors import pod_as_dict, pods_with_totals
 from apps.pods.services import pod_get
-from apps.pods.services.snapshot_files import snapshot_entries
+from apps.pods.services.snapshot_files import shown, snapshot_entries
 from controlpanel.errors import PanelError
 from controlpanel.formatting import first_line
 
@@ -174,7 +174,7 @@ class Command(BaseCommand):
         for entry in entries:
             mtime = datetime.fromtimestamp(entry["mtime"], UTC).strftime("%Y-%m-%d %H:%M") if entry["mtime"] else "-"
             kind = "dir " if entry["type"] == "folder" else "file"
-            self.stdout.write(f"{kind} {entry['size']:>14} {mtime:<16} {entry['path']}")
+            self.stdout.write(f"{kind} {entry['size']:>14} {mtime:<16} {shown(entry['path'], 4096)}")
 
     def _list(self, *, as_json: bool) -> None:
         rows = [
