@@ -21,6 +21,7 @@ and where the file's data begins in its volume's tar).
 import hashlib
 import json
 import posixpath
+import re
 import tarfile
 import threading
 from bisect import bisect_left
@@ -181,7 +182,8 @@ _indexes_lock = threading.Lock()
 def snapshot_for_files(*, pod_id: str, number: int | str) -> Snapshot:
     """Snapshot `number` of the pod, complete; otherwise one sentence."""
     pod = pod_get(pod_id=pod_id)
-    if not str(number).isdigit():
+    # ASCII digits only: "²" passes isdigit() and fails int(), "１" reads as another number.
+    if not re.fullmatch(r"[0-9]{1,18}", str(number)):
         raise InvalidInput(f"snapshot {str(number)[:40]!r} is not a snapshot number")
     snapshot = Snapshot.objects.select_related("pod").filter(pk=int(number)).first()
     if snapshot is None:
