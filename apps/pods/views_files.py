@@ -3,7 +3,6 @@ Thin: the service (`services.snapshot_files`, `services.restore_path`) decides; 
 are for anyone who may view the pod, contents and restores need `pods.restore_files_pod`."""
 
 import posixpath
-from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from django.contrib import messages
@@ -18,13 +17,14 @@ from apps.audit import operations
 from apps.audit.models import Operation
 from apps.audit.names import Kind, TargetType
 from apps.pods.services.restore_path import restore_path_preview, target_of
+from apps.pods.services.snapshot_download import snapshot_download
 from apps.pods.services.snapshot_files import (
     file_index,
     file_read,
     folder_tar,
     mount_of,
+    mtime_utc,
     path_normalise,
-    snapshot_download,
     snapshot_entries,
     snapshot_for_files,
 )
@@ -50,10 +50,6 @@ def _crumbs(pod_id: str, number: int, at: str) -> list[tuple[str, str]]:
         so_far += "/" + part
         crumbs.append((part, _files_url(pod_id, number, path=so_far)))
     return crumbs
-
-
-def _mtime(seconds: int | None) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
 
 def _refused(request, pod_id: str, number: int, exc: PanelError):
@@ -91,7 +87,7 @@ def files_view(request, pod_id: str, number: int):
     rows = [
         {
             "entry": entry,
-            "mtime": _mtime(entry.mtime),
+            "mtime": mtime_utc(entry.mtime),
             "open": _files_url(pod_id, number, path=entry.path) if entry.type == "folder" else "",
             "download": reverse("pods:snapshot-download", args=[pod_id, number]) + "?" + urlencode({"path": entry.path})
             if may_restore

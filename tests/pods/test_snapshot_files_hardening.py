@@ -220,3 +220,38 @@ def test_bad_input_on_the_command_line_is_one_line_and_exits_non_zero():
     # A name with a newline is one line of the listing.
     listing = pods("files", "files-cli", number, "/workspace").splitlines()
     assert any(line.endswith("/workspace/odd\\nname.txt") for line in listing)
+
+
+def test_a_malformed_file_list_or_manifest_is_left_out_or_one_sentence(operator_client):
+    snapshot = snapshot_with_members("files-malformed", {"workspace/proj/ok.txt": b"fine"})
+    store = store_from_url(snapshot.store_url)
+    key = f"{snapshot.prefix}/manifest.json"
+    written = json.loads(store.get_small(key))
+    good = written["files"]["workspace"][0]  # [path, size, sha256, mtime, offset]
+    written["files"]["workspace"] += [
+        ["workspace/proj/negative.txt", -1, good[2], MTIME, good[4]],
+        ["workspace/proj/before-start.txt", 4, good[2], MTIME, -100],
+        ["workspace/proj/text-size.txt", "4", good[2], MTIME, good[4]],
+        "workspace/proj/not-a-list.txt",
+        ["workspace/proj/short.txt"],
+        ["etc/other-volume.txt", 4, good[2], MTIME, good[4]],
+        # A time no calendar holds (a pod can set it): listed, its time shown as —.
+        ["workspace/proj/far-future.txt", 4, good[2], 10**13, good[4]],
+    ]
+    store.put_small(key, json.dumps(written).encode())
+    files = reverse("pods:snapshot-files", args=["files-malformed", snapshot.pk])
+
+    page = operator_client.get(files, {"path": "/workspace/proj"})
+    text = page.content.decode()
+    assert page.status_code == 200 and "ok.txt" in text and "far-future.txt" in text
+    for word in ["negative", "before-start", "text-size", "not-a-list", "short", "other-volume"]:
+        assert word not in text, word
+    assert "6 names in this snapshot's file list" in text
+    listed = json.loads(pods("files", "files-malformed", str(snapshot.pk), "/workspace/proj", "--json"))
+    assert [e["path"] for e in listed] == ["/workspace/proj/far-future.txt", "/workspace/proj/ok.txt"]
+    assert "far-future.txt" in pods("files", "files-malformed", str(snapshot.pk), "/workspace/proj")
+
+    other = snapshot_with_members("files-garbled", {"workspace/a.txt": b"a"})
+    store.put_small(f"{other.prefix}/manifest.json", b"\xff not json")
+    garbled = operator_client.get(reverse("pods:snapshot-files", args=["files-garbled", other.pk]))
+    assert garbled.status_code == 409 and "manifest in the store cannot be read" in garbled.content.decode()

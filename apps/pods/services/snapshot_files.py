@@ -28,17 +28,14 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from django.db import transaction
-
-from apps.audit.names import AuditAction, TargetType
-from apps.audit.services import Actor, audit_record
 from apps.pods.models import VOLUME_MOUNTS, Snapshot
 from apps.pods.services.state import pod_get
 from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
 from controlpanel.errors import InvalidInput, NotFound
-from controlpanel.formatting import humanize_bytes, plural
+from controlpanel.formatting import first_line, humanize_bytes
 
 # Snapshots whose file index a process keeps (each entry: every file's path and numbers).
 KEPT_INDEXES = 4
@@ -117,6 +114,33 @@ def mount_of(path: str) -> str | None:
     return None
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _row(volume: str, mount: str, above: str, entry) -> FileRow | None:
+    """A list's entry as a row, or None when no tar of this volume could hold it: a name that
+    is not plain, lies in another volume, or numbers that are not sizes and offsets."""
+    try:
+        tar_path, size, sha256, mtime, offset = file_entry(entry)
+    except (TypeError, ValueError):
+        return None
+    numbers = _count(size) and (offset is None or _count(offset)) and (mtime is None or isinstance(mtime, int))
+    if not (numbers and isinstance(sha256, str) and plain_relative(tar_path)):
+        return None
+    path = posixpath.join(above, tar_path)
+    return FileRow(path, volume, size, sha256, mtime, offset, tar_path) if path.startswith(mount + "/") else None
+
+
+def mtime_utc(seconds: int | None) -> datetime | None:
+    """A list's mtime as a UTC time; None when there is none or no calendar holds it (a pod
+    can set a file's time to the year 30,000)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC) if seconds else None
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 class FileIndex:
     """Every regular file of one snapshot, sorted by pod path."""
 
@@ -124,17 +148,15 @@ class FileIndex:
         rows, self.unsafe = [], 0
         for volume, entries in file_lists.items():
             mount = VOLUME_MOUNTS.get(volume)
-            if mount is None:
+            if mount is None or not isinstance(entries, list):
                 continue
             above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
             for entry in entries:
-                tar_path, size, sha256, mtime, offset = file_entry(entry)
-                if not plain_relative(tar_path):
+                row = _row(volume, mount, above, entry)
+                if row is None:
                     self.unsafe += 1
-                    continue
-                path = posixpath.join(above, tar_path)
-                if path.startswith(mount + "/"):
-                    rows.append(FileRow(path, volume, size, sha256, mtime, offset, tar_path))
+                else:
+                    rows.append(row)
         rows.sort(key=lambda row: row.path)
         self.snapshot_pk = snapshot.pk
         self.rows = rows
@@ -205,13 +227,19 @@ def file_index(snapshot: Snapshot) -> FileIndex:
             _indexes.move_to_end(key)
             return _indexes[key]
     store = store_from_url(snapshot.store_url)
-    written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
-    if not written.get("files"):
+    try:
+        written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store cannot be read: {first_line(exc)}") from None
+    files = written.get("files") if isinstance(written, dict) else None
+    if not files:
         raise InvalidInput(
             f"snapshot #{snapshot.pk} was taken before snapshots listed their files: its files cannot be "
             "browsed one by one (start the pod from it to get them back)"
         )
-    index = FileIndex(snapshot, written["files"])
+    if not isinstance(files, dict):
+        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store lists its files in a shape not known here")
+    index = FileIndex(snapshot, files)
     with _indexes_lock:
         _indexes[key] = index
         while len(_indexes) > KEPT_INDEXES:
@@ -267,30 +295,6 @@ def snapshot_select(*, pod_id: str, number: int | str, path: str) -> Selection:
     if not rows:
         raise NotFound(not_in_snapshot(snapshot, path))
     return Selection(snapshot, path, rows, True)
-
-
-def snapshot_download(*, pod_id: str, number: int | str, path: str, actor: Actor) -> Selection:
-    """What a download of `path` will send, with the audit event naming who takes it out of
-    which snapshot (one per download asked for, written before the first byte leaves)."""
-    selection = snapshot_select(pod_id=pod_id, number=number, path=path)
-    snapshot = selection.snapshot
-    what = f"{shown(selection.path, 1000)} ({plural(len(selection.rows), 'file')}, {humanize_bytes(selection.bytes)})"
-    with transaction.atomic():
-        audit_record(
-            actor=actor,
-            action=AuditAction.POD_FILES_DOWNLOAD,
-            target_type=TargetType.POD,
-            target_id=snapshot.pod.pod_id,
-            message=f"{what} downloaded from snapshot #{snapshot.pk}"[:4000],
-            details={
-                "snapshot": snapshot.pk,
-                "path": selection.path,
-                "folder": selection.is_folder,
-                "files": len(selection.rows),
-                "bytes": selection.bytes,
-            },
-        )
-    return selection
 
 
 # --- reading bytes -----------------------------------------------------------------------
