@@ -68,6 +68,7 @@ class AuditAction(models.TextChoices):
     POD_RESTORE_PATH = "pod.restore-path", "path restored beside the current one"
     POD_BACKUP = "pod.backup", "running pod backed up"
     POD_BACKUP_INTERVAL = "pod.backup-interval", "pod's backup interval set"
+    POD_FILES_DOWNLOAD = "pod.files-download", "files downloaded from a snapshot"
     POD_RECONCILE = "pod.reconcile", "pod reconciled"
     POD_RESUME = "pod.resume", "pod's interrupted work resumed"
     PODS_SWEEP_ORPHANS = "pods.sweep-orphans", "orphaned pod volumes swept"

@@ -4,6 +4,8 @@ Every call turns an engine failure into a PanelError with one line naming the ho
 service never sees a raw `requests`/`docker` exception for an expected problem.
 """
 
+import base64
+import json
 import logging
 import math
 import threading
@@ -358,14 +360,26 @@ class DockerEngine:
 
     def path_exists(self, *, container: str, path: str) -> bool:
         """Whether `path` exists in the container (a HEAD of its archive: nothing is read)."""
+        return self.path_stat(container=container, path=path) is not None
+
+    def path_stat(self, *, container: str, path: str) -> dict | None:
+        """Docker's stat of `path` in the container (`mode`, `linkTarget`: the last part is not
+        followed when it is a link), None when it does not exist; a HEAD, nothing is read."""
         with self._errors(f"looking for {path} in {container}"):
             api = self.client.api
             answer = api.head(api._url("/containers/{0}/archive", container), params={"path": path})
         if answer.status_code == 404:
-            return False
+            return None
         if not answer.ok:
             raise DockerFailure(f"Docker host {self.host_name!r} refused looking for {path}: {answer.status_code}")
-        return True
+        header = answer.headers.get("X-Docker-Container-Path-Stat")
+        return json.loads(base64.b64decode(header)) if header else {}
+
+    def container_exec(self, *, container: str, command: list[str]) -> tuple[int, str]:
+        """Run `command` in a running container: (exit code, output)."""
+        with self._errors(f"running {command[0]} in {container}"):
+            result = self.client.containers.get(container).exec_run(command)
+        return result.exit_code, result.output.decode("utf-8", "replace")
 
     def _guarded(self, stream: Iterable[bytes], doing: str) -> Iterator[bytes]:
         with self._errors(doing):

@@ -3,13 +3,12 @@ Thin: the service (`services.snapshot_files`, `services.restore_path`) decides; 
 are for anyone who may view the pod, contents and restores need `pods.restore_files_pod`."""
 
 import posixpath
-from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_POST, require_safe
@@ -18,19 +17,23 @@ from apps.audit import operations
 from apps.audit.models import Operation
 from apps.audit.names import Kind, TargetType
 from apps.pods.services.restore_path import restore_path_preview, target_of
+from apps.pods.services.snapshot_download import snapshot_download
 from apps.pods.services.snapshot_files import (
+    file_index,
     file_read,
     folder_tar,
     mount_of,
+    mtime_utc,
     path_normalise,
     snapshot_entries,
     snapshot_for_files,
-    snapshot_select,
 )
-from controlpanel.errors import InvalidInput, NotFound, PanelError, http_status
+from apps.pods.services.state import pod_get
+from controlpanel.errors import PanelError, http_status
 from controlpanel.preview import confirm_page, is_confirmed
 
 PERMISSION = "pods.restore_files_pod"
+VIEW_PERMISSION = "pods.view_pod"
 PAGE_SIZE = 100
 
 
@@ -49,21 +52,34 @@ def _crumbs(pod_id: str, number: int, at: str) -> list[tuple[str, str]]:
     return crumbs
 
 
-def _mtime(seconds: int | None) -> datetime | None:
-    return datetime.fromtimestamp(seconds, UTC) if seconds else None
+def _refused(request, pod_id: str, number: int, exc: PanelError):
+    """The one sentence saying why (an unknown pod or snapshot, one that is not complete, a
+    path not in it), on the panel's refusal page with the status it calls for."""
+    try:
+        back = reverse("pods:detail", args=[pod_get(pod_id=pod_id).pod_id])
+    except PanelError:
+        back = reverse("pods:list")
+    return confirm_page(request, title=f"Files of snapshot #{number}", error=exc, cancel_url=back)
+
+
+def _require(request, permission: str) -> None:
+    if not request.user.has_perm(permission):
+        raise PermissionDenied
 
 
 @require_safe
 def files_view(request, pod_id: str, number: int):
+    _require(request, VIEW_PERMISSION)
     at, query = request.GET.get("path") or "/", (request.GET.get("q") or "").strip()[:200]
     try:
         snapshot = snapshot_for_files(pod_id=pod_id, number=number)
-    except (InvalidInput, NotFound) as exc:
-        raise Http404(str(exc)) from None
-    error, status, entries = "", 200, []
+    except PanelError as exc:
+        return _refused(request, pod_id, number, exc)
+    error, status, entries, unsafe = "", 200, [], 0
     try:
         at = path_normalise(at)
         entries = snapshot_entries(pod_id=pod_id, number=number, path=at, query=query)
+        unsafe = file_index(snapshot).unsafe
     except PanelError as exc:
         error, status = str(exc), http_status(exc)
     page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
@@ -71,7 +87,7 @@ def files_view(request, pod_id: str, number: int):
     rows = [
         {
             "entry": entry,
-            "mtime": _mtime(entry.mtime),
+            "mtime": mtime_utc(entry.mtime),
             "open": _files_url(pod_id, number, path=entry.path) if entry.type == "folder" else "",
             "download": reverse("pods:snapshot-download", args=[pod_id, number]) + "?" + urlencode({"path": entry.path})
             if may_restore
@@ -94,6 +110,7 @@ def files_view(request, pod_id: str, number: int):
         "page": page,
         "rows": rows,
         "error": error,
+        "unsafe": unsafe,
         "may_restore": may_restore,
         "restores": restores,
         "search_url": _files_url(pod_id, number),
@@ -101,19 +118,17 @@ def files_view(request, pod_id: str, number: int):
     return render(request, "pods/snapshot_files.html", context, status=status)
 
 
-def _selection_or_404(pod_id: str, number: int, at: str):
-    try:
-        return snapshot_select(pod_id=pod_id, number=number, path=at)
-    except PanelError as exc:
-        raise Http404(str(exc)) from None
-
-
 @require_safe
 def download_view(request, pod_id: str, number: int):
-    """A file as itself, a folder as a tar; streamed (a damaged copy stops before its end)."""
-    if not request.user.has_perm(PERMISSION):
-        raise PermissionDenied
-    selection = _selection_or_404(pod_id, number, request.GET.get("path") or "")
+    """A file as itself, a folder as a tar; streamed (a damaged copy stops before its end).
+    Audited: who took which path out of which snapshot."""
+    _require(request, PERMISSION)
+    try:
+        selection = snapshot_download(
+            pod_id=pod_id, number=number, path=request.GET.get("path") or "", actor=request.user
+        )
+    except PanelError as exc:
+        return _refused(request, pod_id, number, exc)
     if selection.is_folder:
         response = StreamingHttpResponse(folder_tar(selection), content_type="application/x-tar")
         filename = f"{selection.name}.tar"
@@ -132,13 +147,15 @@ def _attachment(filename: str) -> str:
 
 @require_safe
 def restore_confirm_view(request, pod_id: str, number: int):
-    """What a restore beside the current one will write, and where; or why not."""
+    """What a restore beside the current one will write, and where; or why not. Only for
+    people who may restore: the preview asks the pod's engine."""
+    _require(request, PERMISSION)
     at = request.GET.get("path") or ""
     preview, error = None, None
     try:
         snapshot_for_files(pod_id=pod_id, number=number)
-    except (InvalidInput, NotFound) as exc:
-        raise Http404(str(exc)) from None
+    except PanelError as exc:
+        return _refused(request, pod_id, number, exc)
     error = operations.refusal(Kind.POD_RESTORE_PATH, pod_id, snapshot=number, path=at)
     if error is None:
         try:
@@ -166,8 +183,8 @@ def restore_run_view(request, pod_id: str, number: int):
     at = request.POST.get("path") or ""
     try:
         snapshot_for_files(pod_id=pod_id, number=number)
-    except (InvalidInput, NotFound) as exc:
-        raise Http404(str(exc)) from None
+    except PanelError as exc:
+        return _refused(request, pod_id, number, exc)
     folder = posixpath.dirname(at) if at.startswith("/") else ""
     if not is_confirmed(request):
         return redirect(reverse("pods:snapshot-restore", args=[pod_id, number]) + "?" + urlencode({"path": at}))

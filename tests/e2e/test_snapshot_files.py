@@ -30,7 +30,11 @@ set -e
 mkdir -p /workspace/proj/src
 printf 'hello pod\n' > /workspace/proj/src/a.txt
 printf 'other' > /workspace/proj/src/b.txt
+printf 'long' > /workspace/proj/src/LONG_NAME
 """
+# One word of 227 characters, no space or hyphen to break at: the name column must wrap it.
+LONG_NAME = "averyverylongfilenamewithnospaceorhyphen" * 5 + "_theend.txt"
+SCRIPT = SCRIPT.replace("LONG_NAME", LONG_NAME)
 
 
 def file_in(docker_client, pod_id: str, path: str) -> bytes:
@@ -106,12 +110,16 @@ def test_an_operator_browses_searches_and_restores_a_file_beside_without_a_reloa
     expect(page.locator("main .error")).to_contain_text("already exists in pod")
     expect(page.locator("button:has-text('Restore as')")).to_have_count(0)
 
-    # The page fits a phone and a laptop.
+    # The page fits a phone and a laptop, a long name and a search's full paths included; a
+    # search that finds nothing is a sentence.
     for width, height in [(390, 844), (1400, 900)]:
         page.set_viewport_size({"width": width, "height": height})
-        page.goto(f"{live_server.url}/pods/{pod_id}/snapshots/{number}/files/?path=/workspace/proj/src")
-        scroll_width, client_width = page.evaluate(OVERFLOW_JS)
-        assert scroll_width <= client_width, f"{scroll_width} px wide in a {client_width} px window"
+        for query in ["", "&q=theend", "&q=no-such-name"]:
+            page.goto(f"{live_server.url}/pods/{pod_id}/snapshots/{number}/files/?path=/workspace/proj/src{query}")
+            scroll_width, client_width = page.evaluate(OVERFLOW_JS)
+            assert scroll_width <= client_width, f"{scroll_width} px wide in a {client_width} px window ({query})"
+        expect(page.locator("#snapshot-files")).to_contain_text("has a name holding “no-such-name”")
+        expect(page.locator("#snapshot-files table")).to_have_count(0)
     context.close()
 
     # A viewer sees names and sizes, no download or restore control.

@@ -18,7 +18,8 @@ from apps.audit.operations import run_now
 from apps.pods import services
 from apps.pods.models import Snapshot, container_name
 from apps.pods.services.restore_path import pod_restore_path
-from controlpanel.errors import Busy, InvalidInput
+from apps.pods.services.snapshot_files import snapshot_select
+from controlpanel.errors import Busy, InvalidInput, PanelError
 from tests.pods.conftest import run_in
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
@@ -45,11 +46,11 @@ def files_in(docker_client, pod_id: str, path: str) -> dict[str, str]:
         return {m.name: hashlib.sha256(tar.extractfile(m).read()).hexdigest() for m in tar.getmembers() if m.isfile()}
 
 
-def running_pod_with_snapshot(docker_client, new_pod_id) -> tuple[str, int, dict[str, str]]:
+def running_pod_with_snapshot(docker_client, new_pod_id, script: str = SCRIPT) -> tuple[str, int, dict[str, str]]:
     """A pod stopped (snapshot N) and started again, with a.txt changed since."""
     pod_id = new_pod_id()
     services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, SCRIPT)
+    run_in(docker_client, pod_id, script)
     before = files_in(docker_client, pod_id, "/workspace/proj")
     services.pod_stop(pod_id=pod_id, actor="test")
     services.pod_start(pod_id=pod_id, actor="test")
@@ -109,3 +110,44 @@ def test_a_held_pod_or_a_pod_not_running_is_refused_and_nothing_is_written(docke
     docker_client.api.stop(container_name(pod_id), timeout=0)
     with pytest.raises(InvalidInput, match="container is not running"):
         run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj/src")
+
+
+def test_a_restore_that_fails_halfway_leaves_no_copy_that_looks_whole(docker_client, new_pod_id, panel_paths):
+    # Enough bytes before the damaged file that the engine has unpacked some when it shows.
+    big = "dd if=/dev/urandom of=/workspace/proj/docs/huge.bin bs=1M count=8 2>/dev/null\n"
+    pod_id, number, _ = running_pod_with_snapshot(docker_client, new_pod_id, SCRIPT + big)
+    snapshot = Snapshot.objects.get(pk=number)
+    # The last file the folder's tar carries is damaged in the store: the files before it are
+    # already in the pod when the damage shows.
+    last = snapshot_select(pod_id=pod_id, number=number, path="/workspace/proj").rows[-1]
+    assert last.path == "/workspace/proj/src/b.txt"
+    stored = panel_paths / "snapshots" / snapshot.prefix / "workspace.tar"
+    raw = bytearray(stored.read_bytes())
+    raw[last.offset + 2] ^= 0xFF
+    stored.write_bytes(bytes(raw))
+
+    with pytest.raises(PanelError) as failed:
+        run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj")
+    assert "from-snapshot" not in run_in(docker_client, pod_id, "ls -a /workspace")
+    said = str(failed.value)
+    assert "the store's copy is damaged" in said and "\n" not in said
+    target = f"/workspace/proj.from-snapshot-{number}"
+    assert f"the part written was removed ({target} in pod {pod_id} does not exist)" in said
+
+    # One damaged file alone: nothing of it stays either.
+    with pytest.raises(PanelError, match="damaged.*; the part written was removed"):
+        run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj/src/b.txt")
+    assert "from-snapshot" not in run_in(docker_client, pod_id, "ls -a /workspace/proj/src")
+    assert not AuditEvent.objects.filter(action=AuditAction.POD_RESTORE_PATH, outcome="succeeded").exists()
+
+
+def test_a_link_above_the_target_is_refused_and_nothing_lands_where_it_points(docker_client, new_pod_id):
+    pod_id, number, _ = running_pod_with_snapshot(docker_client, new_pod_id)
+    # The pod (anyone in it) turns a folder on the way into a link out of its volume.
+    run_in(docker_client, pod_id, "rm -rf /workspace/proj/src && ln -s /etc /workspace/proj/src")
+
+    with pytest.raises(InvalidInput, match="/workspace/proj/src in pod .* is a link or not a folder"):
+        run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj/src/a.txt")
+    with pytest.raises(InvalidInput, match="is a link or not a folder: .* so nothing was written"):
+        pod_restore_path(pod_id=pod_id, number=number, path="/workspace/proj/src/b.txt", actor="test")
+    assert "from-snapshot" not in run_in(docker_client, pod_id, "ls -a /etc /workspace/proj")

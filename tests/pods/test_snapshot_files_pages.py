@@ -100,6 +100,7 @@ def test_a_long_folder_is_paged(operator_client):
     first = operator_client.get(url, {"path": "/workspace/many"}).content.decode()
     second = operator_client.get(url, {"path": "/workspace/many", "page": 2}).content.decode()
     assert "f099.txt" in first and "f100.txt" not in first and "page 1 of 2" in first
+    assert "next →" in first and "older →" not in first  # names, not times: no "newer"/"older"
     assert "f100.txt" in second and "f129.txt" in second and "f000.txt" not in second
 
 
@@ -118,7 +119,7 @@ def test_downloads_stream_the_file_as_itself_and_a_folder_as_a_tar(operator_clie
             "src/a.txt": b"hello pod\n",
             "src/b.txt": b"second",
         }
-    assert operator_client.get(url, {"path": "/workspace/../etc"}).status_code == 404
+    assert operator_client.get(url, {"path": "/workspace/../etc"}).status_code == 400
 
 
 def test_a_viewer_sees_names_and_sizes_but_no_download_or_restore(viewer_client):

@@ -189,6 +189,8 @@ def id_urls():
 def test_the_sweep_covers_every_url_with_an_id():
     names = {name for name, *_ in id_urls()}
     assert {"pods:detail", "pods:stop", "separations:detail", "separations:cleanup-run", "volumes:inspect"} <= names
+    files = {"pods:snapshot-files", "pods:snapshot-download", "pods:snapshot-restore", "pods:snapshot-restore-run"}
+    assert files <= names
     assert "api:sessions-cleanup-session" in names
 
 
@@ -364,6 +366,8 @@ def cli_cases(tmp_path) -> list[tuple[str, tuple[str, ...]]]:
     for value in HOSTILE_IDS + CLI_ONLY_IDS:
         for action in ("show", "stop", "start", "deprovision", "delete", "provision"):
             cases.append((f"pods {action}", ("pods", action, value)))
+        cases.append(("pods files", ("pods", "files", value, "1")))
+        cases.append(("pods restore-path", ("pods", "restore-path", value, "1", "/workspace/a")))
         if value:  # an empty --host means the default host
             cases.append(("pods provision --host", ("pods", "provision", "sweep-pod", "--host", value)))
         cases += [

@@ -11,6 +11,15 @@ check → write → read back, as one short pipeline:
 3. the written files are read back out of the container (size and sha256 of each) before it
    says done.
 
+A write that fails on the way (the store's copy damaged, the store or the engine gone) or reads
+back wrong leaves no copy that looks whole: what it wrote is removed when the target holds
+nothing but files this restore writes (it did not exist when the writing began), and the
+failure says so, or says where the part written is left.
+
+The names written are the snapshot's own (`snapshot_files` leaves out any that is not a plain
+relative path), and no folder above the target may be a link: a link the pod made
+(`/workspace/proj -> /etc`) would carry the copy somewhere else than `PATH.from-snapshot-N`.
+
 Files come back with their mtime, mode 0644 and owner root (the snapshot's file list keeps
 no mode or owner; a whole restore, a start, brings those back)."""
 
@@ -32,16 +41,21 @@ from apps.pods.services.snapshot_files import (
     _member,
     _rows_read,
     mount_of,
+    shown,
     snapshot_select,
 )
 from apps.pods.services.state import _log
 from apps.pods.stores.tarlist import BLOCK, TarFileList
 from controlpanel.errors import Busy, InvalidInput, PanelError
-from controlpanel.formatting import humanize_bytes, plural
+from controlpanel.formatting import first_line, humanize_bytes, plural
 from controlpanel.preview import Preview, PreviewItem
 
 # Files a confirmation page names one by one; the rest are counted.
 PREVIEW_FILES = 50
+# Zeros that finish a member whose bytes failed, per piece.
+ZEROS = 1024 * 1024
+# Go's os.ModeDir, in the mode of the engine's stat of a path.
+GO_MODE_DIR = 1 << 31
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,7 @@ def restore_path_plan(*, pod_id: str, number: int | str, path: str, look: bool =
     mount = mount_of(path)
     if mount is None or mount == path:
         raise InvalidInput(
-            f"{path} is a whole volume or above one: restore a file or folder inside it "
+            f"{shown(path)} is a whole volume or above one: restore a file or folder inside it "
             "(its copy beside it would lie outside the pod's volumes)"
         )
     if pod.status != Pod.Status.RUNNING:
@@ -88,8 +102,26 @@ def _running_and_free(plan: RestorePlan, engine: DockerEngine) -> None:
         raise InvalidInput(f"pod {plan.pod.pod_id}'s container is not running: start the pod first")
     if engine.path_exists(container=plan.pod.container_name, path=plan.target):
         raise Busy(
-            f"{plan.target} already exists in pod {plan.pod.pod_id}: nothing is overwritten; move or remove it first"
+            f"{shown(plan.target)} already exists in pod {plan.pod.pod_id}: nothing is overwritten; "
+            "move or remove it first"
         )
+    _no_link_above(plan, engine)
+
+
+def _no_link_above(plan: RestorePlan, engine: DockerEngine) -> None:
+    """Each folder above the target, from / down, is a real folder, or missing (the engine
+    makes it): the engine follows a link, so one would put the copy elsewhere."""
+    parts = plan.target.strip("/").split("/")[:-1]
+    for depth in range(1, len(parts) + 1):
+        folder = "/" + "/".join(parts[:depth])
+        stat = engine.path_stat(container=plan.pod.container_name, path=folder)
+        if stat is None:
+            return
+        if stat.get("linkTarget") or not int(stat.get("mode") or 0) & GO_MODE_DIR:
+            raise InvalidInput(
+                f"{shown(folder)} in pod {plan.pod.pod_id} is a link or not a folder: {shown(plan.target)} "
+                "would not land where it is named, so nothing was written"
+            )
 
 
 def restore_path_check(*, pod_id: str, number: int | str, path: str) -> RestorePlan:
@@ -119,16 +151,39 @@ def restore_path_preview(*, pod_id: str, number: int | str, path: str) -> Previe
     )
 
 
-def _counted(chunks, progress: Progress):
-    for chunk in chunks:
-        progress.advance(len(chunk))
-        yield chunk
+def _counted(chunks, row: FileRow, progress: Progress, failures: list[PanelError]):
+    """The row's bytes, counted. When they fail on the way (the store's copy damaged, the store
+    gone) the failure is kept and the member is finished with zeros: the engine then ends its
+    unpacking as the request ends. An archive cut off mid-way fails the request at once,
+    while the engine is still unpacking what it got, so a look right after could miss it."""
+    sent = 0
+    try:
+        for chunk in chunks:
+            progress.advance(len(chunk))
+            sent += len(chunk)
+            yield chunk
+    except PanelError as exc:
+        failures.append(exc)
+        while sent < row.size:
+            piece = bytes(min(row.size - sent, ZEROS))
+            sent += len(piece)
+            yield piece
 
 
-def _archive(plan: RestorePlan, progress: Progress):
-    """The files as one tar, named from the mount on (missing folders above are made)."""
-    for row, chunks in _rows_read(plan.selection):
-        yield from _member(plan.name_of(row), row, _counted(chunks, progress))
+def _archive(plan: RestorePlan, progress: Progress, failures: list[PanelError]):
+    """The files as one tar, named from the mount on (missing folders above are made); it
+    ends after the first file that fails (`_counted`), and the failure is raised once the
+    engine is done."""
+    rows = _rows_read(plan.selection)
+    try:
+        for row, chunks in rows:
+            yield from _member(plan.name_of(row), row, _counted(chunks, row, progress, failures))
+            if failures:
+                break
+    except PanelError as exc:
+        failures.append(exc)
+    finally:
+        rows.close()
     yield bytes(2 * BLOCK)
 
 
@@ -148,6 +203,28 @@ def _read_back(plan: RestorePlan, engine: DockerEngine) -> list[str]:
     return problems
 
 
+def _undo(plan: RestorePlan, engine: DockerEngine) -> str:
+    """Take back a write that failed, and say what is left: the target is removed only when
+    every file in it is one this restore writes (it was missing when the writing began)."""
+    where, container = f"{shown(plan.target)} in pod {plan.pod.pod_id}", plan.pod.container_name
+    try:
+        if engine.path_stat(container=container, path=plan.target) is None:
+            return "nothing was left in the pod"
+        written = {f"{plan.mount}/{plan.name_of(row)}" for row in plan.selection.rows}
+        found = TarFileList(hash_files=False)
+        for chunk in engine.archive_read(container=container, path=plan.target):
+            found.feed(chunk)
+        above = posixpath.dirname(plan.target)
+        if not {posixpath.join(above, entry[0]) for entry in found.files} <= written:
+            return f"{where} holds files this restore did not write, so it was left as it is: look at it"
+        code, output = engine.container_exec(container=container, command=["rm", "-rf", "--", plan.target])
+        if code != 0 or engine.path_exists(container=container, path=plan.target):
+            raise PanelError(first_line(output, default=f"rm answered {code}"))
+    except PanelError as exc:
+        return f"the part written is left as {where} and is incomplete: remove it ({first_line(exc)})"
+    return f"the part written was removed ({where} does not exist)"
+
+
 def pod_restore_path(
     *, pod_id: str, number: int | str, path: str, actor: Actor, operation: Operation | None = None
 ) -> dict:
@@ -163,14 +240,22 @@ def pod_restore_path(
                 f"pod {plan.pod.pod_id} is on hold by {hold.held_by} ({hold.reason}): nothing was written into it"
             )
         _running_and_free(plan, engine)
-        engine.archive_write(container=plan.pod.container_name, path=plan.mount, chunks=_archive(plan, progress))
+        failures: list[PanelError] = []
+        try:
+            engine.archive_write(
+                container=plan.pod.container_name, path=plan.mount, chunks=_archive(plan, progress, failures)
+            )
+        except PanelError as exc:
+            failures.insert(0, exc)
+        if failures:
+            raise PanelError(f"{first_line(failures[0])}; {_undo(plan, engine)}") from failures[0]
     progress.flush()
     _log(operation, f"wrote {plural(len(selection.rows), 'file')}; reading them back from the pod")
     problems = _read_back(plan, engine)
     if problems:
         raise PanelError(
-            f"{plan.target} in pod {plan.pod.pod_id} does not read back as snapshot #{snapshot.pk} holds it: "
-            f"{', '.join(problems[:3])}{' and more' if len(problems) > 3 else ''} differ; look at it before using it"
+            f"{shown(plan.target)} in pod {plan.pod.pod_id} does not read back as snapshot #{snapshot.pk} holds it: "
+            f"{', '.join(problems[:3])}{' and more' if len(problems) > 3 else ''} differ; {_undo(plan, engine)}"
         )
     result = {
         "pod_id": plan.pod.pod_id,
@@ -195,6 +280,7 @@ def pod_restore_path(
 
 def restored_sentence(result: dict) -> str:
     return (
-        f"{result['path']} from snapshot #{result['snapshot']} is in pod {result['pod_id']} as {result['target']}: "
+        f"{shown(result['path'])} from snapshot #{result['snapshot']} is in pod {result['pod_id']} as "
+        f"{shown(result['target'])}: "
         f"{plural(result['files'], 'file')} ({humanize_bytes(result['bytes'])}), read back and matching."
     )

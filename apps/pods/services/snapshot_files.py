@@ -12,24 +12,30 @@ and where the file's data begins in its volume's tar).
   back until it does, so a damaged copy never arrives whole.
 - Folders are implied by the files' paths: empty folders, links and special files are not in
   the lists (they are in the volume's tar, and come back with a whole restore).
+- A name in a list is the pod's data (a pod names its files as it likes, and the list comes
+  from the store): only a plain relative path (no `.`, `..`, empty part, leading `/` or NUL,
+  as a real file's name always is) is listed, so no download or restore names a place
+  outside the path asked for; any other is counted (`FileIndex.unsafe`) and left out.
 """
 
 import hashlib
 import json
 import posixpath
+import re
 import tarfile
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from apps.pods.models import VOLUME_MOUNTS, Snapshot
 from apps.pods.services.state import pod_get
 from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
 from controlpanel.errors import InvalidInput, NotFound
-from controlpanel.formatting import humanize_bytes
+from controlpanel.formatting import first_line, humanize_bytes
 
 # Snapshots whose file index a process keeps (each entry: every file's path and numbers).
 KEPT_INDEXES = 4
@@ -68,7 +74,8 @@ class Entry:
 def path_normalise(path: str | None) -> str:
     """An absolute pod path without `.`/`..` or a trailing slash, inside the eight volumes
     (or above them: `/`, `/usr`); otherwise one sentence."""
-    text = (path or "/").strip()
+    # Not stripped: a pod's file may be named "notes " and must not be read as "notes".
+    text = path or "/"
     if "\x00" in text or len(text) > 4096:
         raise InvalidInput("a path may not hold a NUL character or be longer than 4,096 characters")
     parts = [part for part in text.split("/") if part]
@@ -78,8 +85,25 @@ def path_normalise(path: str | None) -> str:
     inside = any(clean == mount or clean.startswith(mount + "/") for mount in VOLUME_MOUNTS.values())
     above = any(mount.startswith(clean.rstrip("/") + "/") for mount in VOLUME_MOUNTS.values())
     if not inside and not above:
-        raise InvalidInput(f"path {clean[:200]} is outside the pod's eight volumes ({MOUNTS})")
+        raise InvalidInput(f"path {shown(clean)} is outside the pod's eight volumes ({MOUNTS})")
     return clean
+
+
+def shown(path: str, limit: int = 200) -> str:
+    """A path as a one-line sentence shows it: a control character (a newline in a name) as
+    its escape, and at most `limit` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in path[: limit + 1])
+    return text[:limit] + ("…" if len(path) > limit else "")
+
+
+def plain_relative(name: str) -> bool:
+    """`a/b.txt`: relative, every part a real name (not empty, `.` or `..`), no NUL."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and "\x00" not in name
+        and all(part not in {"", ".", ".."} for part in name.split("/"))
+    )
 
 
 def mount_of(path: str) -> str | None:
@@ -90,21 +114,49 @@ def mount_of(path: str) -> str | None:
     return None
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _row(volume: str, mount: str, above: str, entry) -> FileRow | None:
+    """A list's entry as a row, or None when no tar of this volume could hold it: a name that
+    is not plain, lies in another volume, or numbers that are not sizes and offsets."""
+    try:
+        tar_path, size, sha256, mtime, offset = file_entry(entry)
+    except (TypeError, ValueError):
+        return None
+    numbers = _count(size) and (offset is None or _count(offset)) and (mtime is None or isinstance(mtime, int))
+    if not (numbers and isinstance(sha256, str) and plain_relative(tar_path)):
+        return None
+    path = posixpath.join(above, tar_path)
+    return FileRow(path, volume, size, sha256, mtime, offset, tar_path) if path.startswith(mount + "/") else None
+
+
+def mtime_utc(seconds: int | None) -> datetime | None:
+    """A list's mtime as a UTC time; None when there is none or no calendar holds it (a pod
+    can set a file's time to the year 30,000)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC) if seconds else None
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 class FileIndex:
     """Every regular file of one snapshot, sorted by pod path."""
 
     def __init__(self, snapshot: Snapshot, file_lists: dict[str, list]):
-        rows = []
+        rows, self.unsafe = [], 0
         for volume, entries in file_lists.items():
             mount = VOLUME_MOUNTS.get(volume)
-            if mount is None:
+            if mount is None or not isinstance(entries, list):
                 continue
             above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
             for entry in entries:
-                tar_path, size, sha256, mtime, offset = file_entry(entry)
-                path = posixpath.join(above, tar_path)
-                if path.startswith(mount + "/"):
-                    rows.append(FileRow(path, volume, size, sha256, mtime, offset, tar_path))
+                row = _row(volume, mount, above, entry)
+                if row is None:
+                    self.unsafe += 1
+                else:
+                    rows.append(row)
         rows.sort(key=lambda row: row.path)
         self.snapshot_pk = snapshot.pk
         self.rows = rows
@@ -152,7 +204,8 @@ _indexes_lock = threading.Lock()
 def snapshot_for_files(*, pod_id: str, number: int | str) -> Snapshot:
     """Snapshot `number` of the pod, complete; otherwise one sentence."""
     pod = pod_get(pod_id=pod_id)
-    if not str(number).isdigit():
+    # ASCII digits only: "²" passes isdigit() and fails int(), "１" reads as another number.
+    if not re.fullmatch(r"[0-9]{1,18}", str(number)):
         raise InvalidInput(f"snapshot {str(number)[:40]!r} is not a snapshot number")
     snapshot = Snapshot.objects.select_related("pod").filter(pk=int(number)).first()
     if snapshot is None:
@@ -174,13 +227,19 @@ def file_index(snapshot: Snapshot) -> FileIndex:
             _indexes.move_to_end(key)
             return _indexes[key]
     store = store_from_url(snapshot.store_url)
-    written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
-    if not written.get("files"):
+    try:
+        written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store cannot be read: {first_line(exc)}") from None
+    files = written.get("files") if isinstance(written, dict) else None
+    if not files:
         raise InvalidInput(
             f"snapshot #{snapshot.pk} was taken before snapshots listed their files: its files cannot be "
             "browsed one by one (start the pod from it to get them back)"
         )
-    index = FileIndex(snapshot, written["files"])
+    if not isinstance(files, dict):
+        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store lists its files in a shape not known here")
+    index = FileIndex(snapshot, files)
     with _indexes_lock:
         _indexes[key] = index
         while len(_indexes) > KEPT_INDEXES:
@@ -203,7 +262,7 @@ def snapshot_entries(*, pod_id: str, number: int | str, path: str = "/", query: 
 
 def not_in_snapshot(snapshot: Snapshot, path: str) -> str:
     return (
-        f"{path} is not in snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id} "
+        f"{shown(path)} is not in snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id} "
         "(it lists regular files: empty folders, links and special files are not in it)"
     )
 
@@ -254,7 +313,7 @@ def _located(store: SnapshotStore, key: str, row: FileRow) -> int:
             walk.files.clear()
     finally:
         stream.close()
-    raise StoreError(f"{row.path} is not in {store.url}/{key}")
+    raise StoreError(f"{shown(row.path)} is not in {store.url}/{key}")
 
 
 def _verified(chunks: Iterable[bytes], row: FileRow, snapshot: Snapshot) -> Iterator[bytes]:
@@ -268,7 +327,7 @@ def _verified(chunks: Iterable[bytes], row: FileRow, snapshot: Snapshot) -> Iter
         held = chunk
     if count != row.size or digest.hexdigest() != row.sha256:
         raise StoreError(
-            f"{row.path} in snapshot #{snapshot.pk} reads back as {humanize_bytes(count)} with sha256 "
+            f"{shown(row.path)} in snapshot #{snapshot.pk} reads back as {humanize_bytes(count)} with sha256 "
             f"{digest.hexdigest()[:12]}…, but the snapshot lists {humanize_bytes(row.size)} with sha256 "
             f"{row.sha256[:12]}…: the store's copy is damaged, nothing of it was used"
         )
@@ -328,7 +387,7 @@ def _cut(stream: Iterator[bytes], rows: list[FileRow], snapshot: Snapshot) -> It
     def fill(row: FileRow) -> None:
         chunk = next(stream, None)
         if chunk is None:
-            raise StoreError(f"the volume's archive ends before {row.path} does")
+            raise StoreError(f"the volume's archive ends before {shown(row.path)} does")
         buffer.extend(chunk)
 
     def take(row: FileRow) -> Iterator[bytes]:

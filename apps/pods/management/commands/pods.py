@@ -10,7 +10,6 @@ import getpass
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -20,7 +19,7 @@ from apps.audit.operations import kind_get, run_now, sentence
 from apps.pods.actions import POD_ACTIONS, PROVISION
 from apps.pods.selectors import pod_as_dict, pods_with_totals
 from apps.pods.services import pod_get
-from apps.pods.services.snapshot_files import snapshot_entries
+from apps.pods.services.snapshot_files import mtime_utc, shown, snapshot_entries
 from controlpanel.errors import PanelError
 from controlpanel.formatting import first_line
 
@@ -187,9 +186,10 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(entries, indent=2))
             return
         for entry in entries:
-            mtime = datetime.fromtimestamp(entry["mtime"], UTC).strftime("%Y-%m-%d %H:%M") if entry["mtime"] else "-"
+            when = mtime_utc(entry["mtime"])
+            mtime = when.strftime("%Y-%m-%d %H:%M") if when else "-"
             kind = "dir " if entry["type"] == "folder" else "file"
-            self.stdout.write(f"{kind} {entry['size']:>14} {mtime:<16} {entry['path']}")
+            self.stdout.write(f"{kind} {entry['size']:>14} {mtime:<16} {shown(entry['path'], 4096)}")
 
     def _list(self, *, as_json: bool) -> None:
         rows = [
