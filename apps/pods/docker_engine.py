@@ -266,7 +266,9 @@ class DockerEngine:
                 try:
                     with self._errors(f"reading the stats of {container[:12]}"):
                         stats = self.client.api.stats(container, stream=False, one_shot=True)
-                except DockerFailure:
+                except (DockerFailure, ValueError):
+                    # ValueError: an empty answer for a container stopping at that moment
+                    # (requests' JSONDecodeError); it is left out like one gone.
                     continue
                 except PanelError:
                     return  # the host went away: the listing said so already, or the next one will

@@ -82,10 +82,11 @@ def test_a_finished_poll_tells_the_page_to_reload_its_parts(staff_client):
 def test_a_pod_page_part_renders_alone_and_listens_for_finished_work(staff_client, local_host):
     Pod.objects.create(pod_id="parts", host=local_host, image="img", status=Pod.Status.STOPPED)
     page = staff_client.get(reverse("pods:detail", args=["parts"]))
-    # Head, volumes, snapshots, proven restorable, audit trail.
-    assert page.content.decode().count("operation-finished from:body") == 5
-    part = staff_client.get(reverse("pods:detail", args=["parts"]) + "?part=head").content.decode()
-    assert part.lstrip().startswith('<section class="card" id="pod-head"') and "<html" not in part
+    # Head, volumes, backups, snapshots, proven restorable, audit trail.
+    assert page.content.decode().count("operation-finished from:body") == 6
+    for part_name, section in [("head", "pod-head"), ("backup", "pod-backups")]:
+        part = staff_client.get(reverse("pods:detail", args=["parts"]) + f"?part={part_name}").content.decode()
+        assert part.lstrip().startswith(f'<section class="card" id="{section}"') and "<html" not in part
 
 
 def test_progress_never_shows_done_past_its_total(staff_client):
