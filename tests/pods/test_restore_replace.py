@@ -4,14 +4,19 @@ backup. A held pod gets neither; a failed backup replaces nothing; a failure aft
 aside puts the original back."""
 
 import hashlib
+import re
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.core.management import CommandError
+from django.test import Client
+from django.urls import reverse
 
 from apps.audit.holds import Held, hold_set
-from apps.audit.models import AuditEvent
+from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import run_now
+from apps.audit.roles import OPERATOR_GROUP, roles_sync
 from apps.pods.models import Snapshot
 from apps.pods.services import restore_replace
 from apps.pods.services.restore_path import pod_restore_path
@@ -124,3 +129,44 @@ def test_a_failure_after_the_move_aside_puts_the_original_back(docker_client, ne
     assert files_in(docker_client, pod_id, "/workspace/proj/src/a.txt") == {"a.txt": CHANGED}
     assert leftovers(docker_client, pod_id, "/workspace") == []
     assert backups_of(pod_id).count() == 1
+
+
+def test_the_confirmation_offers_replace_only_with_the_backup_permission_and_its_post_needs_csrf(
+    docker_client, new_pod_id, django_user_model
+):
+    pod_id, number, _ = running_pod_with_snapshot(docker_client, new_pod_id)
+    roles_sync()
+    page_url = reverse("pods:snapshot-restore", args=[pod_id, number])
+    run_url = reverse("pods:snapshot-restore-run", args=[pod_id, number])
+    restorer = django_user_model.objects.create_user(username="restorer", password="pw-restorer-123!", is_staff=True)
+    restorer.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_pod", "restore_files_pod"], content_type__app_label="pods")
+    )
+    operator = django_user_model.objects.create_user(username="operator", password="pw-operator-123!", is_staff=True)
+    operator.groups.add(Group.objects.get(name=OPERATOR_GROUP))
+
+    # Restore files but not back up pods: the beside-restore only, and a replace POST is forbidden.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(restorer)
+    page = client.get(page_url, {"path": "/workspace/proj"}).content.decode()
+    assert "Restore as proj.from-snapshot" in page and "Replace the current one" not in page
+    token = csrf_token(page)
+    replace = {"path": "/workspace/proj", "confirm": "yes", "replace": "yes", "csrfmiddlewaretoken": token}
+    assert client.post(run_url, replace).status_code == 403
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(operator)
+    page = client.get(page_url, {"path": "/workspace/proj"}).content.decode()
+    assert "Replace the current one (backs it up first)" in page and 'class="danger"' in page
+    assert "is backed up first" in page and "which keeps the current /workspace/proj" in page
+    # Without the CSRF token the POST is refused and nothing is asked for.
+    assert client.post(run_url, {**replace, "csrfmiddlewaretoken": ""}).status_code == 403
+    assert not Operation.objects.filter(kind=Kind.POD_RESTORE_PATH).exists()
+    answer = client.post(run_url, {**replace, "csrfmiddlewaretoken": csrf_token(page)})
+    assert answer.status_code == 302
+    operation = Operation.objects.get(kind=Kind.POD_RESTORE_PATH)
+    assert operation.params["replace"] is True and operation.params["path"] == "/workspace/proj"
+
+
+def csrf_token(page: str) -> str:
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
