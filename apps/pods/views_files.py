@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST, require_safe
 from apps.audit import operations
 from apps.audit.models import Operation
 from apps.audit.names import Kind, TargetType
-from apps.pods.services.restore_path import restore_path_preview, target_of
+from apps.pods.services.restore_path import REPLACE_PERMISSION, restore_path_preview, target_of
 from apps.pods.services.restore_replace import replace_sentence
 from apps.pods.services.snapshot_download import snapshot_download
 from apps.pods.services.snapshot_files import (
@@ -35,8 +35,6 @@ from controlpanel.errors import PanelError, http_status
 from controlpanel.preview import Alternative, confirm_page, is_confirmed
 
 PERMISSION = "pods.restore_files_pod"
-# A replace backs the running pod up first: it needs this too.
-REPLACE_PERMISSION = "pods.backup_pod"
 VIEW_PERMISSION = "pods.view_pod"
 PAGE_SIZE = 100
 

@@ -21,7 +21,7 @@ from apps.pods.models import Snapshot
 from apps.pods.services import restore_replace
 from apps.pods.services.restore_path import pod_restore_path
 from apps.pods.services.snapshot_files import file_read, snapshot_select
-from controlpanel.errors import PanelError
+from controlpanel.errors import Forbidden, PanelError
 from tests.pods.conftest import run_in
 from tests.pods.test_restore_path import files_in, pods, running_pod_with_snapshot
 
@@ -153,6 +153,10 @@ def test_the_confirmation_offers_replace_only_with_the_backup_permission_and_its
     token = csrf_token(page)
     replace = {"path": "/workspace/proj", "confirm": "yes", "replace": "yes", "csrfmiddlewaretoken": token}
     assert client.post(run_url, replace).status_code == 403
+    # The service says so too, for any caller that asks in such a person's name.
+    with pytest.raises(Forbidden, match="restorer may not back up pods"):
+        pod_restore_path(pod_id=pod_id, number=number, path="/workspace/proj", actor=restorer, replace=True)
+    assert not backups_of(pod_id).exists()
 
     client = Client(enforce_csrf_checks=True)
     client.force_login(operator)

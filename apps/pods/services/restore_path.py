@@ -31,6 +31,7 @@ no mode or owner; a whole restore, a start, brings those back)."""
 import posixpath
 from dataclasses import dataclass
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
 from apps.audit.holds import Held, hold_guard, hold_refuse
@@ -51,7 +52,7 @@ from apps.pods.services.snapshot_files import (
 )
 from apps.pods.services.state import _log
 from apps.pods.stores.tarlist import BLOCK, TarFileList
-from controlpanel.errors import Busy, InvalidInput, PanelError
+from controlpanel.errors import Busy, Forbidden, InvalidInput, PanelError
 from controlpanel.formatting import first_line, humanize_bytes, plural
 from controlpanel.preview import Preview, PreviewItem
 
@@ -59,6 +60,8 @@ from controlpanel.preview import Preview, PreviewItem
 PREVIEW_FILES = 50
 # Zeros that finish a member whose bytes failed, per piece.
 ZEROS = 1024 * 1024
+# A replace backs the running pod up first (services/backup.py): a person needs this as well.
+REPLACE_PERMISSION = "pods.backup_pod"
 # Go's os.ModeDir, in the mode of the engine's stat of a path.
 GO_MODE_DIR = 1 << 31
 
@@ -261,6 +264,9 @@ def pod_restore_path(
     engine = engine_for(plan.pod.host)
     selection, snapshot = plan.selection, plan.selection.snapshot
     backup = None
+    if plan.replace and isinstance(actor, AbstractBaseUser) and not actor.has_perm(REPLACE_PERMISSION):
+        # A replace backs the pod up first: a person needs that permission too, whoever asked.
+        raise Forbidden(f"{actor.get_username()} may not back up pods (needs {REPLACE_PERMISSION}), so may not replace")
     if plan.replace:
         # Looked at before the backup too: a pod that is held or has a target in the way gets none.
         hold_refuse(target_type=TargetType.POD, target_id=plan.pod.pod_id, what=f"pod {plan.pod.pod_id}")
