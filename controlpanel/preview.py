@@ -48,6 +48,17 @@ class Preview:
         return f"{self.summary} {plural(len(self.delete), 'item')}, {humanize_bytes(self.total_bytes)} in all."
 
 
+@dataclass(frozen=True)
+class Alternative:
+    """A second button on a confirmation page (always red): what it does, its label, the
+    fields it adds to the page's own, or why it is refused now."""
+
+    summary: str
+    label: str
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    error: str = ""
+
+
 def is_confirmed(request) -> bool:
     return request.method == "POST" and request.POST.get("confirm") == "yes"
 
@@ -63,9 +74,12 @@ def confirm_page(
     confirm_label: str = "Confirm",
     fields: list[tuple[str, str]] | tuple = (),
     kind: str = "",
+    alternative: Alternative | None = None,
 ):
     """The confirmation page. A preview that was refused shows its one line with the status
-    its error calls for (400 bad input, 404 unknown, 409 not now, 503 unreachable)."""
+    its error calls for (400 bad input, 404 unknown, 409 not now, 503 unreachable). An
+    `alternative` is a second, destructive way to confirm the same work, posted to the same
+    action with its own fields; offer it only to people who may use it."""
     context = {
         "title": title,
         "preview": preview,
@@ -77,6 +91,7 @@ def confirm_page(
         # The kind of work the button asks for: a person who may not ask for it sees no
         # live button (the page says why). Without it, the page goes by the person's role.
         "kind": str(kind),
+        "alternative": alternative,
     }
     status = http_status(error) if error else 200
     return render(request, "confirm.html", context, status=status)

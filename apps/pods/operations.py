@@ -185,11 +185,14 @@ def _restore_path(operation: Operation) -> dict:
         path=params.get("path"),
         actor=operation.actor,
         operation=operation,
+        replace=bool(params.get("replace")),
     )
 
 
 def _restore_path_check(target_id: str, params: dict) -> None:
-    restore_path_check(pod_id=target_id, number=params.get("snapshot"), path=params.get("path"))
+    restore_path_check(
+        pod_id=target_id, number=params.get("snapshot"), path=params.get("path"), replace=bool(params.get("replace"))
+    )
 
 
 def _drill_check(target_id: str, params: dict) -> None:
@@ -332,8 +335,9 @@ KINDS = [
         describe=_drilled,
         check=_drill_check,
     ),
-    # Writes into the running pod beside what is there (services/restore_path.py); exclusive:
-    # never beside a stop or start of the same pod.
+    # Writes into the running pod beside what is there, or with `replace` backs the pod up and
+    # then puts the copy in PATH's place (services/restore_path.py, restore_replace.py);
+    # exclusive: never beside a stop or start of the same pod.
     OperationKind(
         name=str(Kind.POD_RESTORE_PATH),
         target_type=TargetType.POD,

@@ -1,4 +1,5 @@
-"""A snapshot's files (issue #22, "Any file back"): browse, search, download, restore beside.
+"""A snapshot's files (issue #22, "Any file back"): browse, search, download, restore beside
+or in place of the current one (a replace also needs `pods.backup_pod`: it backs the pod up).
 Thin: the service (`services.snapshot_files`, `services.restore_path`) decides; names and sizes
 are for anyone who may view the pod, contents and restores need `pods.restore_files_pod`."""
 
@@ -16,7 +17,8 @@ from django.views.decorators.http import require_POST, require_safe
 from apps.audit import operations
 from apps.audit.models import Operation
 from apps.audit.names import Kind, TargetType
-from apps.pods.services.restore_path import restore_path_preview, target_of
+from apps.pods.services.restore_path import REPLACE_PERMISSION, restore_path_preview, target_of
+from apps.pods.services.restore_replace import replace_sentence
 from apps.pods.services.snapshot_download import snapshot_download
 from apps.pods.services.snapshot_files import (
     file_index,
@@ -30,7 +32,7 @@ from apps.pods.services.snapshot_files import (
 )
 from apps.pods.services.state import pod_get
 from controlpanel.errors import PanelError, http_status
-from controlpanel.preview import confirm_page, is_confirmed
+from controlpanel.preview import Alternative, confirm_page, is_confirmed
 
 PERMISSION = "pods.restore_files_pod"
 VIEW_PERMISSION = "pods.view_pod"
@@ -163,6 +165,15 @@ def restore_confirm_view(request, pod_id: str, number: int):
         except PanelError as exc:
             error = exc
     shown = at[:200]
+    alternative = None
+    if preview is not None and request.user.has_perm(REPLACE_PERMISSION):
+        refused = operations.refusal(Kind.POD_RESTORE_PATH, pod_id, snapshot=number, path=at, replace=True)
+        alternative = Alternative(
+            summary=replace_sentence(pod_id=pod_id, number=number, path=shown),
+            label="Replace the current one (backs it up first)",
+            fields=[("replace", "yes")],
+            error=str(refused) if refused else "",
+        )
     return confirm_page(
         request,
         title=f"Restore {shown} from snapshot #{number} beside the current one",
@@ -173,12 +184,16 @@ def restore_confirm_view(request, pod_id: str, number: int):
         confirm_label=f"Restore as {target_of(shown, number).rsplit('/', 1)[-1]}",
         fields=[("path", at)],
         kind=Kind.POD_RESTORE_PATH,
+        alternative=alternative,
     )
 
 
 @require_POST
 def restore_run_view(request, pod_id: str, number: int):
+    replace = request.POST.get("replace") == "yes"
     if not operations.user_may(request.user, Kind.POD_RESTORE_PATH):
+        raise PermissionDenied
+    if replace and not request.user.has_perm(REPLACE_PERMISSION):
         raise PermissionDenied
     at = request.POST.get("path") or ""
     try:
@@ -189,11 +204,14 @@ def restore_run_view(request, pod_id: str, number: int):
     if not is_confirmed(request):
         return redirect(reverse("pods:snapshot-restore", args=[pod_id, number]) + "?" + urlencode({"path": at}))
     try:
-        operation = operations.request(Kind.POD_RESTORE_PATH, pod_id, actor=request.user, snapshot=number, path=at)
+        operation = operations.request(
+            Kind.POD_RESTORE_PATH, pod_id, actor=request.user, snapshot=number, path=at, replace=replace
+        )
     except PanelError as exc:
         messages.error(request, str(exc))
         return redirect(_files_url(pod_id, number, path=folder))
-    messages.success(request, f"Restore of {at} beside the current one queued as operation #{operation.pk}.")
+    how = "in place of the current one, after a backup of the pod," if replace else "beside the current one"
+    messages.success(request, f"Restore of {at} {how} queued as operation #{operation.pk}.")
     return redirect(_files_url(pod_id, number, path=folder))
 
 

@@ -134,3 +134,46 @@ def test_an_operator_browses_searches_and_restores_a_file_beside_without_a_reloa
     expect(viewer.locator("#snapshot-files a", has_text="Restore")).to_have_count(0)
     expect(viewer.locator("#snapshot-files")).to_contain_text("a.txt")
     context.close()
+
+
+def test_an_operator_replaces_a_file_after_a_backup_and_the_page_shows_it_without_a_reload(
+    browser,
+    live_server,
+    docker_client,
+    new_pod_id,  # noqa: F811 - the pods tests' fixture, imported above
+    django_user_model,
+):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    services.pod_start(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, "printf 'changed' > /workspace/proj/src/b.txt")
+    number = Snapshot.objects.get(pod__pod_id=pod_id, status=Snapshot.Status.COMPLETE).pk
+    roles_sync()
+    operator = django_user_model.objects.create_user(username="operator", password="pw-operator-123!", is_staff=True)
+    operator.groups.add(Group.objects.get(name=OPERATOR_GROUP))
+
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    log_in(page, live_server, "operator", "pw-operator-123!")
+    page.goto(f"{live_server.url}/pods/{pod_id}/snapshots/{number}/files/?path=/workspace/proj/src")
+    page.locator("tr[data-path='/workspace/proj/src/b.txt'] a", has_text="Restore beside the current one").click()
+    expect(page.locator("#alternative")).to_contain_text(f"the running pod {pod_id} is backed up first")
+    replace = page.locator("#alternative button.danger")
+    expect(replace).to_have_text("Replace the current one (backs it up first)")
+    replace.click()
+    expect(page.locator("#file-restores")).to_be_visible()
+    page.evaluate("window.notReloaded = true")
+    operation = Operation.objects.get(kind=Kind.POD_RESTORE_PATH, target_id=pod_id)
+    assert operation.params["replace"] is True
+    run_when_shown(page, operation)
+
+    box = page.locator(f"#operation-{operation.pk}")
+    expect(box).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    backup = Snapshot.objects.get(pod__pod_id=pod_id, kind=Snapshot.Kind.BACKUP)
+    expect(box).to_contain_text(f"is replaced by its copy from snapshot #{number}")
+    expect(box).to_contain_text(f"the one it replaced is kept in backup snapshot #{backup.pk}")
+    assert page.evaluate("window.notReloaded") is True
+    assert file_in(docker_client, pod_id, "/workspace/proj/src/b.txt") == b"other"
+    context.close()

@@ -20,12 +20,18 @@ The names written are the snapshot's own (`snapshot_files` leaves out any that i
 relative path), and no folder above the target may be a link: a link the pod made
 (`/workspace/proj -> /etc`) would carry the copy somewhere else than `PATH.from-snapshot-N`.
 
+With `replace` (`pods restore-path --replace`, services/restore_replace.py), the running pod is
+backed up first, then the copy written and read back as above takes PATH's place: the current
+PATH is moved aside, the copy moved in, read back from its place, and only then is the copy
+moved aside removed; a failure after the move aside puts the original back.
+
 Files come back with their mtime, mode 0644 and owner root (the snapshot's file list keeps
 no mode or owner; a whole restore, a start, brings those back)."""
 
 import posixpath
 from dataclasses import dataclass
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
 from apps.audit.holds import Held, hold_guard, hold_refuse
@@ -46,7 +52,7 @@ from apps.pods.services.snapshot_files import (
 )
 from apps.pods.services.state import _log
 from apps.pods.stores.tarlist import BLOCK, TarFileList
-from controlpanel.errors import Busy, InvalidInput, PanelError
+from controlpanel.errors import Busy, Forbidden, InvalidInput, PanelError
 from controlpanel.formatting import first_line, humanize_bytes, plural
 from controlpanel.preview import Preview, PreviewItem
 
@@ -54,6 +60,8 @@ from controlpanel.preview import Preview, PreviewItem
 PREVIEW_FILES = 50
 # Zeros that finish a member whose bytes failed, per piece.
 ZEROS = 1024 * 1024
+# A replace backs the running pod up first (services/backup.py): a person needs this as well.
+REPLACE_PERMISSION = "pods.backup_pod"
 # Go's os.ModeDir, in the mode of the engine's stat of a path.
 GO_MODE_DIR = 1 << 31
 
@@ -64,6 +72,12 @@ class RestorePlan:
     pod: Pod
     target: str  # PATH.from-snapshot-N, in the pod
     mount: str
+    replace: bool = False
+
+    @property
+    def aside(self) -> str:
+        """Where a replace moves the current PATH until the restored one reads back in its place."""
+        return f"{self.selection.path}.replaced-by-snapshot-{self.selection.snapshot.pk}"
 
     def name_of(self, row: FileRow) -> str:
         """The row's name in the tar put at the mount: relative to the mount, renamed."""
@@ -77,7 +91,9 @@ def target_of(path: str, number: int) -> str:
     return f"{path}.from-snapshot-{number}"
 
 
-def restore_path_plan(*, pod_id: str, number: int | str, path: str, look: bool = True) -> RestorePlan:
+def restore_path_plan(
+    *, pod_id: str, number: int | str, path: str, replace: bool = False, look: bool = True
+) -> RestorePlan:
     """Everything checked that can be checked before writing; one sentence otherwise. With
     `look`, the running container is asked whether the target exists."""
     selection = snapshot_select(pod_id=pod_id, number=number, path=path)
@@ -90,7 +106,7 @@ def restore_path_plan(*, pod_id: str, number: int | str, path: str, look: bool =
         )
     if pod.status != Pod.Status.RUNNING:
         raise InvalidInput(f"pod {pod.pod_id} is {pod.status}: a path is restored only into a running pod")
-    plan = RestorePlan(selection, pod, target_of(path, selection.snapshot.pk), mount)
+    plan = RestorePlan(selection, pod, target_of(path, selection.snapshot.pk), mount, replace=bool(replace))
     if look:
         _running_and_free(plan, engine_for(pod.host))
     return plan
@@ -104,6 +120,11 @@ def _running_and_free(plan: RestorePlan, engine: DockerEngine) -> None:
         raise Busy(
             f"{shown(plan.target)} already exists in pod {plan.pod.pod_id}: nothing is overwritten; "
             "move or remove it first"
+        )
+    if plan.replace and engine.path_exists(container=plan.pod.container_name, path=plan.aside):
+        raise Busy(
+            f"{shown(plan.aside)} already exists in pod {plan.pod.pod_id} (left by an earlier replace?): "
+            "a replace moves the current one there; move or remove it first"
         )
     _no_link_above(plan, engine)
 
@@ -124,9 +145,9 @@ def _no_link_above(plan: RestorePlan, engine: DockerEngine) -> None:
             )
 
 
-def restore_path_check(*, pod_id: str, number: int | str, path: str) -> RestorePlan:
+def restore_path_check(*, pod_id: str, number: int | str, path: str, replace: bool = False) -> RestorePlan:
     """What a request must pass (the operation kind's check): the plan, and no hold."""
-    plan = restore_path_plan(pod_id=pod_id, number=number, path=path)
+    plan = restore_path_plan(pod_id=pod_id, number=number, path=path, replace=replace)
     hold_refuse(target_type=TargetType.POD, target_id=plan.pod.pod_id, what=f"pod {plan.pod.pod_id}")
     return plan
 
@@ -187,19 +208,21 @@ def _archive(plan: RestorePlan, progress: Progress, failures: list[PanelError]):
     yield bytes(2 * BLOCK)
 
 
-def _read_back(plan: RestorePlan, engine: DockerEngine) -> list[str]:
-    """The written files as the container gives them back, against the snapshot's list."""
+def _read_back(plan: RestorePlan, engine: DockerEngine, at: str = "") -> list[str]:
+    """The written files as the container gives them back from `at` (the target unless
+    named: a replace reads PATH again from its final place), against the snapshot's list."""
+    at = at or plan.target
     found = TarFileList()
-    for chunk in engine.archive_read(container=plan.pod.container_name, path=plan.target):
+    for chunk in engine.archive_read(container=plan.pod.container_name, path=at):
         found.feed(chunk)
-    # get_archive names entries from the target's own name on.
-    top = posixpath.basename(plan.target)
+    # get_archive names entries from the path's own name on.
+    top = posixpath.basename(at)
     have = {entry[0]: (entry[1], entry[2]) for entry in found.files}
     problems = []
     for row in plan.selection.rows:
-        name = top + (row.path[len(plan.selection.path) :] if plan.selection.is_folder else "")
-        if have.get(name) != (row.size, row.sha256):
-            problems.append(f"{plan.mount}/{plan.name_of(row)}")
+        below = row.path[len(plan.selection.path) :] if plan.selection.is_folder else ""
+        if have.get(top + below) != (row.size, row.sha256):
+            problems.append(at + below)
     return problems
 
 
@@ -226,18 +249,37 @@ def _undo(plan: RestorePlan, engine: DockerEngine) -> str:
 
 
 def pod_restore_path(
-    *, pod_id: str, number: int | str, path: str, actor: Actor, operation: Operation | None = None
+    *,
+    pod_id: str,
+    number: int | str,
+    path: str,
+    actor: Actor,
+    operation: Operation | None = None,
+    replace: bool = False,
 ) -> dict:
-    plan = restore_path_plan(pod_id=pod_id, number=number, path=path, look=False)
+    # Late: restore_replace builds on this module's plan, read back and undo.
+    from apps.pods.services.restore_replace import backup_first, swap_into_place
+
+    plan = restore_path_plan(pod_id=pod_id, number=number, path=path, replace=replace, look=False)
     engine = engine_for(plan.pod.host)
     selection, snapshot = plan.selection, plan.selection.snapshot
+    backup = None
+    if plan.replace and isinstance(actor, AbstractBaseUser) and not actor.has_perm(REPLACE_PERMISSION):
+        # A replace backs the pod up first: a person needs that permission too, whoever asked.
+        raise Forbidden(f"{actor.get_username()} may not back up pods (needs {REPLACE_PERMISSION}), so may not replace")
+    if plan.replace:
+        # Looked at before the backup too: a pod that is held or has a target in the way gets none.
+        hold_refuse(target_type=TargetType.POD, target_id=plan.pod.pod_id, what=f"pod {plan.pod.pod_id}")
+        _running_and_free(plan, engine)
+        backup = backup_first(plan, actor=actor, operation=operation)
+    kept = f"; backup snapshot #{backup} taken first stays" if backup else ""
     progress = Progress(operation, total=selection.bytes, unit="bytes")
     _log(operation, f"restoring {selection.path} from snapshot #{snapshot.pk} as {plan.target}")
-    # Under the pod's hold lock: a hold set now waits until the files are written.
+    # Under the pod's hold lock: a hold set now waits until the files are written (and swapped).
     with hold_guard((TargetType.POD, plan.pod.pod_id)) as hold:
         if hold is not None:
             raise Held(
-                f"pod {plan.pod.pod_id} is on hold by {hold.held_by} ({hold.reason}): nothing was written into it"
+                f"pod {plan.pod.pod_id} is on hold by {hold.held_by} ({hold.reason}): nothing was written into it{kept}"
             )
         _running_and_free(plan, engine)
         failures: list[PanelError] = []
@@ -248,30 +290,40 @@ def pod_restore_path(
         except PanelError as exc:
             failures.insert(0, exc)
         if failures:
-            raise PanelError(f"{first_line(failures[0])}; {_undo(plan, engine)}") from failures[0]
-    progress.flush()
-    _log(operation, f"wrote {plural(len(selection.rows), 'file')}; reading them back from the pod")
-    problems = _read_back(plan, engine)
-    if problems:
-        raise PanelError(
-            f"{shown(plan.target)} in pod {plan.pod.pod_id} does not read back as snapshot #{snapshot.pk} holds it: "
-            f"{', '.join(problems[:3])}{' and more' if len(problems) > 3 else ''} differ; {_undo(plan, engine)}"
-        )
+            raise PanelError(f"{first_line(failures[0])}; {_undo(plan, engine)}{kept}") from failures[0]
+        progress.flush()
+        _log(operation, f"wrote {plural(len(selection.rows), 'file')}; reading them back from the pod")
+        problems = _read_back(plan, engine)
+        if problems:
+            raise PanelError(
+                f"{shown(plan.target)} in pod {plan.pod.pod_id} does not read back as snapshot #{snapshot.pk} holds "
+                f"it: {', '.join(problems[:3])}{' and more' if len(problems) > 3 else ''} differ; "
+                f"{_undo(plan, engine)}{kept}"
+            )
+        left = swap_into_place(plan, engine=engine, operation=operation, backup=backup) if plan.replace else None
     result = {
         "pod_id": plan.pod.pod_id,
         "snapshot": snapshot.pk,
         "path": selection.path,
-        "target": plan.target,
+        "target": selection.path if plan.replace else plan.target,
         "files": len(selection.rows),
         "bytes": selection.bytes,
     }
+    if plan.replace:
+        result.update(replaced=True, backup=backup, left=left)
+        message = (
+            f"{selection.path} replaced by its copy from snapshot #{snapshot.pk}; "
+            f"the one it replaced is kept in backup snapshot #{backup}"
+        )
+    else:
+        message = f"{selection.path} from snapshot #{snapshot.pk} restored as {plan.target}"
     with transaction.atomic():
         audit_record(
             actor=actor,
             action=AuditAction.POD_RESTORE_PATH,
             target_type=TargetType.POD,
             target_id=plan.pod.pod_id,
-            message=f"{selection.path} from snapshot #{snapshot.pk} restored as {plan.target}",
+            message=message,
             details=result,
             operation=operation,
         )
@@ -279,6 +331,13 @@ def pod_restore_path(
 
 
 def restored_sentence(result: dict) -> str:
+    if result.get("replaced"):
+        left = f" {result['left']}" if result.get("left") else ""
+        return (
+            f"{shown(result['path'])} in pod {result['pod_id']} is replaced by its copy from snapshot "
+            f"#{result['snapshot']}: {plural(result['files'], 'file')} ({humanize_bytes(result['bytes'])}), read back "
+            f"from its place and matching; the one it replaced is kept in backup snapshot #{result['backup']}.{left}"
+        )
     return (
         f"{shown(result['path'])} from snapshot #{result['snapshot']} is in pod {result['pod_id']} as "
         f"{shown(result['target'])}: "

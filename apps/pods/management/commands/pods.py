@@ -1,7 +1,7 @@
 """python manage.py pods provision|stop|start|deprovision|delete POD_ID, reconcile,
 sweep-orphans [--dry-run], retention, list [--json], show POD_ID [--json],
 verify|drill POD_ID [--json], backup POD_ID [--json], files POD_ID N [PATH] [--json],
-restore-path POD_ID N PATH.
+restore-path POD_ID N PATH [--replace].
 
 Synchronous: the work runs as an Operation right here (`run_now`, the same kinds as the
 pages and schedules); a failure prints one line and exits non-zero."""
@@ -53,7 +53,7 @@ PROOF_VERBS = {
 class Command(BaseCommand):
     help = (
         "Provision, stop, start, deprovision and delete pods; reconcile, sweep orphans; verify, drill, list, show; "
-        "a snapshot's files, and one path restored beside the current one."
+        "a snapshot's files, and one path restored beside the current one or in its place."
     )
 
     def add_arguments(self, parser):
@@ -94,6 +94,11 @@ class Command(BaseCommand):
         restore.add_argument("pod_id")
         restore.add_argument("number")
         restore.add_argument("path")
+        restore.add_argument(
+            "--replace",
+            action="store_true",
+            help="back the running pod up first, then put the snapshot's PATH in the current one's place",
+        )
         show = sub.add_parser("show", help="one pod with its volumes and last snapshot")
         show.add_argument("pod_id")
         show.add_argument("--json", dest="as_json", action="store_true")
@@ -108,7 +113,7 @@ class Command(BaseCommand):
             if action == "files":
                 return self._files(options["pod_id"], options["number"], options["path"], as_json=options["as_json"])
             if action == "restore-path":
-                where = {"snapshot": options["number"], "path": options["path"]}
+                where = {"snapshot": options["number"], "path": options["path"], "replace": options["replace"]}
                 operation = run_now(Kind.POD_RESTORE_PATH, options["pod_id"], actor=actor, **where)
                 self.stdout.write(sentence(operation))
                 return None
