@@ -69,6 +69,9 @@ def test_a_file_and_a_folder_are_replaced_after_a_backup_that_keeps_the_current_
     assert from_backup(pod_id, second.pk, "/workspace/proj/new.txt") == b"x"
     operation.refresh_from_db()
     assert f"backup snapshot #{second.pk} keeps the current /workspace/proj" in operation.log
+    assert re.search(
+        rf"read back \d+ files \([^)]*\) of /workspace/proj from backup snapshot #{second.pk}", operation.log
+    )
 
     event = AuditEvent.objects.filter(action=AuditAction.POD_RESTORE_PATH, target_id=pod_id).latest("pk")
     assert event.message == (
@@ -108,6 +111,34 @@ def test_a_failed_backup_replaces_nothing(docker_client, new_pod_id, settings, t
     assert not AuditEvent.objects.filter(
         action=AuditAction.POD_RESTORE_PATH, target_id=pod_id, outcome="succeeded"
     ).exists()
+
+
+def test_a_backup_whose_copy_does_not_read_back_replaces_nothing(docker_client, new_pod_id, monkeypatch, panel_paths):
+    """No copy trusted unread: the current PATH is removed only after the backup's copy of it
+    was read back in this operation."""
+    pod_id, number, _ = running_pod_with_snapshot(docker_client, new_pod_id)
+    backup = restore_replace.pod_backup
+
+    def decayed(**kwargs):
+        # The fault: the backup's copy of a.txt decays in the store right after it was written.
+        result = backup(**kwargs)
+        kept = Snapshot.objects.get(pk=result["snapshot"])
+        row = snapshot_select(pod_id=pod_id, number=kept.pk, path="/workspace/proj/src/a.txt").rows[0]
+        stored = panel_paths / "snapshots" / kept.prefix / "workspace.tar"
+        raw = bytearray(stored.read_bytes())
+        raw[row.offset] ^= 0xFF
+        stored.write_bytes(bytes(raw))
+        return result
+
+    monkeypatch.setattr(restore_replace, "pod_backup", decayed)
+    with pytest.raises(PanelError) as failed:
+        run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj", replace=True)
+    said = str(failed.value)
+    kept = backups_of(pod_id).get()
+    assert f"backup snapshot #{kept.pk} of pod {pod_id} does not read back its copy of /workspace/proj" in said
+    assert "so nothing was replaced" in said and "\n" not in said
+    assert files_in(docker_client, pod_id, "/workspace/proj/src/a.txt") == {"a.txt": CHANGED}
+    assert leftovers(docker_client, pod_id, "/workspace") == []
 
 
 def test_a_failure_after_the_move_aside_puts_the_original_back(docker_client, new_pod_id, monkeypatch):

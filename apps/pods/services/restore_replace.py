@@ -4,7 +4,8 @@ kind with the beside-restore (`restore_path.pod_restore_path(replace=True)`); th
 the two steps only a replace takes:
 
 1. before anything is written, `pod_backup` of the running pod (a snapshot of kind backup of
-   its eight volumes, the pod not stopped); if it fails, nothing is written or replaced;
+   its eight volumes, the pod not stopped), and the backup's copy of PATH read back from the
+   store (every file against its sha256); if either fails, nothing is written or replaced;
 2. after the copy was written as PATH.from-snapshot-N and read back (as a beside-restore does),
    under the same hold lock: the current PATH is moved aside to PATH.replaced-by-snapshot-N,
    the copy moved into its place, PATH read back from there against the snapshot's list (size
@@ -22,10 +23,10 @@ from apps.audit.services import Actor
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.services.backup import pod_backup
 from apps.pods.services.restore_path import RestorePlan, _read_back, _undo
-from apps.pods.services.snapshot_files import shown
+from apps.pods.services.snapshot_files import _rows_read, shown, snapshot_select
 from apps.pods.services.state import _log
-from controlpanel.errors import PanelError
-from controlpanel.formatting import first_line
+from controlpanel.errors import NotFound, PanelError
+from controlpanel.formatting import first_line, humanize_bytes, plural
 
 
 def replace_sentence(*, pod_id: str, number: int | str, path: str) -> str:
@@ -49,7 +50,35 @@ def backup_first(plan: RestorePlan, *, actor: Actor, operation: Operation | None
             f"{first_line(exc)}"
         ) from exc
     _log(operation, f"backup snapshot #{backup['snapshot']} keeps the current {path}")
+    _backup_read_back(plan, number=backup["snapshot"], operation=operation)
     return backup["snapshot"]
+
+
+def _backup_read_back(plan: RestorePlan, *, number: int, operation: Operation | None) -> None:
+    """The current PATH goes only once its copy in the backup has been read back in this
+    operation: every file the backup lists under PATH, each checked against its sha256 (a
+    backup is otherwise proven only by a later verify)."""
+    path = plan.selection.path
+    try:
+        kept = snapshot_select(pod_id=plan.pod.pod_id, number=number, path=path)
+    except NotFound:
+        # Not there, or no regular file under it (an empty folder, a link): nothing to read.
+        _log(operation, f"backup snapshot #{number} holds no regular file under {shown(path)}")
+        return
+    try:
+        for _row, chunks in _rows_read(kept):
+            for _chunk in chunks:
+                pass
+    except PanelError as exc:
+        raise PanelError(
+            f"backup snapshot #{number} of pod {plan.pod.pod_id} does not read back its copy of {shown(path)}, "
+            f"so nothing was replaced: {first_line(exc)}"
+        ) from exc
+    _log(
+        operation,
+        f"read back {plural(len(kept.rows), 'file')} ({humanize_bytes(kept.bytes)}) of {shown(path)} "
+        f"from backup snapshot #{number}",
+    )
 
 
 def _move(engine: DockerEngine, container: str, source: str, dest: str) -> None:
