@@ -34,7 +34,7 @@ from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _locked, _log, _volumes, pod_get
 from apps.pods.snapshots import store_from_url
 from controlpanel.errors import Busy, InvalidInput, PanelError
-from controlpanel.formatting import humanize_bytes
+from controlpanel.formatting import humanize_bytes, plural
 from controlpanel.paths import validate_id
 
 UNDER_WAY = [Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]
@@ -50,7 +50,28 @@ def backup_check(*, pod_id: str) -> Pod:
     busy = active.filter(exclusive=True).first() or active.filter(kind=Kind.POD_BACKUP).first()
     if busy is not None:
         raise Busy(f"pod {pod_id!r} already has {busy.kind} in progress (operation #{busy.pk}); wait for it to finish")
+    _host_room(pod, operation=None)
     return pod
+
+
+def _host_room(pod: Pod, *, operation: Operation | None) -> None:
+    """At most POD_BACKUP_CONCURRENCY backups under way on the pod's Docker host, whoever asked
+    (schedule, page, CLI, API). Asked for: every active backup there counts. Running: only the
+    older ones, so of two let through at once the older goes on and the newer is refused."""
+    others = Operation.objects.filter(
+        kind=Kind.POD_BACKUP,
+        status__in=Operation.ACTIVE,
+        target_id__in=Pod.objects.filter(host_id=pod.host_id).values("pod_id"),
+    )
+    if operation is not None:
+        others = others.filter(pk__lt=operation.pk)
+    running = others.count()
+    limit = settings.POD_BACKUP_CONCURRENCY
+    if running >= limit:
+        raise Busy(
+            f"host {pod.host.name} already runs {plural(running, 'backup')} (POD_BACKUP_CONCURRENCY={limit}): "
+            "try again when it ends"
+        )
 
 
 def backups_supersede(pod: Pod, *, by: str) -> int:
@@ -75,6 +96,7 @@ def _claim(*, pod_id: str, operation: Operation | None) -> Pod:
         earlier = others.first()
         if earlier is not None:
             raise Busy(f"pod {pod_id!r} is already being backed up (operation #{earlier.pk})")
+        _host_room(pod, operation=operation)
         # A backup whose worker died mid-upload: it never completes now.
         Snapshot.objects.filter(pod=pod, kind=Snapshot.Kind.BACKUP, status__in=UNDER_WAY).exclude(
             operation__status__in=Operation.ACTIVE
