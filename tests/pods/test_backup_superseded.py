@@ -119,7 +119,9 @@ def test_a_deprovision_or_delete_supersedes_a_running_backup(docker_client, new_
         assert left == []
 
 
-def test_reconcile_fails_the_snapshot_of_a_backup_whose_worker_died(docker_client, new_pod_id, monkeypatch):
+def test_reconcile_fails_the_snapshot_of_a_backup_whose_worker_died(
+    docker_client, new_pod_id, monkeypatch, staff_client
+):
     pod_id, _ = pod_with_files(docker_client, new_pod_id)
     release = threading.Event()
     backing_up, refused = backup_held_mid_volume(monkeypatch, pod_id, claimed=release)
@@ -140,6 +142,8 @@ def test_reconcile_fails_the_snapshot_of_a_backup_whose_worker_died(docker_clien
     assert backup.status == Snapshot.Status.FAILED and backup.error == "interrupted: its worker died"
     assert backup.finished_at is not None and not backup.manifest
     assert backup.pk in {s.pk for s in services.snapshots_to_retire()}
+    snapshots = staff_client.get(f"/pods/{pod_id}/?part=snapshots").content.decode()
+    assert "interrupted: its worker died" in snapshots and "<progress" not in snapshots
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
     # A worker that was only lost, not dead, gives up when it looks again: never complete.
     assert [str(exc) for exc in refused] == ["interrupted: its worker died"]
