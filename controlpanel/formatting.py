@@ -39,3 +39,17 @@ def first_line(exc: BaseException | str, *, default: str = "") -> str:
     if isinstance(exc, BaseException):
         return default or type(exc).__name__
     return default
+
+
+def humanize_duration(seconds: float) -> str:
+    """A length of time in its two largest units: `11100` → "3 h 5 min", `176400` → "2 d 1 h";
+    under a minute → "under a minute"."""
+    seconds = max(0, int(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size} {unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts) if parts else "under a minute"

@@ -283,7 +283,7 @@ POD_IDLE_CPU_SECONDS = envfloat("POD_IDLE_CPU_SECONDS", 60.0)
 POD_DORMANT_DAYS = envfloat("POD_DORMANT_DAYS", 0)
 POD_DORMANT_DEPROVISION_DAYS = envfloat("POD_DORMANT_DEPROVISION_DAYS", 0)
 # Backups of running pods: every POD_BACKUP_EVERY_HOURS (0 = off; a pod may say otherwise), at
-# most POD_BACKUP_CONCURRENCY at once per Docker host; POD_BACKUP_PAUSE pauses the container
+# most POD_BACKUP_CONCURRENCY at once per Docker host (any entry point); POD_BACKUP_PAUSE pauses the container
 # while its volumes stream (consistent, the pod frozen meanwhile) instead of crash-consistent.
 POD_BACKUP_EVERY_HOURS = envfloat("POD_BACKUP_EVERY_HOURS", 24)
 POD_BACKUP_CONCURRENCY = envint("POD_BACKUP_CONCURRENCY", 1)

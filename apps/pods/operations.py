@@ -122,6 +122,8 @@ def _reconciled(result: dict) -> str:
         sentence += f"; {plural(len(hosts) - len(reachable), 'host')} unreachable"
     if result.get("resumed"):
         sentence += f"; {plural(len(result['resumed']), 'interrupted pod')} taken up again"
+    if result.get("backups_interrupted"):
+        sentence += f"; {plural(len(result['backups_interrupted']), 'backup')} whose worker died marked failed"
     return sentence + "."
 
 

@@ -15,7 +15,7 @@ from apps.audit.models import Operation
 from apps.audit.names import Kind
 from apps.audit.overview import Attention
 from apps.pods.models import Pod, Snapshot
-from controlpanel.formatting import plural
+from controlpanel.formatting import humanize_duration, plural
 
 
 def interval_hours(pod: Pod) -> float:
@@ -150,5 +150,5 @@ def backups_overview() -> tuple[list[tuple[str, str]], list[Attention]]:
 
 
 def _age(age: timedelta) -> str:
-    hours = age.total_seconds() / 3600
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+    """ "3 h 5 min", "2 d 1 h": read against "every 24 h" at a glance."""
+    return humanize_duration(age.total_seconds())

@@ -87,6 +87,14 @@ def test_backup_of_a_running_pod_is_queued_and_refusals_are_sentences(client, op
     assert again.status_code == 409
     assert again.json()["error"].startswith("pod 'backme' already has pod.backup in progress")
 
+    # One backup at a time on the host (POD_BACKUP_CONCURRENCY=1), whoever asks.
+    pod_row("neighbour")
+    full = client.post("/api/pods/neighbour/backup", **bearer(operator_token))
+    assert full.status_code == 409
+    assert full.json() == {
+        "error": "host local already runs 1 backup (POD_BACKUP_CONCURRENCY=1): try again when it ends"
+    }
+
     pod_row("stoppedpod", status=Pod.Status.STOPPED)
     refused = client.post("/api/pods/stoppedpod/backup", **bearer(operator_token))
     assert refused.status_code == 409

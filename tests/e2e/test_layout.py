@@ -3,7 +3,7 @@ scrolling, and its charts are readable; screenshots of each land in test-artifac
 
 import pytest
 
-from tests.e2e.world import OVERFLOW_JS, build_world, page_urls
+from tests.e2e.world import LONG_POD_ID, OVERFLOW_JS, build_world, page_urls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -117,5 +117,40 @@ def test_the_phone_menu_opens_without_a_script(browser, live_server, staff_user,
         page.wait_for_url(f"{live_server.url}/")
         assert page.locator("nav.nav a", has_text="Tasks").is_visible()  # no menu to open on a laptop
         assert not page.locator("label.nav-toggle-label").is_visible()
+    finally:
+        context.close()
+
+
+# Each fact of the overview's cards whose text reaches past its card (a word that does not wrap).
+FACTS_PAST_CARD_JS = r"""() => [...document.querySelectorAll("article.card .facts > *")].flatMap(fact => {
+  const card = fact.closest("article.card").getBoundingClientRect();
+  const range = document.createRange();
+  range.selectNodeContents(fact);
+  const text = range.getBoundingClientRect();
+  return text.right > card.right + 0.5 ? [`${fact.textContent.slice(0, 40)}: ${text.right} > ${card.right} px`] : [];
+})"""
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+def test_the_overviews_backup_rows_wrap_a_long_pod_id_and_say_the_age_in_hours_and_minutes(
+    browser, live_server, staff_user, tmp_path, settings, width
+):
+    settings.POD_BACKUP_EVERY_HOURS = 24
+    build_world(tmp_path)
+    context = browser.new_context(viewport={"width": width, "height": 844})
+    try:
+        page = context.new_page()
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", "root")
+        page.fill("#id_password", "pw-root-123!")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        label = page.locator(".facts dt", has_text=LONG_POD_ID)
+        assert label.inner_text().replace("\n", "") == f"backup of {LONG_POD_ID}"
+        value = label.locator("xpath=following-sibling::dd[1]")
+        assert value.inner_text() == "last 3 h 5 min ago, every 24 h"
+        assert page.evaluate(FACTS_PAST_CARD_JS) == []
+        scroll_width, client_width = page.evaluate(OVERFLOW_JS)
+        assert scroll_width <= client_width
     finally:
         context.close()

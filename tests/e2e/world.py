@@ -14,12 +14,14 @@ from apps.audit.models import StorageSample
 from apps.audit.names import Kind, TargetType
 from apps.audit.operations import run_now
 from apps.audit.services import operation_create, operation_execute
-from apps.pods.models import Pod
+from apps.pods.models import Pod, Snapshot
 from controlpanel.errors import PanelError
 from tests.mixjobs.helpers import write_job
 from tests.scale import seed_pods
 from tests.separations.helpers import put_session
 from tests.volumes.helpers import LocalWorld, lay_out_results
+
+LONG_POD_ID = "longrunningpod_" + "0123456789" * 11 + "abc"  # 128 characters, the most an id may have
 
 # What reports whether anything on a page overflows the window sideways, and by how much.
 OVERFLOW_JS = "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
@@ -88,6 +90,19 @@ def build_world(tmp_path) -> World:
     seed_pods(4)
     running = Pod.objects.filter(status=Pod.Status.RUNNING).values_list("pod_id", flat=True).first()
     stopped = Pod.objects.filter(status=Pod.Status.STOPPED).values_list("pod_id", flat=True).first()
+    # A running pod with the longest id there may be (no hyphen to break at), backed up 3 h ago:
+    # the overview names it among the pods furthest behind their backup interval.
+    long_running = Pod.objects.create(
+        pod_id=LONG_POD_ID, host=Pod.objects.get(pod_id=running).host, image="pinacle-base:latest", status="running"
+    )
+    Snapshot.objects.create(
+        pod=long_running,
+        kind=Snapshot.Kind.BACKUP,
+        store_url="file:///x",
+        status=Snapshot.Status.COMPLETE,
+        started_at=now - timedelta(hours=3, minutes=6),
+        finished_at=now - timedelta(hours=3, minutes=5, seconds=10),
+    )
     # Work that failed (a person may retry it) and work that went well.
     failed = operation_create(
         kind=Kind.SESSIONS_SYNC, target_type=TargetType.SESSION_VOLUME, target_id="music-split-jobs-data", actor="test"

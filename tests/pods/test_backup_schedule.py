@@ -96,7 +96,7 @@ def test_a_recovery_point_at_risk_is_told_once(settings, receiver):
     assert [body["title"] for body in receiver.bodies] == ["Pod risky: recovery point at risk"]
     assert any("risky" in item.label and "recovery point at risk" in item.label for item in section.attention)
     assert ("backups of running pods", "0 of 2 pods within their interval") in section.rows
-    assert ("backup of risky", "last 2.0 days ago, every 24 h") in section.rows
+    assert ("backup of risky", "last 2 d 1 h ago, every 24 h") in section.rows
     # A copy catches up: the mark clears, and a later risk is told again.
     with time_machine.travel(NOW + timedelta(minutes=6), tick=False):
         Snapshot.objects.create(

@@ -11,7 +11,7 @@ from apps.audit import operations
 from apps.audit.models import Operation
 from apps.audit.roles import OUR_APPS
 from controlpanel.errors import PanelError
-from controlpanel.formatting import humanize_bytes
+from controlpanel.formatting import humanize_bytes, humanize_duration
 
 register = template.Library()
 
@@ -111,15 +111,7 @@ def age(value, now=None) -> str:
     if not isinstance(value, datetime):
         return ""
     now = now if isinstance(now, datetime) else datetime.now(UTC)
-    seconds = max(0, int((now - value).total_seconds()))
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            parts.append(f"{seconds // size} {unit}")
-            seconds %= size
-        if len(parts) == 2:
-            break
-    return " ".join(parts) if parts else "under a minute"
+    return humanize_duration((now - value).total_seconds())
 
 
 @register.filter

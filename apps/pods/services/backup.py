@@ -1,7 +1,8 @@
 """Backups of running pods: the pod's eight volumes copied into the snapshot store while it
 runs, without stopping or restarting it, removing nothing.
 
-Order of work: claim (the pod is running, no other backup of it is under way) → the store
+Order of work: claim (the pod is running, no other backup of it is under way, its host runs
+fewer than POD_BACKUP_CONCURRENCY backups asked for before this one) → the store
 answers and has room → (POD_BACKUP_PAUSE: `docker pause`) → stream every volume through the
 running container (`capture.snapshot_capture`, each volume read again if its archive came out
 cut short) → (unpause, the pause measured) → manifest last → `complete`, audited.
@@ -14,7 +15,8 @@ the page says "not yet proven".
 A stop, deprovision or delete of the pod supersedes a running backup: the action marks the
 backup's snapshot failed ("superseded by a stop") when it claims the pod, the backup sees
 that between chunks, aborts its writers and lets the container go; its snapshot is never
-marked complete. The action never waits for the backup to finish."""
+marked complete. The action never waits for the backup to finish. A backup whose worker died
+(its operation reaped) is failed by reconcile (`backups_interrupted_fail`), never resumed."""
 
 import time
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _locked, _log, _volumes, pod_get
 from apps.pods.snapshots import store_from_url
 from controlpanel.errors import Busy, InvalidInput, PanelError
-from controlpanel.formatting import humanize_bytes
+from controlpanel.formatting import humanize_bytes, plural
 from controlpanel.paths import validate_id
 
 UNDER_WAY = [Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]
@@ -50,7 +52,28 @@ def backup_check(*, pod_id: str) -> Pod:
     busy = active.filter(exclusive=True).first() or active.filter(kind=Kind.POD_BACKUP).first()
     if busy is not None:
         raise Busy(f"pod {pod_id!r} already has {busy.kind} in progress (operation #{busy.pk}); wait for it to finish")
+    _host_room(pod, operation=None)
     return pod
+
+
+def _host_room(pod: Pod, *, operation: Operation | None) -> None:
+    """At most POD_BACKUP_CONCURRENCY backups under way on the pod's Docker host, whoever asked
+    (schedule, page, CLI, API). Asked for: every active backup there counts. Running: only the
+    older ones, so of two let through at once the older goes on and the newer is refused."""
+    others = Operation.objects.filter(
+        kind=Kind.POD_BACKUP,
+        status__in=Operation.ACTIVE,
+        target_id__in=Pod.objects.filter(host_id=pod.host_id).values("pod_id"),
+    )
+    if operation is not None:
+        others = others.filter(pk__lt=operation.pk)
+    running = others.count()
+    limit = settings.POD_BACKUP_CONCURRENCY
+    if running >= limit:
+        raise Busy(
+            f"host {pod.host.name} already runs {plural(running, 'backup')} (POD_BACKUP_CONCURRENCY={limit}): "
+            "try again when it ends"
+        )
 
 
 def backups_supersede(pod: Pod, *, by: str) -> int:
@@ -75,11 +98,35 @@ def _claim(*, pod_id: str, operation: Operation | None) -> Pod:
         earlier = others.first()
         if earlier is not None:
             raise Busy(f"pod {pod_id!r} is already being backed up (operation #{earlier.pk})")
-        # A backup whose worker died mid-upload: it never completes now.
+        _host_room(pod, operation=operation)
+        # A backup of it whose worker died, not yet seen by reconcile: it never completes now.
         Snapshot.objects.filter(pod=pod, kind=Snapshot.Kind.BACKUP, status__in=UNDER_WAY).exclude(
             operation__status__in=Operation.ACTIVE
-        ).update(status=Snapshot.Status.FAILED, error="interrupted", finished_at=timezone.now())
+        ).update(status=Snapshot.Status.FAILED, error=INTERRUPTED, finished_at=timezone.now())
     return pod
+
+
+INTERRUPTED = "interrupted: its worker died"
+
+
+def backups_interrupted_fail(*, operation: Operation | None = None) -> list[int]:
+    """Backups whose operation is no longer active (its worker died and the heartbeat reaper
+    marked it errored) never complete now: their snapshots are failed, so no page shows a
+    backup in progress that no one is doing, and retention purges what they wrote. Reconcile
+    runs this every minute. A backup run with no operation (a direct service call) is left
+    alone: nothing tells whether it is still going."""
+    stale = Snapshot.objects.filter(
+        kind=Snapshot.Kind.BACKUP, status__in=UNDER_WAY, operation__status__in=Operation.TERMINAL
+    )
+    failed = []
+    for snapshot in stale.select_related("pod"):
+        done = Snapshot.objects.filter(pk=snapshot.pk, status__in=UNDER_WAY).update(
+            status=Snapshot.Status.FAILED, error=INTERRUPTED, finished_at=timezone.now()
+        )
+        if done:
+            failed.append(snapshot.pk)
+            _log(operation, f"{snapshot.pod.pod_id}: backup snapshot #{snapshot.pk} {INTERRUPTED}; marked failed")
+    return failed
 
 
 def _superseded(snapshot: Snapshot) -> str | None:

@@ -23,6 +23,7 @@ from apps.pods.actions import PROVISION, RESUME_ACTIONS
 from apps.pods.docker_engine import ContainerInfo, DockerFailure, VolumeInfo
 from apps.pods.models import POD_LABEL, VOLUME_PREFIX, DockerHost, OrphanVolume, Pod, PodVolume
 from apps.pods.selectors import pods_busy
+from apps.pods.services.backup import backups_interrupted_fail
 from apps.pods.services.drill import drills_leftover_remove
 from apps.pods.services.fleet import BATCH, batched, hosts_each, orphans_find, reconcile_events
 from apps.pods.services.hosts import engine_for, host_default, host_get
@@ -82,6 +83,7 @@ def pods_reconcile(*, actor: Actor, operation: Operation | None = None) -> dict:
     # The hosts that just answered: no second read of the hosts table.
     report["drill_leftovers"] = drills_leftover_remove(hosts=reachable, operation=operation)
     report["resumed"] = pods_resume_interrupted(actor=actor, operation=operation)
+    report["backups_interrupted"] = backups_interrupted_fail(operation=operation)
     return report
 
 
