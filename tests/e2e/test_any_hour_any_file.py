@@ -26,6 +26,10 @@ SCRIPT = WRITE_SCRIPT + "mkdir -p /workspace/journal\nprintf 'first entry\\n' > 
 JOURNAL = "/workspace/journal/journal-today.txt"
 LOG = "/workspace/log"
 WRITER = "while true; do date >> /workspace/log; sleep 0.05; done"
+# Debian's restic 0.14 retries loading a lock file another restic just removed for ~44 s
+# (restic#1523, fixed in 0.16.3), which restic processes of one operation running side by side
+# on S3 meet now and then: an operation may take that much longer without being wrong.
+WAIT_SECONDS = 180
 
 
 class Store:
@@ -68,7 +72,7 @@ def _back_up_now(page, backups) -> Snapshot:
     backups.get_by_role("button", name="Back up now").click()
     page.wait_for_url(page.url)
     mark(page)
-    operation = Watcher(page).run_queued(kind="pod.backup")
+    operation = Watcher(page).run_queued(kind="pod.backup", wait=WAIT_SECONDS)
     number = operation.result["snapshot"]
     expect(backups).to_contain_text(f"snapshot #{number} (backup)")
     expect(page.locator("#pod-head .pod-status .badge")).to_have_text("running")
@@ -110,9 +114,12 @@ def test_a_running_pod_backed_up_twice_gives_a_file_back_and_stops_and_starts_id
     )
     assert 0 < first_log.size < second_log.size
     # The first holds the blob (random: it does not compress); the second adds only what
-    # changed (the log, the journal, restic's own records): the unchanged volumes dedup.
+    # changed, /workspace (the log, the journal) and restic's own records: the seven
+    # unchanged volumes dedup, and the store grows by a fraction of what the first added.
     assert first.stored_bytes > 200 * KIB and after_first - empty > 200 * KIB
-    assert second.stored_bytes < 20 * KIB and after_second - after_first < 50 * KIB
+    assert {name for name, entry in second.manifest.items() if not entry.get("reused")} == {"workspace"}
+    assert second.stored_bytes <= second.manifest["workspace"]["bytes"] + 8 * KIB
+    assert after_second - after_first < (after_first - empty) / 2
     assert second.total_bytes >= first.total_bytes
 
     # The second backup's files: search, open the folder, restore beside the current one.
@@ -131,7 +138,7 @@ def test_a_running_pod_backed_up_twice_gives_a_file_back_and_stops_and_starts_id
     page.click("button:has-text('Restore as journal-today.txt.from-snapshot')")
     expect(page.locator("#file-restores")).to_be_visible()
     mark(page)
-    operation = Watcher(page).run_queued(kind="pod.restore-path")
+    operation = Watcher(page).run_queued(kind="pod.restore-path", wait=WAIT_SECONDS)
     box = page.locator(f"#operation-{operation.pk}")
     expect(box).to_have_attribute("data-status", "succeeded")
     expect(box).to_contain_text(f"as {target}: 1 file (13 B), read back and matching")
