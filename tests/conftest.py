@@ -139,6 +139,7 @@ EVERY_S3_SERVER = {
 # (the slowest files of a full run; docs/development.md) are dealt first.
 SLOW_FILES_FIRST = [
     "tests/pods/test_snapshot_dedup.py",
+    "tests/e2e/test_any_hour_any_file.py",
     "tests/pods/test_snapshot_files.py",
     "tests/pods/test_backup.py",
     "tests/reliability/test_killed_workers.py",

@@ -56,9 +56,9 @@ class Watcher:
         self.page = page
         self.texts: set[str] = set()
 
-    def run_queued(self, *, kind: str, delay: float = 1.0, also=()) -> Operation:
-        """Run it once `self.page` (and the tabs in `also`) show its progress box; wait
-        until every page showing the box has seen it end."""
+    def run_queued(self, *, kind: str, delay: float = 1.0, also=(), wait: float = 60) -> Operation:
+        """Run it once `self.page` (and the tabs in `also`) show its progress box; wait (up
+        to `wait` seconds) until every page showing the box has seen it end."""
         operation = Operation.objects.filter(kind=kind, status="pending").latest("created_at")
         pages = [self.page, *also]
 
@@ -71,7 +71,7 @@ class Watcher:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             statuses = []
             for page in pages:
