@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # database, ports and Docker names (docs/development.md#tests-in-parallel); 0 runs it in one
 # process. Whole test files go to one worker (module fixtures start once), slowest first
 # (tests/conftest.py SLOW_FILES_FIRST; xdist would otherwise deal the files with most tests first).
-PYTEST_WORKERS ?= 0
+PYTEST_WORKERS ?= 4
 PYTEST_PARALLEL = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # Material's end-of-life banner on every build says nothing about these docs.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
