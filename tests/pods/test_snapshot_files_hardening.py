@@ -15,11 +15,10 @@ from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.audit.names import AuditAction
-from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot
+from apps.pods.models import Pod, Snapshot
 from apps.pods.snapshots import store_from_url
-from apps.pods.stores.tarlist import TarFileList
 from tests.pods import test_snapshot_files_pages as pages
-from tests.pods.test_snapshot_files_pages import FILES, MTIME, stored_snapshot
+from tests.pods.test_snapshot_files_pages import FILES, MTIME, snapshot_from_tar, stored_snapshot
 
 operator_client = pages.operator_client  # the fixture: a client logged in as an operator
 
@@ -39,23 +38,7 @@ def raw_tar(members: dict[str, bytes]) -> bytes:
 
 def snapshot_with_members(pod_id: str, members: dict[str, bytes]) -> Snapshot:
     """A complete snapshot whose workspace tar (and so its file list) holds `members` as named."""
-    host, _ = DockerHost.objects.get_or_create(name="local", defaults={"base_url": "unix:///nowhere"})
-    pod = Pod.objects.create(pod_id=pod_id, host=host, image="img", status=Pod.Status.STOPPED)
-    store = store_from_url()
-    snapshot = Snapshot.objects.create(pod=pod, store_url=store.url, status=Snapshot.Status.UPLOADING)
-    manifest, lists = {}, {}
-    for volume in VOLUME_MOUNTS:
-        raw = raw_tar(members if volume == "workspace" else {})
-        listing = TarFileList()
-        listing.feed(raw)
-        key = f"{snapshot.prefix}/{volume}.tar"
-        store.put_small(key, raw)
-        manifest[volume] = {"key": key, "bytes": len(raw), "files": len(listing.files)}
-        lists[volume] = listing.files
-    store.put_small(f"{snapshot.prefix}/manifest.json", json.dumps({"volumes": manifest, "files": lists}).encode())
-    Snapshot.objects.filter(pk=snapshot.pk).update(status=Snapshot.Status.COMPLETE, manifest=manifest)
-    snapshot.refresh_from_db()
-    return snapshot
+    return snapshot_from_tar(pod_id, raw_tar(members))
 
 
 HOSTILE_MEMBERS = {

@@ -34,13 +34,19 @@ def volume_tar(files: dict[str, bytes]) -> bytes:
 
 def stored_snapshot(pod_id: str, files: dict[str, bytes], *, status: str = Pod.Status.STOPPED) -> Snapshot:
     """A complete snapshot of a new pod in the test's file store, with `files` in /workspace."""
+    return snapshot_from_tar(pod_id, volume_tar({f"workspace/{name}": data for name, data in files.items()}), status)
+
+
+def snapshot_from_tar(pod_id: str, workspace_tar: bytes, status: str = Pod.Status.STOPPED) -> Snapshot:
+    """A complete snapshot of a new pod whose workspace volume is `workspace_tar` as it is
+    (its file list worked out from it, as a stop does); the other volumes empty."""
     host, _ = DockerHost.objects.get_or_create(name="local", defaults={"base_url": "unix:///nowhere"})
     pod = Pod.objects.create(pod_id=pod_id, host=host, image="img", status=status)
     store = store_from_url()
     snapshot = Snapshot.objects.create(pod=pod, store_url=store.url, status=Snapshot.Status.UPLOADING)
     manifest, lists = {}, {}
     for volume in VOLUME_MOUNTS:
-        raw = volume_tar({f"workspace/{name}": data for name, data in files.items()} if volume == "workspace" else {})
+        raw = workspace_tar if volume == "workspace" else volume_tar({})
         listing = TarFileList()
         listing.feed(raw)
         key = f"{snapshot.prefix}/{volume}.tar"
