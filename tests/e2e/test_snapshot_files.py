@@ -57,6 +57,26 @@ def run_when_shown(page, operation: Operation) -> None:
     threading.Thread(target=work, daemon=True).start()
 
 
+def operator_on_a_restarted_pod(browser, live_server, docker_client, make_pod_id, django_user_model, changed: str):
+    """A pod stopped once (its snapshot holds SCRIPT's files) and started again, `changed`
+    (a path in /workspace/proj/src) rewritten since; an operator logged in at 1,400 px.
+    Returns the pod id, the snapshot's number and the page."""
+    pod_id = make_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    services.pod_start(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, f"printf 'changed' > /workspace/proj/src/{changed}")
+    number = Snapshot.objects.get(pod__pod_id=pod_id, status=Snapshot.Status.COMPLETE).pk
+    roles_sync()
+    operator = django_user_model.objects.create_user(username="operator", password="pw-operator-123!", is_staff=True)
+    operator.groups.add(Group.objects.get(name=OPERATOR_GROUP))
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    log_in(page, live_server, "operator", "pw-operator-123!")
+    return pod_id, number, page
+
+
 def test_an_operator_browses_searches_and_restores_a_file_beside_without_a_reload(
     browser,
     live_server,
@@ -65,20 +85,9 @@ def test_an_operator_browses_searches_and_restores_a_file_beside_without_a_reloa
     django_user_model,
     viewer_user,
 ):
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, SCRIPT)
-    services.pod_stop(pod_id=pod_id, actor="test")
-    services.pod_start(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, "printf 'changed' > /workspace/proj/src/a.txt")
-    number = Snapshot.objects.get(pod__pod_id=pod_id, status=Snapshot.Status.COMPLETE).pk
-    roles_sync()
-    operator = django_user_model.objects.create_user(username="operator", password="pw-operator-123!", is_staff=True)
-    operator.groups.add(Group.objects.get(name=OPERATOR_GROUP))
-
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    log_in(page, live_server, "operator", "pw-operator-123!")
+    pod_id, number, page = operator_on_a_restarted_pod(
+        browser, live_server, docker_client, new_pod_id, django_user_model, changed="a.txt"
+    )
     page.goto(f"{live_server.url}/pods/{pod_id}/")
     page.click("a.browse-files")
     expect(page.locator("h1")).to_have_text(f"Files of snapshot #{number}")
@@ -120,7 +129,7 @@ def test_an_operator_browses_searches_and_restores_a_file_beside_without_a_reloa
             assert scroll_width <= client_width, f"{scroll_width} px wide in a {client_width} px window ({query})"
         expect(page.locator("#snapshot-files")).to_contain_text("has a name holding “no-such-name”")
         expect(page.locator("#snapshot-files table")).to_have_count(0)
-    context.close()
+    page.context.close()
 
     # A viewer sees names and sizes, no download or restore control.
     context = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -143,20 +152,9 @@ def test_an_operator_replaces_a_file_after_a_backup_and_the_page_shows_it_withou
     new_pod_id,  # noqa: F811 - the pods tests' fixture, imported above
     django_user_model,
 ):
-    pod_id = new_pod_id()
-    services.pod_provision(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, SCRIPT)
-    services.pod_stop(pod_id=pod_id, actor="test")
-    services.pod_start(pod_id=pod_id, actor="test")
-    run_in(docker_client, pod_id, "printf 'changed' > /workspace/proj/src/b.txt")
-    number = Snapshot.objects.get(pod__pod_id=pod_id, status=Snapshot.Status.COMPLETE).pk
-    roles_sync()
-    operator = django_user_model.objects.create_user(username="operator", password="pw-operator-123!", is_staff=True)
-    operator.groups.add(Group.objects.get(name=OPERATOR_GROUP))
-
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    log_in(page, live_server, "operator", "pw-operator-123!")
+    pod_id, number, page = operator_on_a_restarted_pod(
+        browser, live_server, docker_client, new_pod_id, django_user_model, changed="b.txt"
+    )
     page.goto(f"{live_server.url}/pods/{pod_id}/snapshots/{number}/files/?path=/workspace/proj/src")
     page.locator("tr[data-path='/workspace/proj/src/b.txt'] a", has_text="Restore beside the current one").click()
     expect(page.locator("#alternative")).to_contain_text(f"the running pod {pod_id} is backed up first")
@@ -176,4 +174,4 @@ def test_an_operator_replaces_a_file_after_a_backup_and_the_page_shows_it_withou
     expect(box).to_contain_text(f"the one it replaced is kept in backup snapshot #{backup.pk}")
     assert page.evaluate("window.notReloaded") is True
     assert file_in(docker_client, pod_id, "/workspace/proj/src/b.txt") == b"other"
-    context.close()
+    page.context.close()
