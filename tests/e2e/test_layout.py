@@ -3,6 +3,7 @@ scrolling, and its charts are readable; screenshots of each land in test-artifac
 
 import pytest
 
+from tests.e2e.test_roles import log_in
 from tests.e2e.world import LONG_POD_ID, OVERFLOW_JS, build_world, page_urls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -71,11 +72,7 @@ def test_page_fits_a_phone_and_a_laptop_window(browser, live_server, staff_user,
         try:
             page = context.new_page()
             if name != "login":
-                page.goto(f"{live_server.url}/login/")
-                page.fill("#id_username", "root")
-                page.fill("#id_password", "pw-root-123!")
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{live_server.url}/")
+                log_in(page, live_server, "root", "pw-root-123!")
             page.goto(f"{live_server.url}{path}")
             page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)
             scroll_width, client_width = page.evaluate(OVERFLOW_JS)
@@ -93,11 +90,7 @@ def test_the_phone_menu_opens_without_a_script(browser, live_server, staff_user,
     context = browser.new_context(viewport={"width": 390, "height": 844})
     try:
         page = context.new_page()
-        page.goto(f"{live_server.url}/login/")
-        page.fill("#id_username", "root")
-        page.fill("#id_password", "pw-root-123!")
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{live_server.url}/")
+        log_in(page, live_server, "root", "pw-root-123!")
         tasks = page.locator("nav.nav a", has_text="Tasks")
         assert not tasks.is_visible()  # folded away: the header is one line on a phone
         assert page.locator("header.topbar").bounding_box()["height"] < 80
@@ -110,11 +103,7 @@ def test_the_phone_menu_opens_without_a_script(browser, live_server, staff_user,
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     try:
         page = context.new_page()
-        page.goto(f"{live_server.url}/login/")
-        page.fill("#id_username", "root")
-        page.fill("#id_password", "pw-root-123!")
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{live_server.url}/")
+        log_in(page, live_server, "root", "pw-root-123!")
         assert page.locator("nav.nav a", has_text="Tasks").is_visible()  # no menu to open on a laptop
         assert not page.locator("label.nav-toggle-label").is_visible()
     finally:
@@ -140,11 +129,7 @@ def test_the_overviews_backup_rows_wrap_a_long_pod_id_and_say_the_age_in_hours_a
     context = browser.new_context(viewport={"width": width, "height": 844})
     try:
         page = context.new_page()
-        page.goto(f"{live_server.url}/login/")
-        page.fill("#id_username", "root")
-        page.fill("#id_password", "pw-root-123!")
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{live_server.url}/")
+        log_in(page, live_server, "root", "pw-root-123!")
         label = page.locator(".facts dt", has_text=LONG_POD_ID)
         assert label.inner_text().replace("\n", "") == f"backup of {LONG_POD_ID}"
         value = label.locator("xpath=following-sibling::dd[1]")

@@ -18,27 +18,16 @@ from apps.audit.names import AuditAction
 from apps.pods.models import Pod, Snapshot
 from apps.pods.snapshots import store_from_url
 from tests.pods import test_snapshot_files_pages as pages
-from tests.pods.test_snapshot_files_pages import FILES, MTIME, snapshot_from_tar, stored_snapshot
+from tests.pods.test_snapshot_files_pages import FILES, MTIME, snapshot_from_tar, stored_snapshot, volume_tar
 
 operator_client = pages.operator_client  # the fixture: a client logged in as an operator
 
 pytestmark = pytest.mark.django_db
 
 
-def raw_tar(members: dict[str, bytes]) -> bytes:
-    """A tar with these member names exactly as given (a forged or damaged archive may hold any)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), MTIME
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def snapshot_with_members(pod_id: str, members: dict[str, bytes]) -> Snapshot:
     """A complete snapshot whose workspace tar (and so its file list) holds `members` as named."""
-    return snapshot_from_tar(pod_id, raw_tar(members))
+    return snapshot_from_tar(pod_id, volume_tar(members))
 
 
 HOSTILE_MEMBERS = {
