@@ -1,0 +1,103 @@
+"""SNAPSHOT_ENGINE=beside on the real dockerd and Debian's restic: restic runs in a helper
+container next to the pod's volumes (an image the panel imports itself), backs up folders with
+the pod's last snapshot as parent, every volume is read back before any is removed, and a
+start writes the files straight into the new volumes, checked by restic, before the pod runs.
+On `dedup+file://` (bind-mounted) and `dedup+s3://` on SeaweedFS (the helper on the host's
+network)."""
+
+import pytest
+
+from apps.audit.models import Operation
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.audit.services import Progress
+from apps.pods import services
+from apps.pods.docker_engine import HELPER_LABEL
+from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot
+from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
+from apps.pods.services.verify import snapshot_verify
+from controlpanel.errors import PanelError
+from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - the dedup+file / dedup+s3 fixture
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files
+from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+MIB = 1024 * 1024
+SCRIPT = WRITE_SCRIPT + "dd if=/dev/urandom of=/workspace/data.bin bs=1M count=6 2>/dev/null\n"
+
+
+@pytest.fixture
+def beside(settings):
+    settings.SNAPSHOT_ENGINE = "beside"
+    return settings
+
+
+def helpers_left(docker_client) -> list[str]:
+    return [c.name for c in docker_client.containers.list(all=True, filters={"label": f"{HELPER_LABEL}=restic"})]
+
+
+def log_of(snapshot: Snapshot) -> str:
+    return Operation.objects.get(pk=snapshot.operation_id).log
+
+
+def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_every_file_back(
+    docker_client,
+    new_pod_id,
+    store,
+    beside,  # noqa: F811 - imported fixtures
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    first = Snapshot.objects.get(pod__pod_id=pod_id)
+    assert Operation.objects.get(pk=operation.pk).status == Operation.Status.SUCCEEDED
+    assert first.status == Snapshot.Status.COMPLETE
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+    # One restic snapshot holds the eight folders; each volume was read back as restic's tar.
+    entries = first.manifest.values()
+    assert {entry["folder"] for entry in entries} == {name.rsplit("/", 1)[-1] for name in VOLUME_MOUNTS.values()}
+    assert len({entry["store_id"] for entry in entries}) == 1
+    assert first.total_bytes > 6 * MIB and first.stored_bytes > 6 * MIB
+    log = log_of(first)
+    assert "backing up the volumes beside them with restic" in log and "(parent" not in log
+    assert all(f"read back {volume.docker_name}" in log for volume in Pod.objects.get(pod_id=pod_id).volumes.all())
+    assert helpers_left(docker_client) == []
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+    assert helpers_left(docker_client) == []
+
+    # The second stop names the first as parent: the unchanged files are not read again, and
+    # what it adds is metadata (Docker rewrites /etc/hostname and /etc/hosts for each container).
+    run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
+    assert second.pk != first.pk and second.status == Snapshot.Status.COMPLETE
+    assert f"(parent {first.manifest['workspace']['store_id'][:8]})" in log_of(second)
+    assert second.stored_bytes < MIB
+    assert second.manifest["workspace"]["sha256"] == first.manifest["workspace"]["sha256"]
+
+    # Everything that reads a snapshot reads this one: a verify, the files page, a download.
+    assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
+    shown = {entry.name: entry.size for entry in snapshot_entries(pod_id=pod_id, number=second.pk, path="/home/dev")}
+    assert shown["blob.bin"] == 200 * 1024
+    # Read through the file's offset in restic's tar of /workspace, its sha256 checked on the way.
+    data = b"".join(file_read(snapshot_select(pod_id=pod_id, number=second.pk, path="/workspace/data.bin")))
+    assert len(data) == 6 * MIB
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+
+def test_a_file_repository_is_refused_for_a_pod_on_another_host_before_it_changes(
+    docker_client,
+    new_pod_id,
+    dedup_file,
+    beside,  # noqa: F811 - imported fixtures
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id)
+    remote = DockerHost.objects.create(name="far", base_url="tcp://192.0.2.1:2376")
+    Pod.objects.filter(pod_id=pod_id).update(host=remote)
+    with pytest.raises(PanelError, match="cannot reach: use a dedup\\+s3:// store"):
+        services.pod_stop(pod_id=pod_id, actor="test")
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+    assert not Snapshot.objects.filter(pod__pod_id=pod_id).exists()
