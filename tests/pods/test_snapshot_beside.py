@@ -5,6 +5,8 @@ start writes the files straight into the new volumes, checked by restic, before 
 On `dedup+file://` (bind-mounted) and `dedup+s3://` on SeaweedFS (the helper on the host's
 network)."""
 
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+
 import pytest
 
 from apps.audit.models import Operation
@@ -13,12 +15,13 @@ from apps.audit.operations import run_now
 from apps.audit.services import Progress
 from apps.pods import services
 from apps.pods.docker_engine import HELPER_LABEL
-from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot
+from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot, container_name
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.verify import snapshot_verify
 from controlpanel.errors import PanelError
-from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - the dedup+file / dedup+s3 fixture
+from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files
+from tests.pods.test_backup import writing
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
@@ -45,7 +48,7 @@ def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_ev
     docker_client,
     new_pod_id,
     store,
-    beside,  # noqa: F811 - imported fixtures
+    beside,
 ):
     pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
     operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
@@ -83,6 +86,8 @@ def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_ev
     # Read through the file's offset in restic's tar of /workspace, its sha256 checked on the way.
     data = b"".join(file_read(snapshot_select(pod_id=pod_id, number=second.pk, path="/workspace/data.bin")))
     assert len(data) == 6 * MIB
+    # A restore drill writes restic's tars into temporary volumes and checks every file.
+    assert services.pod_drill(pod_id=pod_id, actor="test")["files"] == sum(e["files"] for e in entries)
 
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
@@ -92,7 +97,7 @@ def test_a_file_repository_is_refused_for_a_pod_on_another_host_before_it_change
     docker_client,
     new_pod_id,
     dedup_file,
-    beside,  # noqa: F811 - imported fixtures
+    beside,
 ):
     pod_id, _ = pod_with_files(docker_client, new_pod_id)
     remote = DockerHost.objects.create(name="far", base_url="tcp://192.0.2.1:2376")
@@ -101,3 +106,28 @@ def test_a_file_repository_is_refused_for_a_pod_on_another_host_before_it_change
         services.pod_stop(pod_id=pod_id, actor="test")
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
     assert not Snapshot.objects.filter(pod__pod_id=pod_id).exists()
+
+
+def test_backups_of_a_running_pod_beside_it_skip_unchanged_files_and_pause_only_while_restic_scans(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    beside.POD_BACKUP_PAUSE = True
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    writing(docker_client, pod_id, "while true; do date >> /workspace/log; sleep 0.02; done")
+    first = run_now(Kind.POD_BACKUP, pod_id, actor="test").result
+    second = run_now(Kind.POD_BACKUP, pod_id, actor="test").result
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+    assert docker_client.containers.get(container_name(pod_id)).status == "running"
+    assert 0 < second["paused_seconds"] < 30
+    snapshot = Snapshot.objects.get(pk=second["snapshot"])
+    assert snapshot.kind == Snapshot.Kind.BACKUP and snapshot.status == Snapshot.Status.COMPLETE
+    # The second names the first as parent: only the growing log is read again.
+    earlier = Snapshot.objects.get(pk=first["snapshot"])
+    restic_line = next(line for line in log_of(snapshot).splitlines() if "restic snapshot" in line)
+    assert f"(parent {earlier.manifest['workspace']['store_id'][:8]})" in log_of(snapshot)
+    assert "unchanged files" in restic_line and not restic_line.split(" changed, ")[1].startswith("0 unchanged")
+    assert second["stored_bytes"] < 256 * 1024
+    assert helpers_left(docker_client) == []
+    # The log as the backup saw it comes back, checked against its sha256.
+    log = b"".join(file_read(snapshot_select(pod_id=pod_id, number=snapshot.pk, path="/workspace/log")))
+    assert log and log.endswith(b"\n")
