@@ -43,6 +43,9 @@ SECRETS = "/run/pinacle"
 # (`/usr/local` → `/pod/local`): restic's snapshot then holds `local/…`, the names Docker's
 # archive of the same folder uses, so every reader of a volume's tar reads the same names.
 MOUNT_ROOT = "/pod"
+# The pod a restic helper works on: one still there when an operation on the pod begins was
+# left by a worker that died (the pod is claimed by the new one), and goes first.
+POD_OF_HELPER = "pinacle.helper.pod"
 # How often the helper is looked at while restic runs (cancellation, its end).
 POLL_SECONDS = 0.25
 # After SIGINT, restic removes its lock and exits; a helper that does not is killed.
@@ -183,6 +186,7 @@ def restic_in_helper(
     on_line: Callable[[dict], None] | None = None,
     cancelled: Callable[[], str | None] = lambda: None,
     doing: str,
+    pod_id: str,
 ) -> HelperRun:
     """Run `restic *command` in a helper on `engine`'s host with `volumes` ({docker name:
     (path in the helper, read only)}) and `binds` ({folder on the host: path in the helper},
@@ -203,7 +207,7 @@ def restic_in_helper(
             ["/usr/bin/restic", *command],
             environment=env,
             working_dir=MOUNT_ROOT,
-            labels={HELPER_LABEL: "restic"},
+            labels={HELPER_LABEL: "restic", POD_OF_HELPER: pod_id},
             host_config=host_config,
         )["Id"]
     run = HelperRun()
@@ -244,6 +248,19 @@ def _interrupt(engine: DockerEngine, helper: str) -> None:
         api.wait(helper, timeout=INTERRUPT_WAIT_SECONDS)
     except Exception as exc:  # not running any more, or it would not end: the removal kills it
         logger.info("restic helper %s did not end on SIGINT: %s", helper[:12], exc)
+
+
+def pod_helpers_remove(engine: DockerEngine, pod_id: str) -> list[str]:
+    """Stop (SIGINT first: restic removes its lock) and remove the restic helpers a dead worker
+    left working on `pod_id`: they would hold its volumes (a removal refused as "in use") and a
+    repository lock. Returns their names."""
+    with engine._errors(f"looking for restic helpers of pod {pod_id}"):
+        rows = engine.client.api.containers(all=True, filters={"label": f"{POD_OF_HELPER}={pod_id}"})
+    for row in rows:
+        if row.get("State") == "running":
+            _interrupt(engine, row["Id"])
+        engine._helper_remove(row["Id"])
+    return [(row.get("Names") or [row["Id"][:12]])[0].lstrip("/") for row in rows]
 
 
 def local_folder(engine: DockerEngine) -> bool:

@@ -16,6 +16,8 @@ from apps.audit.services import Progress
 from apps.pods import services
 from apps.pods.docker_engine import HELPER_LABEL
 from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot, container_name
+from apps.pods.restic_helper import POD_OF_HELPER, image_ensure
+from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.verify import snapshot_verify
 from controlpanel.errors import PanelError
@@ -131,3 +133,27 @@ def test_backups_of_a_running_pod_beside_it_skip_unchanged_files_and_pause_only_
     # The log as the backup saw it comes back, checked against its sha256.
     log = b"".join(file_read(snapshot_select(pod_id=pod_id, number=snapshot.pk, path="/workspace/log")))
     assert log and log.endswith(b"\n")
+
+
+def test_a_restic_helper_a_dead_worker_left_on_the_pod_goes_before_the_stop_needs_its_volumes(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
+    engine = engine_for(Pod.objects.get(pod_id=pod_id).host)
+    # What a worker killed mid-backup leaves: a helper holding the pod's volumes (created, as
+    # one that had not started yet; Docker refuses to remove a volume any container names).
+    left = docker_client.containers.create(
+        image_ensure(engine),
+        ["/usr/bin/restic", "version"],
+        labels={HELPER_LABEL: "restic", POD_OF_HELPER: pod_id},
+        volumes={v.name: {"bind": f"/pod/{v.name}", "mode": "ro"} for v in pod_volumes_of(docker_client, pod_id)},
+    )
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    assert f"removed restic helpers a stopped worker left on pod {pod_id}: {left.name}" in operation.log
+    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+
+def pod_volumes_of(docker_client, pod_id: str) -> list:
+    return [docker_client.volumes.get(name) for name in pod_volumes(docker_client, pod_id)]

@@ -37,6 +37,7 @@ from apps.pods.restic_helper import (
     HelperFailed,
     credentials_file,
     local_folder,
+    pod_helpers_remove,
     restic_in_helper,
 )
 from apps.pods.services.state import _log
@@ -95,10 +96,21 @@ def _helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, 
     return env, secrets, binds
 
 
-def _helper_restic(store: DedupStore, engine: DockerEngine, *, command, volumes, doing, **run):
+def _helper_restic(store: DedupStore, engine: DockerEngine, *, pod: Pod, operation, command, volumes, doing, **run):
     env, secrets, binds = _helper_setup(store, engine)
+    left = pod_helpers_remove(engine, pod.pod_id)
+    if left:
+        _log(operation, f"removed restic helpers a stopped worker left on pod {pod.pod_id}: {', '.join(left)}")
     result = restic_in_helper(
-        engine, command=command, volumes=volumes, env=env, secrets=secrets, binds=binds, doing=doing, **run
+        engine,
+        command=command,
+        volumes=volumes,
+        env=env,
+        secrets=secrets,
+        binds=binds,
+        doing=doing,
+        pod_id=pod.pod_id,
+        **run,
     )
     if result.exit_code not in (0, INCOMPLETE):
         raise store.error(doing, result.stderr or "\n".join(result.lines[-5:]))
@@ -160,6 +172,8 @@ def _backup(
     result = _helper_restic(
         store,
         engine,
+        pod=pod,
+        operation=operation,
         command=command,
         volumes=volumes_mounted,
         on_line=on_line,
@@ -288,6 +302,8 @@ def folders_restore(
     result = _helper_restic(
         store,
         engine,
+        pod=pod,
+        operation=operation,
         command=["restore", restic_id, "--target", MOUNT_ROOT, "--verify"],
         volumes=volumes_mounted,
         doing=f"restoring snapshot #{snapshot.pk} of pod {pod.pod_id}",
