@@ -21,7 +21,6 @@ the new volumes (`restic restore --verify`).
 import hashlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 
@@ -47,8 +46,6 @@ from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
-# Volumes read back at once after a backup (each a `restic dump` of its own).
-READBACK_STREAMS = 4
 # restic's exit status for a snapshot made without some files it could not read.
 INCOMPLETE = 3
 
@@ -96,11 +93,13 @@ def _helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, 
     return env, secrets, binds
 
 
-def _helper_restic(store: DedupStore, engine: DockerEngine, *, pod: Pod, operation, command, volumes, doing, **run):
+def _helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operation, command, volumes, doing, **run):
+    """restic in a helper labelled with `owner`: a pod's id (the pod's own stop, backup or
+    start: a helper of the pod still there is a dead worker's, and goes first), or a drill's."""
     env, secrets, binds = _helper_setup(store, engine)
-    left = pod_helpers_remove(engine, pod.pod_id)
+    left = pod_helpers_remove(engine, owner)
     if left:
-        _log(operation, f"removed restic helpers a stopped worker left on pod {pod.pod_id}: {', '.join(left)}")
+        _log(operation, f"removed restic helpers a stopped worker left on pod {owner}: {', '.join(left)}")
     result = restic_in_helper(
         engine,
         command=command,
@@ -109,7 +108,7 @@ def _helper_restic(store: DedupStore, engine: DockerEngine, *, pod: Pod, operati
         secrets=secrets,
         binds=binds,
         doing=doing,
-        pod_id=pod.pod_id,
+        pod_id=owner,
         **run,
     )
     if result.exit_code not in (0, INCOMPLETE):
@@ -172,7 +171,7 @@ def _backup(
     result = _helper_restic(
         store,
         engine,
-        pod=pod,
+        owner=pod.pod_id,
         operation=operation,
         command=command,
         volumes=volumes_mounted,
@@ -190,45 +189,43 @@ def _backup(
     return summary
 
 
-def _volume_readback(store: DedupStore, key: str, counter: list[int], lock: threading.Lock) -> dict:
-    """A volume read back from the store: its tar's size, sha256 and file list."""
-    digest, files, count = hashlib.sha256(), TarFileList(), 0
-    for chunk in store.read(key):
-        digest.update(chunk)
-        files.feed(chunk)
-        count += len(chunk)
-        with lock:
-            counter[0] += len(chunk)
-    if not files.ended:
-        raise PanelError(f"snapshot store {store.url}: {key} did not read back to its end")
-    return {"bytes": count, "sha256": digest.hexdigest(), "files": len(files.files), "file_list": files.files}
-
-
 def _readback(
-    *, store: DedupStore, volumes: list[PodVolume], keys: dict[str, str], progress: Progress, operation
+    *, store: DedupStore, volumes: list[PodVolume], key: str, progress: Progress, superseded, operation
 ) -> dict[str, dict]:
-    """Every volume read back at once, READBACK_STREAMS at a time; failures told in volume order."""
-    counter, lock, told = [0], threading.Lock(), 0
-    with ThreadPoolExecutor(max_workers=READBACK_STREAMS, thread_name_prefix="readback") as pool:
-        futures = {v.name: pool.submit(_volume_readback, store, keys[v.name], counter, lock) for v in volumes}
-        pending = set(futures.values())
-        try:
-            while pending:
-                _, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                with lock:
-                    progress.advance(counter[0] - told)
-                    told = counter[0]
-                for volume in volumes:
-                    future = futures[volume.name]
-                    if future.done() and future.exception() is not None:
-                        raise future.exception()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    read = {volume.name: futures[volume.name].result() for volume in volumes}
+    """The whole restic snapshot read back in one `restic dump` (restic checks every chunk's
+    MAC on the way), hashed, and each regular file's path, size and sha256 taken from it:
+    the manifest's entries but the keys. One read, one key derivation, not one per volume."""
+    by_folder = {folder_name(volume): volume.name for volume in volumes}
+    digest, files, count = hashlib.sha256(), TarFileList(), 0
+    stream = store.read(key)
+    try:
+        for chunk in stream:
+            digest.update(chunk)
+            files.feed(chunk)
+            count += len(chunk)
+            progress.advance(len(chunk))
+            why = superseded()
+            if why:
+                raise PanelError(why)
+    finally:
+        stream.close()
+    if not files.ended:
+        raise PanelError(f"snapshot store {store.url}: restic snapshot of {key} did not read back to its end")
+    lists: dict[str, list] = {name: [] for name in by_folder.values()}
+    for entry in files.files:
+        name = by_folder.get(entry[0].split("/", 1)[0])
+        if name is None:
+            raise PanelError(f"snapshot store {store.url}: {entry[0]!r} read back outside the pod's eight folders")
+        lists[name].append(entry)
+    read = {}
     for volume in volumes:
-        entry = read[volume.name]
-        _log(operation, f"read back {volume.docker_name}: {humanize_bytes(entry['bytes'])}, {entry['files']} files")
+        found = lists[volume.name]
+        size = sum(entry[1] for entry in found)
+        read[volume.name] = {"bytes": size, "files": len(found), "file_list": found}
+        _log(operation, f"read back {volume.docker_name}: {humanize_bytes(size)} in {len(found)} files")
+    # Every volume's entry names the same object: the dump of the whole restic snapshot.
+    for entry in read.values():
+        entry.update(sha256=digest.hexdigest(), archive_bytes=count)
     return read
 
 
@@ -271,7 +268,14 @@ def folders_copy(
     why = superseded()
     if why:
         raise PanelError(why)
-    read = _readback(store=store, volumes=volumes, keys=keys, progress=progress, operation=operation)
+    read = _readback(
+        store=store,
+        volumes=volumes,
+        key=keys[volumes[0].name],
+        progress=progress,
+        superseded=superseded,
+        operation=operation,
+    )
     manifest = {}
     for index, volume in enumerate(volumes):
         manifest[volume.name] = {
@@ -288,28 +292,50 @@ def folders_copy(
 
 
 def folders_restore(
-    *, pod: Pod, snapshot: Snapshot, engine: DockerEngine, volumes: list[PodVolume], operation, progress: Progress
+    *,
+    pod: Pod,
+    snapshot: Snapshot,
+    engine: DockerEngine,
+    mounts: dict[str, str],
+    operation,
+    progress: Progress,
+    owner: str | None = None,
 ) -> None:
-    """Write the snapshot's files straight into the pod's new, empty volumes, then have restic
-    read every file written back and check it (`--verify`) before the pod may start."""
+    """Write the snapshot's files straight into new, empty volumes ({docker name: folder}: the
+    pod's, or a drill's), then have restic read every file written back and check it
+    (`--verify`), before the pod may start."""
     store = store_from_url(snapshot.store_url)
     restic_ids = {entry["store_id"] for entry in snapshot.manifest.values()}
     if len(restic_ids) != 1:
         raise PanelError(f"snapshot #{snapshot.pk} does not name one restic snapshot for its volumes")
     restic_id = restic_ids.pop()
     _log(operation, f"restoring the files of restic snapshot {restic_id[:8]} beside the new volumes")
-    volumes_mounted = {v.docker_name: (f"{MOUNT_ROOT}/{folder_name(v)}", False) for v in volumes}
     result = _helper_restic(
         store,
         engine,
-        pod=pod,
+        owner=owner or pod.pod_id,
         operation=operation,
         command=["restore", restic_id, "--target", MOUNT_ROOT, "--verify"],
-        volumes=volumes_mounted,
+        volumes={name: (f"{MOUNT_ROOT}/{folder}", False) for name, folder in mounts.items()},
         doing=f"restoring snapshot #{snapshot.pk} of pod {pod.pod_id}",
     )
     if result.exit_code != 0:
         raise store.error(f"restoring snapshot #{snapshot.pk}", result.stderr)
     progress.advance(snapshot.total_bytes or 0)
     checked = next((line for line in result.lines if "finished verifying" in line), "")
-    _log(operation, f"restored {len(volumes)} volumes; restic read every file back: {checked.strip() or 'verified'}")
+    _log(operation, f"restored {len(mounts)} volumes; restic read every file back: {checked.strip() or 'verified'}")
+
+
+def objects_to_read(manifest: dict) -> list[tuple[list[str], dict]]:
+    """The distinct objects a manifest relies on, each with the volumes it holds: one per
+    volume for a tar stream, one for the eight volumes kept as folders in one restic snapshot."""
+    groups: dict[str, tuple[list[str], dict]] = {}
+    for name, entry in manifest.items():
+        group = entry["store_id"] if entry.get("folder") else entry["key"]
+        groups.setdefault(group, ([], entry))[0].append(name)
+    return list(groups.values())
+
+
+def object_bytes(entry: dict) -> int:
+    """What reading the entry's object back yields: its tar, or restic's tar of the snapshot."""
+    return entry.get("archive_bytes", entry["bytes"])

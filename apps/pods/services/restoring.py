@@ -10,7 +10,7 @@ from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
-from apps.pods.services.capture_folders import folders_precheck, folders_restore
+from apps.pods.services.capture_folders import folder_name, folders_precheck, folders_restore
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
@@ -117,8 +117,9 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     info = _container_create(pod=pod, engine=engine, volumes=volumes, copy_image_content=False)
     progress = Progress(operation, total=snapshot.total_bytes, unit="bytes")
     if all(isinstance(entry, dict) and entry.get("folder") for entry in manifest.values()):
+        mounts = {volume.docker_name: folder_name(volume) for volume in volumes}
         folders_restore(
-            pod=pod, snapshot=snapshot, engine=engine, volumes=volumes, operation=operation, progress=progress
+            pod=pod, snapshot=snapshot, engine=engine, mounts=mounts, operation=operation, progress=progress
         )
         progress.flush()
         engine.container_start(pod.container_name)

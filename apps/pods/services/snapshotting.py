@@ -17,7 +17,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.capture import VOLUME_STREAMS as VOLUME_STREAMS  # re-exported: older imports
 from apps.pods.services.capture import _unreferenced_record, snapshot_capture
-from apps.pods.services.capture_folders import folders_precheck
+from apps.pods.services.capture_folders import folders_precheck, object_bytes, objects_to_read
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _labels, _log, _volumes
 from apps.pods.services.unchanged import purge_keys
@@ -55,18 +55,20 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
     Failures are told in volume order."""
     with ThreadPoolExecutor(max_workers=VERIFY_STREAMS, thread_name_prefix="verify") as pool:
         checks = {
-            name: pool.submit(
+            names[0]: pool.submit(
                 store.verify,
                 entry["key"],
-                expected_bytes=entry["bytes"],
+                expected_bytes=object_bytes(entry),
                 expected_sha256=entry["sha256"],
                 expected_etag=entry["etag"],
             )
-            for name, entry in manifest.items()
+            for names, entry in objects_to_read(manifest)
         }
         written = pool.submit(store.get_small, f"{snapshot.prefix}/manifest.json")
         try:
             for name, entry in manifest.items():
+                if name not in checks:
+                    continue  # held in the object read for another volume
                 try:
                     checks[name].result()
                 except StoreError as exc:

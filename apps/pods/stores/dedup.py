@@ -332,14 +332,27 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         return found[-1]["id"]
 
     def _dump_command(self, key: str) -> list[str]:
-        """A tar stream's file, or restic's own tar of a volume's folder."""
+        """A tar stream's file; for a volume kept as a folder, restic's tar of the whole restic
+        snapshot its key names (the eight folders: one read proves all of them, and a file's
+        offset in it is where the read-back found it)."""
         snapshot_id = self._snapshot_id(key)
         if key in self.folders:
-            return self.command("dump", "--archive", "tar", snapshot_id, f"/{self.folders[key]}")
+            return self.command("dump", "--archive", "tar", snapshot_id, "/")
         return self.command("dump", snapshot_id, f"/{key.rsplit('/', 1)[-1]}")
 
     def read(self, key: str) -> Iterator[bytes]:
-        command = self._dump_command(key)
+        return self._dump(self._dump_command(key), doing=f"reading {key} back")
+
+    def read_file(self, key: str, tar_path: str) -> Iterator[bytes]:
+        """One file of a volume kept as a folder, as itself (`restic dump` of its path): only its
+        own chunks are read, however large the volume."""
+        if key not in self.folders:
+            self._snapshot_id(key)  # learns the layout
+        if key not in self.folders:
+            raise StoreError(f"{self.url}/{key} holds a tar stream, not a folder: read it as a whole")
+        return self._dump(self.command("dump", self._snapshot_id(key), f"/{tar_path}"), doing=f"reading {tar_path}")
+
+    def _dump(self, command: list[str], *, doing: str) -> Iterator[bytes]:
         with tempfile.TemporaryFile() as stderr:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=self.env())
             read_to_end = False
@@ -355,7 +368,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
                 process.stdout.close()
             if process.returncode != 0:
                 stderr.seek(0)
-                raise self.error(f"reading {key} back", stderr.read().decode(errors="replace"))
+                raise self.error(doing, stderr.read().decode(errors="replace"))
 
     def _reader_stop(self, process: subprocess.Popen) -> None:
         """A `restic dump` let go of before its end (a volume found corrupt, a read-ahead not
