@@ -1,6 +1,7 @@
 """Benchmark: stop-with-snapshot and start-with-restore against the limits, in one run.
 
-    .venv/bin/python bench/snapshot.py --store file|s3|dedup     (BENCH_BYTES=4294967296 to scale up)
+    .venv/bin/python bench/snapshot.py --store file|s3|dedup [--engine stream|beside]
+                                                  (BENCH_BYTES=4294967296 to scale up)
 
 Fills a pod's volumes with BENCH_BYTES (default 64 MiB: one large file plus BENCH_SMALL_FILES
 small ones), then times, beside each other:
@@ -21,6 +22,8 @@ For `--store dedup`, restic by hand on the same volume folders is the baseline #
 against, with the same promise: `backup` of the eight folders then `check --read-data` (every
 stored byte read back); the same for the unchanged pod (restic picks the parent snapshot and
 skips unchanged files by their metadata); `restore` into a folder for the start.
+`--engine beside` (SNAPSHOT_ENGINE) runs the panel's restic in a helper container next to the
+volumes instead of streaming each volume's tar into it.
 S3 is SeaweedFS (`weed mini`, started here on 127.0.0.1). Prints every ratio; exits 0.
 """
 
@@ -98,8 +101,8 @@ def folder_bytes(folder: Path) -> int:
 
 
 class Bench:
-    def __init__(self, store: str):
-        self.store = store
+    def __init__(self, store: str, engine: str = "stream"):
+        self.store, self.engine = store, engine
         self.work = Path(tempfile.mkdtemp(prefix="bench-snapshot-"))
         self.s3 = None
         self.bucket = f"bench-{uuid.uuid4().hex[:8]}"
@@ -116,6 +119,7 @@ class Bench:
             "POD_STOP_TIMEOUT_SECONDS": "0",
             "REDIS_URL": "",
             "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "SNAPSHOT_ENGINE": engine,
         }
 
     # --- parts --------------------------------------------------------------------------
@@ -339,7 +343,10 @@ class Bench:
         client.containers.get(container).exec_run(["sh", "-c", f"head -c {large} /dev/urandom > /home/large.bin"])
         client.containers.get(container).exec_run(["sh", "-c", f"head -c {ONE_FILE} /dev/urandom > /home/one.bin"])
         client.api.stop(container, timeout=0)
-        print(f"store {self.store}: pod of {large / MIB:.0f} MiB large file + {SMALL_FILES} small files")
+        print(
+            f"store {self.store}, engine {self.engine}: pod of {large / MIB:.0f} MiB large file "
+            f"+ {SMALL_FILES} small files"
+        )
 
         # Each timed step starts with the disk settled: the writeback of the step before it
         # (dirty pages, a removal's journal) would otherwise be paid by whichever comes next.
@@ -426,8 +433,11 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=["file", "s3", "dedup"], default="s3")
+    parser.add_argument(
+        "--engine", choices=["stream", "beside"], default="stream", help="SNAPSHOT_ENGINE of a dedup store"
+    )
     args = parser.parse_args()
-    bench = Bench(args.store)
+    bench = Bench(args.store, args.engine)
     started = time.monotonic()
     try:
         bench.run()

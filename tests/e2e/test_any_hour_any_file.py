@@ -3,13 +3,15 @@ on SeaweedFS, on the real dockerd and Debian's restic, in Chromium without a rel
 pod with a process writing inside is backed up twice from Back up now (the second adds little:
 the unchanged volumes dedup), one of its files comes back beside the current one from the
 second backup's files page, byte-identical to what the pod held then, and a stop and a start
-bring every file back as it was (the growing log as it was at the stop)."""
+bring every file back as it was (the growing log as it was at the stop). With restic beside the
+volumes (SNAPSHOT_ENGINE=beside): the second backup names the first as its parent."""
 
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
+from apps.audit.models import Operation
 from apps.pods import services
 from apps.pods.models import Snapshot, container_name
 from apps.pods.services.snapshot_files import snapshot_entries
@@ -85,7 +87,9 @@ def test_a_running_pod_backed_up_twice_gives_a_file_back_and_stops_and_starts_id
     docker_client,
     new_pod_id,  # noqa: F811 - the pods tests' fixture, imported above
     store,
+    settings,
 ):
+    settings.SNAPSHOT_ENGINE = "beside"  # the engine this journey proves (issue #22's Done-when)
     page = logged_in_page
     page.set_viewport_size({"width": 1400, "height": 900})
     pod_id = new_pod_id()
@@ -117,8 +121,13 @@ def test_a_running_pod_backed_up_twice_gives_a_file_back_and_stops_and_starts_id
     # changed, /workspace (the log, the journal) and restic's own records: the seven
     # unchanged volumes dedup, and the store grows by a fraction of what the first added.
     assert first.stored_bytes > 200 * KIB and after_first - empty > 200 * KIB
-    assert {name for name, entry in second.manifest.items() if not entry.get("reused")} == {"workspace"}
-    assert second.stored_bytes <= second.manifest["workspace"]["bytes"] + 8 * KIB
+    # restic beside the volumes named the first backup as the second's parent: only the files
+    # that changed were read again.
+    second_log_lines = Operation.objects.get(pk=second.operation_id).log
+    assert f"(parent {first.manifest['workspace']['store_id'][:8]})" in second_log_lines
+    # What it adds: /workspace's changed files, restic's records of the eight folders (each a
+    # tree) and the manifest with every file's sha256, a few KiB.
+    assert second.stored_bytes <= second.manifest["workspace"]["bytes"] + 16 * KIB
     assert after_second - after_first < (after_first - empty) / 2
     assert second.total_bytes >= first.total_bytes
 

@@ -32,6 +32,7 @@ from apps.audit.services import Actor, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
 from apps.pods.services.capture import snapshot_capture
+from apps.pods.services.capture_folders import folders_precheck
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _locked, _log, _volumes, pod_get
 from apps.pods.snapshots import store_from_url
@@ -177,6 +178,7 @@ def pod_backup(*, pod_id: str, actor: Actor, operation: Operation | None = None)
         raise PanelError(f"pod {pod_id!r}'s container is {state}; reconcile it, then back it up again")
     volumes = _volumes(pod)
     store = store_from_url()
+    folders_precheck(store=store, engine=engine)
     store.preflight(needed_bytes=sum(v.size_bytes or 0 for v in volumes) or None, what=f"backing up pod {pod_id!r}")
     pause: dict = {}
     consistency = "paused" if settings.POD_BACKUP_PAUSE else "crash-consistent"

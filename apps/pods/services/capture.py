@@ -28,6 +28,7 @@ from apps.audit.models import Operation
 from apps.audit.services import Progress, Throttle, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
+from apps.pods.services.capture_folders import folders_copy, folders_used
 from apps.pods.services.state import _error_text, _log, host_sample
 from apps.pods.services.streams import ByteCounter, Writers
 from apps.pods.services.unchanged import (
@@ -40,7 +41,7 @@ from apps.pods.services.unchanged import (
     same_as_reference,
     volume_compare,
 )
-from apps.pods.snapshots import DedupStore, SnapshotStore
+from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
@@ -224,6 +225,12 @@ def _unreferenced_record(store: SnapshotStore, operation: Operation | None) -> N
     storage_sample_record(domain=UNREFERENCED_DOMAIN, subject=store.url[:255], total_bytes=unreferenced)
 
 
+def manifest_readback(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation) -> None:
+    """The manifest as written reads back (its volumes were read back as they were made)."""
+    if json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))["volumes"] != manifest:
+        raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
+
+
 def _never() -> str | None:
     return None
 
@@ -254,33 +261,47 @@ def snapshot_capture(
         pod=pod, kind=kind, store_url=store.url, operation=operation, expected_bytes=expected, started_at=timezone.now()
     )
     progress = Progress(operation, total=None, unit="bytes")
-    reference = reference_for(pod=pod, store=store)
+    beside = folders_used(store)
+    reference = None if beside else reference_for(pod=pod, store=store)
     reusable = Reusable(store=store, reference=reference)
     manifest_key = f"{snapshot.prefix}/manifest.json"
     # Writers are made ahead only for what will surely be written: the volumes the reference
     # does not hold, and the manifest (first, when nothing else surely is).
-    writers = Writers(
-        store, [f"{snapshot.prefix}/{v.name}.tar" for v in volumes if reusable.get(v.name) is None] + [manifest_key]
-    )
+    ahead = [] if beside else [f"{snapshot.prefix}/{v.name}.tar" for v in volumes if reusable.get(v.name) is None]
+    writers = Writers(store, [*ahead, manifest_key])
     given_up = (lambda: superseded(snapshot)) if superseded is not None else _never
     try:
         snapshot.transition(Snapshot.Status.UPLOADING)
         Snapshot.objects.filter(pk=snapshot.pk, status=Snapshot.Status.PENDING).update(status=snapshot.status)
         if len(writers.keys) == 1:
             writers.prepare(manifest_key)
-        with streaming():
-            manifest = _volumes_stream(
+        if beside:  # every volume read back in here: the readback below checks the manifest
+            manifest = folders_copy(
                 pod=pod,
-                volumes=volumes,
                 engine=engine,
+                store=store,
+                volumes=volumes,
                 snapshot=snapshot,
                 progress=progress,
                 operation=operation,
-                reusable=reusable,
-                writers=writers,
-                attempts=1 if container_stopped else RUNNING_ATTEMPTS,
+                streaming=streaming,
                 superseded=given_up,
             )
+            readback = manifest_readback if readback is not None else None
+        else:
+            with streaming():
+                manifest = _volumes_stream(
+                    pod=pod,
+                    volumes=volumes,
+                    engine=engine,
+                    snapshot=snapshot,
+                    progress=progress,
+                    operation=operation,
+                    reusable=reusable,
+                    writers=writers,
+                    attempts=1 if container_stopped else RUNNING_ATTEMPTS,
+                    superseded=given_up,
+                )
         same_as_reference(manifest, reference)
         # The manifest is written last: a snapshot without one never counts as complete. Its
         # per-file lists ({volume: [[path, size, sha256], …]}) live in the store's copy only.

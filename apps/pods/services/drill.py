@@ -22,6 +22,7 @@ from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, VOLUME_PREFIX, DockerHost, Pod, Snapshot
+from apps.pods.services.capture_folders import folders_restore
 from apps.pods.services.fleet import hosts_each
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _latest_complete, _log, pod_get
@@ -105,6 +106,14 @@ def _drill_restore(
     written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
     file_lists = written.get("files") or {}
     problems = []
+    if all(isinstance(entry, dict) and entry.get("folder") for entry in snapshot.manifest.values()):
+        # Kept as folders: restored as a start restores them (restic writes, then checks each
+        # file), then every file read back out of the volumes against the snapshot's lists.
+        mounts = {drill_volume_name(pod.pod_id, v): PurePosixPath(m).name for v, m in VOLUME_MOUNTS.items()}
+        folders_restore(
+            pod=pod, snapshot=snapshot, engine=engine, mounts=mounts, operation=None, progress=progress, owner=container
+        )
+        return problems + _lists_compared(engine=engine, container=container, file_lists=file_lists)
     for volume, mount_path in VOLUME_MOUNTS.items():
         entry = snapshot.manifest.get(volume)
         if entry is None:
@@ -134,6 +143,16 @@ def _drill_restore(
         for chunk in engine.archive_read(container=container, path=mount_path):
             found.feed(chunk)
         problems += [f"{volume}: {line}" for line in file_differences(file_lists[volume], found.files)]
+    return problems
+
+
+def _lists_compared(*, engine: DockerEngine, container: str, file_lists: dict) -> list[str]:
+    problems = []
+    for volume, mount_path in VOLUME_MOUNTS.items():
+        found = TarFileList()
+        for chunk in engine.archive_read(container=container, path=mount_path):
+            found.feed(chunk)
+        problems += [f"{volume}: {line}" for line in file_differences(file_lists.get(volume, []), found.files)]
     return problems
 
 

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 from apps.pods.models import VOLUME_MOUNTS, Snapshot
 from apps.pods.services.state import pod_get
-from apps.pods.snapshots import SnapshotStore, StoreError, store_from_url
+from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
 from controlpanel.errors import InvalidInput, NotFound
 from controlpanel.formatting import first_line, humanize_bytes
@@ -353,6 +353,8 @@ def file_read(selection: Selection, row: FileRow | None = None) -> Iterator[byte
     row = row or selection.rows[0]
     store = _store_for(selection.snapshot)
     key = _key(selection.snapshot, row)
+    if isinstance(store, DedupStore) and key in store.folders:  # kept as a folder: the file alone
+        return _verified(store.read_file(key, row.tar_path), row, selection.snapshot)
     offset = row.offset if row.offset is not None else _located(store, key, row)
     return _verified(store.read_range(key, offset, row.size), row, selection.snapshot)
 
@@ -366,7 +368,9 @@ def _rows_read(selection: Selection) -> Iterator[tuple[FileRow, Iterator[bytes]]
     for row in selection.rows:
         by_volume.setdefault(row.volume, []).append(row)
     for volume_rows in by_volume.values():
-        if store.ranged or any(row.offset is None for row in volume_rows):
+        # A few files of a volume kept as a folder: each alone (a restic process each).
+        alone = isinstance(store, DedupStore) and _key(selection.snapshot, volume_rows[0]) in store.folders
+        if store.ranged or any(row.offset is None for row in volume_rows) or (alone and len(volume_rows) <= 4):
             for row in volume_rows:
                 yield row, file_read(selection, row)
             continue

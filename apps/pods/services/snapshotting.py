@@ -17,6 +17,8 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.capture import VOLUME_STREAMS as VOLUME_STREAMS  # re-exported: older imports
 from apps.pods.services.capture import _unreferenced_record, snapshot_capture
+from apps.pods.services.capture_folders import folders_precheck, object_bytes, objects_to_read
+from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _labels, _log, _volumes
 from apps.pods.services.unchanged import purge_keys
 from apps.pods.services.verify import DEDUP_REPAIR
@@ -53,18 +55,20 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
     Failures are told in volume order."""
     with ThreadPoolExecutor(max_workers=VERIFY_STREAMS, thread_name_prefix="verify") as pool:
         checks = {
-            name: pool.submit(
+            names[0]: pool.submit(
                 store.verify,
                 entry["key"],
-                expected_bytes=entry["bytes"],
+                expected_bytes=object_bytes(entry),
                 expected_sha256=entry["sha256"],
                 expected_etag=entry["etag"],
             )
-            for name, entry in manifest.items()
+            for names, entry in objects_to_read(manifest)
         }
         written = pool.submit(store.get_small, f"{snapshot.prefix}/manifest.json")
         try:
             for name, entry in manifest.items():
+                if name not in checks:
+                    continue  # held in the object read for another volume
                 try:
                     checks[name].result()
                 except StoreError as exc:
@@ -125,7 +129,9 @@ def _needed_bytes(pod: Pod) -> int | None:
 def _snapshot_precheck(*, pod: Pod) -> None:
     """Before the pod changes state or its container stops: the store answers, holds the
     right key, is not being pruned, and has room for the last measured sizes."""
-    store_from_url().preflight(needed_bytes=_needed_bytes(pod), what=f"stopping pod {pod.pod_id!r}")
+    store = store_from_url()
+    folders_precheck(store=store, engine=engine_for(pod.host))
+    store.preflight(needed_bytes=_needed_bytes(pod), what=f"stopping pod {pod.pod_id!r}")
 
 
 def _snapshot_take(
@@ -133,6 +139,7 @@ def _snapshot_take(
 ) -> Snapshot:
     store = store_from_url()
     if not prechecked:  # a resumed stop skipped the up-front check: now, before the container stops
+        folders_precheck(store=store, engine=engine)
         store.preflight(needed_bytes=_needed_bytes(pod), what=f"stopping pod {pod.pod_id!r}")
     volumes = _volumes(pod)
     missing = [v.docker_name for v in volumes if not engine.volume_exists(v.docker_name)]

@@ -22,6 +22,7 @@ from apps.pods.models import (
     Snapshot,
     volume_docker_name,
 )
+from apps.pods.restic_helper import pod_helpers_remove
 from controlpanel.errors import InvalidInput, NotFound, PanelError
 from controlpanel.paths import validate_id
 
@@ -104,6 +105,15 @@ def _volumes_remove(*, pod: Pod, engine: DockerEngine, operation: Operation | No
     """Remove the pod's eight volumes by name, then look again: none may remain."""
     # container.remove(v=True) removes only anonymous volumes, never named ones, so each
     # named volume is removed explicitly here (the leak this panel exists to prevent).
+    # A restic helper still holding them (a dead worker's, a superseded backup's) would make
+    # Docker refuse: the pod is this operation's now, so it goes first.
+    try:
+        left = pod_helpers_remove(engine, pod.pod_id)
+    except PanelError as exc:  # the removal below says what is wrong with the host, volume by volume
+        left = []
+        _log(operation, f"could not look for restic helpers: {exc}")
+    if left:
+        _log(operation, f"removed restic helpers still holding the volumes: {', '.join(left)}")
     removed, refusals = [], []
     for volume in _volumes(pod):
         try:

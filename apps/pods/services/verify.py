@@ -20,6 +20,7 @@ from apps.audit.names import AuditAction, TargetType
 from apps.audit.notify import notify
 from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.services.capture_folders import object_bytes, objects_to_read
 from apps.pods.services.state import _log
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from controlpanel.errors import PanelError
@@ -70,10 +71,10 @@ def _read_back(*, store: SnapshotStore, key: str, entry: dict, progress: Progres
         digest.update(chunk)
         count += len(chunk)
         progress.advance(len(chunk))
-    if count != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
+    if count != object_bytes(entry) or digest.hexdigest() != entry["sha256"]:
         raise StoreError(
             f"{store.url}/{key} reads back {count} bytes with sha256 {digest.hexdigest()[:12]}…; "
-            f"the manifest says {entry['bytes']} bytes, {entry['sha256'][:12]}…"
+            f"the manifest says {object_bytes(entry)} bytes, {entry['sha256'][:12]}…"
         )
 
 
@@ -86,12 +87,13 @@ def snapshot_verify(*, snapshot: Snapshot, progress: Progress, operation: Operat
         if isinstance(store, DedupStore):
             # The key first (one listing): a refused key is told as such, not as damage.
             store.keys_present([entry["key"] for entry in snapshot.manifest.values()])
-        for name, entry in snapshot.manifest.items():
+        for names, entry in objects_to_read(snapshot.manifest):
             try:
                 _read_back(store=store, key=entry["key"], entry=entry, progress=progress)
             except StoreError as exc:
                 raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
-            _log(operation, f"snapshot #{snapshot.pk} {name}: {humanize_bytes(entry['bytes'])}, sha256 matches")
+            held = humanize_bytes(object_bytes(entry))
+            _log(operation, f"snapshot #{snapshot.pk} {', '.join(names)}: {held}, sha256 matches")
         try:
             written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
         except StoreError as exc:

@@ -29,12 +29,20 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
 from apps.pods.stores import restic_locks
-from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full
+from apps.pods.stores.base import (
+    CHUNK_SIZE,
+    ObjectWriter,
+    SnapshotStore,
+    StoreError,
+    StoreFull,
+    store_full,
+    volume_of,
+)
 from apps.pods.stores.restic_locks import RepositoryLocks
 from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line
@@ -48,6 +56,8 @@ LOCKED = "repository is already locked"
 INTERRUPTED = 130
 # How long a restic stopped with SIGINT may take to remove its lock and exit.
 INTERRUPT_WAIT_SECONDS = 30
+# The tag of a restic snapshot that holds a pod's volumes as folders, one tag per volume key.
+FOLDER_LAYOUT = "layout=folder"
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
@@ -55,6 +65,14 @@ def _size(text: str) -> int:
     """restic's `4.769 MiB` → bytes."""
     number, _, unit = text.strip().partition(" ")
     return int(float(number) * UNITS.get(unit.strip(), 1))
+
+
+def folder_of(key: str) -> str:
+    """`…/usr-local.tar` → `local`: the folder a volume is backed up as beside the volumes (its
+    mount's last name, the name Docker's archive of the same folder starts with)."""
+    from apps.pods.models import VOLUME_MOUNTS  # the store knows pods only by this one table
+
+    return PurePosixPath(VOLUME_MOUNTS[volume_of(key)]).name
 
 
 class _ResticWriter(ObjectWriter):
@@ -137,6 +155,9 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         self.url = url
         self.path, self.bucket, self.prefix = path, bucket, prefix.strip("/")
         self.ids: dict[str, str] = {}  # key → restic snapshot id, for what this store wrote
+        # key → the folder a volume was backed up as (`services.capture_folders`): read back
+        # as restic's tar of that folder, not as the file a tar stream was stored as.
+        self.folders: dict[str, str] = {}
 
     # --- running restic -------------------------------------------------------------
 
@@ -297,6 +318,8 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         for entry in manifest.values():
             if isinstance(entry, dict) and entry.get("key") and entry.get("store_id"):
                 self.ids.setdefault(entry["key"], entry["store_id"])
+                if entry.get("folder"):
+                    self.folders.setdefault(entry["key"], entry["folder"])
 
     def _snapshot_id(self, key: str) -> str:
         if key in self.ids:
@@ -304,15 +327,34 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         found = sorted(self._snapshots(key), key=lambda s: s["time"])
         if not found:
             raise StoreError(f"{self.url}/{key} is missing")
+        if FOLDER_LAYOUT in (found[-1].get("tags") or []):
+            self.folders[key] = folder_of(key)
         return found[-1]["id"]
 
-    def read(self, key: str) -> Iterator[bytes]:
+    def _dump_command(self, key: str) -> list[str]:
+        """A tar stream's file; for a volume kept as a folder, restic's tar of the whole restic
+        snapshot its key names (the eight folders: one read proves all of them, and a file's
+        offset in it is where the read-back found it)."""
         snapshot_id = self._snapshot_id(key)
-        name = key.rsplit("/", 1)[-1]
+        if key in self.folders:
+            return self.command("dump", "--archive", "tar", snapshot_id, "/")
+        return self.command("dump", snapshot_id, f"/{key.rsplit('/', 1)[-1]}")
+
+    def read(self, key: str) -> Iterator[bytes]:
+        return self._dump(self._dump_command(key), doing=f"reading {key} back")
+
+    def read_file(self, key: str, tar_path: str) -> Iterator[bytes]:
+        """One file of a volume kept as a folder, as itself (`restic dump` of its path): only its
+        own chunks are read, however large the volume."""
+        if key not in self.folders:
+            self._snapshot_id(key)  # learns the layout
+        if key not in self.folders:
+            raise StoreError(f"{self.url}/{key} holds a tar stream, not a folder: read it as a whole")
+        return self._dump(self.command("dump", self._snapshot_id(key), f"/{tar_path}"), doing=f"reading {tar_path}")
+
+    def _dump(self, command: list[str], *, doing: str) -> Iterator[bytes]:
         with tempfile.TemporaryFile() as stderr:
-            process = subprocess.Popen(
-                self.command("dump", snapshot_id, f"/{name}"), stdout=subprocess.PIPE, stderr=stderr, env=self.env()
-            )
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=self.env())
             read_to_end = False
             try:
                 while chunk := process.stdout.read(CHUNK_SIZE):
@@ -326,7 +368,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
                 process.stdout.close()
             if process.returncode != 0:
                 stderr.seek(0)
-                raise self.error(f"reading {key} back", stderr.read().decode(errors="replace"))
+                raise self.error(doing, stderr.read().decode(errors="replace"))
 
     def _reader_stop(self, process: subprocess.Popen) -> None:
         """A `restic dump` let go of before its end (a volume found corrupt, a read-ahead not
@@ -347,6 +389,8 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             snapshot_id = self._snapshot_id(key)
         except StoreError:
             return None
+        if key in self.folders:
+            return None  # restic's tar of a folder has no size until it is made
         for line in self.run("ls", "--json", snapshot_id, doing=f"listing {key}").splitlines():
             node = json.loads(line)
             if node.get("struct_type") == "node" and node.get("type") == "file":

@@ -1,0 +1,283 @@
+"""restic beside a pod's volumes: a short-lived helper container on the pod's own Docker host
+runs Debian's restic with the volumes mounted, so restic reads and writes folders (parent
+snapshots skip unchanged files by their metadata; restores write files in parallel) instead
+of a tar stream through the Docker API.
+
+The helper's image is made by the panel, without a registry: the restic binary and the libc
+it links (`ldd`), a passwd file and the CA bundle, imported with `docker import` onto each
+host that lacks it, tagged by the digest of what it holds (a new restic is a new image).
+
+Secrets never go into the container's configuration (`docker inspect` would show it): the
+repository key and S3 credentials are written into the created, not yet started, container
+as files (`put_archive`), gone with it. The helper shares the host's network (an S3 endpoint
+on the host's loopback answers) and its PID namespace: restic's locks name a PID and a host
+name, and a lock left by a helper that is gone is then recognised as such
+(`stores.restic_locks`).
+"""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+
+from apps.pods.docker_engine import HELPER_LABEL, DockerEngine, DockerFailure
+from controlpanel.errors import PanelError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_REPOSITORY = "pinacle-restic"
+SECRETS = "/run/pinacle"
+# Where the pod's volumes are mounted in the helper, each as its mount's last name
+# (`/usr/local` → `/pod/local`): restic's snapshot then holds `local/…`, the names Docker's
+# archive of the same folder uses, so every reader of a volume's tar reads the same names.
+MOUNT_ROOT = "/pod"
+# The pod a restic helper works on: one still there when an operation on the pod begins was
+# left by a worker that died (the pod is claimed by the new one), and goes first.
+POD_OF_HELPER = "pinacle.helper.pod"
+# How often the helper is looked at while restic runs (cancellation, its end).
+POLL_SECONDS = 0.25
+# After SIGINT, restic removes its lock and exits; a helper that does not is killed.
+INTERRUPT_WAIT_SECONDS = 30
+_image_lock = threading.Lock()
+_image_cache: dict[str, tuple[str, bytes]] = {}
+
+
+class HelperFailed(PanelError):
+    """restic in the helper exited with an error; `stderr` says why (for `DedupStore.error`)."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def _libraries(binary: str) -> list[str]:
+    """The shared objects `binary` loads (`ldd`), the loader included: absolute paths."""
+    done = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False)
+    found = []
+    for line in done.stdout.splitlines():
+        match = re.search(r"(/\S+)", line.split("=>")[-1])
+        if match and os.path.exists(match.group(1)):
+            found.append(match.group(1))
+    return found
+
+
+def _image_files() -> list[tuple[str, str]]:
+    """(path in the image, path here) for everything the helper image holds."""
+    restic = shutil.which("restic")
+    if restic is None:
+        raise PanelError("the restic helper image needs Debian's restic on the panel's machine: apt-get install restic")
+    files = [("usr/bin/restic", restic)]
+    files += [(library.lstrip("/"), library) for library in _libraries(restic)]
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    if os.path.exists(bundle):
+        files.append((bundle.lstrip("/"), bundle))
+    return files
+
+
+def _image_tar() -> tuple[str, bytes]:
+    """(tag, rootfs tar) of the helper image; made once per process."""
+    with _image_lock:
+        if "image" in _image_cache:
+            return _image_cache["image"]
+        buffer, digest = io.BytesIO(), hashlib.sha256()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for folder, mode in [("tmp", 0o1777), ("run", 0o755), ("etc", 0o755), ("root", 0o700), ("pod", 0o755)]:
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, mode
+                tar.addfile(info)
+            for name, body in [("etc/passwd", b"root:x:0:0:root:/root:/bin/false\n"), ("etc/group", b"root:x:0:\n")]:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(body), 0o644
+                tar.addfile(info, io.BytesIO(body))
+                digest.update(name.encode() + body)
+            for inside, here in _image_files():
+                real = os.path.realpath(here)
+                info = tar.gettarinfo(real, arcname=inside)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                with open(real, "rb") as body:
+                    tar.addfile(info, body)
+                with open(real, "rb") as body:
+                    digest.update(inside.encode())
+                    for piece in iter(lambda body=body: body.read(1024 * 1024), b""):
+                        digest.update(piece)
+        _image_cache["image"] = (f"{IMAGE_REPOSITORY}:{digest.hexdigest()[:16]}", buffer.getvalue())
+        return _image_cache["image"]
+
+
+def image_ensure(engine: DockerEngine) -> str:
+    """The helper image on `engine`'s host, imported first if the host lacks it."""
+    tag, body = _image_tar()
+    with engine._errors("looking up the restic helper image"):
+        try:
+            engine.client.api.inspect_image(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+    repository, _, version = tag.partition(":")
+    with engine._errors("loading the restic helper image"):
+        engine.client.api.import_image_from_data(body, repository=repository, tag=version)
+    return tag
+
+
+def _secrets_tar(secrets: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo(SECRETS.strip("/"))
+        folder.type, folder.mode = tarfile.DIRTYPE, 0o700
+        tar.addfile(folder)
+        for name, body in secrets.items():
+            info = tarfile.TarInfo(f"{SECRETS.strip('/')}/{name}")
+            info.size, info.mode = len(body), 0o400
+            tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+@dataclass
+class HelperRun:
+    """What one restic in a helper printed: its stdout lines as they came, its stderr."""
+
+    exit_code: int = -1
+    lines: list[str] = field(default_factory=list)
+    stderr: str = ""
+
+
+def _follow(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable[[dict], None] | None) -> None:
+    """Read the helper's stdout as it comes, one JSON line at a time (a thread of its own)."""
+    held = b""
+    try:
+        for piece in engine.client.api.logs(helper, stream=True, follow=True, stdout=True, stderr=False):
+            held += piece
+            *complete, held = held.split(b"\n")
+            for raw in complete:
+                line = raw.decode("utf-8", "replace")
+                run.lines.append(line)
+                if on_line is not None and line.startswith("{"):
+                    try:
+                        on_line(json.loads(line))
+                    except ValueError:
+                        pass
+    except Exception as exc:  # the helper went away with its host: the wait says so
+        logger.info("stopped following restic helper %s: %s", helper[:12], exc)
+    if held:
+        run.lines.append(held.decode("utf-8", "replace"))
+
+
+def restic_in_helper(
+    engine: DockerEngine,
+    *,
+    command: list[str],
+    volumes: dict[str, tuple[str, bool]],
+    env: dict[str, str],
+    secrets: dict[str, bytes],
+    binds: dict[str, str] | None = None,
+    on_line: Callable[[dict], None] | None = None,
+    cancelled: Callable[[], str | None] = lambda: None,
+    doing: str,
+    pod_id: str,
+) -> HelperRun:
+    """Run `restic *command` in a helper on `engine`'s host with `volumes` ({docker name:
+    (path in the helper, read only)}) and `binds` ({folder on the host: path in the helper},
+    read-write) mounted. `on_line` gets each JSON line restic prints (on a thread: it must not
+    touch the database). `cancelled()` is asked while restic runs: a reason stops restic with
+    SIGINT (it removes its lock first) and raises that reason."""
+    image = image_ensure(engine)
+    mounts = [
+        docker.types.Mount(target=target, source=name, type="volume", read_only=read_only, no_copy=True)
+        for name, (target, read_only) in volumes.items()
+    ]
+    mounts += [docker.types.Mount(target=path, source=folder, type="bind") for folder, path in (binds or {}).items()]
+    api = engine.client.api
+    with engine._errors(f"creating the restic helper for {doing}"):
+        host_config = api.create_host_config(mounts=mounts, network_mode="host", pid_mode="host")
+        helper = api.create_container(
+            image,
+            ["/usr/bin/restic", *command],
+            environment=env,
+            working_dir=MOUNT_ROOT,
+            labels={HELPER_LABEL: "restic", POD_OF_HELPER: pod_id},
+            host_config=host_config,
+        )["Id"]
+    run = HelperRun()
+    try:
+        with engine._errors(f"starting the restic helper for {doing}"):
+            if not api.put_archive(helper, "/", _secrets_tar(secrets)):
+                raise DockerFailure(f"Docker host {engine.host_name!r} did not take the restic helper's key")
+            api.start(helper)
+        follower = threading.Thread(target=_follow, args=(engine, helper, run, on_line), daemon=True)
+        follower.start()
+        while True:
+            with engine._errors(f"waiting for the restic helper ({doing})"):
+                state = api.inspect_container(helper)["State"]
+            if not state.get("Running"):
+                run.exit_code = int(state.get("ExitCode", -1))
+                break
+            why = cancelled()
+            if why:
+                _interrupt(engine, helper)
+                raise PanelError(why)
+            time.sleep(POLL_SECONDS)
+        follower.join(timeout=10)
+        with engine._errors(f"reading the restic helper's errors ({doing})"):
+            run.stderr = api.logs(helper, stdout=False, stderr=True).decode("utf-8", "replace")
+    except BaseException:
+        _interrupt(engine, helper)
+        raise
+    finally:
+        engine._helper_remove(helper)
+    return run
+
+
+def _interrupt(engine: DockerEngine, helper: str) -> None:
+    """SIGINT, as restic wants it to remove its lock; killed if it does not end in time."""
+    api = engine.client.api
+    try:
+        api.kill(helper, signal="SIGINT")
+        api.wait(helper, timeout=INTERRUPT_WAIT_SECONDS)
+    except Exception as exc:  # not running any more, or it would not end: the removal kills it
+        logger.info("restic helper %s did not end on SIGINT: %s", helper[:12], exc)
+
+
+def pod_helpers_remove(engine: DockerEngine, pod_id: str) -> list[str]:
+    """Stop (SIGINT first: restic removes its lock) and remove the restic helpers a dead worker
+    left working on `pod_id`: they would hold its volumes (a removal refused as "in use") and a
+    repository lock. Returns their names."""
+    with engine._errors(f"looking for restic helpers of pod {pod_id}"):
+        rows = engine.client.api.containers(all=True, filters={"label": f"{POD_OF_HELPER}={pod_id}"})
+    for row in rows:
+        if row.get("State") == "running":
+            _interrupt(engine, row["Id"])
+        engine._helper_remove(row["Id"])
+    return [(row.get("Names") or [row["Id"][:12]])[0].lstrip("/") for row in rows]
+
+
+def local_folder(engine: DockerEngine) -> bool:
+    """The host is this machine (a Unix socket): a folder here can be bind-mounted there."""
+    return engine.base_url.startswith("unix://")
+
+
+def credentials_file() -> bytes | None:
+    """The S3 credentials restic in a helper needs, as an AWS shared-credentials file."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        return None
+    lines = ["[default]", f"aws_access_key_id = {key}", f"aws_secret_access_key = {secret}"]
+    if os.environ.get("AWS_SESSION_TOKEN"):
+        lines.append(f"aws_session_token = {os.environ['AWS_SESSION_TOKEN']}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def key_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()

@@ -1,0 +1,341 @@
+"""A deduplicated store's copy of a pod made beside its volumes (SNAPSHOT_ENGINE=beside):
+restic in a helper container on the pod's own host backs up the eight volumes as folders, in
+one restic snapshot tagged with the eight volume keys; restores write the files straight into
+the new volumes (`restic restore --verify`).
+
+- **Parent.** The pod's last complete folder snapshot in the store is the backup's parent:
+  restic skips files whose size, times and inode did not change and reads only the rest. The
+  parent is always named (every pod's helper backs up the same paths, and restic would
+  otherwise pick another pod's snapshot as the parent). While any snapshot of the store
+  failed its last re-read there is no parent: every file is read again.
+- **Read back before it counts.** Every volume of the new restic snapshot is read back in
+  this operation (`restic dump` of its folder as a tar, every chunk's MAC checked by restic);
+  its size, sha256 and file list, taken from that read, are what the manifest records, and
+  what a verify, a drill, a file download and the tar stores' readers compare against later.
+  A backup restic calls incomplete (a file it could not read) is forgotten and fails.
+- **Where.** A `dedup+file://` repository is bind-mounted into the helper, so only a host on
+  this machine can reach it; `dedup+s3://` works from any host (the helper shares the host's
+  network). A remote host with a file repository is refused before the pod changes state.
+"""
+
+import hashlib
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path, PurePosixPath
+
+from django.conf import settings
+
+from apps.audit.models import Operation
+from apps.audit.services import Progress
+from apps.pods.docker_engine import DockerEngine
+from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.restic_helper import (
+    MOUNT_ROOT,
+    SECRETS,
+    HelperFailed,
+    credentials_file,
+    local_folder,
+    pod_helpers_remove,
+    restic_in_helper,
+)
+from apps.pods.services.state import _log
+from apps.pods.snapshots import store_from_url
+from apps.pods.stores.dedup import FOLDER_LAYOUT, HOST, DedupStore
+from apps.pods.stores.tarlist import TarFileList
+from controlpanel.errors import PanelError
+from controlpanel.formatting import humanize_bytes
+
+# restic's exit status for a snapshot made without some files it could not read.
+INCOMPLETE = 3
+
+
+def folders_used(store) -> bool:
+    """Whether copies into `store` are made beside the volumes."""
+    return isinstance(store, DedupStore) and settings.SNAPSHOT_ENGINE == "beside"
+
+
+def folders_precheck(*, store, engine: DockerEngine, always: bool = False) -> None:
+    """A file repository can be bind-mounted only into a helper on this machine (`always`: a
+    folder snapshot's restore, whatever SNAPSHOT_ENGINE says now)."""
+    wanted = always or folders_used(store)
+    if wanted and isinstance(store, DedupStore) and store.path is not None and not local_folder(engine):
+        raise PanelError(
+            f"snapshot store {store.url} is a folder on the panel's machine, which Docker host "
+            f"{engine.host_name!r} cannot reach: use a dedup+s3:// store for pods on other hosts; nothing was touched"
+        )
+
+
+def folder_name(volume: PodVolume) -> str:
+    return PurePosixPath(volume.mount_path).name
+
+
+def _helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, dict]:
+    """(env, secrets, binds) for restic in a helper to open `store`."""
+    folders_precheck(store=store, engine=engine, always=True)
+    secrets = {"key": Path(store.key_file()).read_bytes()}
+    env = {"RESTIC_PASSWORD_FILE": f"{SECRETS}/key", "RESTIC_CACHE_DIR": "/cache"}
+    binds = {}
+    if local_folder(engine):
+        cache = Path(settings.VAR_DIR) / "restic-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        binds[str(cache)] = "/cache"
+    if store.path is not None:
+        binds[str(store.path)] = "/repo"
+        env["RESTIC_REPOSITORY"] = "/repo"
+    else:
+        env["RESTIC_REPOSITORY"] = store.repository
+        env["AWS_DEFAULT_REGION"] = settings.AWS_REGION
+        credentials = credentials_file()
+        if credentials is not None:
+            secrets["aws"] = credentials
+            env["AWS_SHARED_CREDENTIALS_FILE"] = f"{SECRETS}/aws"
+    return env, secrets, binds
+
+
+def _helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operation, command, volumes, doing, **run):
+    """restic in a helper labelled with `owner`: a pod's id (the pod's own stop, backup or
+    start: a helper of the pod still there is a dead worker's, and goes first), or a drill's."""
+    env, secrets, binds = _helper_setup(store, engine)
+    left = pod_helpers_remove(engine, owner)
+    if left:
+        _log(operation, f"removed restic helpers a stopped worker left on pod {owner}: {', '.join(left)}")
+    result = restic_in_helper(
+        engine,
+        command=command,
+        volumes=volumes,
+        env=env,
+        secrets=secrets,
+        binds=binds,
+        doing=doing,
+        pod_id=owner,
+        **run,
+    )
+    if result.exit_code not in (0, INCOMPLETE):
+        raise store.error(doing, result.stderr or "\n".join(result.lines[-5:]))
+    return result
+
+
+def parent_for(*, pod: Pod, store: DedupStore) -> str | None:
+    """The restic id of the pod's last complete folder snapshot in `store`, if it may be trusted."""
+    complete = Snapshot.objects.filter(status=Snapshot.Status.COMPLETE, store_url=store.url)
+    if complete.exclude(verify_error="").exists():
+        return None
+    for manifest in complete.filter(pod=pod).order_by("-finished_at", "-id").values_list("manifest", flat=True)[:1]:
+        entries = [e for e in (manifest or {}).values() if isinstance(e, dict)]
+        if entries and all(e.get("folder") and e.get("store_id") for e in entries):
+            return entries[0]["store_id"]
+    return None
+
+
+def _backup(
+    *,
+    pod: Pod,
+    engine: DockerEngine,
+    store: DedupStore,
+    volumes: list[PodVolume],
+    keys: dict[str, str],
+    progress: Progress,
+    operation: Operation | None,
+    superseded: Callable[[], str | None],
+) -> dict:
+    """One restic backup of the eight folders; restic's summary."""
+    parent = parent_for(pod=pod, store=store)
+    command = ["backup", "--json", "--host", HOST, "--tag", FOLDER_LAYOUT]
+    for volume in volumes:
+        command += ["--tag", keys[volume.name]]
+    command += ["--parent", parent] if parent else ["--force"]
+    command += [folder_name(volume) for volume in volumes]
+    _log(operation, f"backing up the volumes beside them with restic{' (parent ' + parent[:8] + ')' if parent else ''}")
+    seen = {"bytes_done": 0}
+    lock = threading.Lock()
+
+    def on_line(line: dict) -> None:
+        if line.get("message_type") == "status":
+            with lock:
+                seen["bytes_done"] = max(seen["bytes_done"], int(line.get("bytes_done") or 0))
+        elif line.get("message_type") == "summary":
+            with lock:
+                seen["summary"] = line
+
+    told = [0]
+
+    def cancelled() -> str | None:
+        with lock:
+            done = seen["bytes_done"]
+        progress.advance(done - told[0])  # the calling thread: progress writes to the database
+        told[0] = done
+        return superseded()
+
+    volumes_mounted = {v.docker_name: (f"{MOUNT_ROOT}/{folder_name(v)}", True) for v in volumes}
+    result = _helper_restic(
+        store,
+        engine,
+        owner=pod.pod_id,
+        operation=operation,
+        command=command,
+        volumes=volumes_mounted,
+        on_line=on_line,
+        cancelled=cancelled,
+        doing=f"backing up pod {pod.pod_id}",
+    )
+    summary = seen.get("summary")
+    if summary is None:
+        raise HelperFailed(f"snapshot store {store.url}: restic finished backing up pod {pod.pod_id} without a summary")
+    if result.exit_code == INCOMPLETE:
+        store.run("forget", summary["snapshot_id"], doing="forgetting an incomplete backup")
+        unread = " ".join(result.stderr.split())[-300:]
+        raise PanelError(f"restic could not read every file of pod {pod.pod_id}, so nothing counts: {unread}")
+    return summary
+
+
+def _readback(
+    *, store: DedupStore, volumes: list[PodVolume], key: str, progress: Progress, superseded, operation
+) -> dict[str, dict]:
+    """The whole restic snapshot read back in one `restic dump` (restic checks every chunk's
+    MAC on the way), hashed, and each regular file's path, size and sha256 taken from it:
+    the manifest's entries but the keys. One read, one key derivation, not one per volume."""
+    by_folder = {folder_name(volume): volume.name for volume in volumes}
+    digest, files, count = hashlib.sha256(), TarFileList(), 0
+    stream = store.read(key)
+    try:
+        for chunk in stream:
+            digest.update(chunk)
+            files.feed(chunk)
+            count += len(chunk)
+            progress.advance(len(chunk))
+            why = superseded()
+            if why:
+                raise PanelError(why)
+    finally:
+        stream.close()
+    if not files.ended:
+        raise PanelError(f"snapshot store {store.url}: restic snapshot of {key} did not read back to its end")
+    lists: dict[str, list] = {name: [] for name in by_folder.values()}
+    for entry in files.files:
+        name = by_folder.get(entry[0].split("/", 1)[0])
+        if name is None:
+            raise PanelError(f"snapshot store {store.url}: {entry[0]!r} read back outside the pod's eight folders")
+        lists[name].append(entry)
+    read = {}
+    for volume in volumes:
+        found = lists[volume.name]
+        size = sum(entry[1] for entry in found)
+        read[volume.name] = {"bytes": size, "files": len(found), "file_list": found}
+        _log(operation, f"read back {volume.docker_name}: {humanize_bytes(size)} in {len(found)} files")
+    # Every volume's entry names the same object: the dump of the whole restic snapshot.
+    for entry in read.values():
+        entry.update(sha256=digest.hexdigest(), archive_bytes=count)
+    return read
+
+
+def folders_copy(
+    *,
+    pod: Pod,
+    engine: DockerEngine,
+    store: DedupStore,
+    volumes: list[PodVolume],
+    snapshot: Snapshot,
+    progress: Progress,
+    operation: Operation | None,
+    streaming: Callable[[], AbstractContextManager],
+    superseded: Callable[[], str | None],
+) -> dict[str, dict]:
+    """Back the volumes up beside them (inside `streaming()`: a backup's pause), then read every
+    one back; the manifest's entries."""
+    keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
+    with streaming():
+        summary = _backup(
+            pod=pod,
+            engine=engine,
+            store=store,
+            volumes=volumes,
+            keys=keys,
+            progress=progress,
+            operation=operation,
+            superseded=superseded,
+        )
+    restic_id = summary["snapshot_id"]
+    for volume in volumes:
+        store.ids[keys[volume.name]] = restic_id
+        store.folders[keys[volume.name]] = folder_name(volume)
+    added = int(summary.get("data_added") or 0)
+    _log(
+        operation,
+        f"restic snapshot {restic_id[:8]}: {summary.get('files_new', 0)} new, {summary.get('files_changed', 0)} "
+        f"changed, {summary.get('files_unmodified', 0)} unchanged files; {humanize_bytes(added)} added to the store",
+    )
+    why = superseded()
+    if why:
+        raise PanelError(why)
+    read = _readback(
+        store=store,
+        volumes=volumes,
+        key=keys[volumes[0].name],
+        progress=progress,
+        superseded=superseded,
+        operation=operation,
+    )
+    manifest = {}
+    for index, volume in enumerate(volumes):
+        manifest[volume.name] = {
+            "key": keys[volume.name],
+            "mount_path": volume.mount_path,
+            "folder": folder_name(volume),
+            **read[volume.name],
+            "etag": None,
+            # One restic snapshot holds the eight: what it added is told once.
+            "stored_bytes": added if index == 0 else 0,
+            "store_id": restic_id,
+        }
+    return manifest
+
+
+def folders_restore(
+    *,
+    pod: Pod,
+    snapshot: Snapshot,
+    engine: DockerEngine,
+    mounts: dict[str, str],
+    operation,
+    progress: Progress,
+    owner: str | None = None,
+) -> None:
+    """Write the snapshot's files straight into new, empty volumes ({docker name: folder}: the
+    pod's, or a drill's), then have restic read every file written back and check it
+    (`--verify`), before the pod may start."""
+    store = store_from_url(snapshot.store_url)
+    restic_ids = {entry["store_id"] for entry in snapshot.manifest.values()}
+    if len(restic_ids) != 1:
+        raise PanelError(f"snapshot #{snapshot.pk} does not name one restic snapshot for its volumes")
+    restic_id = restic_ids.pop()
+    _log(operation, f"restoring the files of restic snapshot {restic_id[:8]} beside the new volumes")
+    result = _helper_restic(
+        store,
+        engine,
+        owner=owner or pod.pod_id,
+        operation=operation,
+        command=["restore", restic_id, "--target", MOUNT_ROOT, "--verify"],
+        volumes={name: (f"{MOUNT_ROOT}/{folder}", False) for name, folder in mounts.items()},
+        doing=f"restoring snapshot #{snapshot.pk} of pod {pod.pod_id}",
+    )
+    if result.exit_code != 0:
+        raise store.error(f"restoring snapshot #{snapshot.pk}", result.stderr)
+    progress.advance(snapshot.total_bytes or 0)
+    checked = next((line for line in result.lines if "finished verifying" in line), "")
+    _log(operation, f"restored {len(mounts)} volumes; restic read every file back: {checked.strip() or 'verified'}")
+
+
+def objects_to_read(manifest: dict) -> list[tuple[list[str], dict]]:
+    """The distinct objects a manifest relies on, each with the volumes it holds: one per
+    volume for a tar stream, one for the eight volumes kept as folders in one restic snapshot."""
+    groups: dict[str, tuple[list[str], dict]] = {}
+    for name, entry in manifest.items():
+        group = entry["store_id"] if entry.get("folder") else entry["key"]
+        groups.setdefault(group, ([], entry))[0].append(name)
+    return list(groups.values())
+
+
+def object_bytes(entry: dict) -> int:
+    """What reading the entry's object back yields: its tar, or restic's tar of the snapshot."""
+    return entry.get("archive_bytes", entry["bytes"])

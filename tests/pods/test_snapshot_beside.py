@@ -1,0 +1,159 @@
+"""SNAPSHOT_ENGINE=beside on the real dockerd and Debian's restic: restic runs in a helper
+container next to the pod's volumes (an image the panel imports itself), backs up folders with
+the pod's last snapshot as parent, every volume is read back before any is removed, and a
+start writes the files straight into the new volumes, checked by restic, before the pod runs.
+On `dedup+file://` (bind-mounted) and `dedup+s3://` on SeaweedFS (the helper on the host's
+network)."""
+
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+
+import pytest
+
+from apps.audit.models import Operation
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.audit.services import Progress
+from apps.pods import services
+from apps.pods.docker_engine import HELPER_LABEL
+from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot, container_name
+from apps.pods.restic_helper import POD_OF_HELPER, image_ensure
+from apps.pods.services.hosts import engine_for
+from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
+from apps.pods.services.verify import snapshot_verify
+from controlpanel.errors import PanelError
+from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files
+from tests.pods.test_backup import writing
+from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+MIB = 1024 * 1024
+SCRIPT = WRITE_SCRIPT + "dd if=/dev/urandom of=/workspace/data.bin bs=1M count=6 2>/dev/null\n"
+
+
+@pytest.fixture
+def beside(settings):
+    settings.SNAPSHOT_ENGINE = "beside"
+    return settings
+
+
+def helpers_left(docker_client) -> list[str]:
+    return [c.name for c in docker_client.containers.list(all=True, filters={"label": f"{HELPER_LABEL}=restic"})]
+
+
+def log_of(snapshot: Snapshot) -> str:
+    return Operation.objects.get(pk=snapshot.operation_id).log
+
+
+def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_every_file_back(
+    docker_client,
+    new_pod_id,
+    store,
+    beside,
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    first = Snapshot.objects.get(pod__pod_id=pod_id)
+    assert Operation.objects.get(pk=operation.pk).status == Operation.Status.SUCCEEDED
+    assert first.status == Snapshot.Status.COMPLETE
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+    # One restic snapshot holds the eight folders; each volume was read back as restic's tar.
+    entries = first.manifest.values()
+    assert {entry["folder"] for entry in entries} == {name.rsplit("/", 1)[-1] for name in VOLUME_MOUNTS.values()}
+    assert len({entry["store_id"] for entry in entries}) == 1
+    assert first.total_bytes > 6 * MIB and first.stored_bytes > 6 * MIB
+    log = log_of(first)
+    assert "backing up the volumes beside them with restic" in log and "(parent" not in log
+    assert all(f"read back {volume.docker_name}" in log for volume in Pod.objects.get(pod_id=pod_id).volumes.all())
+    assert helpers_left(docker_client) == []
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+    assert helpers_left(docker_client) == []
+
+    # The second stop names the first as parent: the unchanged files are not read again, and
+    # what it adds is metadata (Docker rewrites /etc/hostname and /etc/hosts for each container).
+    run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
+    assert second.pk != first.pk and second.status == Snapshot.Status.COMPLETE
+    assert f"(parent {first.manifest['workspace']['store_id'][:8]})" in log_of(second)
+    assert second.stored_bytes < MIB
+    assert second.manifest["workspace"]["sha256"] == first.manifest["workspace"]["sha256"]
+
+    # Everything that reads a snapshot reads this one: a verify, the files page, a download.
+    assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
+    shown = {entry.name: entry.size for entry in snapshot_entries(pod_id=pod_id, number=second.pk, path="/home/dev")}
+    assert shown["blob.bin"] == 200 * 1024
+    # Read through the file's offset in restic's tar of /workspace, its sha256 checked on the way.
+    data = b"".join(file_read(snapshot_select(pod_id=pod_id, number=second.pk, path="/workspace/data.bin")))
+    assert len(data) == 6 * MIB
+    # A restore drill writes restic's tars into temporary volumes and checks every file.
+    assert services.pod_drill(pod_id=pod_id, actor="test")["files"] == sum(e["files"] for e in entries)
+
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+
+def test_a_file_repository_is_refused_for_a_pod_on_another_host_before_it_changes(
+    docker_client,
+    new_pod_id,
+    dedup_file,
+    beside,
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id)
+    remote = DockerHost.objects.create(name="far", base_url="tcp://192.0.2.1:2376")
+    Pod.objects.filter(pod_id=pod_id).update(host=remote)
+    with pytest.raises(PanelError, match="cannot reach: use a dedup\\+s3:// store"):
+        services.pod_stop(pod_id=pod_id, actor="test")
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+    assert not Snapshot.objects.filter(pod__pod_id=pod_id).exists()
+
+
+def test_backups_of_a_running_pod_beside_it_skip_unchanged_files_and_pause_only_while_restic_scans(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    beside.POD_BACKUP_PAUSE = True
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    writing(docker_client, pod_id, "while true; do date >> /workspace/log; sleep 0.02; done")
+    first = run_now(Kind.POD_BACKUP, pod_id, actor="test").result
+    second = run_now(Kind.POD_BACKUP, pod_id, actor="test").result
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+    assert docker_client.containers.get(container_name(pod_id)).status == "running"
+    assert 0 < second["paused_seconds"] < 30
+    snapshot = Snapshot.objects.get(pk=second["snapshot"])
+    assert snapshot.kind == Snapshot.Kind.BACKUP and snapshot.status == Snapshot.Status.COMPLETE
+    # The second names the first as parent: only the growing log is read again.
+    earlier = Snapshot.objects.get(pk=first["snapshot"])
+    restic_line = next(line for line in log_of(snapshot).splitlines() if "restic snapshot" in line)
+    assert f"(parent {earlier.manifest['workspace']['store_id'][:8]})" in log_of(snapshot)
+    assert "unchanged files" in restic_line and not restic_line.split(" changed, ")[1].startswith("0 unchanged")
+    assert second["stored_bytes"] < 256 * 1024
+    assert helpers_left(docker_client) == []
+    # The log as the backup saw it comes back, checked against its sha256.
+    log = b"".join(file_read(snapshot_select(pod_id=pod_id, number=snapshot.pk, path="/workspace/log")))
+    assert log and log.endswith(b"\n")
+
+
+def test_a_restic_helper_a_dead_worker_left_on_the_pod_goes_before_the_stop_needs_its_volumes(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
+    engine = engine_for(Pod.objects.get(pod_id=pod_id).host)
+    # What a worker killed mid-backup leaves: a helper holding the pod's volumes (created, as
+    # one that had not started yet; Docker refuses to remove a volume any container names).
+    left = docker_client.containers.create(
+        image_ensure(engine),
+        ["/usr/bin/restic", "version"],
+        labels={HELPER_LABEL: "restic", POD_OF_HELPER: pod_id},
+        volumes={v.name: {"bind": f"/pod/{v.name}", "mode": "ro"} for v in pod_volumes_of(docker_client, pod_id)},
+    )
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    assert f"removed restic helpers a stopped worker left on pod {pod_id}: {left.name}" in operation.log
+    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+
+def pod_volumes_of(docker_client, pod_id: str) -> list:
+    return [docker_client.volumes.get(name) for name in pod_volumes(docker_client, pod_id)]
