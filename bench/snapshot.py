@@ -13,8 +13,10 @@ small ones), then times, beside each other:
   ours:       `manage.py pods stop` and `manage.py pods start`, each in its own process (the
               operation row's start-to-finish, and the process's peak RSS).
 For `--store dedup` (restic, `dedup+file://`), also: a second stop of the unchanged pod (bytes
-added and time, against the first), and ten pods from one image (a base of BENCH_BYTES/2 plus
-BENCH_BYTES/20 of their own each), all stopped: the store's growth against base + 10 × own.
+added and time, against the first), two backups of the started pod with POD_BACKUP_PAUSE=1 (the
+unchanged one's time against the first, its bytes and its pause), and ten pods from one image
+(a base of BENCH_BYTES/2 plus BENCH_BYTES/20 of their own each), all stopped: the store's
+growth against base + 10 × own.
 Every store: one 10 MiB file (in /home after the large one: a tar stream reaches it last) read
 out of the pod's latest snapshot (`snapshot_files.file_read`,
 what the files page and a restore beside use), against #22's 2 s.
@@ -29,6 +31,7 @@ S3 is SeaweedFS (`weed mini`, started here on 127.0.0.1). Prints every ratio; ex
 
 import argparse
 import io
+import json
 import os
 import shutil
 import sqlite3
@@ -298,6 +301,29 @@ class Bench:
         shutil.rmtree(self.work / "by-hand-restore", ignore_errors=True)
         return times
 
+    # --- dedup: backups of the running pod -----------------------------------------------------
+
+    def backups(self, pod_id: str) -> list[dict]:
+        """Two backups of the started pod, nothing written in between, POD_BACKUP_PAUSE=1: each
+        one's seconds, stored bytes and pause (the operation's result)."""
+        self.manage("pods", "start", pod_id)
+        env, made = {**self.env, "POD_BACKUP_PAUSE": "1"}, []
+        for _ in range(2):
+            settle()
+            subprocess.run(
+                [sys.executable, "manage.py", "pods", "backup", pod_id, "--json"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            with sqlite3.connect(self.work / "bench.sqlite3") as db:
+                (result,) = db.execute(
+                    "SELECT result FROM audit_operation WHERE kind = 'pod.backup' ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            made.append(json.loads(result))
+        return made
+
     # --- dedup: ten pods from one image ------------------------------------------------------
 
     def ten_pods(self, client) -> tuple[int, int]:
@@ -412,6 +438,16 @@ class Bench:
         print(f"ratio unchanged stop/restic by hand: {second / by_hand['unchanged']:.2f}x (target ≤ 1.3)")
         print(f"ratio start/restic restore by hand: {start / by_hand['restore']:.2f}x (target ≤ 1.3)")
         print(f"one 10 MiB file, restic dump by hand: {by_hand['one file']:.2f} s")
+        first_backup, unchanged_backup = self.backups(pod_id)
+        print(
+            f"backups of the running pod (POD_BACKUP_PAUSE=1): first {first_backup['seconds']:.2f} s, "
+            f"paused {first_backup['paused_seconds']:.2f} s; unchanged {unchanged_backup['seconds']:.2f} s, "
+            f"paused {unchanged_backup['paused_seconds']:.2f} s, added {unchanged_backup['stored_bytes']} bytes"
+        )
+        print(
+            f"ratio unchanged backup/first backup: {unchanged_backup['seconds'] / first_backup['seconds']:.2f}x "
+            f"(target ≤ 0.25; ≤ 1 MiB stored: {unchanged_backup['stored_bytes'] <= MIB}; pause ≤ 2 s at 4 GiB)"
+        )
         grown, expected = self.ten_pods(client)
         print(
             f"ten pods from one image: store grew {grown / MIB:.1f} MiB for base + 10 × own = {expected / MIB:.1f} MiB"

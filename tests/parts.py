@@ -42,16 +42,22 @@ def pod_id(letter: str = "t") -> str:
 
 
 def docker_leftovers_remove(client) -> list[str]:
-    """Remove every pod container, pod volume and restore-drill object named with this run's
+    """Remove every pod container, pod volume, restic helper and restore-drill object with this run's
     tag (what a test that failed before its teardown left); returns their names. Other runs'
     objects stay."""
     import docker
 
     prefixes = tuple(f"pinacle-{kind}-{RUN_TAG}-" for kind in ("pod", "vol", "drill"))
     removed = []
-    # Containers first: a volume a container of ours still mounts cannot go before it.
-    for container in client.containers.list(all=True, filters={"name": RUN_TAG}):
-        if container.name.startswith(prefixes):
+    # Containers first: a volume a container of ours still mounts cannot go before it. A restic
+    # helper is named by Docker, and labelled with its pod's id (which holds the run's tag).
+    helpers = [
+        c
+        for c in client.containers.list(all=True, filters={"label": "pinacle.helper.pod"})
+        if RUN_TAG in c.labels.get("pinacle.helper.pod", "")
+    ]
+    for container in client.containers.list(all=True, filters={"name": RUN_TAG}) + helpers:
+        if container.name.startswith(prefixes) or container in helpers:
             try:
                 container.remove(force=True)
                 removed.append(container.name)

@@ -157,3 +157,21 @@ def test_a_restic_helper_a_dead_worker_left_on_the_pod_goes_before_the_stop_need
 
 def pod_volumes_of(docker_client, pod_id: str) -> list:
     return [docker_client.volumes.get(name) for name in pod_volumes(docker_client, pod_id)]
+
+
+def test_a_backup_of_a_pod_that_changed_nothing_takes_its_parents_reading_and_verifies(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id)
+    first = Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
+    second = Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
+    assert f"the same folders as snapshot #{first.pk} (restic's tree is unchanged): not read again" in log_of(second)
+    assert second.manifest["home"]["store_id"] != first.manifest["home"]["store_id"]
+    assert {n: e["sha256"] for n, e in second.manifest.items()} == {n: e["sha256"] for n, e in first.manifest.items()}
+    # Its files are there to browse and read, and the verify schedule's read-back proves it.
+    shown = {entry.name: entry.size for entry in snapshot_entries(pod_id=pod_id, number=second.pk, path="/home/dev")}
+    assert shown["blob.bin"] == 200 * 1024
+    assert len(b"".join(file_read(snapshot_select(pod_id=pod_id, number=second.pk, path="/home/dev/blob.bin")))) == (
+        200 * 1024
+    )
+    assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""

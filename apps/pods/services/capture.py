@@ -286,6 +286,7 @@ def snapshot_capture(
                 operation=operation,
                 streaming=streaming,
                 superseded=given_up,
+                read_back=container_stopped,
             )
             readback = manifest_readback if readback is not None else None
         else:

@@ -19,6 +19,7 @@ the new volumes (`restic restore --verify`).
 """
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -116,16 +117,46 @@ def _helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, opera
     return result
 
 
-def parent_for(*, pod: Pod, store: DedupStore) -> str | None:
-    """The restic id of the pod's last complete folder snapshot in `store`, if it may be trusted."""
+def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
+    """The pod's last complete folder snapshot in `store` (its restic snapshot is the next
+    backup's parent), if the store may be trusted."""
     complete = Snapshot.objects.filter(status=Snapshot.Status.COMPLETE, store_url=store.url)
     if complete.exclude(verify_error="").exists():
         return None
-    for manifest in complete.filter(pod=pod).order_by("-finished_at", "-id").values_list("manifest", flat=True)[:1]:
-        entries = [e for e in (manifest or {}).values() if isinstance(e, dict)]
+    for snapshot in complete.filter(pod=pod).order_by("-finished_at", "-id")[:1]:
+        entries = [e for e in (snapshot.manifest or {}).values() if isinstance(e, dict)]
         if entries and all(e.get("folder") and e.get("store_id") for e in entries):
-            return entries[0]["store_id"]
+            return snapshot
     return None
+
+
+def _restic_id(snapshot: Snapshot) -> str:
+    return next(iter(snapshot.manifest.values()))["store_id"]
+
+
+def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, volumes) -> dict[str, dict] | None:
+    """A backup whose restic snapshot has its parent's tree holds the very same folders (restic's
+    trees are content-addressed: the same tree id is the same names, metadata and chunks): the
+    parent's entries and file lists describe it byte for byte, and nothing needs reading now.
+    None when anything differs."""
+    trees = {
+        found["id"]: found.get("tree")
+        for found in json.loads(
+            store.run("snapshots", "--json", restic_id, _restic_id(parent), doing="comparing with the parent") or "[]"
+        )
+    }
+    ours = [tree for restic, tree in trees.items() if restic.startswith(restic_id)]
+    theirs = [tree for restic, tree in trees.items() if restic.startswith(_restic_id(parent))]
+    if not ours or not theirs or ours[0] != theirs[0]:
+        return None
+    lists = json.loads(store.get_small(f"{parent.prefix}/manifest.json")).get("files") or {}
+    if set(lists) != {volume.name for volume in volumes}:
+        return None
+    keep = ("bytes", "files", "sha256", "archive_bytes")
+    return {
+        volume.name: {**{k: parent.manifest[volume.name][k] for k in keep}, "file_list": lists[volume.name]}
+        for volume in volumes
+    }
 
 
 def _backup(
@@ -140,7 +171,8 @@ def _backup(
     superseded: Callable[[], str | None],
 ) -> dict:
     """One restic backup of the eight folders; restic's summary."""
-    parent = parent_for(pod=pod, store=store)
+    earlier = parent_for(pod=pod, store=store)
+    parent = _restic_id(earlier) if earlier is not None else None
     command = ["backup", "--json", "--host", HOST, "--tag", FOLDER_LAYOUT]
     for volume in volumes:
         command += ["--tag", keys[volume.name]]
@@ -240,9 +272,11 @@ def folders_copy(
     operation: Operation | None,
     streaming: Callable[[], AbstractContextManager],
     superseded: Callable[[], str | None],
+    read_back: bool = True,
 ) -> dict[str, dict]:
     """Back the volumes up beside them (inside `streaming()`: a backup's pause), then read every
-    one back; the manifest's entries."""
+    one back (`read_back`: a stop; a backup may take an unchanged parent's reading); the
+    manifest's entries."""
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
     with streaming():
         summary = _backup(
@@ -268,14 +302,24 @@ def folders_copy(
     why = superseded()
     if why:
         raise PanelError(why)
-    read = _readback(
-        store=store,
-        volumes=volumes,
-        key=keys[volumes[0].name],
-        progress=progress,
-        superseded=superseded,
-        operation=operation,
-    )
+    # A stop reads every byte back before it removes anything; a backup removes nothing, so
+    # one that changed nothing since its parent takes the parent's reading (the verify
+    # schedule reads it back later: until then it is "not yet proven").
+    earlier = None if read_back else parent_for(pod=pod, store=store)
+    read = None
+    if earlier is not None and not (summary.get("files_new") or summary.get("files_changed")):
+        read = _unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes)
+        if read is not None:
+            _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
+    if read is None:
+        read = _readback(
+            store=store,
+            volumes=volumes,
+            key=keys[volumes[0].name],
+            progress=progress,
+            superseded=superseded,
+            operation=operation,
+        )
     manifest = {}
     for index, volume in enumerate(volumes):
         manifest[volume.name] = {
