@@ -48,6 +48,15 @@ def own_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashes():
+    """Passwords hashed in microseconds in the test process (tests/fast_hasher.py)."""
+    from django.test.utils import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["tests.fast_hasher.FastPBKDF2PasswordHasher"]):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def clear_cache():
     from django.core.cache import cache

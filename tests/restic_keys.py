@@ -69,3 +69,15 @@ def restic_key_make_fast(repository: Path, password: str) -> None:
     new.write_bytes(body)
     new.chmod(old.stat().st_mode)
     old.unlink()
+
+
+def restic_key_make_fast_on_s3(client, bucket: str, prefix: str, password: str, scratch: Path) -> None:
+    """`restic_key_make_fast` for a repository on S3 under `prefix`: its key object is rewrapped
+    in `scratch` (an empty folder) and put back in the old one's place."""
+    (old,) = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/keys/")["Contents"]]
+    (scratch / "keys").mkdir(parents=True)
+    client.download_file(bucket, old, str(scratch / "keys" / old.rsplit("/", 1)[-1]))
+    restic_key_make_fast(scratch, password)
+    (new,) = list((scratch / "keys").iterdir())
+    client.upload_file(str(new), bucket, f"{prefix}/keys/{new.name}")
+    client.delete_object(Bucket=bucket, Key=old)

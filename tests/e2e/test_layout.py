@@ -66,13 +66,15 @@ def test_page_fits_a_phone_and_a_laptop_window(browser, live_server, staff_user,
     folder = artifacts / "pages"
     folder.mkdir(exist_ok=True)
     path = "/login/" if name == "login" else page_urls(world)[name]
-    too_wide = {}
+    too_wide, session = {}, None
     for label, (width, height) in WIDTHS.items():
-        context = browser.new_context(viewport={"width": width, "height": height})
+        # One log-in (and the overview it lands on) per page: the second window gets its cookies.
+        context = browser.new_context(viewport={"width": width, "height": height}, storage_state=session)
         try:
             page = context.new_page()
-            if name != "login":
+            if name != "login" and session is None:
                 log_in(page, live_server, "root", "pw-root-123!")
+                session = context.storage_state()
             page.goto(f"{live_server.url}{path}")
             page.screenshot(path=str(folder / f"{name}-{width}.png"), full_page=True)
             scroll_width, client_width = page.evaluate(OVERFLOW_JS)

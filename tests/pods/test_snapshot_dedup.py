@@ -24,7 +24,7 @@ from apps.pods.stores import dedup
 from controlpanel.errors import PanelError
 from tests.parts import require_part
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
-from tests.restic_keys import restic_key_make_fast
+from tests.restic_keys import restic_key_make_fast, restic_key_make_fast_on_s3
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -417,15 +417,22 @@ def test_purge_forgets_and_prunes_and_a_prune_deferred_under_a_stop_is_reported_
 
 @pytest.mark.s3
 def test_dedup_on_s3_stops_and_restores_byte_identical(
-    docker_client, new_pod_id, restic, s3_server, s3_bucket, settings
+    docker_client, new_pod_id, restic, s3_server, s3_bucket, settings, tmp_path
 ):
     settings.SNAPSHOT_STORE_URL = f"dedup+s3://{s3_bucket}/repo"
+    client = s3_server.client()
+    # The panel creates the repository on the empty bucket (restic init, its key calibrated to
+    # half a second of CPU); the key is then rewrapped fast, or each of the ~30 restic processes
+    # below would pay that derivation again (`tests.restic_keys`).
+    assert "Contents" not in client.list_objects_v2(Bucket=s3_bucket, Prefix="repo/")
+    assert store_from_url().repository_ensure() == []
+    restic_key_make_fast_on_s3(client, s3_bucket, "repo", restic.read_text(), tmp_path / "fast-key")
     pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
 
     services.pod_stop(pod_id=pod_id, actor="test")
 
     snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="repo/")["Contents"]]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="repo/")["Contents"]]
     assert "repo/config" in keys and any(k.startswith("repo/data/") for k in keys)
     assert snapshot.stored_bytes > 10 * MIB
     assert pod_volumes(docker_client, pod_id) == []
