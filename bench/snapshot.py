@@ -16,7 +16,7 @@ For `--store dedup` (restic, `dedup+file://`), also: a second stop of the unchan
 added and time, against the first), two backups of the started pod with POD_BACKUP_PAUSE=1 (the
 unchanged one's time against the first, its bytes and its pause), and ten pods from one image
 (a base of BENCH_BYTES/2 plus BENCH_BYTES/20 of their own each), all stopped: the store's
-growth against base + 10 × own.
+growth against base + 10 × own (BENCH_TEN_PODS=0 leaves it out).
 Every store: one 10 MiB file (in /home after the large one: a tar stream reaches it last) read
 out of the pod's latest snapshot (`snapshot_files.file_read`,
 what the files page and a restore beside use), against #22's 2 s.
