@@ -51,7 +51,7 @@ POLL_SECONDS = 0.25
 # After SIGINT, restic removes its lock and exits; a helper that does not is killed.
 INTERRUPT_WAIT_SECONDS = 30
 _image_lock = threading.Lock()
-_image_cache: dict[str, tuple[str, bytes]] = {}
+_image_tags: dict[str, str] = {}  # the helper image's tag, worked out once per process
 
 
 class HelperFailed(PanelError):
@@ -87,10 +87,8 @@ def _image_files() -> list[tuple[str, str]]:
 
 
 def _image_tar() -> tuple[str, bytes]:
-    """(tag, rootfs tar) of the helper image; made once per process."""
+    """(tag, rootfs tar) of the helper image: made when a host lacks it, never kept (~20 MB)."""
     with _image_lock:
-        if "image" in _image_cache:
-            return _image_cache["image"]
         buffer, digest = io.BytesIO(), hashlib.sha256()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for folder, mode in [("tmp", 0o1777), ("run", 0o755), ("etc", 0o755), ("root", 0o700), ("pod", 0o755)]:
@@ -113,19 +111,23 @@ def _image_tar() -> tuple[str, bytes]:
                     digest.update(inside.encode())
                     for piece in iter(lambda body=body: body.read(1024 * 1024), b""):
                         digest.update(piece)
-        _image_cache["image"] = (f"{IMAGE_REPOSITORY}:{digest.hexdigest()[:16]}", buffer.getvalue())
-        return _image_cache["image"]
+        tag = f"{IMAGE_REPOSITORY}:{digest.hexdigest()[:16]}"
+        _image_tags["image"] = tag
+        return tag, buffer.getvalue()
 
 
 def image_ensure(engine: DockerEngine) -> str:
     """The helper image on `engine`'s host, imported first if the host lacks it."""
-    tag, body = _image_tar()
+    tag = _image_tags.get("image")
+    if tag is None:
+        tag, _body = _image_tar()
     with engine._errors("looking up the restic helper image"):
         try:
             engine.client.api.inspect_image(tag)
             return tag
         except docker.errors.ImageNotFound:
             pass
+    tag, body = _image_tar()  # a restic upgraded meanwhile makes a new tag: imported as such
     repository, _, version = tag.partition(":")
     with engine._errors("loading the restic helper image"):
         engine.client.api.import_image_from_data(body, repository=repository, tag=version)
