@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import docker.errors
 
@@ -52,14 +51,6 @@ POLL_SECONDS = 0.25
 INTERRUPT_WAIT_SECONDS = 30
 _image_lock = threading.Lock()
 _image_tags: dict[str, str] = {}  # the helper image's tag, worked out once per process
-
-
-class HelperFailed(PanelError):
-    """restic in the helper exited with an error; `stderr` says why (for `DedupStore.error`)."""
-
-    def __init__(self, message: str, stderr: str = ""):
-        super().__init__(message)
-        self.stderr = stderr
 
 
 def _libraries(binary: str) -> list[str]:
@@ -279,7 +270,3 @@ def credentials_file() -> bytes | None:
     if os.environ.get("AWS_SESSION_TOKEN"):
         lines.append(f"aws_session_token = {os.environ['AWS_SESSION_TOKEN']}")
     return ("\n".join(lines) + "\n").encode()
-
-
-def key_bytes(path: str) -> bytes:
-    return Path(path).read_bytes()

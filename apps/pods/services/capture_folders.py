@@ -34,7 +34,6 @@ from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.restic_helper import (
     MOUNT_ROOT,
     SECRETS,
-    HelperFailed,
     credentials_file,
     local_folder,
     pod_helpers_remove,
@@ -42,6 +41,7 @@ from apps.pods.restic_helper import (
 )
 from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
+from apps.pods.stores.base import StoreError
 from apps.pods.stores.dedup import FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
@@ -169,9 +169,9 @@ def _backup(
     progress: Progress,
     operation: Operation | None,
     superseded: Callable[[], str | None],
+    earlier: Snapshot | None,
 ) -> dict:
-    """One restic backup of the eight folders; restic's summary."""
-    earlier = parent_for(pod=pod, store=store)
+    """One restic backup of the eight folders, `earlier`'s restic snapshot as parent; restic's summary."""
     parent = _restic_id(earlier) if earlier is not None else None
     command = ["backup", "--json", "--host", HOST, "--tag", FOLDER_LAYOUT]
     for volume in volumes:
@@ -213,7 +213,7 @@ def _backup(
     )
     summary = seen.get("summary")
     if summary is None:
-        raise HelperFailed(f"snapshot store {store.url}: restic finished backing up pod {pod.pod_id} without a summary")
+        raise StoreError(f"snapshot store {store.url}: restic finished backing up pod {pod.pod_id} without a summary")
     if result.exit_code == INCOMPLETE:
         store.run("forget", summary["snapshot_id"], doing="forgetting an incomplete backup")
         unread = " ".join(result.stderr.split())[-300:]
@@ -278,8 +278,10 @@ def folders_copy(
     one back (`read_back`: a stop; a backup may take an unchanged parent's reading); the
     manifest's entries."""
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
+    earlier = parent_for(pod=pod, store=store)
     with streaming():
         summary = _backup(
+            earlier=earlier,
             pod=pod,
             engine=engine,
             store=store,
@@ -305,9 +307,8 @@ def folders_copy(
     # A stop reads every byte back before it removes anything; a backup removes nothing, so
     # one that changed nothing since its parent takes the parent's reading (the verify
     # schedule reads it back later: until then it is "not yet proven").
-    earlier = None if read_back else parent_for(pod=pod, store=store)
     read = None
-    if earlier is not None and not (summary.get("files_new") or summary.get("files_changed")):
+    if not read_back and earlier is not None and not (summary.get("files_new") or summary.get("files_changed")):
         read = _unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes)
         if read is not None:
             _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
@@ -368,6 +369,12 @@ def folders_restore(
     progress.advance(snapshot.total_bytes or 0)
     checked = next((line for line in result.lines if "finished verifying" in line), "")
     _log(operation, f"restored {len(mounts)} volumes; restic read every file back: {checked.strip() or 'verified'}")
+
+
+def folder_layout(manifest: dict | None) -> bool:
+    """The snapshot's volumes are folders of one restic snapshot (made beside the volumes)."""
+    entries = list((manifest or {}).values())
+    return bool(entries) and all(isinstance(entry, dict) and entry.get("folder") for entry in entries)
 
 
 def objects_to_read(manifest: dict) -> list[tuple[list[str], dict]]:

@@ -22,7 +22,7 @@ from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, VOLUME_PREFIX, DockerHost, Pod, Snapshot
-from apps.pods.services.capture_folders import folders_restore
+from apps.pods.services.capture_folders import folder_layout, folders_restore
 from apps.pods.services.fleet import hosts_each
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _latest_complete, _log, pod_get
@@ -106,7 +106,7 @@ def _drill_restore(
     written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
     file_lists = written.get("files") or {}
     problems = []
-    if all(isinstance(entry, dict) and entry.get("folder") for entry in snapshot.manifest.values()):
+    if folder_layout(snapshot.manifest):
         # Kept as folders: restored as a start restores them (restic writes, then checks each
         # file), then every file read back out of the volumes against the snapshot's lists.
         mounts = {drill_volume_name(pod.pod_id, v): PurePosixPath(m).name for v, m in VOLUME_MOUNTS.items()}

@@ -10,7 +10,7 @@ from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
-from apps.pods.services.capture_folders import folder_name, folders_precheck, folders_restore
+from apps.pods.services.capture_folders import folder_layout, folder_name, folders_precheck, folders_restore
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
@@ -90,7 +90,7 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
     store = store_from_url(snapshot.store_url)
     if not isinstance(store, DedupStore):
         return
-    if any(isinstance(entry, dict) and entry.get("folder") for entry in (snapshot.manifest or {}).values()):
+    if folder_layout(snapshot.manifest):
         folders_precheck(store=store, engine=engine_for(snapshot.pod.host), always=True)
     keys = [entry["key"] for entry in (snapshot.manifest or {}).values() if isinstance(entry, dict)]
     missing = sorted(set(keys) - store.keys_present(keys))
@@ -116,7 +116,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
         engine.volume_create(name=volume.docker_name, labels=_labels(pod.pod_id, volume.name))
     info = _container_create(pod=pod, engine=engine, volumes=volumes, copy_image_content=False)
     progress = Progress(operation, total=snapshot.total_bytes, unit="bytes")
-    if all(isinstance(entry, dict) and entry.get("folder") for entry in manifest.values()):
+    if folder_layout(manifest):
         mounts = {volume.docker_name: folder_name(volume) for volume in volumes}
         folders_restore(
             pod=pod, snapshot=snapshot, engine=engine, mounts=mounts, operation=operation, progress=progress
