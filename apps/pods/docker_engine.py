@@ -228,6 +228,10 @@ class DockerEngine:
                     self.client.api.remove_container(row["Id"], force=True)
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    # Another worker sharing the daemon is removing the same one at this moment.
+                    if "already in progress" not in str(exc):
+                        raise
         return len(left)
 
     def _volumes_folder(self) -> str:
