@@ -7,6 +7,9 @@ network)."""
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
+import json
+import re
+
 import pytest
 
 from apps.audit.models import Operation
@@ -20,11 +23,13 @@ from apps.pods.restic_helper import POD_OF_HELPER, image_ensure
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.verify import snapshot_verify
+from apps.pods.snapshots import store_from_url
 from controlpanel.errors import PanelError
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
-from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files
+from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 from tests.pods.test_backup import writing
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+from tests.pods.test_snapshot_readback import flip_blob
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -71,15 +76,27 @@ def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_ev
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
     assert helpers_left(docker_client) == []
+    # Rewritten in place after the start, its size unchanged: only its time says it changed.
+    run_in(docker_client, pod_id, "dd if=/dev/urandom of=/home/dev/blob.bin bs=1024 count=1 conv=notrunc 2>/dev/null")
+    edited = listing(docker_client, pod_id)
+    assert edited != before
 
-    # The second stop names the first as parent: the unchanged files are not read again, and
-    # what it adds is metadata (Docker rewrites /etc/hostname and /etc/hosts for each container).
+    # The second stop names the first as parent. The start wrote the volumes from it (new
+    # inodes and ctimes everywhere), so files are compared by size and time: the edited file
+    # is read again, the others are not, and what it adds is that file's new chunk and metadata.
     run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
     second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
     assert second.pk != first.pk and second.status == Snapshot.Status.COMPLETE
     assert f"(parent {first.manifest['workspace']['store_id'][:8]})" in log_of(second)
+    assert f"restored from snapshot #{first.pk}: files compared by size and time" in log_of(second)
+    counts = re.search(r"(\d+) new, (\d+) changed, (\d+) unchanged files", log_of(second))
+    assert counts and int(counts[2]) <= 3 and int(counts[3]) >= sum(e["files"] for e in entries) - 3
     assert second.stored_bytes < MIB
-    assert second.manifest["workspace"]["sha256"] == first.manifest["workspace"]["sha256"]
+    # Read back as one dump of the eight: the edit shows in its sha256, not in any size.
+    assert second.manifest["home"]["sha256"] != first.manifest["home"]["sha256"]
+    assert [second.manifest[name]["bytes"] for name in VOLUME_MOUNTS] == [
+        first.manifest[name]["bytes"] for name in VOLUME_MOUNTS
+    ]
 
     # Everything that reads a snapshot reads this one: a verify, the files page, a download.
     assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
@@ -92,7 +109,7 @@ def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_ev
     assert services.pod_drill(pod_id=pod_id, actor="test")["files"] == sum(e["files"] for e in entries)
 
     services.pod_start(pod_id=pod_id, actor="test")
-    assert listing(docker_client, pod_id) == before
+    assert listing(docker_client, pod_id) == edited
 
 
 def test_a_file_repository_is_refused_for_a_pod_on_another_host_before_it_changes(
@@ -175,3 +192,63 @@ def test_a_backup_of_a_pod_that_changed_nothing_takes_its_parents_reading_and_ve
         200 * 1024
     )
     assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
+
+
+def _first_blob_under(store, restic_id: str, folder: str) -> str:
+    """The first data blob of the first file under `folder` in a restic snapshot's tree."""
+
+    def walk(tree: str, inside: bool) -> str | None:
+        for node in json.loads(store.run("cat", "blob", tree, "--no-lock", doing="test"))["nodes"]:
+            if node["type"] == "dir":
+                found = walk(node["subtree"], inside or node["name"] == folder)
+                if found:
+                    return found
+            elif inside and node["type"] == "file" and node.get("content"):
+                return node["content"][0]
+        return None
+
+    root = json.loads(store.run("cat", "snapshot", restic_id, "--no-lock", doing="test"))["tree"]
+    return walk(root, False)
+
+
+def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_says_what_to_do(
+    docker_client, new_pod_id, dedup_file, beside, receiver
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    first = Snapshot.objects.get(pod__pod_id=pod_id)
+    services.pod_start(pod_id=pod_id, actor="test")
+    store = store_from_url()
+    pack, _ = flip_blob(
+        store, _first_blob_under(store, first.manifest["workspace"]["store_id"], "workspace"), dedup_file
+    )
+
+    # The unchanged files are the parent's chunks, the decayed one among them: the read-back
+    # of the new restic snapshot fails, and nothing is removed.
+    with pytest.raises(PanelError) as failed:
+        run_now(Kind.POD_STOP, pod_id, actor="test")
+    message = str(failed.value)
+    second = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
+    assert second.pk != first.pk and second.status == Snapshot.Status.FAILED
+    assert f"snapshot #{second.pk} of pod {pod_id}: its eight volumes do not read back" in message
+    assert f"snapshot #{first.pk}, whose chunks it shares, marked as failing verification" in message
+    assert "start it to go on working" in message and "restic rebuild-index" in message and "\n" not in message
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.PAUSED and pod.last_error == message
+    assert len(pod_volumes(docker_client, pod_id)) == len(VOLUME_MOUNTS) and container_exists(docker_client, pod_id)
+    assert Snapshot.objects.get(pk=first.pk).verify_error
+    assert any(pod_id in body["title"] and "do not read back" in body["message"] for body in receiver.bodies)
+    assert helpers_left(docker_client) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+    # What the sentence says to do works: the pack removed, the index rebuilt, the next stop
+    # (no parent now) writes the lost chunks again, reads everything back and completes.
+    (dedup_file / "data" / pack[:2] / pack).unlink()
+    store.run("rebuild-index", doing="test")
+    run_now(Kind.POD_STOP, pod_id, actor="test")
+    third = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
+    assert third.status == Snapshot.Status.COMPLETE and "(parent" not in log_of(third)
+    assert pod_volumes(docker_client, pod_id) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before

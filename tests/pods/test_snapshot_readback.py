@@ -34,7 +34,11 @@ def _flip_in_pack_of(store, entry: dict, repository) -> tuple[str, int]:
     its length, only restic's MACs can tell. Returns the pack id and the offset flipped."""
     tree = json.loads(store.run("cat", "snapshot", entry["store_id"], "--no-lock", doing="test"))["tree"]
     [node] = json.loads(store.run("cat", "blob", tree, "--no-lock", doing="test"))["nodes"]
-    blob = node["content"][0]
+    return flip_blob(store, node["content"][0], repository)
+
+
+def flip_blob(store, blob: str, repository) -> tuple[str, int]:
+    """Flip 16 bytes in the middle of data blob `blob` where restic's index says its pack holds it."""
     for index_id in store.run("list", "index", "--no-lock", doing="test").split():
         for pack in json.loads(store.run("cat", "index", index_id, "--no-lock", doing="test"))["packs"]:
             for found in pack["blobs"]:
@@ -47,7 +51,7 @@ def _flip_in_pack_of(store, entry: dict, repository) -> tuple[str, int]:
                     path.chmod(0o644)
                     path.write_bytes(bytes(data))
                     return pack["id"], at
-    raise AssertionError(f"blob {blob} of {entry['key']} is in no index")
+    raise AssertionError(f"blob {blob} is in no index")
 
 
 def _lost_after_a_start(docker_client, pod_id: str, sizes: dict[str, int], before: list[str]) -> int:

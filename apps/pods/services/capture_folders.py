@@ -20,12 +20,14 @@ the new volumes (`restic restore --verify`).
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
+from django.utils import timezone
 
 from apps.audit.models import Operation
 from apps.audit.services import Progress
@@ -42,13 +44,15 @@ from apps.pods.restic_helper import (
 from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.base import StoreError
-from apps.pods.stores.dedup import FOLDER_LAYOUT, HOST, DedupStore
+from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
 # restic's exit status for a snapshot made without some files it could not read.
 INCOMPLETE = 3
+# On a volume a start filled from a folder snapshot: that restic snapshot's id.
+RESTORED_FROM = "pinacle.restored-from"
 
 
 def folders_used(store) -> bool:
@@ -131,7 +135,11 @@ def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
 
 
 def _restic_id(snapshot: Snapshot) -> str:
-    return next(iter(snapshot.manifest.values()))["store_id"]
+    return _restic_id_of(snapshot.manifest)
+
+
+def _restic_id_of(manifest: dict) -> str:
+    return next(iter(manifest.values()))["store_id"]
 
 
 def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, volumes) -> dict[str, dict] | None:
@@ -159,6 +167,23 @@ def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, vol
     }
 
 
+def restored_labels(manifest: dict) -> dict[str, str]:
+    """Labels for the volumes a start fills from `manifest`: which restic snapshot wrote them."""
+    return {RESTORED_FROM: _restic_id_of(manifest)} if folder_layout(manifest) else {}
+
+
+def _restored_from(engine: DockerEngine, volumes: list[PodVolume]) -> str | None:
+    """The restic snapshot a start wrote every one of these volumes from, if one did."""
+    names = {volume.docker_name for volume in volumes}
+    found = {
+        volume.name: volume.labels.get(RESTORED_FROM)
+        for volume in engine.volumes_list(name_prefix=os.path.commonprefix(sorted(names)))
+        if volume.name in names
+    }
+    sources = set(found.values())
+    return sources.pop() if len(found) == len(names) and len(sources) == 1 else None
+
+
 def _backup(
     *,
     pod: Pod,
@@ -177,6 +202,12 @@ def _backup(
     for volume in volumes:
         command += ["--tag", keys[volume.name]]
     command += ["--parent", parent] if parent else ["--force"]
+    if parent and _restored_from(engine, volumes) == parent:
+        # A start wrote these volumes from the parent itself: every inode and ctime is new, so
+        # restic would read every file again to find it unchanged. Size and modification time
+        # (the restore set them from the parent) tell a file changed since, as they tell rsync.
+        command += ["--ignore-inode", "--ignore-ctime"]
+        _log(operation, f"the volumes were restored from snapshot #{earlier.pk}: files compared by size and time")
     command += [folder_name(volume) for volume in volumes]
     _log(operation, f"backing up the volumes beside them with restic{' (parent ' + parent[:8] + ')' if parent else ''}")
     seen = {"bytes_done": 0}
@@ -261,6 +292,22 @@ def _readback(
     return read
 
 
+def _damaged(*, store: DedupStore, snapshot: Snapshot, earlier: Snapshot | None, exc: StoreError) -> StoreError:
+    """The new restic snapshot does not read back: a pack it relies on decayed. Its unchanged
+    files are the parent's chunks, so the parent is marked as failing its re-read (the next
+    copy has no parent and reads every file), and the sentence says what to do."""
+    marked = ""
+    if earlier is not None:
+        Snapshot.objects.filter(pk=earlier.pk).update(
+            verify_error=f"its chunks do not read back: {exc}"[:2000], verify_checked_at=timezone.now()
+        )
+        marked = f" (snapshot #{earlier.pk}, whose chunks it shares, marked as failing verification)"
+    return StoreError(
+        f"snapshot #{snapshot.pk} of pod {snapshot.pod.pod_id}: its eight volumes do not read back from the "
+        f"store ({exc}){marked}; the pod keeps its eight volumes: start it to go on working, and {DEDUP_REPAIR}"
+    )
+
+
 def folders_copy(
     *,
     pod: Pod,
@@ -313,14 +360,17 @@ def folders_copy(
         if read is not None:
             _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
     if read is None:
-        read = _readback(
-            store=store,
-            volumes=volumes,
-            key=keys[volumes[0].name],
-            progress=progress,
-            superseded=superseded,
-            operation=operation,
-        )
+        try:
+            read = _readback(
+                store=store,
+                volumes=volumes,
+                key=keys[volumes[0].name],
+                progress=progress,
+                superseded=superseded,
+                operation=operation,
+            )
+        except StoreError as exc:
+            raise _damaged(store=store, snapshot=snapshot, earlier=earlier, exc=exc) from exc
     manifest = {}
     for index, volume in enumerate(volumes):
         manifest[volume.name] = {

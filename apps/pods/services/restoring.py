@@ -10,7 +10,13 @@ from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
-from apps.pods.services.capture_folders import folder_layout, folder_name, folders_precheck, folders_restore
+from apps.pods.services.capture_folders import (
+    folder_layout,
+    folder_name,
+    folders_precheck,
+    folders_restore,
+    restored_labels,
+)
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
@@ -113,7 +119,8 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     _volumes_remove(pod=pod, engine=engine, operation=operation)
     volumes = _volumes(pod)
     for volume in volumes:
-        engine.volume_create(name=volume.docker_name, labels=_labels(pod.pod_id, volume.name))
+        labels = {**_labels(pod.pod_id, volume.name), **restored_labels(manifest)}
+        engine.volume_create(name=volume.docker_name, labels=labels)
     info = _container_create(pod=pod, engine=engine, volumes=volumes, copy_image_content=False)
     progress = Progress(operation, total=snapshot.total_bytes, unit="bytes")
     if folder_layout(manifest):

@@ -23,6 +23,7 @@ from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.capture_folders import object_bytes, objects_to_read
 from apps.pods.services.state import _log
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
+from apps.pods.stores.dedup import DEDUP_REPAIR
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
@@ -44,14 +45,6 @@ def snapshots_to_verify(*, budget_bytes: int | None = None, pod_id: str | None =
         spent += size
     by_pk = Snapshot.objects.select_related("pod").in_bulk(chosen)
     return [by_pk[pk] for pk in chosen if pk in by_pk]
-
-
-# restic stores a chunk once: until the damaged pack is out of its index, no later backup
-# writes those chunks again, and every stop that needs them fails its read-back.
-DEDUP_REPAIR = (
-    "repair the store before the pod's next stop: `restic check --read-data` names the damaged pack; "
-    "remove that pack file, then run `restic rebuild-index`"
-)
 
 
 def damage_advice(*, snapshot: Snapshot) -> str:

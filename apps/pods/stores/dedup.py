@@ -58,6 +58,12 @@ INTERRUPTED = 130
 INTERRUPT_WAIT_SECONDS = 30
 # The tag of a restic snapshot that holds a pod's volumes as folders, one tag per volume key.
 FOLDER_LAYOUT = "layout=folder"
+# restic stores a chunk once: until the damaged pack is out of its index, no later backup
+# writes those chunks again, and every stop that needs them fails its read-back.
+DEDUP_REPAIR = (
+    "repair the store before the pod's next stop: `restic check --read-data` names the damaged pack; "
+    "remove that pack file, then run `restic rebuild-index`"
+)
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
