@@ -221,7 +221,11 @@ def restic_in_helper(
             if why:
                 _interrupt(engine, helper)
                 raise PanelError(why)
-            time.sleep(POLL_SECONDS)
+            if follower.is_alive():
+                # Its output ends when restic does: looked at again at once, not a poll later.
+                follower.join(timeout=POLL_SECONDS)
+            else:
+                time.sleep(POLL_SECONDS)
         follower.join(timeout=10)
         with engine._errors(f"reading the restic helper's errors ({doing})"):
             run.stderr = api.logs(helper, stdout=False, stderr=True).decode("utf-8", "replace")
