@@ -293,7 +293,7 @@ SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots
 SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")
 # How a dedup store copies a pod: `stream` (each volume's tar through the Docker API into
 # restic) or `beside` (restic in a helper container next to the volumes, folders with a parent).
-SNAPSHOT_ENGINE = envstr("SNAPSHOT_ENGINE", "stream")
+SNAPSHOT_ENGINE = envstr("SNAPSHOT_ENGINE", "beside")
 if SNAPSHOT_ENGINE not in {"stream", "beside"}:
     raise ImproperlyConfigured(f"SNAPSHOT_ENGINE must be stream or beside, not {SNAPSHOT_ENGINE!r}")
 # How long a dedup store command waits while another restic holds the repository (a prune).

@@ -84,6 +84,14 @@ def pods_settings(settings, pod_image):
 
 
 @pytest.fixture
+def stream_engine(settings):
+    """A dedup store's copies made by the tar-stream engine (SNAPSHOT_ENGINE=stream), for the
+    tests of its own ways: one tar per volume, compared block by block, reused whole."""
+    settings.SNAPSHOT_ENGINE = "stream"
+    return settings
+
+
+@pytest.fixture
 def own_dockerd(pods_settings):
     """A dockerd of the test's own as the `local` host (`settings.DOCKER_HOST`), for a test
     whose answer depends on every volume of the daemon: on the shared one, other workers' and

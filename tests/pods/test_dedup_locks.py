@@ -132,6 +132,7 @@ def test_a_killed_dumps_lock_is_removed_before_waiting_and_a_live_restics_is_nam
         live.wait()
 
 
+@pytest.mark.usefixtures("stream_engine")
 def test_a_restore_failing_on_its_first_volume_lets_the_next_read_go_and_the_pod_deletes_at_once(
     docker_client,
     new_pod_id,

@@ -11,7 +11,7 @@ from apps.pods.services.unchanged import BLOCK_SIZE
 from tests.pods import test_snapshot_dedup
 from tests.pods.conftest import run_in
 
-pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.usefixtures("stream_engine")]
 
 restic_template = test_snapshot_dedup.restic_template
 restic = test_snapshot_dedup.restic

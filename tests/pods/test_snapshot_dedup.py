@@ -26,7 +26,7 @@ from tests.parts import require_part
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 from tests.restic_keys import restic_key_make_fast, restic_key_make_fast_on_s3
 
-pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.usefixtures("stream_engine")]
 
 MIB = 1024 * 1024
 DATA_SCRIPT = WRITE_SCRIPT + (

@@ -154,6 +154,7 @@ def test_a_file_from_an_s3_store_is_one_range_get(docker_client, new_pod_id, s3_
     assert read_all(file_read(selection)) == data  # the service, through its own store
 
 
+@pytest.mark.usefixtures("stream_engine")
 def test_a_dedup_store_reads_a_file_of_a_reused_unchanged_volume(docker_client, new_pod_id, dedup_file):  # noqa: F811
     pod_id, first, contents = snapshotted_pod(docker_client, new_pod_id)
     services.pod_start(pod_id=pod_id, actor="test")

@@ -64,6 +64,7 @@ def _lost_after_a_start(docker_client, pod_id: str, sizes: dict[str, int], befor
     return lost_bytes(sizes, digests(before), digests(listing(docker_client, pod_id)))
 
 
+@pytest.mark.usefixtures("stream_engine")
 def test_a_stop_of_an_unchanged_pod_over_a_decayed_pack_keeps_every_volume(
     docker_client,
     new_pod_id,
@@ -160,6 +161,7 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
     )
 
 
+@pytest.mark.usefixtures("stream_engine")
 def test_verify_drill_and_start_over_a_decayed_pack_say_what_to_do(docker_client, new_pod_id, dedup_file):
     pod_id, _ = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
     services.pod_stop(pod_id=pod_id, actor="test")
