@@ -23,7 +23,7 @@ from apps.pods.restic_helper import POD_OF_HELPER, image_ensure
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.verify import snapshot_verify
-from apps.pods.snapshots import store_from_url
+from apps.pods.snapshots import StoreError, store_from_url
 from controlpanel.errors import PanelError
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
@@ -252,3 +252,36 @@ def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_sa
     assert pod_volumes(docker_client, pod_id) == []
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+
+def test_verify_drill_and_start_of_a_folder_snapshot_over_a_decayed_pack_say_what_to_do(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    store = store_from_url()
+    flip_blob(store, _first_blob_under(store, snapshot.manifest["workspace"]["store_id"], "workspace"), dedup_file)
+    advice = (
+        f"snapshot #{snapshot.pk} will not restore as it is: run Verify on pod {pod_id}'s snapshots, and repair "
+        "the store before the pod's next stop: `restic check --read-data` names the damaged pack; remove that "
+        "pack file, then run `restic rebuild-index`"
+    )
+
+    # restic writes the files and reads each back (--verify): the decayed chunk fails it, and
+    # the half-written volumes go; the pod stays stopped.
+    with pytest.raises(StoreError) as start:
+        services.pod_start(pod_id=pod_id, actor="test")
+    assert "ciphertext verification failed" in str(start.value) and str(start.value).endswith(advice)
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert pod.status == Pod.Status.STOPPED and pod.last_error.endswith(advice)
+    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client) == []
+
+    result = services.snapshots_verify(actor="test", pod_id=pod_id)
+    assert result["failed"][str(snapshot.pk)].endswith(advice)
+    assert Snapshot.objects.get(pk=snapshot.pk).verify_error.endswith(advice)
+
+    with pytest.raises(PanelError) as drill:
+        services.pod_drill(pod_id=pod_id, actor="test")
+    assert str(drill.value).endswith(advice) and helpers_left(docker_client) == []
+    assert "\n" not in str(start.value) + str(drill.value) + result["failed"][str(snapshot.pk)]

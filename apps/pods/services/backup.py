@@ -31,8 +31,8 @@ from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import Actor, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
+from apps.pods.services.beside import folders_precheck
 from apps.pods.services.capture import snapshot_capture
-from apps.pods.services.capture_folders import folders_precheck
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _locked, _log, _volumes, pod_get
 from apps.pods.snapshots import store_from_url

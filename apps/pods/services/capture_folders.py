@@ -24,23 +24,15 @@ import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from pathlib import Path, PurePosixPath
 
-from django.conf import settings
 from django.utils import timezone
 
 from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
-from apps.pods.restic_helper import (
-    MOUNT_ROOT,
-    SECRETS,
-    credentials_file,
-    local_folder,
-    pod_helpers_remove,
-    restic_in_helper,
-)
+from apps.pods.restic_helper import MOUNT_ROOT
+from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.base import StoreError
@@ -49,76 +41,8 @@ from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
-# restic's exit status for a snapshot made without some files it could not read.
-INCOMPLETE = 3
 # On a volume a start filled from a folder snapshot: that restic snapshot's id.
 RESTORED_FROM = "pinacle.restored-from"
-
-
-def folders_used(store) -> bool:
-    """Whether copies into `store` are made beside the volumes."""
-    return isinstance(store, DedupStore) and settings.SNAPSHOT_ENGINE == "beside"
-
-
-def folders_precheck(*, store, engine: DockerEngine, always: bool = False) -> None:
-    """A file repository can be bind-mounted only into a helper on this machine (`always`: a
-    folder snapshot's restore, whatever SNAPSHOT_ENGINE says now)."""
-    wanted = always or folders_used(store)
-    if wanted and isinstance(store, DedupStore) and store.path is not None and not local_folder(engine):
-        raise PanelError(
-            f"snapshot store {store.url} is a folder on the panel's machine, which Docker host "
-            f"{engine.host_name!r} cannot reach: use a dedup+s3:// store for pods on other hosts; nothing was touched"
-        )
-
-
-def folder_name(volume: PodVolume) -> str:
-    return PurePosixPath(volume.mount_path).name
-
-
-def _helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, dict]:
-    """(env, secrets, binds) for restic in a helper to open `store`."""
-    folders_precheck(store=store, engine=engine, always=True)
-    secrets = {"key": Path(store.key_file()).read_bytes()}
-    env = {"RESTIC_PASSWORD_FILE": f"{SECRETS}/key", "RESTIC_CACHE_DIR": "/cache"}
-    binds = {}
-    if local_folder(engine):
-        cache = Path(settings.VAR_DIR) / "restic-cache"
-        cache.mkdir(parents=True, exist_ok=True)
-        binds[str(cache)] = "/cache"
-    if store.path is not None:
-        binds[str(store.path)] = "/repo"
-        env["RESTIC_REPOSITORY"] = "/repo"
-    else:
-        env["RESTIC_REPOSITORY"] = store.repository
-        env["AWS_DEFAULT_REGION"] = settings.AWS_REGION
-        credentials = credentials_file()
-        if credentials is not None:
-            secrets["aws"] = credentials
-            env["AWS_SHARED_CREDENTIALS_FILE"] = f"{SECRETS}/aws"
-    return env, secrets, binds
-
-
-def _helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operation, command, volumes, doing, **run):
-    """restic in a helper labelled with `owner`: a pod's id (the pod's own stop, backup or
-    start: a helper of the pod still there is a dead worker's, and goes first), or a drill's."""
-    env, secrets, binds = _helper_setup(store, engine)
-    left = pod_helpers_remove(engine, owner)
-    if left:
-        _log(operation, f"removed restic helpers a stopped worker left on pod {owner}: {', '.join(left)}")
-    result = restic_in_helper(
-        engine,
-        command=command,
-        volumes=volumes,
-        env=env,
-        secrets=secrets,
-        binds=binds,
-        doing=doing,
-        pod_id=owner,
-        **run,
-    )
-    if result.exit_code not in (0, INCOMPLETE):
-        raise store.error(doing, result.stderr or "\n".join(result.lines[-5:]))
-    return result
 
 
 def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
@@ -231,7 +155,7 @@ def _backup(
         return superseded()
 
     volumes_mounted = {v.docker_name: (f"{MOUNT_ROOT}/{folder_name(v)}", True) for v in volumes}
-    result = _helper_restic(
+    result = helper_restic(
         store,
         engine,
         owner=pod.pod_id,
@@ -405,7 +329,7 @@ def folders_restore(
         raise PanelError(f"snapshot #{snapshot.pk} does not name one restic snapshot for its volumes")
     restic_id = restic_ids.pop()
     _log(operation, f"restoring the files of restic snapshot {restic_id[:8]} beside the new volumes")
-    result = _helper_restic(
+    result = helper_restic(
         store,
         engine,
         owner=owner or pod.pod_id,
@@ -419,24 +343,3 @@ def folders_restore(
     progress.advance(snapshot.total_bytes or 0)
     checked = next((line for line in result.lines if "finished verifying" in line), "")
     _log(operation, f"restored {len(mounts)} volumes; restic read every file back: {checked.strip() or 'verified'}")
-
-
-def folder_layout(manifest: dict | None) -> bool:
-    """The snapshot's volumes are folders of one restic snapshot (made beside the volumes)."""
-    entries = list((manifest or {}).values())
-    return bool(entries) and all(isinstance(entry, dict) and entry.get("folder") for entry in entries)
-
-
-def objects_to_read(manifest: dict) -> list[tuple[list[str], dict]]:
-    """The distinct objects a manifest relies on, each with the volumes it holds: one per
-    volume for a tar stream, one for the eight volumes kept as folders in one restic snapshot."""
-    groups: dict[str, tuple[list[str], dict]] = {}
-    for name, entry in manifest.items():
-        group = entry["store_id"] if entry.get("folder") else entry["key"]
-        groups.setdefault(group, ([], entry))[0].append(name)
-    return list(groups.values())
-
-
-def object_bytes(entry: dict) -> int:
-    """What reading the entry's object back yields: its tar, or restic's tar of the snapshot."""
-    return entry.get("archive_bytes", entry["bytes"])

@@ -22,7 +22,8 @@ from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, VOLUME_PREFIX, DockerHost, Pod, Snapshot
-from apps.pods.services.capture_folders import folder_layout, folders_restore
+from apps.pods.services.beside import folder_layout
+from apps.pods.services.capture_folders import folders_restore
 from apps.pods.services.fleet import hosts_each
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _latest_complete, _log, pod_get

@@ -10,13 +10,8 @@ from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
-from apps.pods.services.capture_folders import (
-    folder_layout,
-    folder_name,
-    folders_precheck,
-    folders_restore,
-    restored_labels,
-)
+from apps.pods.services.beside import folder_layout, folder_name, folders_precheck
+from apps.pods.services.capture_folders import folders_restore, restored_labels
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
@@ -125,9 +120,12 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
     progress = Progress(operation, total=snapshot.total_bytes, unit="bytes")
     if folder_layout(manifest):
         mounts = {volume.docker_name: folder_name(volume) for volume in volumes}
-        folders_restore(
-            pod=pod, snapshot=snapshot, engine=engine, mounts=mounts, operation=operation, progress=progress
-        )
+        try:
+            folders_restore(
+                pod=pod, snapshot=snapshot, engine=engine, mounts=mounts, operation=operation, progress=progress
+            )
+        except StoreError as exc:  # restic found a chunk damaged, or a file not as it stored it
+            raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
         progress.flush()
         engine.container_start(pod.container_name)
         return info.id

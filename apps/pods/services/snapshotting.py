@@ -15,9 +15,9 @@ from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.services.beside import folders_precheck, object_bytes, objects_to_read
 from apps.pods.services.capture import VOLUME_STREAMS as VOLUME_STREAMS  # re-exported: older imports
 from apps.pods.services.capture import _unreferenced_record, snapshot_capture
-from apps.pods.services.capture_folders import folders_precheck, object_bytes, objects_to_read
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _labels, _log, _volumes
 from apps.pods.services.unchanged import purge_keys

@@ -20,7 +20,7 @@ from apps.audit.names import AuditAction, TargetType
 from apps.audit.notify import notify
 from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.models import Pod, PodVolume, Snapshot
-from apps.pods.services.capture_folders import object_bytes, objects_to_read
+from apps.pods.services.beside import object_bytes, objects_to_read
 from apps.pods.services.state import _log
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.dedup import DEDUP_REPAIR

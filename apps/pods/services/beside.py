@@ -1,0 +1,113 @@
+"""restic beside a pod's volumes: which copies are made there, the helper container that runs
+restic on the pod's own Docker host with the store opened for it, and how a snapshot's
+volumes are laid out (eight tar streams, or eight folders of one restic snapshot). The copy,
+read-back and restore themselves are `capture_folders`."""
+
+from pathlib import Path, PurePosixPath
+
+from django.conf import settings
+
+from apps.pods.docker_engine import DockerEngine
+from apps.pods.models import PodVolume
+from apps.pods.restic_helper import SECRETS, credentials_file, local_folder, pod_helpers_remove, restic_in_helper
+from apps.pods.services.state import _log
+from apps.pods.stores.base import StoreError
+from apps.pods.stores.dedup import DedupStore
+from controlpanel.errors import PanelError
+
+# restic's exit status for a snapshot made without some files it could not read.
+INCOMPLETE = 3
+
+
+def folders_used(store) -> bool:
+    """Whether copies into `store` are made beside the volumes."""
+    return isinstance(store, DedupStore) and settings.SNAPSHOT_ENGINE == "beside"
+
+
+def folders_precheck(*, store, engine: DockerEngine, always: bool = False) -> None:
+    """A file repository can be bind-mounted only into a helper on this machine (`always`: a
+    folder snapshot's restore, whatever SNAPSHOT_ENGINE says now)."""
+    wanted = always or folders_used(store)
+    if wanted and isinstance(store, DedupStore) and store.path is not None and not local_folder(engine):
+        raise PanelError(
+            f"snapshot store {store.url} is a folder on the panel's machine, which Docker host "
+            f"{engine.host_name!r} cannot reach: use a dedup+s3:// store for pods on other hosts; nothing was touched"
+        )
+
+
+def folder_name(volume: PodVolume) -> str:
+    return PurePosixPath(volume.mount_path).name
+
+
+def helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, dict]:
+    """(env, secrets, binds) for restic in a helper to open `store`."""
+    folders_precheck(store=store, engine=engine, always=True)
+    secrets = {"key": Path(store.key_file()).read_bytes()}
+    env = {"RESTIC_PASSWORD_FILE": f"{SECRETS}/key", "RESTIC_CACHE_DIR": "/cache"}
+    binds = {}
+    if local_folder(engine):
+        cache = Path(settings.VAR_DIR) / "restic-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        binds[str(cache)] = "/cache"
+    if store.path is not None:
+        binds[str(store.path)] = "/repo"
+        env["RESTIC_REPOSITORY"] = "/repo"
+    else:
+        env["RESTIC_REPOSITORY"] = store.repository
+        env["AWS_DEFAULT_REGION"] = settings.AWS_REGION
+        credentials = credentials_file()
+        if credentials is not None:
+            secrets["aws"] = credentials
+            env["AWS_SHARED_CREDENTIALS_FILE"] = f"{SECRETS}/aws"
+    return env, secrets, binds
+
+
+def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operation, command, volumes, doing, **run):
+    """restic in a helper labelled with `owner`: a pod's id (the pod's own stop, backup or
+    start: a helper of the pod still there is a dead worker's, and goes first), or a drill's."""
+    env, secrets, binds = helper_setup(store, engine)
+    left = pod_helpers_remove(engine, owner)
+    if left:
+        _log(operation, f"removed restic helpers a stopped worker left on pod {owner}: {', '.join(left)}")
+    result = restic_in_helper(
+        engine,
+        command=command,
+        volumes=volumes,
+        env=env,
+        secrets=secrets,
+        binds=binds,
+        doing=doing,
+        pod_id=owner,
+        **run,
+    )
+    if result.exit_code not in (0, INCOMPLETE):
+        # restic goes on past a file it cannot write or read back, and ends with "Fatal: There
+        # were N errors": the first file's own error is the one that says what happened.
+        skipped = [line.strip() for line in result.stderr.splitlines() if line.startswith("ignoring error for ")]
+        if skipped:
+            more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+            first = skipped[0].removeprefix("ignoring error for ")
+            raise StoreError(f"snapshot store {store.url} failed {doing}: {first}{more}")
+        raise store.error(doing, result.stderr or "\n".join(result.lines[-5:]))
+    return result
+
+
+def folder_layout(manifest: dict | None) -> bool:
+    """The snapshot's volumes are folders of one restic snapshot (made beside the volumes)."""
+    entries = list((manifest or {}).values())
+    return bool(entries) and all(isinstance(entry, dict) and entry.get("folder") for entry in entries)
+
+
+def objects_to_read(manifest: dict) -> list[tuple[list[str], dict]]:
+    """The distinct objects a manifest relies on, each with the volumes it holds: one per
+    volume for a tar stream, one for the eight volumes kept as folders in one restic snapshot."""
+    groups: dict[str, tuple[list[str], dict]] = {}
+    for name, entry in manifest.items():
+        group = entry["store_id"] if entry.get("folder") else entry["key"]
+        groups.setdefault(group, ([], entry))[0].append(name)
+    return list(groups.values())
+
+
+def object_bytes(entry: dict) -> int:
+    """What reading the entry's object back yields: its tar, or restic's tar of the snapshot."""
+    return entry.get("archive_bytes", entry["bytes"])
