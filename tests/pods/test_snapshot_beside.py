@@ -285,3 +285,28 @@ def test_verify_drill_and_start_of_a_folder_snapshot_over_a_decayed_pack_say_wha
         services.pod_drill(pod_id=pod_id, actor="test")
     assert str(drill.value).endswith(advice) and helpers_left(docker_client) == []
     assert "\n" not in str(start.value) + str(drill.value) + result["failed"][str(snapshot.pk)]
+
+
+def test_a_start_beside_the_volumes_shows_its_progress_while_restic_restores(
+    docker_client, new_pod_id, dedup_file, beside, monkeypatch
+):
+    big = WRITE_SCRIPT + "dd if=/dev/urandom of=/workspace/big.bin bs=1M count=160 2>/dev/null\n"
+    pod_id, before = pod_with_files(docker_client, new_pod_id, big)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    seen = []
+    advance = Progress.advance
+
+    def watched(self, amount):
+        advance(self, amount)
+        seen.append((self.done, self.total))
+
+    monkeypatch.setattr(Progress, "advance", watched)
+    services.pod_start(pod_id=pod_id, actor="test")
+
+    # restic 0.14 prints nothing while it restores: the bar follows the volumes filling up,
+    # so it moves before the end, never back, and ends at the snapshot's bytes.
+    assert seen and seen[-1] == (snapshot.total_bytes, snapshot.total_bytes)
+    assert any(0 < done < total for done, total in seen[:-1]), seen
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert listing(docker_client, pod_id) == before

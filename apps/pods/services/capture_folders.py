@@ -329,6 +329,17 @@ def folders_restore(
         raise PanelError(f"snapshot #{snapshot.pk} does not name one restic snapshot for its volumes")
     restic_id = restic_ids.pop()
     _log(operation, f"restoring the files of restic snapshot {restic_id[:8]} beside the new volumes")
+    total, told = snapshot.total_bytes or 0, [0]
+    began = engine.volumes_disk_used()
+
+    def written() -> None:
+        # restic 0.14 tells nothing while it restores: the bar follows the volumes' disk
+        # filling up (on this machine's Docker), never back, never past the snapshot's bytes.
+        now = engine.volumes_disk_used() if began is not None else None
+        if now is not None and (done := min(total, now - began)) > told[0]:
+            progress.advance(done - told[0])
+            told[0] = done
+
     result = helper_restic(
         store,
         engine,
@@ -337,9 +348,10 @@ def folders_restore(
         command=["restore", restic_id, "--target", MOUNT_ROOT, "--verify"],
         volumes={name: (f"{MOUNT_ROOT}/{folder}", False) for name, folder in mounts.items()},
         doing=f"restoring snapshot #{snapshot.pk} of pod {pod.pod_id}",
+        cancelled=written,
     )
     if result.exit_code != 0:
         raise store.error(f"restoring snapshot #{snapshot.pk}", result.stderr)
-    progress.advance(snapshot.total_bytes or 0)
+    progress.advance(total - told[0])
     checked = next((line for line in result.lines if "finished verifying" in line), "")
     _log(operation, f"restored {len(mounts)} volumes; restic read every file back: {checked.strip() or 'verified'}")
