@@ -43,8 +43,11 @@ def beside(settings):
     return settings
 
 
-def helpers_left(docker_client) -> list[str]:
-    return [c.name for c in docker_client.containers.list(all=True, filters={"label": f"{HELPER_LABEL}=restic"})]
+def helpers_left(docker_client, pod_id: str) -> list[str]:
+    """The restic helpers of this pod (its own, or its drill's) still on the daemon; other
+    tests' pods may have theirs running at the same time on the shared dockerd."""
+    found = docker_client.containers.list(all=True, filters={"label": f"{HELPER_LABEL}=restic"})
+    return [c.name for c in found if pod_id in c.labels.get(POD_OF_HELPER, "")]
 
 
 def log_of(snapshot: Snapshot) -> str:
@@ -71,11 +74,11 @@ def test_a_stop_beside_the_volumes_reads_every_volume_back_and_a_start_brings_ev
     log = log_of(first)
     assert "backing up the volumes beside them with restic" in log and "(parent" not in log
     assert all(f"read back {volume.docker_name}" in log for volume in Pod.objects.get(pod_id=pod_id).volumes.all())
-    assert helpers_left(docker_client) == []
+    assert helpers_left(docker_client, pod_id) == []
 
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
-    assert helpers_left(docker_client) == []
+    assert helpers_left(docker_client, pod_id) == []
     # Rewritten in place after the start, its size unchanged: only its time says it changed.
     run_in(docker_client, pod_id, "dd if=/dev/urandom of=/home/dev/blob.bin bs=1024 count=1 conv=notrunc 2>/dev/null")
     edited = listing(docker_client, pod_id)
@@ -146,7 +149,7 @@ def test_backups_of_a_running_pod_beside_it_skip_unchanged_files_and_pause_only_
     assert f"(parent {earlier.manifest['workspace']['store_id'][:8]})" in log_of(snapshot)
     assert "unchanged files" in restic_line and not restic_line.split(" changed, ")[1].startswith("0 unchanged")
     assert second["stored_bytes"] < 256 * 1024
-    assert helpers_left(docker_client) == []
+    assert helpers_left(docker_client, pod_id) == []
     # The log as the backup saw it comes back, checked against its sha256.
     log = b"".join(file_read(snapshot_select(pod_id=pod_id, number=snapshot.pk, path="/workspace/log")))
     assert log and log.endswith(b"\n")
@@ -167,7 +170,7 @@ def test_a_restic_helper_a_dead_worker_left_on_the_pod_goes_before_the_stop_need
     )
     operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
     assert f"removed restic helpers a stopped worker left on pod {pod_id}: {left.name}" in operation.log
-    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client) == []
+    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client, pod_id) == []
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
 
@@ -238,7 +241,7 @@ def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_sa
     assert len(pod_volumes(docker_client, pod_id)) == len(VOLUME_MOUNTS) and container_exists(docker_client, pod_id)
     assert Snapshot.objects.get(pk=first.pk).verify_error
     assert any(pod_id in body["title"] and "do not read back" in body["message"] for body in receiver.bodies)
-    assert helpers_left(docker_client) == []
+    assert helpers_left(docker_client, pod_id) == []
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
 
@@ -275,7 +278,7 @@ def test_verify_drill_and_start_of_a_folder_snapshot_over_a_decayed_pack_say_wha
     assert "ciphertext verification failed" in str(start.value) and str(start.value).endswith(advice)
     pod = Pod.objects.get(pod_id=pod_id)
     assert pod.status == Pod.Status.STOPPED and pod.last_error.endswith(advice)
-    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client) == []
+    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client, pod_id) == []
 
     result = services.snapshots_verify(actor="test", pod_id=pod_id)
     assert result["failed"][str(snapshot.pk)].endswith(advice)
@@ -283,7 +286,7 @@ def test_verify_drill_and_start_of_a_folder_snapshot_over_a_decayed_pack_say_wha
 
     with pytest.raises(PanelError) as drill:
         services.pod_drill(pod_id=pod_id, actor="test")
-    assert str(drill.value).endswith(advice) and helpers_left(docker_client) == []
+    assert str(drill.value).endswith(advice) and helpers_left(docker_client, pod_id) == []
     assert "\n" not in str(start.value) + str(drill.value) + result["failed"][str(snapshot.pk)]
 
 
