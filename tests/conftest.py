@@ -145,27 +145,39 @@ EVERY_S3_SERVER = {
 
 # Under pytest-xdist each test file goes whole to one worker, in collection order, as workers
 # come free: a slow file dealt last keeps one worker busy while the others sit idle. These
-# (the slowest files of a full run; docs/development.md) are dealt first.
+# (the slowest files of a full run, slowest first, by the sum of their tests' durations;
+# docs/development.md) are dealt first.
 SLOW_FILES_FIRST = [
+    "tests/reliability/test_s3_faults.py",
+    "tests/reliability/test_killed_workers.py",
+    "tests/pods/test_snapshot_readback.py",
+    "tests/e2e/test_layout.py",
+    "tests/reliability/test_bad_input.py",
     "tests/pods/test_snapshot_dedup.py",
-    "tests/e2e/test_any_hour_any_file.py",
+    "tests/e2e/test_details_walk.py",
     "tests/pods/test_snapshot_files.py",
     "tests/pods/test_backup.py",
-    "tests/reliability/test_killed_workers.py",
-    "tests/reliability/test_bad_input.py",
-    "tests/pods/test_dedup_locks.py",
-    "tests/dashboard/test_production.py",
-    "tests/reliability/test_killed_restic.py",
+    "tests/pods/test_snapshot_beside.py",
+    "tests/pods/test_faults.py",
     "tests/reliability/test_heartbeat.py",
-    "tests/reliability/test_s3_faults.py",
+    "tests/e2e/test_snapshot_files.py",
+    "tests/e2e/test_roles.py",
+    "tests/pods/test_restore_replace.py",
     "tests/reliability/test_docker_hosts.py",
-    "tests/scaleout/test_health_and_metrics.py",
-    "tests/scaleout/test_two_workers.py",
-    "tests/dashboard/test_login_race.py",
+    "tests/e2e/test_any_hour_any_file.py",
     "tests/e2e/test_journey.py",
-    "tests/audit/test_claim_race.py",
-    "tests/pods/test_cli.py",
+    "tests/dashboard/test_production.py",
+    "tests/pods/test_restore_path.py",
+    "tests/scaleout/test_health_and_metrics.py",
     "tests/pods/test_lifecycle.py",
+    "tests/scaleout/test_two_workers.py",
+    "tests/reliability/test_killed_restic.py",
+    "tests/pods/test_idle_dormancy.py",
+    "tests/pods/test_snapshot_compare.py",
+    "tests/volumes/test_crosscheck.py",
+    "tests/pods/test_drill.py",
+    "tests/pods/test_reconcile_sizes.py",
+    "tests/pods/test_cli.py",
 ]
 
 

@@ -29,6 +29,7 @@ import time
 from apps.audit.services import operation_claim
 start = {start}
 for round_no, operation_id in enumerate({ids}):
+    time.sleep(max(0.0, start + round_no * 0.05 - time.time() - 0.005))  # asleep until just before
     while time.time() < start + round_no * 0.05:
         pass
     if operation_claim(operation_id=operation_id) is not None:
@@ -51,7 +52,7 @@ def stack(postgres_url, redis_url, tmp_path):
 def test_only_one_of_two_racing_workers_claims_each_operation(stack):
     ids = json.loads(stack.shell(CREATE.format(rounds=ROUNDS)).strip().splitlines()[-1])
     assert len(ids) == ROUNDS
-    start = time.time() + 4  # both processes are up and spinning before the first round
+    start = time.time() + 4  # both processes are up and waiting before the first round
     racers = [stack.spawn_shell(CLAIM.format(start=start, ids=ids)) for _ in range(2)]
     outputs = [racer.communicate(timeout=120) for racer in racers]
     for racer, (_, stderr) in zip(racers, outputs, strict=True):

@@ -27,6 +27,7 @@ def slow_remove(self, path, *, recursive=False):
 LocalBackend.remove = slow_remove
 from apps.audit.names import Kind
 from apps.audit.operations import run_now
+time.sleep(max(0.0, {start} - time.time() - 0.005))  # asleep until just before the start
 while time.time() < {start}:
     pass
 result = run_now(Kind.SESSIONS_CLEANUP, actor="race", policy="exit").result
@@ -39,6 +40,7 @@ HOLDS = """
 import time
 from apps.audit.holds import hold_set
 from apps.audit.names import TargetType
+time.sleep(max(0.0, {start} - time.time() - 0.005))  # asleep until just before the start
 while time.time() < {start}:
     pass
 for n in reversed(range({count})):
@@ -61,7 +63,7 @@ def put_sessions(root, count: int) -> None:
 def test_a_hold_racing_a_deletion_is_never_set_and_then_deleted(stack, harm):
     root = stack.var_dir / "volumes" / "music-split-jobs-data"
     put_sessions(root, SESSIONS)
-    start = time.time() + 4  # both processes are up and spinning before the race starts
+    start = time.time() + 4  # both processes are up and waiting before the race starts
     cleanup = stack.spawn_shell(CLEANUP.format(start=start))
     holds = stack.spawn_shell(HOLDS.format(start=start, count=SESSIONS))
     (cleanup_out, cleanup_err), (holds_out, holds_err) = (p.communicate(timeout=180) for p in (cleanup, holds))

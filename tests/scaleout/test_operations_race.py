@@ -9,6 +9,7 @@ import sys, time
 from apps.audit.services import operation_create
 from controlpanel.errors import Busy
 start = {start}
+time.sleep(max(0.0, start - time.time() - 0.005))  # asleep until just before the start
 while time.time() < start:
     pass
 for round_no in range({rounds}):
@@ -24,7 +25,7 @@ def test_two_processes_creating_the_same_operation_get_one_winner_each_round(sta
     import time
 
     rounds = 25
-    start = time.time() + 4  # both processes are up and spinning before the first round
+    start = time.time() + 4  # both processes are up and waiting before the first round
     racers = [stack.spawn_shell(RACE.format(start=start, rounds=rounds, who=who)) for who in "ab"]
     outputs = [racer.communicate(timeout=120) for racer in racers]
     for racer, (_, stderr) in zip(racers, outputs, strict=True):
