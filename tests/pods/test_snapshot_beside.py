@@ -7,7 +7,6 @@ network)."""
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
-import json
 import re
 
 import pytest
@@ -23,13 +22,13 @@ from apps.pods.restic_helper import POD_OF_HELPER, image_ensure
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.verify import snapshot_verify
-from apps.pods.snapshots import StoreError, store_from_url
+from apps.pods.snapshots import store_from_url
 from controlpanel.errors import PanelError
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 from tests.pods.test_backup import writing
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
-from tests.pods.test_snapshot_readback import flip_blob
+from tests.pods.test_snapshot_readback import first_blob_under, flip_blob
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -197,23 +196,6 @@ def test_a_backup_of_a_pod_that_changed_nothing_takes_its_parents_reading_and_ve
     assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
 
 
-def _first_blob_under(store, restic_id: str, folder: str) -> str:
-    """The first data blob of the first file under `folder` in a restic snapshot's tree."""
-
-    def walk(tree: str, inside: bool) -> str | None:
-        for node in json.loads(store.run("cat", "blob", tree, "--no-lock", doing="test"))["nodes"]:
-            if node["type"] == "dir":
-                found = walk(node["subtree"], inside or node["name"] == folder)
-                if found:
-                    return found
-            elif inside and node["type"] == "file" and node.get("content"):
-                return node["content"][0]
-        return None
-
-    root = json.loads(store.run("cat", "snapshot", restic_id, "--no-lock", doing="test"))["tree"]
-    return walk(root, False)
-
-
 def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_says_what_to_do(
     docker_client, new_pod_id, dedup_file, beside, receiver
 ):
@@ -223,7 +205,7 @@ def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_sa
     services.pod_start(pod_id=pod_id, actor="test")
     store = store_from_url()
     pack, _ = flip_blob(
-        store, _first_blob_under(store, first.manifest["workspace"]["store_id"], "workspace"), dedup_file
+        store, first_blob_under(store, first.manifest["workspace"]["store_id"], "workspace"), dedup_file
     )
 
     # The unchanged files are the parent's chunks, the decayed one among them: the read-back
@@ -255,39 +237,6 @@ def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_sa
     assert pod_volumes(docker_client, pod_id) == []
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
-
-
-def test_verify_drill_and_start_of_a_folder_snapshot_over_a_decayed_pack_say_what_to_do(
-    docker_client, new_pod_id, dedup_file, beside
-):
-    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
-    services.pod_stop(pod_id=pod_id, actor="test")
-    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
-    store = store_from_url()
-    flip_blob(store, _first_blob_under(store, snapshot.manifest["workspace"]["store_id"], "workspace"), dedup_file)
-    advice = (
-        f"snapshot #{snapshot.pk} will not restore as it is: run Verify on pod {pod_id}'s snapshots, and repair "
-        "the store before the pod's next stop: `restic check --read-data` names the damaged pack; remove that "
-        "pack file, then run `restic rebuild-index`"
-    )
-
-    # restic writes the files and reads each back (--verify): the decayed chunk fails it, and
-    # the half-written volumes go; the pod stays stopped.
-    with pytest.raises(StoreError) as start:
-        services.pod_start(pod_id=pod_id, actor="test")
-    assert "ciphertext verification failed" in str(start.value) and str(start.value).endswith(advice)
-    pod = Pod.objects.get(pod_id=pod_id)
-    assert pod.status == Pod.Status.STOPPED and pod.last_error.endswith(advice)
-    assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client, pod_id) == []
-
-    result = services.snapshots_verify(actor="test", pod_id=pod_id)
-    assert result["failed"][str(snapshot.pk)].endswith(advice)
-    assert Snapshot.objects.get(pk=snapshot.pk).verify_error.endswith(advice)
-
-    with pytest.raises(PanelError) as drill:
-        services.pod_drill(pod_id=pod_id, actor="test")
-    assert str(drill.value).endswith(advice) and helpers_left(docker_client, pod_id) == []
-    assert "\n" not in str(start.value) + str(drill.value) + result["failed"][str(snapshot.pk)]
 
 
 def test_a_start_beside_the_volumes_shows_its_progress_while_restic_restores(

@@ -54,6 +54,23 @@ def flip_blob(store, blob: str, repository) -> tuple[str, int]:
     raise AssertionError(f"blob {blob} is in no index")
 
 
+def first_blob_under(store, restic_id: str, folder: str) -> str:
+    """The first data blob of the first file under `folder` in a restic snapshot's tree."""
+
+    def walk(tree: str, inside: bool) -> str | None:
+        for node in json.loads(store.run("cat", "blob", tree, "--no-lock", doing="test"))["nodes"]:
+            if node["type"] == "dir":
+                found = walk(node["subtree"], inside or node["name"] == folder)
+                if found:
+                    return found
+            elif inside and node["type"] == "file" and node.get("content"):
+                return node["content"][0]
+        return None
+
+    root = json.loads(store.run("cat", "snapshot", restic_id, "--no-lock", doing="test"))["tree"]
+    return walk(root, False)
+
+
 def _lost_after_a_start(docker_client, pod_id: str, sizes: dict[str, int], before: list[str]) -> int:
     """Bytes of the pod's files (as `listing` saw them before) that a start does not give back;
     all of them when it cannot start."""
@@ -161,12 +178,19 @@ def test_a_start_with_a_wrong_key_creates_no_container_or_volume(docker_client, 
     )
 
 
-@pytest.mark.usefixtures("stream_engine")
-def test_verify_drill_and_start_over_a_decayed_pack_say_what_to_do(docker_client, new_pod_id, dedup_file):
+@pytest.mark.parametrize("engine", ["stream", "beside"])
+def test_verify_drill_and_start_over_a_decayed_pack_say_what_to_do(
+    docker_client, new_pod_id, dedup_file, settings, engine
+):
+    settings.SNAPSHOT_ENGINE = engine
     pod_id, _ = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
     services.pod_stop(pod_id=pod_id, actor="test")
     snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
-    _flip_in_pack_of(store_from_url(), snapshot.manifest["workspace"], dedup_file)
+    store, entry = store_from_url(), snapshot.manifest["workspace"]
+    if engine == "stream":  # the volume's own tar
+        _flip_in_pack_of(store, entry, dedup_file)
+    else:  # a file of /workspace in the restic snapshot of the eight folders
+        flip_blob(store, first_blob_under(store, entry["store_id"], "workspace"), dedup_file)
     advice = (
         f"snapshot #{snapshot.pk} will not restore as it is: run Verify on pod {pod_id}'s snapshots, and repair "
         "the store before the pod's next stop: `restic check --read-data` names the damaged pack; remove that "
