@@ -73,6 +73,21 @@ def _size(text: str) -> int:
     return int(float(number) * UNITS.get(unit.strip(), 1))
 
 
+def _go_error(stderr: str) -> str | None:
+    """restic's message out of the Go stack trace it prints for some errors (no "Fatal" line):
+    the messages are the lines that are not stack frames (a function, then a tab-indented
+    file:line), innermost first; told outermost first, as one line."""
+    lines = [line for line in stderr.splitlines() if line.strip() and "retrying after" not in line]
+    if not any(line.startswith("\t") and re.search(r"\.(go|s):\d+$", line) for line in lines):
+        return None
+    messages = [
+        line.strip()
+        for at, line in enumerate(lines)
+        if not line.startswith("\t") and not (at + 1 < len(lines) and lines[at + 1].startswith("\t"))
+    ]
+    return ": ".join(reversed(messages)) or None
+
+
 def folder_of(key: str) -> str:
     """`…/usr-local.tar` → `local`: the folder a volume is backed up as beside the volumes (its
     mount's last name, the name Docker's archive of the same folder starts with)."""
@@ -219,7 +234,8 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             return Unreachable(f"snapshot store {self.url} unreachable while {doing}: {text[-200:]}")
         if LOCKED in text:
             return self.locked_error(restic_locks.holder(stderr) or "another restic", doing)
-        detail = next((line for line in stderr.splitlines() if line.startswith("Fatal")), text[-300:])
+        fatal = next((line for line in stderr.splitlines() if line.startswith("Fatal")), None)
+        detail = fatal or _go_error(stderr) or text[-300:]
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
     def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
