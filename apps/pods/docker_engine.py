@@ -235,11 +235,16 @@ class DockerEngine:
                         raise
         return len(left)
 
+    @property
+    def on_this_machine(self) -> bool:
+        """The host is this machine (a Unix socket): its folders are this machine's folders."""
+        return self.base_url.startswith("unix://")
+
     def volumes_disk_used(self) -> int | None:
         """Bytes used on the disk that holds this host's volumes, when the host is this machine
         and the folder can be looked at from here; None otherwise (the progress of a write
         Docker does not report: a restore in a helper)."""
-        if not self.base_url.startswith("unix://"):
+        if not self.on_this_machine:
             return None
         try:
             found = os.statvfs(self._volumes_folder())

@@ -260,11 +260,6 @@ def pod_helpers_remove(engine: DockerEngine, pod_id: str) -> list[str]:
     return [(row.get("Names") or [row["Id"][:12]])[0].lstrip("/") for row in rows]
 
 
-def local_folder(engine: DockerEngine) -> bool:
-    """The host is this machine (a Unix socket): a folder here can be bind-mounted there."""
-    return engine.base_url.startswith("unix://")
-
-
 def credentials_file() -> bytes | None:
     """The S3 credentials restic in a helper needs, as an AWS shared-credentials file."""
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")

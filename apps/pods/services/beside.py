@@ -9,9 +9,8 @@ from django.conf import settings
 
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import PodVolume
-from apps.pods.restic_helper import SECRETS, credentials_file, local_folder, pod_helpers_remove, restic_in_helper
+from apps.pods.restic_helper import SECRETS, credentials_file, pod_helpers_remove, restic_in_helper
 from apps.pods.services.state import _log
-from apps.pods.stores.base import StoreError
 from apps.pods.stores.dedup import DedupStore
 from controlpanel.errors import PanelError
 
@@ -28,7 +27,7 @@ def folders_precheck(*, store, engine: DockerEngine, always: bool = False) -> No
     """A file repository can be bind-mounted only into a helper on this machine (`always`: a
     folder snapshot's restore, whatever SNAPSHOT_ENGINE says now)."""
     wanted = always or folders_used(store)
-    if wanted and isinstance(store, DedupStore) and store.path is not None and not local_folder(engine):
+    if wanted and isinstance(store, DedupStore) and store.path is not None and not engine.on_this_machine:
         raise PanelError(
             f"snapshot store {store.url} is a folder on the panel's machine, which Docker host "
             f"{engine.host_name!r} cannot reach: use a dedup+s3:// store for pods on other hosts; nothing was touched"
@@ -45,7 +44,7 @@ def helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, d
     secrets = {"key": Path(store.key_file()).read_bytes()}
     env = {"RESTIC_PASSWORD_FILE": f"{SECRETS}/key", "RESTIC_CACHE_DIR": "/cache"}
     binds = {}
-    if local_folder(engine):
+    if engine.on_this_machine:
         cache = Path(settings.VAR_DIR) / "restic-cache"
         cache.mkdir(parents=True, exist_ok=True)
         binds[str(cache)] = "/cache"
@@ -81,13 +80,6 @@ def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operat
         **run,
     )
     if result.exit_code not in (0, INCOMPLETE):
-        # restic goes on past a file it cannot write or read back, and ends with "Fatal: There
-        # were N errors": the first file's own error is the one that says what happened.
-        skipped = [line.strip() for line in result.stderr.splitlines() if line.startswith("ignoring error for ")]
-        if skipped:
-            more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-            first = skipped[0].removeprefix("ignoring error for ")
-            raise StoreError(f"snapshot store {store.url} failed {doing}: {first}{more}")
         raise store.error(doing, result.stderr or "\n".join(result.lines[-5:]))
     return result
 

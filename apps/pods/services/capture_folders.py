@@ -20,7 +20,6 @@ the new volumes (`restic restore --verify`).
 
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -30,7 +29,7 @@ from django.utils import timezone
 from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.models import Pod, PodVolume, Snapshot, volume_docker_name
 from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.state import _log
@@ -58,11 +57,8 @@ def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
     return None
 
 
-def _restic_id(snapshot: Snapshot) -> str:
-    return _restic_id_of(snapshot.manifest)
-
-
-def _restic_id_of(manifest: dict) -> str:
+def _restic_id(manifest: dict) -> str:
+    """The restic snapshot that holds a folder snapshot's eight volumes."""
     return next(iter(manifest.values()))["store_id"]
 
 
@@ -71,14 +67,15 @@ def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, vol
     trees are content-addressed: the same tree id is the same names, metadata and chunks): the
     parent's entries and file lists describe it byte for byte, and nothing needs reading now.
     None when anything differs."""
+    parent_id = _restic_id(parent.manifest)
     trees = {
         found["id"]: found.get("tree")
         for found in json.loads(
-            store.run("snapshots", "--json", restic_id, _restic_id(parent), doing="comparing with the parent") or "[]"
+            store.run("snapshots", "--json", restic_id, parent_id, doing="comparing with the parent") or "[]"
         )
     }
     ours = [tree for restic, tree in trees.items() if restic.startswith(restic_id)]
-    theirs = [tree for restic, tree in trees.items() if restic.startswith(_restic_id(parent))]
+    theirs = [tree for restic, tree in trees.items() if restic.startswith(parent_id)]
     if not ours or not theirs or ours[0] != theirs[0]:
         return None
     lists = json.loads(store.get_small(f"{parent.prefix}/manifest.json")).get("files") or {}
@@ -93,15 +90,15 @@ def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, vol
 
 def restored_labels(manifest: dict) -> dict[str, str]:
     """Labels for the volumes a start fills from `manifest`: which restic snapshot wrote them."""
-    return {RESTORED_FROM: _restic_id_of(manifest)} if folder_layout(manifest) else {}
+    return {RESTORED_FROM: _restic_id(manifest)} if folder_layout(manifest) else {}
 
 
-def _restored_from(engine: DockerEngine, volumes: list[PodVolume]) -> str | None:
+def _restored_from(engine: DockerEngine, pod: Pod, volumes: list[PodVolume]) -> str | None:
     """The restic snapshot a start wrote every one of these volumes from, if one did."""
     names = {volume.docker_name for volume in volumes}
     found = {
         volume.name: volume.labels.get(RESTORED_FROM)
-        for volume in engine.volumes_list(name_prefix=os.path.commonprefix(sorted(names)))
+        for volume in engine.volumes_list(name_prefix=volume_docker_name(pod.pod_id, ""))
         if volume.name in names
     }
     sources = set(found.values())
@@ -121,12 +118,12 @@ def _backup(
     earlier: Snapshot | None,
 ) -> dict:
     """One restic backup of the eight folders, `earlier`'s restic snapshot as parent; restic's summary."""
-    parent = _restic_id(earlier) if earlier is not None else None
+    parent = _restic_id(earlier.manifest) if earlier is not None else None
     command = ["backup", "--json", "--host", HOST, "--tag", FOLDER_LAYOUT]
     for volume in volumes:
         command += ["--tag", keys[volume.name]]
     command += ["--parent", parent] if parent else ["--force"]
-    if parent and _restored_from(engine, volumes) == parent:
+    if parent and _restored_from(engine, pod, volumes) == parent:
         # A start wrote these volumes from the parent itself: every inode and ctime is new, so
         # restic would read every file again to find it unchanged. Size and modification time
         # (the restore set them from the parent) tell a file changed since, as they tell rsync.

@@ -73,6 +73,16 @@ def _size(text: str) -> int:
     return int(float(number) * UNITS.get(unit.strip(), 1))
 
 
+def _first_skipped(stderr: str) -> str | None:
+    """restic goes on past a file it cannot back up, restore or read back, and ends with
+    "Fatal: There were N errors": the first file's own error says what happened."""
+    skipped = [line.strip() for line in stderr.splitlines() if line.startswith("ignoring error for ")]
+    if not skipped:
+        return None
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    return skipped[0].removeprefix("ignoring error for ") + more
+
+
 def _go_error(stderr: str) -> str | None:
     """restic's message out of the Go stack trace it prints for some errors (no "Fatal" line):
     the messages are the lines that are not stack frames (a function, then a tab-indented
@@ -235,7 +245,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         if LOCKED in text:
             return self.locked_error(restic_locks.holder(stderr) or "another restic", doing)
         fatal = next((line for line in stderr.splitlines() if line.startswith("Fatal")), None)
-        detail = fatal or _go_error(stderr) or text[-300:]
+        detail = _first_skipped(stderr) or fatal or _go_error(stderr) or text[-300:]
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
     def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
