@@ -33,6 +33,13 @@ def expired_filter() -> Q:
     return Q(expires_at__lte=timezone.now(), problem="")
 
 
+def session_jobs_expired(session_id: str, now) -> bool:
+    """The mirror knows jobs of the session and every one was past its expiry at `now` (one never
+    read, unreadable or unfinished has none): an output left without them was theirs."""
+    rows = MixJob.objects.filter(session_id=session_id)
+    return rows.exists() and not rows.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).exists()
+
+
 OVERVIEW_TITLE = "Mix jobs"
 TOTALS_CACHE_KEY = "mixjobs:totals"
 TOTALS_CACHE_SECONDS = 60

@@ -315,3 +315,25 @@ def test_an_output_left_without_jobs_goes_once_older_than_any_ttl(clock):
     assert not output_path("orphan").exists()
     assert output_path("recent").exists()  # it may be a session whose first job is being written
     assert report.bytes_reclaimed == 104
+
+
+def test_an_output_left_by_a_run_killed_after_its_sessions_last_job_goes_at_the_next_run(clock):
+    # The mirror knows the sessions' jobs (a sync read them); a run killed between a session's
+    # last job file and its output removed the job files and nothing else.
+    from apps.mixjobs.services import mixjobs_sync
+
+    jobs = {"killed": ("j1", "complete"), "writing": ("j2", "mixing")}
+    for session_id, (job_id, state) in jobs.items():
+        write_job(session_id, job_id, state=state, updated_at=NOW - timedelta(hours=50), output=True)
+    mixjobs_sync(actor="tests")
+    for session_id, (job_id, _state) in jobs.items():
+        job_path(session_id, job_id).unlink()
+        index_path(job_id).unlink()
+
+    report = mixjobs_cleanup(actor="tests")
+
+    # Its jobs had all expired: the fresh output was theirs. A session whose job had no expiry
+    # (still mixing when last read) keeps its output, however it came to have no job file.
+    assert not output_path("killed").exists()
+    assert output_path("writing").exists()
+    assert report.bytes_reclaimed > 0

@@ -44,7 +44,7 @@ from apps.mixjobs.files import (
     ttl_for,
 )
 from apps.mixjobs.models import MixJob
-from apps.mixjobs.selectors import SAMPLE_DOMAIN, SAMPLE_SUBJECT, mixjobs_totals_forget
+from apps.mixjobs.selectors import SAMPLE_DOMAIN, SAMPLE_SUBJECT, mixjobs_totals_forget, session_jobs_expired
 from controlpanel.errors import Busy, InvalidInput
 from controlpanel.formatting import humanize_bytes, plural
 from controlpanel.paths import validate_id
@@ -298,13 +298,13 @@ def _clean_session(*, session_id: str, jobs_folder: Path, now: datetime, report:
 
 def _clean_output(*, session_id: str, remaining: int, any_expired: bool, now: datetime, report: CleanupReport) -> None:
     """The output belongs to the session: it goes only with the session's last job. One left
-    behind by an earlier run that stopped after the last job went goes now, once it is older
-    than any job TTL (nothing fresh is ever an orphan by accident)."""
+    behind by an earlier run that stopped after the last job went goes now: when the mirror
+    knows those jobs, all expired, or once it is older than any job TTL (never one fresh)."""
     path = output_path(session_id)
     if remaining == 0 and any_expired:
         why = "the session's output; none of its jobs remain"
-    elif remaining == 0 and _output_outlived_its_jobs(session_id, now):
-        why = "the session's output, left without jobs and older than any job TTL"
+    elif remaining == 0 and (session_jobs_expired(session_id, now) or _output_outlived_its_jobs(session_id, now)):
+        why = "the session's output, left without jobs (all of them expired, or older than any job TTL)"
     else:
         if report.dry_run and os.path.lexists(path):
             verb = "remains" if remaining == 1 else "remain"
