@@ -17,6 +17,7 @@ from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
 from apps.pods.services.verify import damage_advice
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
+from apps.pods.stores import restic_raw
 from apps.pods.stores.tarlist import joined
 from controlpanel.formatting import humanize_bytes
 
@@ -91,9 +92,15 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
     store = store_from_url(snapshot.store_url)
     if not isinstance(store, DedupStore):
         return
+    keys = [entry["key"] for entry in (snapshot.manifest or {}).values() if isinstance(entry, dict)]
     if folder_layout(snapshot.manifest):
         folders_precheck(store=store, engine=engine_for(snapshot.pod.host), always=True)
-    keys = [entry["key"] for entry in (snapshot.manifest or {}).values() if isinstance(entry, dict)]
+        # The key opened this repository before: the restic snapshot's file is looked for by
+        # its id, without deriving the key (the restore itself reads and checks every chunk).
+        if restic_raw.lock_ids_if_opened(store) is not None:
+            restic_id = next(iter(snapshot.manifest.values()))["store_id"]
+            if restic_raw.snapshot_present(store, restic_id):
+                return
     missing = sorted(set(keys) - store.keys_present(keys))
     if missing:
         raise StoreError(

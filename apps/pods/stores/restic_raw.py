@@ -1,0 +1,112 @@
+"""What a restic repository shows without its key: the names of its files (restic names each
+lock, key and snapshot file by its id) and the bytes of its config file.
+
+Every restic process derives the key from SNAPSHOT_KEY_FILE first (scrypt, calibrated by
+`restic init` to about half a second on the machine that made the repository). A preflight
+that only asks "does the key open it, and does any lock hold it?" reads these names instead:
+
+- the key is right when the key file (its inode, size, mtime and ctime: any write changes the
+  ctime), the repository's config and its key files are the very ones a restic of ours last
+  opened it with (recorded in VAR_DIR/restic-opened/, no secret in it);
+- nothing holds the repository when its `locks/` folder is empty;
+- a snapshot is there when a file in `snapshots/` bears its id.
+
+Anything else (never opened from here, a new or removed key, a rewritten key file, a lock, a
+listing that fails) is left to restic, as before. The copy itself always goes through restic,
+which checks the key and every chunk again: a wrong answer here can only move a refusal from
+before the pod is touched to the step that would have refused anyway, nothing is lost.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+from controlpanel.s3 import s3_client
+
+
+def names(store, folder: str) -> list[str]:
+    """The file names in one of the repository's folders (`locks`, `keys`, `snapshots`)."""
+    if store.path is not None:
+        try:
+            return sorted(os.listdir(store.path / folder))
+        except FileNotFoundError:
+            return []
+    prefix = f"{store.prefix}/{folder}/" if store.prefix else f"{folder}/"
+    found = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
+        found += [item["Key"][len(prefix) :] for item in page.get("Contents") or []]
+    return sorted(found)
+
+
+def _config(store) -> bytes | None:
+    if store.path is not None:
+        try:
+            return (store.path / "config").read_bytes()
+        except FileNotFoundError:
+            return None
+    key = f"{store.prefix}/config" if store.prefix else "config"
+    client = s3_client()
+    try:
+        return client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+def stamp(store) -> dict | None:
+    """What the key's check depends on, now; None when the repository has no config yet."""
+    config = _config(store)
+    if config is None:
+        return None
+    key = os.stat(settings.SNAPSHOT_KEY_FILE)
+    return {
+        "repository": store.repository,
+        "key_file": [settings.SNAPSHOT_KEY_FILE, key.st_ino, key.st_size, key.st_mtime_ns, key.st_ctime_ns],
+        "keys": names(store, "keys"),
+        "config": hashlib.sha256(config).hexdigest(),
+    }
+
+
+def _record_path(store) -> Path:
+    return Path(settings.VAR_DIR) / "restic-opened" / hashlib.sha256(store.repository.encode()).hexdigest()[:32]
+
+
+def opened_record(store, taken: dict | None) -> None:
+    """restic opened the repository with the key as it was when `taken` was made."""
+    if taken is None:
+        return
+    path = _record_path(store)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}")
+        partial.write_text(json.dumps(taken))
+        partial.replace(path)
+    except OSError:
+        pass  # only a shortcut lost: the next preflight asks restic again
+
+
+def taken_now(store) -> dict | None:
+    """`stamp(store)`, or None when the repository cannot be listed without restic now."""
+    try:
+        return stamp(store)
+    except Exception:  # whatever failed, restic will say it in its own words
+        return None
+
+
+def lock_ids_if_opened(store) -> list[str] | None:
+    """The ids of the repository's lock files when restic opened it with this very key
+    before (no restic started); None when only restic can tell."""
+    now = taken_now(store)
+    try:
+        if now is None or json.loads(_record_path(store).read_text()) != now:
+            return None
+        return names(store, "locks")
+    except Exception:  # no record, or a listing that fails now: restic will say why
+        return None
+
+
+def snapshot_present(store, restic_id: str) -> bool:
+    """Whether a snapshot file with this (short or full) id is in the repository."""
+    return any(name.startswith(restic_id) for name in names(store, "snapshots"))

@@ -1,0 +1,98 @@
+"""A preflight that needs no key derivation (`apps.pods.stores.restic_raw`): a repository our
+restic opened with this very key before is checked by listing its files; a new key in it, a
+rewritten key file, a lock or a missing restic snapshot are still seen, on the real restic 0.14
+(and a start with a missing one touches nothing), on a folder and on SeaweedFS."""
+
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+
+import subprocess
+import time
+
+import pytest
+
+from apps.pods import services
+from apps.pods.models import Pod, Snapshot
+from apps.pods.snapshots import store_from_url
+from apps.pods.stores import restic_raw
+from apps.pods.stores.base import StoreError
+from apps.pods.stores.dedup import DedupStore
+from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
+from tests.pods.conftest import container_exists, pod_volumes
+from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+
+pytestmark = [pytest.mark.django_db]
+
+
+@pytest.fixture
+def restic_runs(monkeypatch) -> list[tuple]:
+    """The restic commands `DedupStore.run` starts from now on."""
+    runs, real = [], DedupStore.run
+
+    def counted(self, *args, **kwargs):
+        runs.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DedupStore, "run", counted)
+    return runs
+
+
+def test_a_repository_opened_with_this_key_before_is_checked_by_its_listing(store, restic, restic_runs, tmp_path):
+    store = store_from_url()
+    assert store.repository_ensure() == []
+    assert restic_runs == [("list", "locks", "--no-lock")]  # the first time: restic opens it
+
+    restic_runs.clear()
+    assert store.repository_ensure() == []
+    assert restic_runs == []  # the same key file, keys and config: no restic started
+
+    # A restic at work holds a lock: its file is seen in the listing, still without restic.
+    holder = subprocess.Popen(
+        store.command("backup", "--stdin", "--host", "elsewhere"), stdin=subprocess.PIPE, env=store.env()
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not restic_raw.names(store, "locks") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = restic_raw.names(store, "locks")
+        assert held and store.repository_ensure() == held
+        assert restic_runs == []
+    finally:
+        holder.communicate(b"", timeout=60)
+
+    # Another key added to the repository: only restic can tell whether ours still opens it.
+    other = tmp_path / "other.key"
+    other.write_text("another key")
+    subprocess.run(
+        store.command("key", "add", "--new-password-file", str(other)), env=store.env(), check=True, capture_output=True
+    )
+    assert store.repository_ensure() == []
+    assert restic_runs == [("list", "locks", "--no-lock")]
+
+    # The key file rewritten: restic is asked, and refuses a key that is not the repository's.
+    restic_runs.clear()
+    restic.write_text("not the key, and longer than it was")
+    with pytest.raises(StoreError, match="refused the key in SNAPSHOT_KEY_FILE"):
+        store.repository_ensure()
+    assert restic_runs and restic_runs[0][:2] == ("list", "locks")
+
+
+def test_a_start_whose_restic_snapshot_is_gone_is_refused_before_anything_is_made(
+    docker_client, new_pod_id, dedup_file, restic_runs
+):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    restic_id = next(iter(snapshot.manifest.values()))["store_id"]
+    store = store_from_url()
+    assert restic_raw.snapshot_present(store, restic_id)
+    subprocess.run(store.command("forget", restic_id), env=store.env(), check=True, capture_output=True)
+    assert not restic_raw.snapshot_present(store, restic_id)
+
+    restic_runs.clear()
+    with pytest.raises(StoreError, match=rf"snapshot #{snapshot.pk} of pod {pod_id} is not whole"):
+        services.pod_start(pod_id=pod_id, actor="test")
+    # Not found by its file name, the snapshot was looked for by restic itself, then refused.
+    assert [run[0] for run in restic_runs] == ["snapshots"]
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
+    assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
