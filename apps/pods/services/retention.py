@@ -6,7 +6,7 @@ deletion; the run purges exactly what the preview lists, looked up again."""
 
 from django.conf import settings
 
-from apps.audit.holds import ON_HOLD, hold_guard
+from apps.audit.holds import ON_HOLD, hold_for, hold_guard
 from apps.audit.models import Operation
 from apps.audit.names import TargetType
 from apps.audit.services import Actor
@@ -14,6 +14,7 @@ from apps.pods.models import Snapshot
 from apps.pods.selectors import retention_keep_last, snapshot_leaks, snapshots_kept_on_hold
 from apps.pods.services.snapshotting import _snapshot_purge
 from apps.pods.services.state import _log
+from apps.pods.services.store_strays import strays_forget, strays_found
 from controlpanel.preview import Preview, PreviewItem
 
 
@@ -49,23 +50,47 @@ def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operatio
     on_hold = held_now + [pk for pk in (snapshot.pk for snapshot in snapshots_on_hold(keep=keep)) if pk not in held_now]
     if on_hold:
         _log(operation, f"kept {len(on_hold)} snapshots {ON_HOLD}: " + ", ".join(f"#{pk}" for pk in on_hold[:20]))
-    return {"purged": purged, "bytes": reclaimed, "on_hold": on_hold}
+    strays = strays_forget(actor=actor, operation=operation)
+    if strays["held"]:
+        _log(operation, f"kept the objects under purged snapshots {ON_HOLD}: {', '.join(strays['held'][:20])}")
+    return {
+        "purged": purged,
+        "bytes": reclaimed + strays["bytes"],
+        "on_hold": on_hold,
+        "strays_forgotten": strays["forgotten"],
+        "strays_on_hold": strays["held"],
+    }
 
 
 def retention_preview(*, keep: int | None = None) -> Preview:
-    """Retention's confirmation: what the policy purges, and what it keeps on hold."""
+    """Retention's confirmation: what the policy purges (and the objects left under snapshots
+    it purged before, `store_strays`), and what it keeps on hold."""
+    strays, unlisted = strays_found()
+    held = {
+        stray
+        for stray in strays
+        if hold_for(target_type=TargetType.POD, target_id=stray.pod_id) is not None
+        or hold_for(target_type=TargetType.SNAPSHOT, target_id=str(stray.number)) is not None
+    }
     return Preview(
         title="Purge old snapshots",
         summary=f"{retention_policy_sentence(keep)}; failed snapshots and complete ones past that will be deleted "
-        "from their store. The snapshot a stopped pod needs is never among them, nor a held one.",
+        "from their store. The snapshot a stopped pod needs is never among them, nor a held one."
+        + "".join(f" {sentence}." for sentence in unlisted),
         delete=[
             PreviewItem(
                 f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", bytes=s.total_bytes or s.bytes_done, why=s.store_url
             )
             for s in snapshots_to_retire(keep=keep)
+        ]
+        + [
+            PreviewItem(f"{stray.pod_id}: {stray.sentence}", why=", ".join(stray.keys[:3]))
+            for stray in strays
+            if stray not in held
         ],
         keep=[
             PreviewItem(f"{s.pod.pod_id} snapshot #{s.pk} ({s.status})", bytes=s.total_bytes, why=ON_HOLD)
             for s in snapshots_on_hold(keep=keep)
-        ],
+        ]
+        + [PreviewItem(f"{stray.pod_id}: {stray.sentence}", why=ON_HOLD) for stray in strays if stray in held],
     )
