@@ -87,8 +87,10 @@ def _volume_read(
 def _restore_precheck(*, snapshot: Snapshot) -> None:
     """Before the pod changes state or any container or volume is made: a deduplicated store
     opens with the key in SNAPSHOT_KEY_FILE and lists every object of the snapshot (one
-    `restic snapshots`, a wrong key refused in one line). A restore that cannot read its
-    first byte must not create, then remove, a container and eight volumes."""
+    `restic snapshots`, a wrong key refused in one line; for a folder snapshot in a
+    repository this key opened before, its restic snapshot's file found by id, `restic_raw`).
+    A restore that cannot read its first byte must not create, then remove, a container and
+    eight volumes."""
     store = store_from_url(snapshot.store_url)
     if not isinstance(store, DedupStore):
         return

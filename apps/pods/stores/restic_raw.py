@@ -6,8 +6,10 @@ Every restic process derives the key from SNAPSHOT_KEY_FILE first (scrypt, calib
 that only asks "does the key open it, and does any lock hold it?" reads these names instead:
 
 - the key is right when the key file (its inode, size, mtime and ctime: any write changes the
-  ctime), the repository's config and its key files are the very ones a restic of ours last
-  opened it with (recorded in VAR_DIR/restic-opened/, no secret in it);
+  ctime, though only to the kernel's clock tick, so a rewrite to the same size within a few
+  milliseconds of the last would pass), the repository's config and its key files are the
+  very ones a restic of ours last opened it with (recorded in VAR_DIR/restic-opened/, no
+  secret in it);
 - nothing holds the repository when its `locks/` folder is empty;
 - a snapshot is there when a file in `snapshots/` bears its id.
 
