@@ -1,6 +1,6 @@
 """Objects a stopped worker's restic helper saved under a snapshot that retention had already
 purged (`services.store_strays`), on the real restic 0.14: previewed, kept while the pod is
-held, forgotten by the next retention run, the pod's live snapshot untouched; objects under a
+held, forgotten by the next retention run, the pod's live snapshot still reading back whole; objects under a
 prefix no snapshot row names are never touched."""
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
@@ -13,11 +13,13 @@ from django.urls import reverse
 
 from apps.audit.holds import hold_release, hold_set
 from apps.audit.names import TargetType
+from apps.audit.services import Progress
 from apps.pods import services
-from apps.pods.models import Pod, Snapshot
+from apps.pods.models import Snapshot
+from apps.pods.services.verify import snapshot_verify
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.dedup import FOLDER_LAYOUT, HOST
-from tests.pods.conftest import listing, pod_with_files
+from tests.pods.conftest import WRITE_SCRIPT, run_in
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
@@ -37,10 +39,11 @@ def late_save(store, tmp_path, *tags: str) -> None:
 def test_objects_saved_under_a_purged_snapshot_are_previewed_held_and_then_forgotten(
     docker_client, new_pod_id, dedup_file, tmp_path, staff_client
 ):
-    pod_id, before = pod_with_files(docker_client, new_pod_id)
-    services.pod_stop(pod_id=pod_id, actor="test")
-    services.pod_start(pod_id=pod_id, actor="test")
-    services.pod_stop(pod_id=pod_id, actor="test")
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_backup(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, WRITE_SCRIPT)
+    services.pod_backup(pod_id=pod_id, actor="test")
     first, second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("pk")
     services.snapshots_apply_retention(actor="test", keep=1)
     first.refresh_from_db()
@@ -72,9 +75,7 @@ def test_objects_saved_under_a_purged_snapshot_are_previewed_held_and_then_forgo
     assert "ghost/999999/workspace.tar" in present
     assert not [item for item in services.retention_preview(keep=1).delete if wanted in item.name]
 
-    # The pod's live snapshot is whole: it starts with every file.
+    # The pod's live snapshot is whole: every object of it reads back as its manifest says.
     second.refresh_from_db()
     assert second.status == Snapshot.Status.COMPLETE
-    services.pod_start(pod_id=pod_id, actor="test")
-    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
-    assert listing(docker_client, pod_id) == before
+    assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
