@@ -81,3 +81,32 @@ def restic_key_make_fast_on_s3(client, bucket: str, prefix: str, password: str, 
     (new,) = list((scratch / "keys").iterdir())
     client.upload_file(str(new), bucket, f"{prefix}/keys/{new.name}")
     client.delete_object(Bucket=bucket, Key=old)
+
+
+def restic_lock_write(repository: Path, password: str, *, pid: int, hostname: str, exclusive: bool = True) -> str:
+    """Write a lock into a repository as restic 0.14 would (its JSON sealed with the master key,
+    named by the sha256 of what is stored), for a restic that is gone: what a prune killed with
+    SIGKILL leaves behind. Returns the lock's id."""
+    (key_file,) = list((repository / "keys").iterdir())
+    key = json.loads(key_file.read_bytes())
+    wrapped = _open(base64.b64decode(key["data"]), _keys(password.encode(), base64.b64decode(key["salt"]), key))
+    master = json.loads(wrapped)
+    keys = (
+        base64.b64decode(master["encrypt"]),
+        base64.b64decode(master["mac"]["k"]),
+        base64.b64decode(master["mac"]["r"]),
+    )
+    lock = {
+        "time": "2026-01-01T00:00:00.000000000Z",
+        "exclusive": exclusive,
+        "hostname": hostname,
+        "username": "root",
+        "pid": pid,
+        "uid": 0,
+        "gid": 0,
+    }
+    sealed = _seal(json.dumps(lock).encode(), keys)
+    lock_id = hashlib.sha256(sealed).hexdigest()
+    (repository / "locks").mkdir(exist_ok=True)
+    (repository / "locks" / lock_id).write_bytes(sealed)
+    return lock_id

@@ -5,6 +5,7 @@ rewritten key file, a lock or a missing restic snapshot are still seen, on the r
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
+import socket
 import subprocess
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 from apps.pods import services
 from apps.pods.models import Pod, Snapshot
+from apps.pods.services.restoring import _restore_precheck
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores import restic_raw
 from apps.pods.stores.base import StoreError
@@ -19,6 +21,7 @@ from apps.pods.stores.dedup import DedupStore
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import container_exists, pod_volumes
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+from tests.restic_keys import restic_lock_write
 
 pytestmark = [pytest.mark.django_db]
 
@@ -68,6 +71,13 @@ def test_a_repository_opened_with_this_key_before_is_checked_by_its_listing(stor
     assert store.repository_ensure() == []
     assert restic_runs == [("list", "locks", "--no-lock")]
 
+    # The key file written again with the same bytes (same size): its times changed, so restic
+    # is asked again; then, recorded anew, it is not.
+    restic_runs.clear()
+    restic.write_text(restic.read_text())
+    assert store.repository_ensure() == [] and store.repository_ensure() == []
+    assert restic_runs == [("list", "locks", "--no-lock")]
+
     # The key file rewritten: restic is asked, and refuses a key that is not the repository's.
     restic_runs.clear()
     restic.write_text("not the key, and longer than it was")
@@ -76,7 +86,7 @@ def test_a_repository_opened_with_this_key_before_is_checked_by_its_listing(stor
     assert restic_runs and restic_runs[0][:2] == ("list", "locks")
 
 
-def test_a_start_whose_restic_snapshot_is_gone_is_refused_before_anything_is_made(
+def test_a_start_looks_for_its_restic_snapshot_by_name_only_while_no_lock_is_there_and_a_gone_one_is_refused(
     docker_client, new_pod_id, dedup_file, restic_runs
 ):
     pod_id = new_pod_id()
@@ -86,6 +96,22 @@ def test_a_start_whose_restic_snapshot_is_gone_is_refused_before_anything_is_mad
     restic_id = next(iter(snapshot.manifest.values()))["store_id"]
     store = store_from_url()
     assert restic_raw.snapshot_present(store, restic_id)
+    restic_runs.clear()
+    _restore_precheck(snapshot=snapshot)
+    assert restic_runs == []  # found by its file's name: no restic started
+
+    # While a restic holds a lock, restic is asked (it waits out a prune's, clears a dead one's).
+    holder = subprocess.Popen(
+        store.command("backup", "--stdin", "--host", "elsewhere"), stdin=subprocess.PIPE, env=store.env()
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not restic_raw.names(store, "locks") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _restore_precheck(snapshot=snapshot)
+        assert [run[0] for run in restic_runs] == ["snapshots"]
+    finally:
+        holder.communicate(b"", timeout=60)
     subprocess.run(store.command("forget", restic_id), env=store.env(), check=True, capture_output=True)
     assert not restic_raw.snapshot_present(store, restic_id)
 
@@ -96,3 +122,14 @@ def test_a_start_whose_restic_snapshot_is_gone_is_refused_before_anything_is_mad
     assert [run[0] for run in restic_runs] == ["snapshots"]
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
     assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
+
+
+def test_a_manifest_read_that_meets_a_dead_restics_exclusive_lock_clears_it_and_reads(dedup_file, restic_template):
+    store = store_from_url()
+    store.put_small("p1/1/manifest.json", b'{"volumes": {}}')
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock_id = restic_lock_write(dedup_file, restic_template[1], pid=gone.pid, hostname=socket.gethostname())
+    fresh = store_from_url()  # knows no restic id: the manifest is looked for by its tag
+    assert fresh.get_small("p1/1/manifest.json") == b'{"volumes": {}}'
+    assert lock_id not in restic_raw.names(fresh, "locks")

@@ -79,3 +79,35 @@ def test_objects_saved_under_a_purged_snapshot_are_previewed_held_and_then_forgo
     second.refresh_from_db()
     assert second.status == Snapshot.Status.COMPLETE
     assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
+
+
+def test_objects_a_live_snapshot_points_at_stay_and_only_the_purged_pods_own_prefix_counts(
+    docker_client, new_pod_id, dedup_file, tmp_path, stream_engine
+):
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    services.pod_start(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    first, second = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("pk")
+    # The stream engine's second stop wrote only what changed: it points at the first's objects.
+    reused = {e["key"] for e in second.manifest.values() if e["key"].startswith(f"{first.prefix}/")}
+    assert reused
+    services.snapshots_apply_retention(actor="test", keep=1)
+    first.refresh_from_db()
+    assert first.status == Snapshot.Status.DELETED
+
+    store = store_from_url()
+    late_save(store, tmp_path, f"{first.prefix}/late.tar")
+    late_save(store, tmp_path, f"other{pod_id}/{first.pk}/workspace.tar")  # the same number, another pod
+    hold_set(target_type=TargetType.SNAPSHOT, target_id=str(first.pk), reason="evidence", actor="test")
+    assert services.snapshots_apply_retention(actor="test", keep=1)["strays_on_hold"] == [first.prefix]
+    hold_release(target_type=TargetType.SNAPSHOT, target_id=str(first.pk), actor="test")
+
+    done = services.snapshots_apply_retention(actor="test", keep=1)
+    assert done["strays_forgotten"] == [first.prefix]
+    present = store.keys_present()
+    assert f"{first.prefix}/late.tar" not in present
+    assert reused <= present and f"other{pod_id}/{first.pk}/workspace.tar" in present
+    second.refresh_from_db()
+    assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""

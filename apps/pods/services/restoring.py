@@ -99,7 +99,8 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
         folders_precheck(store=store, engine=engine_for(snapshot.pod.host), always=True)
         # The key opened this repository before: the restic snapshot's file is looked for by
         # its id, without deriving the key (the restore itself reads and checks every chunk).
-        if restic_raw.lock_ids_if_opened(store) is not None:
+        # (Only while no lock is there: restic waits out a prune's and clears a dead one's.)
+        if restic_raw.lock_ids_if_opened(store) == []:
             restic_id = next(iter(snapshot.manifest.values()))["store_id"]
             if restic_raw.snapshot_present(store, restic_id):
                 return

@@ -14,6 +14,8 @@ way (it may point at any object of its pod)."""
 import json
 from dataclasses import dataclass
 
+from django.db.models import Q
+
 from apps.audit.holds import hold_guard
 from apps.audit.models import Operation
 from apps.audit.names import AuditAction, TargetType
@@ -27,6 +29,7 @@ from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes, plural
 
 UNDER_WAY = [Snapshot.Status.PENDING, Snapshot.Status.UPLOADING]
+HELD = object()  # `_stray_forget`: a hold keeps it
 # A store that does not answer within this is reported as not listed (a preview page waits for it).
 LIST_SECONDS = 20
 
@@ -67,13 +70,24 @@ def _needed(store_url: str, pod_ids: set[str]) -> set[str]:
 
 def store_strays(store_url: str) -> list[Stray]:
     """The strays of one deduplicated store, looked up now (one restic listing)."""
-    if Snapshot.objects.filter(store_url=store_url, status__in=UNDER_WAY).exists():
+    under_way = Snapshot.objects.filter(store_url=store_url, status__in=UNDER_WAY).filter(
+        Q(operation__isnull=True) | Q(operation__status__in=Operation.ACTIVE)
+    )
+    if under_way.exists():
         return []
     store = store_from_url(store_url)
     if not isinstance(store, DedupStore):
         return []
+    # Without a lock, one attempt: a prune at work does not hold a page up, nor a killed listing
+    # leave a lock behind.
     listed = store.run(
-        "snapshots", "--json", "--host", HOST, doing="looking for objects under purged snapshots", timeout=LIST_SECONDS
+        "snapshots",
+        "--json",
+        "--no-lock",
+        "--host",
+        HOST,
+        doing="looking for objects under purged snapshots",
+        timeout=LIST_SECONDS,
     )
     tags = {tag for found in json.loads(listed or "[]") or [] for tag in found.get("tags") or []}
     by_prefix: dict[tuple[str, int], set[str]] = {}
@@ -116,13 +130,17 @@ def strays_forget(*, actor: Actor, operation: Operation | None) -> dict:
         _log(operation, sentence)
     for stray in strays:
         try:
-            removed = _stray_forget(stray, operation=operation)
+            done = _stray_forget(stray, operation=operation)
         except PanelError as exc:
             _log(operation, f"left {stray.sentence}: {exc}")
             continue
-        if removed is None:
+        if done is HELD:
             held.append(stray.prefix)
             continue
+        if done is None:
+            _log(operation, f"left {stray.sentence} for the next run: a copy into the store began, or it changed")
+            continue
+        found, removed = done
         reclaimed += removed
         forgotten.append(stray.prefix)
         audit_record(
@@ -131,22 +149,24 @@ def strays_forget(*, actor: Actor, operation: Operation | None) -> dict:
             target_type=TargetType.POD,
             target_id=stray.pod_id,
             bytes_reclaimed=removed,
-            message=f"forgot {stray.sentence}",
+            message=f"forgot {found.sentence}",
             operation=operation,
         )
-        _log(operation, f"forgot {stray.sentence} ({humanize_bytes(removed)})")
+        _log(operation, f"forgot {found.sentence} ({humanize_bytes(removed)})")
     return {"forgotten": forgotten, "held": held, "bytes": reclaimed, "unlisted": unlisted}
 
 
-def _stray_forget(stray: Stray, *, operation: Operation | None) -> int | None:
-    """The bytes the store shrank by, 0 when it was gone meanwhile, None when held."""
+def _stray_forget(stray: Stray, *, operation: Operation | None):
+    """(the stray as found now, the bytes the store shrank by); HELD when a hold keeps it; None
+    when it is not to go now (a copy into the store began, or it is gone)."""
     with hold_guard((TargetType.SNAPSHOT, str(stray.number)), (TargetType.POD, stray.pod_id)) as hold:
         if hold is not None:
-            return None
+            return HELD
         # Looked up again under the guard: a copy that began meanwhile may point at them.
-        if stray not in store_strays(stray.store_url):
-            return 0
+        again = [s for s in store_strays(stray.store_url) if (s.pod_id, s.number) == (stray.pod_id, stray.number)]
+        if not again:
+            return None
         store = store_from_url(stray.store_url)
         removed = store.delete_prefix(stray.prefix, keep=frozenset(_needed(stray.store_url, {stray.pod_id})))
         _unreferenced_record(store, operation)
-        return removed
+        return again[0], removed

@@ -44,7 +44,7 @@ from apps.pods.stores.base import (
     store_full,
     volume_of,
 )
-from apps.pods.stores.restic_locks import RepositoryLocks
+from apps.pods.stores.restic_locks import RepositoryLocked, RepositoryLocks
 from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line
 from controlpanel.s3 import s3_client, s3_error
@@ -383,17 +383,27 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         """A tar stream's file; for a volume kept as a folder, restic's tar of the whole restic
         snapshot its key names (the eight folders: one read proves all of them, and a file's
         offset in it is where the read-back found it)."""
-        if key not in self.ids and key.endswith("/manifest.json"):
-            # One restic process, not two (each derives the key): restic finds the newest
-            # snapshot tagged with the key itself.
-            return self.command("dump", "--host", HOST, "--tag", key, "latest", "/manifest.json")
         snapshot_id = self._snapshot_id(key)
         if key in self.folders:
             return self.command("dump", "--archive", "tar", snapshot_id, "/")
         return self.command("dump", snapshot_id, f"/{key.rsplit('/', 1)[-1]}")
 
     def read(self, key: str) -> Iterator[bytes]:
+        if key not in self.ids and key.endswith("/manifest.json"):
+            return self._manifest_read(key)
         return self._dump(self._dump_command(key), doing=f"reading {key} back", key=key)
+
+    def _manifest_read(self, key: str) -> Iterator[bytes]:
+        """One restic process, not two (each derives the key): restic finds the newest snapshot
+        tagged with the key itself. A lock met (a prune at work, a dead restic's) is left to the
+        lookup by tag, which waits it out or clears it (`run`), and the dump by id after it."""
+        fast = self.command("dump", "--host", HOST, "--tag", key, "latest", "/manifest.json")
+        try:
+            yield from self._dump(fast, doing=f"reading {key} back", key=key)
+            return
+        except RepositoryLocked:
+            pass  # restic takes its lock before it writes a byte: nothing was given yet
+        yield from self._dump(self._dump_command(key), doing=f"reading {key} back", key=key)
 
     def read_file(self, key: str, tar_path: str) -> Iterator[bytes]:
         """One file of a volume kept as a folder, as itself (`restic dump` of its path): only its

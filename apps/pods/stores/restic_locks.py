@@ -142,11 +142,15 @@ def _command(pid: int) -> str:
     return " ".join(["restic", *[w for w in words[1:4] if w]])[:80]
 
 
+class RepositoryLocked(StoreError):
+    """restic met another restic's lock."""
+
+
 class RepositoryLocks:
     """The lock handling of `DedupStore` (which provides `run`, `url`, `path`, `bucket`, `prefix`)."""
 
     def locked_error(self, holder: str, doing: str) -> StoreError:
-        return StoreError(
+        return RepositoryLocked(
             f"snapshot store {self.url} is locked by {holder} while {doing}; it is free again when that "
             "restic ends (a lock whose restic is gone is removed on the next try: at once if it ran on "
             f"this host, {socket.gethostname()}, after 30 minutes if elsewhere)"

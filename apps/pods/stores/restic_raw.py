@@ -110,5 +110,9 @@ def lock_ids_if_opened(store) -> list[str] | None:
 
 
 def snapshot_present(store, restic_id: str) -> bool:
-    """Whether a snapshot file with this (short or full) id is in the repository."""
-    return any(name.startswith(restic_id) for name in names(store, "snapshots"))
+    """Whether a snapshot file with this (short or full) id is in the repository; False when
+    the listing fails (restic is asked then)."""
+    try:
+        return any(name.startswith(restic_id) for name in names(store, "snapshots"))
+    except Exception:  # a listing that fails now: restic will say why
+        return False
