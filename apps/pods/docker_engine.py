@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -239,18 +238,6 @@ class DockerEngine:
     def on_this_machine(self) -> bool:
         """The host is this machine (a Unix socket): its folders are this machine's folders."""
         return self.base_url.startswith("unix://")
-
-    def volumes_disk_used(self) -> int | None:
-        """Bytes used on the disk that holds this host's volumes, when the host is this machine
-        and the folder can be looked at from here; None otherwise (the progress of a write
-        Docker does not report: a restore in a helper)."""
-        if not self.on_this_machine:
-            return None
-        try:
-            found = os.statvfs(self._volumes_folder())
-        except (OSError, PanelError):
-            return None
-        return (found.f_blocks - found.f_bfree) * found.f_frsize
 
     def _volumes_folder(self) -> str:
         if self._volumes_root is None:

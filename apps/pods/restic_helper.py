@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker.errors
 
@@ -177,6 +178,7 @@ def restic_in_helper(
     secrets: dict[str, bytes],
     binds: dict[str, str] | None = None,
     on_line: Callable[[dict], None] | None = None,
+    on_written: Callable[[int], None] | None = None,
     cancelled: Callable[[], str | None] = lambda: None,
     doing: str,
     pod_id: str,
@@ -184,8 +186,10 @@ def restic_in_helper(
     """Run `restic *command` in a helper on `engine`'s host with `volumes` ({docker name:
     (path in the helper, read only)}) and `binds` ({folder on the host: path in the helper},
     read-write) mounted. `on_line` gets each JSON line restic prints (on a thread: it must not
-    touch the database). `cancelled()` is asked while restic runs: a reason stops restic with
-    SIGINT (it removes its lock first) and raises that reason."""
+    touch the database); `on_written` the bytes restic has written so far, at each look, when
+    its process can be read from here (a host on this machine). `cancelled()` is asked while
+    restic runs: a reason stops restic with SIGINT (it removes its lock first) and raises that
+    reason."""
     image = image_ensure(engine)
     mounts = [
         docker.types.Mount(target=target, source=name, type="volume", read_only=read_only, no_copy=True)
@@ -217,6 +221,10 @@ def restic_in_helper(
             if not state.get("Running"):
                 run.exit_code = int(state.get("ExitCode", -1))
                 break
+            if on_written is not None and engine.on_this_machine:
+                written = _bytes_written(state.get("Pid"))
+                if written is not None:
+                    on_written(written)
             why = cancelled()
             if why:
                 _interrupt(engine, helper)
@@ -235,6 +243,18 @@ def restic_in_helper(
     finally:
         engine._helper_remove(helper)
     return run
+
+
+def _bytes_written(pid) -> int | None:
+    """What a process of this machine has written so far (`wchar`: every write and pwrite, so
+    a restore's file contents), or None when it cannot be read (gone, or not ours to read)."""
+    try:
+        for line in Path(f"/proc/{int(pid)}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except (OSError, TypeError, ValueError):
+        return None
+    return None
 
 
 def _interrupt(engine: DockerEngine, helper: str) -> None:

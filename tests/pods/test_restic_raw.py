@@ -8,6 +8,8 @@ rewritten key file, a lock or a missing restic snapshot are still seen, on the r
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -39,6 +41,21 @@ def restic_runs(monkeypatch) -> list[tuple]:
     return runs
 
 
+@contextmanager
+def restic_at_work(store) -> Iterator[list[str]]:
+    """A live restic (a backup reading its stdin) holding its shared lock; the lock ids."""
+    holder = subprocess.Popen(
+        store.command("backup", "--stdin", "--host", "elsewhere"), stdin=subprocess.PIPE, env=store.env()
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not restic_raw.names(store, "locks") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield restic_raw.names(store, "locks")
+    finally:
+        holder.communicate(b"", timeout=60)
+
+
 def test_a_repository_opened_with_this_key_before_is_checked_by_its_listing(store, restic, restic_runs, tmp_path):
     store = store_from_url()
     assert store.repository_ensure() == []
@@ -49,18 +66,9 @@ def test_a_repository_opened_with_this_key_before_is_checked_by_its_listing(stor
     assert restic_runs == []  # the same key file, keys and config: no restic started
 
     # A restic at work holds a lock: its file is seen in the listing, still without restic.
-    holder = subprocess.Popen(
-        store.command("backup", "--stdin", "--host", "elsewhere"), stdin=subprocess.PIPE, env=store.env()
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not restic_raw.names(store, "locks") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        held = restic_raw.names(store, "locks")
+    with restic_at_work(store) as held:
         assert held and store.repository_ensure() == held
         assert restic_runs == []
-    finally:
-        holder.communicate(b"", timeout=60)
 
     # Another key added to the repository: only restic can tell whether ours still opens it.
     other = tmp_path / "other.key"
@@ -101,17 +109,9 @@ def test_a_start_looks_for_its_restic_snapshot_by_name_only_while_no_lock_is_the
     assert restic_runs == []  # found by its file's name: no restic started
 
     # While a restic holds a lock, restic is asked (it waits out a prune's, clears a dead one's).
-    holder = subprocess.Popen(
-        store.command("backup", "--stdin", "--host", "elsewhere"), stdin=subprocess.PIPE, env=store.env()
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not restic_raw.names(store, "locks") and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with restic_at_work(store):
         _restore_precheck(snapshot=snapshot)
         assert [run[0] for run in restic_runs] == ["snapshots"]
-    finally:
-        holder.communicate(b"", timeout=60)
     subprocess.run(store.command("forget", restic_id), env=store.env(), check=True, capture_output=True)
     assert not restic_raw.snapshot_present(store, restic_id)
 

@@ -333,13 +333,12 @@ def folders_restore(
     restic_id = restic_ids.pop()
     _log(operation, f"restoring the files of restic snapshot {restic_id[:8]} beside the new volumes")
     total, told = snapshot.total_bytes or 0, [0]
-    began = engine.volumes_disk_used()
 
-    def written() -> None:
-        # restic 0.14 tells nothing while it restores: the bar follows the volumes' disk
-        # filling up (on this machine's Docker), never back, never past the snapshot's bytes.
-        now = engine.volumes_disk_used() if began is not None else None
-        if now is not None and (done := min(total, now - began)) > told[0]:
+    def written(now: int) -> None:
+        # restic 0.14 tells nothing while it restores (and allocates each file whole before it
+        # fills it): the bar follows what its process has written, never back, never past the
+        # snapshot's bytes.
+        if (done := min(total, now)) > told[0]:
             progress.advance(done - told[0])
             told[0] = done
 
@@ -351,7 +350,7 @@ def folders_restore(
         command=["restore", restic_id, "--target", MOUNT_ROOT, "--verify"],
         volumes={name: (f"{MOUNT_ROOT}/{folder}", False) for name, folder in mounts.items()},
         doing=f"restoring snapshot #{snapshot.pk} of pod {pod.pod_id}",
-        cancelled=written,
+        on_written=written,
     )
     if result.exit_code != 0:
         raise store.error(f"restoring snapshot #{snapshot.pk}", result.stderr)
