@@ -20,7 +20,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.selectors import pod_as_dict, unreferenced_leaks
 from apps.pods.snapshots import DedupStore, StoreError, store_from_url
-from apps.pods.stores import dedup
+from apps.pods.stores import restic_writer
 from controlpanel.errors import PanelError
 from tests.parts import require_part
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
@@ -258,7 +258,7 @@ def test_a_corrupted_pack_fails_verification_and_nothing_is_removed(docker_clien
     pod_id = new_pod_id()
     services.pod_provision(pod_id=pod_id, actor="test")
     run_in(docker_client, pod_id, DATA_SCRIPT)
-    original_close = dedup._ResticWriter.close
+    original_close = restic_writer.ResticWriter.close
 
     def packs() -> set[Path]:
         return {path for path in (dedup_file / "data").rglob("*") if path.is_file()}
@@ -274,7 +274,7 @@ def test_a_corrupted_pack_fails_verification_and_nothing_is_removed(docker_clien
                 data[at] ^= 0xFF
             pack.write_bytes(bytes(data))
 
-    monkeypatch.setattr(dedup._ResticWriter, "close", close_then_corrupt)
+    monkeypatch.setattr(restic_writer.ResticWriter, "close", close_then_corrupt)
     with pytest.raises(StoreError, match="home.tar"):
         services.pod_stop(pod_id=pod_id, actor="test")
 
