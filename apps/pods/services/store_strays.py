@@ -23,6 +23,7 @@ from apps.audit.services import Actor, audit_record
 from apps.pods.models import Snapshot
 from apps.pods.services.capture import _unreferenced_record
 from apps.pods.services.state import _log
+from apps.pods.services.unchanged import manifest_keys
 from apps.pods.snapshots import DedupStore, store_from_url
 from apps.pods.stores.dedup import HOST
 from controlpanel.errors import PanelError
@@ -65,7 +66,7 @@ def _needed(store_url: str, pod_ids: set[str]) -> set[str]:
         .exclude(status=Snapshot.Status.DELETED)
         .values_list("manifest", flat=True)
     )
-    return {e["key"] for m in manifests for e in (m or {}).values() if isinstance(e, dict) and e.get("key")}
+    return set().union(*(manifest_keys(manifest) for manifest in manifests))
 
 
 def store_strays(store_url: str) -> list[Stray]:

@@ -206,9 +206,10 @@ def purge_keys(snapshot: Snapshot) -> tuple[set[str], set[str]]:
         .exclude(pk=snapshot.pk)
         .values_list("manifest", flat=True)
     )
+    needed = set().union(*(manifest_keys(manifest) for manifest in others))
+    return needed, manifest_keys(snapshot.manifest) - needed
 
-    def keys(manifest) -> set[str]:
-        return {e["key"] for e in (manifest or {}).values() if isinstance(e, dict) and e.get("key")}
 
-    needed = set().union(*(keys(manifest) for manifest in others))
-    return needed, keys(snapshot.manifest) - needed
+def manifest_keys(manifest: dict | None) -> set[str]:
+    """The store keys a snapshot's manifest points at (its own objects, or older ones it reuses)."""
+    return {e["key"] for e in (manifest or {}).values() if isinstance(e, dict) and e.get("key")}
