@@ -61,7 +61,7 @@ def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
     return None
 
 
-def _restic_id(manifest: dict) -> str:
+def restic_id_of(manifest: dict) -> str:
     """The restic snapshot that holds a folder snapshot's eight volumes."""
     return next(iter(manifest.values()))["store_id"]
 
@@ -71,7 +71,7 @@ def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, vol
     trees are content-addressed: the same tree id is the same names, metadata and chunks): the
     parent's entries and file lists describe it byte for byte, and nothing needs reading now.
     None when anything differs."""
-    parent_id = _restic_id(parent.manifest)
+    parent_id = restic_id_of(parent.manifest)
     # Two restic processes, each deriving the key: side by side, not one after the other.
     with ThreadPoolExecutor(max_workers=1) as pool:
         written = pool.submit(store.get_small, f"{parent.prefix}/manifest.json")
@@ -93,7 +93,7 @@ def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, vol
 
 def restored_labels(manifest: dict) -> dict[str, str]:
     """Labels for the volumes a start fills from `manifest`: which restic snapshot wrote them."""
-    return {RESTORED_FROM: _restic_id(manifest)} if folder_layout(manifest) else {}
+    return {RESTORED_FROM: restic_id_of(manifest)} if folder_layout(manifest) else {}
 
 
 def _restored_from(engine: DockerEngine, pod: Pod, volumes: list[PodVolume]) -> str | None:
@@ -121,7 +121,7 @@ def _backup(
     earlier: Snapshot | None,
 ) -> dict:
     """One restic backup of the eight folders, `earlier`'s restic snapshot as parent; restic's summary."""
-    parent = _restic_id(earlier.manifest) if earlier is not None else None
+    parent = restic_id_of(earlier.manifest) if earlier is not None else None
     command = ["backup", "--json", "--host", HOST, "--tag", FOLDER_LAYOUT]
     for volume in volumes:
         command += ["--tag", keys[volume.name]]

@@ -11,7 +11,7 @@ from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.beside import folder_layout, folder_name, folders_precheck
-from apps.pods.services.capture_folders import folders_restore, restored_labels
+from apps.pods.services.capture_folders import folders_restore, restic_id_of, restored_labels
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
@@ -100,10 +100,9 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
         # The key opened this repository before: the restic snapshot's file is looked for by
         # its id, without deriving the key (the restore itself reads and checks every chunk).
         # (Only while no lock is there: restic waits out a prune's and clears a dead one's.)
-        if restic_raw.lock_ids_if_opened(store) == []:
-            restic_id = next(iter(snapshot.manifest.values()))["store_id"]
-            if restic_raw.snapshot_present(store, restic_id):
-                return
+        opened_unlocked = restic_raw.lock_ids_if_opened(store) == []
+        if opened_unlocked and restic_raw.snapshot_present(store, restic_id_of(snapshot.manifest)):
+            return
     missing = sorted(set(keys) - store.keys_present(keys))
     if missing:
         raise StoreError(

@@ -6,7 +6,7 @@ deletion; the run purges exactly what the preview lists, looked up again."""
 
 from django.conf import settings
 
-from apps.audit.holds import ON_HOLD, hold_for, hold_guard
+from apps.audit.holds import ON_HOLD, held_ids, hold_guard
 from apps.audit.models import Operation
 from apps.audit.names import TargetType
 from apps.audit.services import Actor
@@ -66,12 +66,9 @@ def retention_preview(*, keep: int | None = None) -> Preview:
     """Retention's confirmation: what the policy purges (and the objects left under snapshots
     it purged before, `store_strays`), and what it keeps on hold."""
     strays, unlisted = strays_found()
-    held = {
-        stray
-        for stray in strays
-        if hold_for(target_type=TargetType.POD, target_id=stray.pod_id) is not None
-        or hold_for(target_type=TargetType.SNAPSHOT, target_id=str(stray.number)) is not None
-    }
+    held_pods = held_ids(target_type=TargetType.POD, target_ids=[stray.pod_id for stray in strays])
+    held_snapshots = held_ids(target_type=TargetType.SNAPSHOT, target_ids=[stray.number for stray in strays])
+    held = {stray for stray in strays if stray.pod_id in held_pods or str(stray.number) in held_snapshots}
     return Preview(
         title="Purge old snapshots",
         summary=f"{retention_policy_sentence(keep)}; failed snapshots and complete ones past that will be deleted "

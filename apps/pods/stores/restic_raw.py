@@ -57,7 +57,7 @@ def _config(store) -> bytes | None:
         return None
 
 
-def stamp(store) -> dict | None:
+def _stamp(store) -> dict | None:
     """What the key's check depends on, now; None when the repository has no config yet."""
     config = _config(store)
     if config is None:
@@ -90,9 +90,9 @@ def opened_record(store, taken: dict | None) -> None:
 
 
 def taken_now(store) -> dict | None:
-    """`stamp(store)`, or None when the repository cannot be listed without restic now."""
+    """`_stamp(store)`, or None when the repository cannot be listed without restic now."""
     try:
-        return stamp(store)
+        return _stamp(store)
     except Exception:  # whatever failed, restic will say it in its own words
         return None
 
