@@ -4,7 +4,7 @@ a restore, so the pod page, the confirmations and the chart agree."""
 
 import pytest
 
-from apps.audit.models import StorageSample
+from apps.audit.models import Operation, StorageSample
 from apps.pods import services
 from apps.pods.models import DOMAIN, PodVolume
 from apps.pods.services.previews import pod_preview
@@ -31,3 +31,20 @@ def test_provision_and_start_measure_what_the_confirmation_measures(docker_clien
     # The chart's last sample, taken after the restore, holds the restored pod, not 0 B.
     last = StorageSample.objects.filter(domain=DOMAIN).order_by("-sampled_at", "-pk").first()
     assert last.total_bytes >= sum(shown.values())
+
+
+def test_a_start_whose_size_helper_fails_still_starts_and_keeps_the_last_sizes(docker_client, new_pod_id, settings):
+    """The sizes are measured beside the container's start: a helper that cannot run (its
+    image gone) leaves the sizes to the schedule, with their age, and never fails the start."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    before = dict(PodVolume.objects.filter(pod__pod_id=pod_id).values_list("docker_name", "measured_at"))
+    settings.POD_IMAGE = "pinacle-no-such-image:gone"  # the size helper's image; the pod keeps its own
+    operation = Operation.objects.create(kind="pod.start", target_type="pod", target_id=pod_id, actor_name="t")
+    services.pod_start(pod_id=pod_id, actor="test", operation=operation)
+    assert docker_client.containers.get(f"pinacle-pod-{pod_id}").status == "running"
+    assert dict(PodVolume.objects.filter(pod__pod_id=pod_id).values_list("docker_name", "measured_at")) == before
+    operation.refresh_from_db()
+    assert "volume sizes not measured now" in operation.log
+    assert not docker_client.containers.list(all=True, filters={"label": "pinacle.helper=measure"})

@@ -271,10 +271,11 @@ def pod_start(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
                 operation=operation,
             )
             raise
+        measuring = None
         message = "reattached its volumes and started the container"
     else:
         try:
-            container_id = _restore(pod=pod, snapshot=snapshot, engine=engine, operation=operation)
+            container_id, measuring = _restore(pod=pod, snapshot=snapshot, engine=engine, operation=operation)
         except BaseException as exc:
             # The snapshot still holds every byte: drop the partial restore, back to stopped.
             try:
@@ -301,7 +302,7 @@ def pod_start(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
         pod.save()
         PodVolume.objects.filter(pod=pod).update(exists=True)
         _audit_done(action=START, pod_id=pod_id, actor=actor, operation=operation, message=message)
-    pod_sizes_measure(pod=pod, operation=operation)
+    pod_sizes_measure(pod=pod, operation=operation, measuring=measuring)
     return {"pod_id": pod_id, "container_id": container_id, "restored_snapshot": snapshot.pk if snapshot else None}
 
 

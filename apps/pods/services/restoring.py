@@ -13,6 +13,7 @@ from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.beside import folder_layout, folder_name, folders_precheck
 from apps.pods.services.capture_folders import folders_restore, restic_id_of, restored_labels
 from apps.pods.services.hosts import engine_for
+from apps.pods.services.sizes import sizes_measuring
 from apps.pods.services.snapshotting import _container_create
 from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
 from apps.pods.services.verify import damage_advice
@@ -111,7 +112,17 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
         )
 
 
-def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: Operation | None) -> str:
+def _started(engine: DockerEngine, pod: Pod, volumes: list[PodVolume]) -> Future:
+    """The restored pod's container started, its volumes' sizes measured beside the start
+    (`pod_sizes_measure` records them once the pod counts as running)."""
+    measuring = sizes_measuring(engine, [volume.docker_name for volume in volumes])
+    engine.container_start(pod.container_name)
+    return measuring
+
+
+def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: Operation | None) -> tuple[str, Future]:
+    """Restore `snapshot` into new volumes and start the container: its id, and the
+    measurement of its volumes under way."""
     store: SnapshotStore = store_from_url(snapshot.store_url)
     manifest = snapshot.manifest
     if set(manifest) != set(VOLUME_MOUNTS):
@@ -136,8 +147,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
         except StoreError as exc:  # restic found a chunk damaged, or a file not as it stored it
             raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
         progress.flush()
-        engine.container_start(pod.container_name)
-        return info.id
+        return info.id, _started(engine, pod, volumes)
     # Each tar holds its mount folder itself (`workspace/…`): it unpacks into the parent. The
     # volumes that share a parent go as one stream, each volume's tar cut at its end marker
     # (`joined`): one unpacking by the engine, not one per volume (each costs a fixed tenth of
@@ -181,5 +191,4 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
         for read in reads.values():
             read.close()
     progress.flush()
-    engine.container_start(pod.container_name)
-    return info.id
+    return info.id, _started(engine, pod, volumes)
