@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -29,7 +30,7 @@ from apps.audit.services import Progress, Throttle, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
 from apps.pods.services.beside import folders_used
-from apps.pods.services.capture_folders import folders_copy
+from apps.pods.services.capture_folders import ManifestAhead, folders_copy
 from apps.pods.services.state import _error_text, _log, host_sample
 from apps.pods.services.streams import ByteCounter, Writers
 from apps.pods.services.unchanged import (
@@ -226,10 +227,18 @@ def _unreferenced_record(store: SnapshotStore, operation: Operation | None) -> N
     storage_sample_record(domain=UNREFERENCED_DOMAIN, subject=store.url[:255], total_bytes=unreferenced)
 
 
-def manifest_readback(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation) -> None:
-    """The manifest as written reads back (its volumes were read back as they were made)."""
-    if json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))["volumes"] != manifest:
-        raise StoreError(f"{store.url}/{snapshot.prefix}/manifest.json does not read back as written")
+def manifest_readback(
+    *, store: SnapshotStore, snapshot: Snapshot, manifest: dict, operation, ahead: ManifestAhead | None = None
+) -> None:
+    """The manifest as written reads back (its volumes were read back as they were made).
+    `ahead`: its read started before it was written, used only if it found the very bytes."""
+    key = f"{snapshot.prefix}/manifest.json"
+    early = ahead.found() if ahead is not None else None
+    if early is not None and early.get("volumes") == manifest:
+        _log(operation, "the manifest read back as written (its read began as the volumes' read-back ended)")
+        return
+    if json.loads(store.get_small(key))["volumes"] != manifest:
+        raise StoreError(f"{store.url}/{key} does not read back as written")
 
 
 def _never() -> str | None:
@@ -277,6 +286,7 @@ def snapshot_capture(
         if len(writers.keys) == 1:
             writers.prepare(manifest_key)
         if beside:  # every volume read back in here: the readback below checks the manifest
+            ahead = ManifestAhead(store, manifest_key) if readback is not None else None
             manifest = folders_copy(
                 pod=pod,
                 engine=engine,
@@ -288,8 +298,9 @@ def snapshot_capture(
                 streaming=streaming,
                 superseded=given_up,
                 read_back=container_stopped,
+                ahead=ahead,
             )
-            readback = manifest_readback if readback is not None else None
+            readback = partial(manifest_readback, ahead=ahead) if readback is not None else None
         else:
             with streaming():
                 manifest = _volumes_stream(

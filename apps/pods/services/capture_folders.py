@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 
 from django.utils import timezone
@@ -46,6 +46,40 @@ from controlpanel.formatting import humanize_bytes
 RESTORED_FROM = "pinacle.restored-from"
 # How often a read-back asks whether its copy is still wanted.
 ASK_EVERY_SECONDS = 0.25
+# The manifest's read-back starts while the volumes' read-back ends: when what is left of it
+# would take this share of restic's start (its key derivation, mostly, as the manifest's reader
+# will spend it), less the time writing the manifest takes.
+AHEAD_SHARE = 0.6
+MANIFEST_WRITE_SECONDS = 0.1
+# How long the manifest's early read is waited for before it is read again the usual way.
+AHEAD_WAIT_SECONDS = 5
+
+
+class ManifestAhead:
+    """A stop's manifest read back by a restic started before the manifest is written: its key
+    derivation (most of a small read's time) runs while the volumes' read-back ends, and it
+    looks for the manifest after that. A read that looked too soon (nothing found yet, or an
+    earlier attempt's manifest) proves nothing and is not used: the manifest is then read back
+    again, after it was written, as always."""
+
+    def __init__(self, store: DedupStore, key: str):
+        self.store, self.key = store, key
+        self.reading: Future | None = None
+
+    def start(self) -> None:
+        if self.reading is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest-ahead")
+            self.reading = pool.submit(self.store.get_small, self.key)
+            pool.shutdown(wait=False)
+
+    def found(self) -> dict | None:
+        """The manifest the early read found, if it found one (it may be another's)."""
+        if self.reading is None:
+            return None
+        try:
+            return json.loads(self.reading.result(timeout=AHEAD_WAIT_SECONDS))
+        except (PanelError, TimeoutError, ValueError):
+            return None
 
 
 def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
@@ -176,24 +210,51 @@ def _backup(
     return summary
 
 
+def near_end(*, begun: float, first: float, now: float, count: int, expected: int) -> bool:
+    """Whether what is left of a read-back that began at `begun`, gave its first byte at
+    `first` and by `now` has given `count` of about `expected` bytes would end within the
+    time a restic started now takes to look for the manifest (see AHEAD_SHARE)."""
+    lead = AHEAD_SHARE * (first - begun) - MANIFEST_WRITE_SECONDS
+    if count >= expected:
+        return True
+    if now - first < ASK_EVERY_SECONDS / 5:
+        return False  # too few bytes yet to tell the pace
+    return (expected - count) * (now - first) / count <= lead
+
+
 def _readback(
-    *, store: DedupStore, volumes: list[PodVolume], key: str, progress: Progress, superseded, operation
+    *,
+    store: DedupStore,
+    volumes: list[PodVolume],
+    key: str,
+    progress: Progress,
+    superseded,
+    operation,
+    expected: int = 0,
+    nearing: Callable[[], None] | None = None,
 ) -> dict[str, dict]:
     """The whole restic snapshot read back in one `restic dump` (restic checks every chunk's
     MAC on the way), hashed, and each regular file's path, size and sha256 taken from it:
-    the manifest's entries but the keys. One read, one key derivation, not one per volume."""
+    the manifest's entries but the keys. One read, one key derivation, not one per volume.
+    `nearing()` is called once as the read nears its end (about `expected` bytes)."""
     by_folder = {folder_name(volume): volume.name for volume in volumes}
     digest, files, count = hashlib.sha256(), TarFileList(), 0
+    begun = time.monotonic()
     stream = store.read(key)
-    asked = time.monotonic()
+    asked, first = begun, None
     try:
         for chunk in stream:
             digest.update(chunk)
             files.feed(chunk)
             count += len(chunk)
             progress.advance(len(chunk))
-            if time.monotonic() - asked >= ASK_EVERY_SECONDS:  # a backup's asks are two queries
-                asked = time.monotonic()
+            now = time.monotonic()
+            first = first or now
+            if nearing is not None and near_end(begun=begun, first=first, now=now, count=count, expected=expected):
+                nearing()
+                nearing = None
+            if now - asked >= ASK_EVERY_SECONDS:  # a backup's asks are two queries
+                asked = now
                 why = superseded()
                 if why:
                     raise PanelError(why)
@@ -247,10 +308,11 @@ def folders_copy(
     streaming: Callable[[], AbstractContextManager],
     superseded: Callable[[], str | None],
     read_back: bool = True,
+    ahead: ManifestAhead | None = None,
 ) -> dict[str, dict]:
     """Back the volumes up beside them (inside `streaming()`: a backup's pause), then read every
     one back (`read_back`: a stop; a backup may take an unchanged parent's reading); the
-    manifest's entries."""
+    manifest's entries. `ahead`: the manifest's read-back, started as the volumes' read-back ends."""
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
     earlier = parent_for(pod=pod, store=store)
     with streaming():
@@ -295,6 +357,8 @@ def folders_copy(
                 progress=progress,
                 superseded=superseded,
                 operation=operation,
+                expected=int(summary.get("total_bytes_processed") or 0),
+                nearing=ahead.start if ahead is not None else None,
             )
         except StoreError as exc:
             raise _damaged(store=store, snapshot=snapshot, earlier=earlier, exc=exc) from exc

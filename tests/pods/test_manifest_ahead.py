@@ -1,0 +1,106 @@
+"""A stop's manifest read back by a restic started before the manifest is written
+(`capture_folders.ManifestAhead`): its key derivation overlaps the volumes' read-back; what it
+found counts only if it is the manifest as written, on the real restic 0.14. A read that looked
+too soon, or found an earlier attempt's manifest, is read again after the write; a manifest that
+does not read back as written still fails."""
+
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+
+import json
+
+import pytest
+
+from apps.audit.models import Operation
+from apps.pods.models import Pod, Snapshot
+from apps.pods.services.capture import manifest_readback
+from apps.pods.services.capture_folders import ManifestAhead, near_end
+from apps.pods.services.hosts import host_default
+from apps.pods.snapshots import store_from_url
+from apps.pods.stores.base import StoreError
+from apps.pods.stores.dedup import DedupStore
+from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+
+pytestmark = [pytest.mark.django_db]
+
+EARLY = "its read began as the volumes' read-back ended"
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The keys `DedupStore.get_small` reads from now on, by any thread."""
+    keys, real = [], DedupStore.get_small
+
+    def counted(self, key):
+        keys.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(DedupStore, "get_small", counted)
+    return keys
+
+
+def _snapshot() -> Snapshot:
+    pod = Pod.objects.create(pod_id="ahead", host=host_default(), image="img", status=Pod.Status.RUNNING)
+    return Snapshot.objects.create(pod=pod, store_url="x", status=Snapshot.Status.UPLOADING)
+
+
+def _write(store: DedupStore, key: str, volumes: dict) -> None:
+    store.put_small(key, json.dumps({"volumes": volumes, "files": {}}).encode())
+
+
+def _log(operation: Operation) -> str:
+    operation.refresh_from_db()
+    return operation.log
+
+
+def test_a_read_begun_before_the_write_counts_only_when_it_found_the_manifest_as_written(dedup_file, reads):
+    store, snapshot = store_from_url(), _snapshot()
+    key = f"{snapshot.prefix}/manifest.json"
+    operation = Operation.objects.create(kind="pod.stop", target_type="pod", target_id="ahead", actor_name="t")
+    written = {"home": {"key": f"{snapshot.prefix}/home.tar", "bytes": 5}}
+
+    # Too soon: nothing was written yet, so it found nothing; the manifest is read again.
+    ahead = ManifestAhead(store, key)
+    ahead.start()
+    assert "is missing" in str(ahead.reading.exception())
+    assert ahead.found() is None
+    _write(store, key, written)
+    manifest_readback(store=store, snapshot=snapshot, manifest=written, operation=operation, ahead=ahead)
+    assert reads == [key, key] and EARLY not in _log(operation)
+
+    # An earlier attempt's manifest under the same key: found, but not the one written now.
+    reads.clear()
+    ahead = ManifestAhead(store, key)
+    ahead.start()
+    ahead.reading.result()
+    again = {"home": {**written["home"], "bytes": 6}}
+    _write(store, key, again)
+    manifest_readback(store=store, snapshot=snapshot, manifest=again, operation=operation, ahead=ahead)
+    assert reads == [key, key] and EARLY not in _log(operation)
+
+    # In time: it found the very manifest, and nothing is read again.
+    reads.clear()
+    ahead = ManifestAhead(store, key)
+    ahead.start()
+    manifest_readback(store=store, snapshot=snapshot, manifest=again, operation=operation, ahead=ahead)
+    assert reads == [key] and EARLY in _log(operation)
+
+    # What the store holds is not what was written: the stop fails, early read or not.
+    ahead = ManifestAhead(store, key)
+    ahead.start()
+    with pytest.raises(StoreError, match="does not read back as written"):
+        manifest_readback(store=store, snapshot=snapshot, manifest=written, operation=operation, ahead=ahead)
+
+
+def test_the_early_read_starts_when_what_is_left_would_end_within_restics_start():
+    # restic took 0.7 s to give its first byte; the manifest's reader will take about that long
+    # before it looks: started when what is left would take 60 % of it, less 0.1 s for writing
+    # the manifest (0.32 s).
+    slow = {"begun": 0.0, "first": 0.7, "expected": 1000}
+    assert not near_end(**slow, now=0.72, count=10)  # too few bytes yet to tell the pace
+    assert not near_end(**slow, now=1.7, count=500)  # 1 s left
+    assert near_end(**slow, now=1.7, count=850)  # 0.18 s left
+    assert near_end(**slow, now=0.7, count=1000)  # all of it, however soon
+    # A restic that starts at once leaves no time to win: only the end starts it.
+    fast = {"begun": 0.0, "first": 0.1, "expected": 1000}
+    assert not near_end(**fast, now=1.0, count=999)
+    assert near_end(**fast, now=1.0, count=1000)
