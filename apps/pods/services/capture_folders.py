@@ -41,6 +41,7 @@ from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
+from controlpanel.threads import started
 
 # On a volume a start filled from a folder snapshot: that restic snapshot's id.
 RESTORED_FROM = "pinacle.restored-from"
@@ -68,9 +69,7 @@ class ManifestAhead:
 
     def start(self) -> None:
         if self.reading is None:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest-ahead")
-            self.reading = pool.submit(self.store.get_small, self.key)
-            pool.shutdown(wait=False)
+            self.reading = started(self.store.get_small, self.key, name="manifest-ahead")
 
     def found(self) -> dict | None:
         """The manifest the early read found, if it found one (it may be another's)."""

@@ -3,7 +3,7 @@ hashed on the way and checked against the manifest before the container starts."
 
 import hashlib
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import PurePosixPath
 
 from apps.audit.models import Operation
@@ -21,6 +21,7 @@ from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_fro
 from apps.pods.stores import restic_raw
 from apps.pods.stores.tarlist import joined
 from controlpanel.formatting import humanize_bytes
+from controlpanel.threads import started
 
 
 class _ReadAhead:
@@ -34,9 +35,7 @@ class _ReadAhead:
 
     def start(self) -> None:
         if self.first is None:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-ahead")
-            self.first = pool.submit(next, self.chunks, None)
-            pool.shutdown(wait=False)
+            self.first = started(next, self.chunks, None, name="restore-ahead")
 
     def __iter__(self) -> Iterator[bytes]:
         self.start()
@@ -112,7 +111,7 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
         )
 
 
-def _started(engine: DockerEngine, pod: Pod, volumes: list[PodVolume]) -> Future:
+def _container_started(engine: DockerEngine, pod: Pod, volumes: list[PodVolume]) -> Future:
     """The restored pod's container started, its volumes' sizes measured beside the start
     (`pod_sizes_measure` records them once the pod counts as running)."""
     measuring = sizes_measuring(engine, [volume.docker_name for volume in volumes])
@@ -147,7 +146,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
         except StoreError as exc:  # restic found a chunk damaged, or a file not as it stored it
             raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
         progress.flush()
-        return info.id, _started(engine, pod, volumes)
+        return info.id, _container_started(engine, pod, volumes)
     # Each tar holds its mount folder itself (`workspace/…`): it unpacks into the parent. The
     # volumes that share a parent go as one stream, each volume's tar cut at its end marker
     # (`joined`): one unpacking by the engine, not one per volume (each costs a fixed tenth of
@@ -191,4 +190,4 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
         for read in reads.values():
             read.close()
     progress.flush()
-    return info.id, _started(engine, pod, volumes)
+    return info.id, _container_started(engine, pod, volumes)

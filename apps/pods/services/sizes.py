@@ -19,7 +19,7 @@ schedule; raise the budget, or its size comes from its pod's next stop."""
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,6 +37,7 @@ from apps.pods.services.fleet import BATCH
 from apps.pods.services.hosts import engine_for, host_default
 from apps.pods.services.state import _log, host_sample
 from controlpanel.errors import PanelError
+from controlpanel.threads import started
 
 # Volumes one helper container walks; a host with time left gets the next batch.
 MEASURE_BATCH = BATCH
@@ -195,10 +196,9 @@ def sizes_measuring(engine: DockerEngine, names: list[str]) -> Future:
     """`pod_sizes_measure`'s helper started now on a thread of its own, so that it runs beside
     something else the engine does (a container's start: each takes the engine a fifth of a
     second or so). It touches no database; its answer is given to `pod_sizes_measure`."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sizes-measure")
-    measuring = pool.submit(engine.volumes_measure, names=names, image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS)
-    pool.shutdown(wait=False)
-    return measuring
+    return started(
+        engine.volumes_measure, names=names, image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS, name="sizes-measure"
+    )
 
 
 def pod_sizes_measure(*, pod: Pod, operation: Operation | None = None, measuring: Future | None = None) -> None:

@@ -24,7 +24,6 @@ written. A purge keeps the objects a later snapshot still points at (`purge_keys
 
 import gc
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
@@ -33,6 +32,7 @@ from apps.pods.stores.base import SnapshotStore
 from apps.pods.stores.dedup import DedupStore
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
+from controlpanel.threads import started
 
 # The first block's size; it doubles every BLOCKS_PER_STEP blocks (a 1 TiB volume: ~8,000).
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -169,9 +169,8 @@ class Reusable:
             }
         self._listing = None
         if self.entries:
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reusable")
-            self._listing = pool.submit(store.keys_present, [entry["key"] for entry in self.entries.values()])
-            pool.shutdown(wait=False)
+            keys = [entry["key"] for entry in self.entries.values()]
+            self._listing = started(store.keys_present, keys, name="reusable")
 
     def get(self, name: str) -> dict | None:
         return self.entries.get(name)
