@@ -283,10 +283,12 @@ def snapshot_capture(
     try:
         snapshot.transition(Snapshot.Status.UPLOADING)
         Snapshot.objects.filter(pk=snapshot.pk, status=Snapshot.Status.PENDING).update(status=snapshot.status)
-        if len(writers.keys) == 1:
+        # A stop beside the volumes makes it once restic's backup ended (see below).
+        after_backup = beside and container_stopped
+        if len(writers.keys) == 1 and not after_backup:
             writers.prepare(manifest_key)
         if beside:  # every volume read back in here: the readback below checks the manifest
-            ahead = ManifestAhead(store, manifest_key) if readback is not None else None
+            early_read = ManifestAhead(store, manifest_key) if readback is not None else None
             manifest = folders_copy(
                 pod=pod,
                 engine=engine,
@@ -298,9 +300,13 @@ def snapshot_capture(
                 streaming=streaming,
                 superseded=given_up,
                 read_back=container_stopped,
-                ahead=ahead,
+                ahead=early_read,
+                # The writer's key derivation runs beside the read-back (restic's dump takes one
+                # core), not beside the backup (it takes both). A backup's stays at the start:
+                # the comparison with its parent that follows an unchanged backup takes both.
+                backed_up=(lambda: writers.prepare(manifest_key)) if after_backup else (lambda: None),
             )
-            readback = partial(manifest_readback, ahead=ahead) if readback is not None else None
+            readback = partial(manifest_readback, ahead=early_read) if readback is not None else None
         else:
             with streaming():
                 manifest = _volumes_stream(

@@ -308,10 +308,12 @@ def folders_copy(
     superseded: Callable[[], str | None],
     read_back: bool = True,
     ahead: ManifestAhead | None = None,
+    backed_up: Callable[[], None] = lambda: None,
 ) -> dict[str, dict]:
     """Back the volumes up beside them (inside `streaming()`: a backup's pause), then read every
     one back (`read_back`: a stop; a backup may take an unchanged parent's reading); the
-    manifest's entries. `ahead`: the manifest's read-back, started as the volumes' read-back ends."""
+    manifest's entries. `ahead`: the manifest's read-back, started as the volumes' read-back ends;
+    `backed_up()` is called once restic's backup has ended."""
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
     earlier = parent_for(pod=pod, store=store)
     with streaming():
@@ -326,6 +328,7 @@ def folders_copy(
             operation=operation,
             superseded=superseded,
         )
+    backed_up()
     restic_id = summary["snapshot_id"]
     for volume in volumes:
         store.ids[keys[volume.name]] = restic_id
