@@ -27,14 +27,15 @@ EARLY = "its read began as the volumes' read-back ended"
 
 @pytest.fixture
 def reads(monkeypatch) -> list[str]:
-    """The keys `DedupStore.get_small` reads from now on, by any thread."""
-    keys, real = [], DedupStore.get_small
+    """The manifests a restic reads from now on (by tag or by id), by any thread."""
+    keys, real = [], DedupStore._dump
 
-    def counted(self, key):
-        keys.append(key)
-        return real(self, key)
+    def counted(self, command, **kwargs):
+        if command[-1] == "/manifest.json":
+            keys.append(kwargs.get("key"))
+        return real(self, command, **kwargs)
 
-    monkeypatch.setattr(DedupStore, "get_small", counted)
+    monkeypatch.setattr(DedupStore, "_dump", counted)
     return keys
 
 

@@ -69,7 +69,8 @@ class ManifestAhead:
 
     def start(self) -> None:
         if self.reading is None:
-            self.reading = started(self.store.get_small, self.key, name="manifest-ahead")
+            # One attempt: a lock is waited out by the usual read after the write, not here.
+            self.reading = started(lambda: b"".join(self.store.manifest_by_tag(self.key)), name="manifest-ahead")
 
     def found(self) -> dict | None:
         """The manifest the early read found, if it found one (it may be another's)."""

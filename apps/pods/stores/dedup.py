@@ -320,13 +320,17 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             return self._manifest_read(key)
         return self._dump(self._dump_command(key), doing=f"reading {key} back", key=key)
 
-    def _manifest_read(self, key: str) -> Iterator[bytes]:
+    def manifest_by_tag(self, key: str) -> Iterator[bytes]:
         """One restic process, not two (each derives the key): restic finds the newest snapshot
-        tagged with the key itself. A lock met (a prune at work, a dead restic's) is left to the
-        lookup by tag, which waits it out or clears it (`run`), and the dump by id after it."""
+        tagged with the key itself. One attempt: a lock met raises RepositoryLocked."""
         fast = self.command("dump", "--host", HOST, "--tag", key, "latest", "/manifest.json")
+        return self._dump(fast, doing=f"reading {key} back", key=key)
+
+    def _manifest_read(self, key: str) -> Iterator[bytes]:
+        """`manifest_by_tag`; a lock met (a prune at work, a dead restic's) is left to the
+        lookup by tag, which waits it out or clears it (`run`), and the dump by id after it."""
         try:
-            yield from self._dump(fast, doing=f"reading {key} back", key=key)
+            yield from self.manifest_by_tag(key)
             return
         except RepositoryLocked:
             pass  # restic takes its lock before it writes a byte: nothing was given yet
