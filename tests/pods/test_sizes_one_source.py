@@ -6,7 +6,8 @@ import pytest
 
 from apps.audit.models import Operation, StorageSample
 from apps.pods import services
-from apps.pods.models import DOMAIN, PodVolume
+from apps.pods.docker_engine import DockerEngine
+from apps.pods.models import DOMAIN, Pod, PodVolume
 from apps.pods.services.previews import pod_preview
 from tests.pods.conftest import run_in
 
@@ -47,4 +48,21 @@ def test_a_start_whose_size_helper_fails_still_starts_and_keeps_the_last_sizes(d
     assert dict(PodVolume.objects.filter(pod__pod_id=pod_id).values_list("docker_name", "measured_at")) == before
     operation.refresh_from_db()
     assert "volume sizes not measured now" in operation.log
-    assert not docker_client.containers.list(all=True, filters={"label": "pinacle.helper=measure"})
+
+
+def test_a_start_whose_size_helper_breaks_unexpectedly_still_starts(docker_client, new_pod_id, monkeypatch):
+    """Not only the engine's refusals: whatever the measurement raises on its thread leaves the
+    sizes to the schedule and the started pod running."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+
+    def broken(self, **kwargs):
+        raise KeyError("DockerRootDir")
+
+    monkeypatch.setattr(DockerEngine, "volumes_measure", broken)
+    operation = Operation.objects.create(kind="pod.start", target_type="pod", target_id=pod_id, actor_name="t")
+    services.pod_start(pod_id=pod_id, actor="test", operation=operation)
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+    operation.refresh_from_db()
+    assert "volume sizes not measured now (KeyError: 'DockerRootDir')" in operation.log

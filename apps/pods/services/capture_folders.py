@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 
 from django.utils import timezone
@@ -34,6 +34,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot, volume_docker_name
 from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
+from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
 from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.base import StoreError
@@ -41,45 +42,11 @@ from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
-from controlpanel.threads import started
 
 # On a volume a start filled from a folder snapshot: that restic snapshot's id.
 RESTORED_FROM = "pinacle.restored-from"
 # How often a read-back asks whether its copy is still wanted.
 ASK_EVERY_SECONDS = 0.25
-# The manifest's read-back starts while the volumes' read-back ends: when what is left of it
-# would take this share of restic's start (its key derivation, mostly, as the manifest's reader
-# will spend it), less the time writing the manifest takes.
-AHEAD_SHARE = 0.6
-MANIFEST_WRITE_SECONDS = 0.1
-# How long the manifest's early read is waited for before it is read again the usual way.
-AHEAD_WAIT_SECONDS = 5
-
-
-class ManifestAhead:
-    """A stop's manifest read back by a restic started before the manifest is written: its key
-    derivation (most of a small read's time) runs while the volumes' read-back ends, and it
-    looks for the manifest after that. A read that looked too soon (nothing found yet, or an
-    earlier attempt's manifest) proves nothing and is not used: the manifest is then read back
-    again, after it was written, as always."""
-
-    def __init__(self, store: DedupStore, key: str):
-        self.store, self.key = store, key
-        self.reading: Future | None = None
-
-    def start(self) -> None:
-        if self.reading is None:
-            # One attempt: a lock is waited out by the usual read after the write, not here.
-            self.reading = started(lambda: b"".join(self.store.manifest_by_tag(self.key)), name="manifest-ahead")
-
-    def found(self) -> dict | None:
-        """The manifest the early read found, if it found one (it may be another's)."""
-        if self.reading is None:
-            return None
-        try:
-            return json.loads(self.reading.result(timeout=AHEAD_WAIT_SECONDS))
-        except (PanelError, TimeoutError, ValueError):
-            return None
 
 
 def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
@@ -210,18 +177,6 @@ def _backup(
     return summary
 
 
-def near_end(*, begun: float, first: float, now: float, count: int, expected: int) -> bool:
-    """Whether what is left of a read-back that began at `begun`, gave its first byte at
-    `first` and by `now` has given `count` of about `expected` bytes would end within the
-    time a restic started now takes to look for the manifest (see AHEAD_SHARE)."""
-    lead = AHEAD_SHARE * (first - begun) - MANIFEST_WRITE_SECONDS
-    if count >= expected:
-        return True
-    if now - first < ASK_EVERY_SECONDS / 5:
-        return False  # too few bytes yet to tell the pace
-    return (expected - count) * (now - first) / count <= lead
-
-
 def _readback(
     *,
     store: DedupStore,
@@ -241,7 +196,7 @@ def _readback(
     digest, files, count = hashlib.sha256(), TarFileList(), 0
     begun = time.monotonic()
     stream = store.read(key)
-    asked, first = begun, None
+    asked, first, first_count = begun, None, 0
     try:
         for chunk in stream:
             digest.update(chunk)
@@ -249,8 +204,10 @@ def _readback(
             count += len(chunk)
             progress.advance(len(chunk))
             now = time.monotonic()
-            first = first or now
-            if nearing is not None and near_end(begun=begun, first=first, now=now, count=count, expected=expected):
+            if first is None:
+                first, first_count = now, count
+            pace = {"begun": begun, "first": first, "first_count": first_count, "now": now, "count": count}
+            if nearing is not None and near_end(**pace, expected=expected):
                 nearing()
                 nearing = None
             if now - asked >= ASK_EVERY_SECONDS:  # a backup's asks are two queries
@@ -260,6 +217,8 @@ def _readback(
                     raise PanelError(why)
     finally:
         stream.close()
+    if nearing is not None:
+        nearing()  # at the latest now: the manifest is written next
     if not files.ended:
         raise PanelError(f"snapshot store {store.url}: restic snapshot of {key} did not read back to its end")
     lists: dict[str, list] = {name: [] for name in by_folder.values()}
@@ -360,7 +319,7 @@ def folders_copy(
                 progress=progress,
                 superseded=superseded,
                 operation=operation,
-                expected=int(summary.get("total_bytes_processed") or 0),
+                expected=tar_bytes_about(summary),
                 nearing=ahead.start if ahead is not None else None,
             )
         except StoreError as exc:

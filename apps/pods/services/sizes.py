@@ -215,8 +215,9 @@ def pod_sizes_measure(*, pod: Pod, operation: Operation | None = None, measuring
             answer = engine_for(pod.host).volumes_measure(
                 names=[v.docker_name for v in volumes], image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS
             )
-    except PanelError as exc:
-        _log(operation, f"volume sizes not measured now ({exc}); the size schedule measures them")
+    except Exception as exc:  # a measurement never fails the action it follows
+        reason = str(exc) if isinstance(exc, PanelError) else f"{type(exc).__name__}: {exc}"
+        _log(operation, f"volume sizes not measured now ({reason}); the size schedule measures them")
         return
     now = timezone.now()
     measured = [v for v in volumes if v.docker_name in answer.sizes]

@@ -1,0 +1,71 @@
+"""A stop's manifest read back by a restic started before the manifest is written: restic's
+key derivation (most of a small read's time) runs while the read-back of the volumes ends."""
+
+import json
+import logging
+from concurrent.futures import Future
+
+from apps.pods.stores.dedup import DedupStore
+from controlpanel.threads import started
+
+logger = logging.getLogger(__name__)
+
+# The manifest's read-back starts while the volumes' read-back ends: when what is left of it
+# would take this share of restic's start (its key derivation, mostly, as the manifest's reader
+# will spend it), less the time writing the manifest takes.
+AHEAD_SHARE = 0.6
+MANIFEST_WRITE_SECONDS = 0.1
+# How long the manifest's early read is waited for before it is read again the usual way.
+AHEAD_WAIT_SECONDS = 5
+# The pace of a read-back is told after this long.
+PACE_AFTER_SECONDS = 0.05
+
+
+class ManifestAhead:
+    """A stop's manifest read back by a restic started before the manifest is written: its key
+    derivation (most of a small read's time) runs while the volumes' read-back ends, and it
+    looks for the manifest as soon as that is done, written or not. What it found counts only
+    if it is the manifest as written; anything else (nothing yet, another manifest) proves
+    nothing: the manifest is then read back again, after it was written, as always."""
+
+    def __init__(self, store: DedupStore, key: str):
+        self.store, self.key = store, key
+        self.reading: Future | None = None
+
+    def start(self) -> None:
+        if self.reading is None:
+            # One attempt: a lock is waited out by the usual read after the write, not here.
+            self.reading = started(lambda: b"".join(self.store.manifest_by_tag(self.key)), name="manifest-ahead")
+
+    def found(self) -> dict | None:
+        """The manifest the early read found, if it found one. Anything else (nothing found
+        yet, a lock, a restic that could not start, no answer within AHEAD_WAIT_SECONDS) is
+        None: the early read only ever saves time, the usual read decides."""
+        if self.reading is None:
+            return None
+        try:
+            found = json.loads(self.reading.result(timeout=AHEAD_WAIT_SECONDS))
+        except Exception as exc:
+            logger.info("the early read of %s gave nothing: %s", self.key, exc)
+            return None
+        return found if isinstance(found, dict) else None
+
+
+def tar_bytes_about(summary: dict) -> int:
+    """About how long restic's tar of a backup's folders is, from its summary: every file's
+    bytes, and for each file and folder a 512-byte header and half a block of padding."""
+    entries = sum(int(summary.get(name) or 0) for name in ["total_files_processed", "dirs_new", "dirs_changed"])
+    entries += int(summary.get("dirs_unmodified") or 0)
+    return int(summary.get("total_bytes_processed") or 0) + 768 * entries
+
+
+def near_end(*, begun: float, first: float, first_count: int, now: float, count: int, expected: int) -> bool:
+    """Whether what is left of a read-back (of about `expected` bytes) would end within the
+    time a restic started now takes to look for the manifest (see AHEAD_SHARE). It began at
+    `begun`, gave its first `first_count` bytes at `first`, and by `now` has given `count`."""
+    lead = AHEAD_SHARE * (first - begun) - MANIFEST_WRITE_SECONDS
+    if count >= expected:
+        return True
+    if now - first < PACE_AFTER_SECONDS or count <= first_count:
+        return False  # too few bytes yet to tell the pace
+    return (expected - count) * (now - first) / (count - first_count) <= lead
