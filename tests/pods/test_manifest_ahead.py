@@ -60,39 +60,39 @@ def test_a_read_begun_before_the_write_counts_only_when_it_found_the_manifest_as
     store, snapshot = store_from_url(), _snapshot()
     key = f"{snapshot.prefix}/manifest.json"
     operation = Operation.objects.create(kind="pod.stop", target_type="pod", target_id="ahead", actor_name="t")
-    written = {"home": {"key": f"{snapshot.prefix}/home.tar", "bytes": 5}}
+    first = {"home": {"key": f"{snapshot.prefix}/home.tar", "bytes": 5}}
+    second = {"home": {**first["home"], "bytes": 6}}
+
+    def read_early_then_write(volumes: dict | None) -> ManifestAhead:
+        """An early read that has finished looking, then `volumes` written (None: nothing)."""
+        reads.clear()
+        ahead = ManifestAhead(store, key)
+        ahead.start()
+        ahead.reading.exception()  # waits for it, whatever it found
+        if volumes is not None:
+            _write(store, key, volumes)
+        return ahead
 
     # Too soon: nothing was written yet, so it found nothing; the manifest is read again.
-    ahead = ManifestAhead(store, key)
-    ahead.start()
-    assert "is missing" in str(ahead.reading.exception())
+    ahead = read_early_then_write(first)
     assert ahead.found() is None
-    _write(store, key, written)
-    manifest_readback(store=store, snapshot=snapshot, manifest=written, operation=operation, ahead=ahead)
+    manifest_readback(store=store, snapshot=snapshot, manifest=first, operation=operation, ahead=ahead)
     assert reads == [key, key] and EARLY not in _log(operation)
 
-    # An earlier attempt's manifest under the same key: found, but not the one written now.
-    reads.clear()
-    ahead = ManifestAhead(store, key)
-    ahead.start()
-    ahead.reading.result()
-    again = {"home": {**written["home"], "bytes": 6}}
-    _write(store, key, again)
-    manifest_readback(store=store, snapshot=snapshot, manifest=again, operation=operation, ahead=ahead)
+    # Another manifest under the same key: found, but not the one written now.
+    ahead = read_early_then_write(second)
+    manifest_readback(store=store, snapshot=snapshot, manifest=second, operation=operation, ahead=ahead)
     assert reads == [key, key] and EARLY not in _log(operation)
 
     # In time: it found the very manifest, and nothing is read again.
-    reads.clear()
-    ahead = ManifestAhead(store, key)
-    ahead.start()
-    manifest_readback(store=store, snapshot=snapshot, manifest=again, operation=operation, ahead=ahead)
+    ahead = read_early_then_write(None)
+    manifest_readback(store=store, snapshot=snapshot, manifest=second, operation=operation, ahead=ahead)
     assert reads == [key] and EARLY in _log(operation)
 
     # What the store holds is not what was written: the stop fails, early read or not.
-    ahead = ManifestAhead(store, key)
-    ahead.start()
+    ahead = read_early_then_write(None)
     with pytest.raises(StoreError, match="does not read back as written"):
-        manifest_readback(store=store, snapshot=snapshot, manifest=written, operation=operation, ahead=ahead)
+        manifest_readback(store=store, snapshot=snapshot, manifest=first, operation=operation, ahead=ahead)
 
 
 def test_the_early_read_starts_when_what_is_left_would_end_within_restics_start():
