@@ -30,7 +30,8 @@ from apps.audit.services import Progress, Throttle, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
 from apps.pods.services.beside import folders_used
-from apps.pods.services.capture_folders import ManifestAhead, folders_copy
+from apps.pods.services.capture_folders import folders_copy
+from apps.pods.services.manifest_ahead import ManifestAhead
 from apps.pods.services.state import _error_text, _log, host_sample
 from apps.pods.services.streams import ByteCounter, Writers
 from apps.pods.services.unchanged import (

@@ -54,8 +54,8 @@ class ManifestAhead:
 def tar_bytes_about(summary: dict) -> int:
     """About how long restic's tar of a backup's folders is, from its summary: every file's
     bytes, and for each file and folder a 512-byte header and half a block of padding."""
-    entries = sum(int(summary.get(name) or 0) for name in ["total_files_processed", "dirs_new", "dirs_changed"])
-    entries += int(summary.get("dirs_unmodified") or 0)
+    counted = ["total_files_processed", "dirs_new", "dirs_changed", "dirs_unmodified"]
+    entries = sum(int(summary.get(name) or 0) for name in counted)
     return int(summary.get("total_bytes_processed") or 0) + 768 * entries
 
 
