@@ -192,13 +192,16 @@ def pods_measure(*, actor: Actor, operation: Operation | None = None, batch_size
 POD_MEASURE_SECONDS = 10
 
 
+def _pod_measure(engine: DockerEngine, names: list[str]) -> VolumeSizes:
+    """One pod's volumes walked by the size helper, within POD_MEASURE_SECONDS."""
+    return engine.volumes_measure(names=names, image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS)
+
+
 def sizes_measuring(engine: DockerEngine, names: list[str]) -> Future:
     """`pod_sizes_measure`'s helper started now on a thread of its own, so that it runs beside
     something else the engine does (a container's start: each takes the engine a fifth of a
     second or so). It touches no database; its answer is given to `pod_sizes_measure`."""
-    return started(
-        engine.volumes_measure, names=names, image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS, name="sizes-measure"
-    )
+    return started(_pod_measure, engine, names, name="sizes-measure")
 
 
 def pod_sizes_measure(*, pod: Pod, operation: Operation | None = None, measuring: Future | None = None) -> None:
@@ -212,9 +215,7 @@ def pod_sizes_measure(*, pod: Pod, operation: Operation | None = None, measuring
         if measuring is not None:
             answer = measuring.result()
         else:
-            answer = engine_for(pod.host).volumes_measure(
-                names=[v.docker_name for v in volumes], image=settings.POD_IMAGE, seconds=POD_MEASURE_SECONDS
-            )
+            answer = _pod_measure(engine_for(pod.host), [v.docker_name for v in volumes])
     except Exception as exc:  # a measurement never fails the action it follows
         reason = str(exc) if isinstance(exc, PanelError) else f"{type(exc).__name__}: {exc}"
         _log(operation, f"volume sizes not measured now ({reason}); the size schedule measures them")
