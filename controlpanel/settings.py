@@ -291,6 +291,9 @@ POD_BACKUP_PAUSE = envbool("POD_BACKUP_PAUSE", False)
 SNAPSHOT_STORE_URL = envstr("SNAPSHOT_STORE_URL", f"file://{VAR_DIR / 'snapshots'}")
 # The repository key of a dedup+… store: a file, never the database (lose it, lose the snapshots).
 SNAPSHOT_KEY_FILE = envstr("SNAPSHOT_KEY_FILE")
+# A second key of the repository whose password is derived from SNAPSHOT_KEY_FILE's, opened by
+# each restic in a millisecond instead of half a second (apps/pods/stores/restic_working.py).
+SNAPSHOT_WORKING_KEY = envbool("SNAPSHOT_WORKING_KEY", True)
 # How a dedup store copies a pod: `stream` (each volume's tar through the Docker API into
 # restic) or `beside` (restic in a helper container next to the volumes, folders with a parent).
 SNAPSHOT_ENGINE = envstr("SNAPSHOT_ENGINE", "beside")

@@ -24,7 +24,7 @@ from apps.pods.stores import restic_writer
 from controlpanel.errors import PanelError
 from tests.parts import require_part
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
-from tests.restic_keys import restic_key_make_fast, restic_key_make_fast_on_s3
+from tests.restic_keys import restic_key_make_fast
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker, pytest.mark.usefixtures("stream_engine")]
 
@@ -422,11 +422,10 @@ def test_dedup_on_s3_stops_and_restores_byte_identical(
     settings.SNAPSHOT_STORE_URL = f"dedup+s3://{s3_bucket}/repo"
     client = s3_server.client()
     # The panel creates the repository on the empty bucket (restic init, its key calibrated to
-    # half a second of CPU); the key is then rewrapped fast, or each of the ~30 restic processes
-    # below would pay that derivation again (`tests.restic_keys`).
+    # half a second of CPU) and its working key, which the ~30 restic processes below open fast.
     assert "Contents" not in client.list_objects_v2(Bucket=s3_bucket, Prefix="repo/")
     assert store_from_url().repository_ensure() == []
-    restic_key_make_fast_on_s3(client, s3_bucket, "repo", restic.read_text(), tmp_path / "fast-key")
+    assert len(client.list_objects_v2(Bucket=s3_bucket, Prefix="repo/keys/")["Contents"]) == 2
     pod_id, before = pod_with_files(docker_client, new_pod_id, DATA_SCRIPT)
 
     services.pod_stop(pod_id=pod_id, actor="test")

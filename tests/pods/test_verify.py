@@ -21,7 +21,6 @@ from apps.pods.selectors import overview_section
 from apps.pods.snapshots import store_from_url
 from tests import parts
 from tests.parts import require_part
-from tests.restic_keys import restic_key_make_fast
 
 pytestmark = pytest.mark.django_db
 
@@ -83,8 +82,7 @@ def use_dedup(settings, tmp_path) -> None:
     key.write_text(uuid.uuid4().hex)
     settings.SNAPSHOT_KEY_FILE = str(key)
     settings.SNAPSHOT_STORE_URL = f"dedup+file://{tmp_path / 'dedup-repo'}"
-    store_from_url().repository_ensure()
-    restic_key_make_fast(tmp_path / "dedup-repo", key.read_text())
+    store_from_url().repository_ensure()  # with its working key: each restic opens it fast
 
 
 @pytest.fixture(params=["file", "dedup"])

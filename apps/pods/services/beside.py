@@ -41,8 +41,11 @@ def folder_name(volume: PodVolume) -> str:
 def helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, dict]:
     """(env, secrets, binds) for restic in a helper to open `store`."""
     folders_precheck(store=store, engine=engine, always=True)
-    secrets = {"key": Path(store.key_file()).read_bytes()}
+    password_file, hint = store.password()
+    secrets = {"key": Path(password_file).read_bytes()}
     env = {"RESTIC_PASSWORD_FILE": f"{SECRETS}/key", "RESTIC_CACHE_DIR": "/cache"}
+    if hint:
+        env["RESTIC_KEY_HINT"] = hint  # the working key: not a secret, the key's id
     binds = {}
     if engine.on_this_machine:
         cache = Path(settings.VAR_DIR) / "restic-cache"

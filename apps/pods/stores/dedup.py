@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
-from apps.pods.stores import restic_locks, restic_raw
+from apps.pods.stores import restic_locks, restic_raw, restic_working
 from apps.pods.stores.base import (
     CHUNK_SIZE,
     ObjectWriter,
@@ -148,15 +148,25 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             raise StoreError(f"snapshot store {self.url}: SNAPSHOT_KEY_FILE {path} cannot be read: {exc}") from exc
         return path
 
-    def env(self) -> dict[str, str]:
+    def password(self, *, working: bool = True) -> tuple[str, str | None]:
+        """(the file restic reads its password from, the key it tries first): the repository's
+        working key when there is one (`restic_working`), else SNAPSHOT_KEY_FILE."""
+        key_file = self.key_file()
+        found = restic_working.working(self) if working else None
+        return (found.password_file, found.key_id) if found else (key_file, None)
+
+    def env(self, *, working: bool = True) -> dict[str, str]:
         cache = Path(settings.VAR_DIR) / "restic-cache"
-        return {
+        password_file, hint = self.password(working=working)
+        env = {
             **os.environ,
             "RESTIC_REPOSITORY": self.repository,
-            "RESTIC_PASSWORD_FILE": self.key_file(),
+            "RESTIC_PASSWORD_FILE": password_file,
             "RESTIC_CACHE_DIR": str(cache),
             "AWS_DEFAULT_REGION": settings.AWS_REGION,
         }
+        env.pop("RESTIC_KEY_HINT", None)
+        return env | ({"RESTIC_KEY_HINT": hint} if hint else {})
 
     def command(self, *args: str) -> list[str]:
         restic = shutil.which("restic")
@@ -168,6 +178,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         """restic's stderr, told as one line for people."""
         text = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
         if "wrong password or no key found" in text:
+            restic_working.forget(self)  # a working key removed by hand: the next restic looks again
             return StoreError(
                 f"snapshot store {self.url} refused the key in SNAPSHOT_KEY_FILE: it is not this "
                 f"repository's key ({doing}; nothing was changed)"
@@ -184,16 +195,16 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         detail = _first_skipped(stderr) or fatal or _go_error(stderr) or text[-300:]
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
-    def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS) -> str:
+    def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS, working: bool = True) -> str:
         """One restic command; waits (up to SNAPSHOT_LOCK_WAIT_SECONDS) while another restic
-        holds the lock, after removing the locks of restics that are gone."""
+        holds the lock, after removing the locks of restics that are gone. `working=False`:
+        opened with SNAPSHOT_KEY_FILE itself, not the working key."""
         deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
         looked_at: set[str] = set()
         while True:
+            env = self.env(working=working)
             try:
-                done = subprocess.run(
-                    self.command(*args), env=self.env(), capture_output=True, timeout=timeout, check=False
-                )
+                done = subprocess.run(self.command(*args), env=env, capture_output=True, timeout=timeout, check=False)
             except subprocess.TimeoutExpired as exc:
                 raise Unreachable(
                     f"snapshot store {self.url} did not answer within {timeout:.0f} s while {doing}"
@@ -201,6 +212,10 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0:
                 return done.stdout.decode(errors="replace")
+            if "RESTIC_KEY_HINT" in env and "wrong password or no key found" in stderr:
+                restic_working.forget(self)  # removed by hand: once more with SNAPSHOT_KEY_FILE
+                working = False
+                continue
             if LOCKED in stderr:
                 holding = restic_locks.storage_id(stderr)
                 # Each lock met is looked at once: a lock left by a restic that is gone would
@@ -223,13 +238,15 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         known = restic_raw.lock_ids_if_opened(self)
         if known is not None:
             return known
+        restic_working.working(self)  # found or made before the listing below, which it changes
         taken = restic_raw.taken_now(self)
         try:
             locks = self.run("list", "locks", "--no-lock", doing="opening the repository").split()
         except StoreError as exc:
             if "Is there a repository" not in str(exc) and "unable to open config" not in str(exc):
                 raise
-            self.run("init", doing="creating the repository")
+            self.run("init", doing="creating the repository", working=False)
+            restic_working.working(self)  # made with the repository, not by its first copy
             locks, taken = [], restic_raw.taken_now(self)
         restic_raw.opened_record(self, taken)
         return locks

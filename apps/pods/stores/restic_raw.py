@@ -36,36 +36,63 @@ def names(store, folder: str) -> list[str]:
             return sorted(os.listdir(store.path / folder))
         except FileNotFoundError:
             return []
-    prefix = f"{store.prefix}/{folder}/" if store.prefix else f"{folder}/"
+    prefix = _s3_key(store, f"{folder}/")
     found = []
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
         found += [item["Key"][len(prefix) :] for item in page.get("Contents") or []]
     return sorted(found)
 
 
-def _config(store) -> bytes | None:
+def file_bytes(store, name: str) -> bytes | None:
+    """One file of the repository (`config`, `keys/<id>`) as stored; None when it is not there."""
     if store.path is not None:
         try:
-            return (store.path / "config").read_bytes()
+            return (store.path / name).read_bytes()
         except FileNotFoundError:
             return None
-    key = f"{store.prefix}/config" if store.prefix else "config"
     client = s3_client()
     try:
-        return client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+        return client.get_object(Bucket=store.bucket, Key=_s3_key(store, name))["Body"].read()
     except client.exceptions.NoSuchKey:
         return None
 
 
+def key_put(store, key_id: str, body: bytes) -> None:
+    """A key file into `keys/`, whole or not at all (a local file appears only once written
+    and synced, read-only as restic leaves its own)."""
+    if store.path is None:
+        s3_client().put_object(Bucket=store.bucket, Key=_s3_key(store, f"keys/{key_id}"), Body=body)
+        return
+    partial = store.path / f".key-{key_id}.{os.getpid()}"  # outside keys/: restic never lists it
+    try:
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(body)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.chmod(0o400)
+        partial.replace(store.path / "keys" / key_id)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _s3_key(store, name: str) -> str:
+    return f"{store.prefix}/{name}" if store.prefix else name
+
+
+def key_file_stamp() -> list:
+    """What changes whenever SNAPSHOT_KEY_FILE is written: its inode, size, mtime and ctime."""
+    key = os.stat(settings.SNAPSHOT_KEY_FILE)
+    return [settings.SNAPSHOT_KEY_FILE, key.st_ino, key.st_size, key.st_mtime_ns, key.st_ctime_ns]
+
+
 def _stamp(store) -> dict | None:
     """What the key's check depends on, now; None when the repository has no config yet."""
-    config = _config(store)
+    config = file_bytes(store, "config")
     if config is None:
         return None
-    key = os.stat(settings.SNAPSHOT_KEY_FILE)
     return {
         "repository": store.repository,
-        "key_file": [settings.SNAPSHOT_KEY_FILE, key.st_ino, key.st_size, key.st_mtime_ns, key.st_ctime_ns],
+        "key_file": key_file_stamp(),
         "keys": names(store, "keys"),
         "config": hashlib.sha256(config).hexdigest(),
     }
