@@ -25,6 +25,7 @@ from apps.pods.models import (
 from apps.pods.restic_helper import pod_helpers_remove
 from controlpanel.errors import InvalidInput, NotFound, PanelError
 from controlpanel.paths import validate_id
+from controlpanel.threads import started
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +115,20 @@ def _volumes_remove(*, pod: Pod, engine: DockerEngine, operation: Operation | No
         _log(operation, f"could not look for restic helpers: {exc}")
     if left:
         _log(operation, f"removed restic helpers still holding the volumes: {', '.join(left)}")
+    names = [volume.docker_name for volume in _volumes(pod)]
+    # All at once: the engine deletes each volume's files, the home and workspace volumes
+    # most of them, and deletes the next meanwhile (0.4 s for 256 MiB and 2,000 files, one by one).
+    removals = {name: started(engine.volume_remove, name, name="volume-remove") for name in names}
     removed, refusals = [], []
-    for volume in _volumes(pod):
+    for name, removal in removals.items():
         try:
-            if engine.volume_remove(volume.docker_name):
-                removed.append(volume.docker_name)
+            if removal.result():
+                removed.append(name)
         except DockerFailure as exc:
             # Keep going: every other volume is just as safely stored; a retry handles this one.
             refusals.append(str(exc))
-    remaining = [v.docker_name for v in _volumes(pod) if engine.volume_exists(v.docker_name)]
+    listed = {volume.name for volume in engine.volumes_list(name_prefix=volume_docker_name(pod.pod_id, ""))}
+    remaining = [name for name in names if name in listed]
     PodVolume.objects.filter(pod=pod).exclude(docker_name__in=remaining).update(exists=False)
     if refusals:
         raise DockerFailure(refusals[0] + (f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""))
