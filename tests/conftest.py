@@ -15,10 +15,12 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
 @pytest.fixture(autouse=True)
-def panel_paths(settings, tmp_path):
+def panel_paths(settings, tmp_path, monkeypatch):
     """Every test gets its own storage roots, so nothing lands in var/ or leaks between tests."""
     settings.VAR_DIR = tmp_path / "var"
     settings.VAR_DIR.mkdir()
+    # A working key's password is kept in memory's folder (/dev/shm): a test's own, gone with it.
+    monkeypatch.setattr("apps.pods.stores.restic_working.KEPT_IN", tmp_path)
     settings.SNAPSHOT_STORE_URL = f"file://{tmp_path / 'snapshots'}"
     settings.MIX_MEDIA_DIR = tmp_path / "mix" / "media"
     settings.MIX_OUTPUTS_DIR = tmp_path / "mix" / "outputs"

@@ -1,7 +1,8 @@
 """The working key of a dedup store's repository (`apps.pods.stores.restic_working`): made once
 from SNAPSHOT_KEY_FILE, opened by the real restic 0.14 with `--key-hint`, found again by any
-process, replaced when the repository's key changes, never trusted unopened, and never in the
-way: whatever fails, restic gets SNAPSHOT_KEY_FILE as before."""
+process, retired when the repository key it was derived for goes, never trusted unopened,
+bounded against crafted key files, and never in the way: whatever fails, restic gets
+SNAPSHOT_KEY_FILE as before."""
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
@@ -11,11 +12,12 @@ import logging
 import shutil
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
-from apps.pods.services.beside import helper_setup
+from apps.pods.services.beside import helper_restic, helper_setup
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores import restic_crypto, restic_raw, restic_working
 from apps.pods.stores.restic_crypto import Cost
@@ -46,46 +48,60 @@ def restic_with(store, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(store.command(*args), env=env, capture_output=True, timeout=60, check=False)
 
 
+def kept_files() -> list[Path]:
+    return [path for path in restic_working._kept_folder().iterdir() if not path.name.endswith(".lock")]
+
+
+def key_write(repository: Path, key_id: str, body: bytes) -> None:
+    path = repository / "keys" / key_id
+    if path.exists():
+        path.chmod(0o600)
+    path.write_bytes(body)
+
+
 def test_the_working_key_is_made_once_opens_the_repository_alone_and_is_found_again(store, restic, settings):
     store = store_from_url()
     assert store.repository_ensure() == []
     (key_id,) = working_ids(store)
     body = key_files(store)[key_id]
-    (theirs,) = [b for name, b in key_files(store).items() if name != key_id]
-    # restic opens it at the least cost; its password was derived at the repository's own cost.
+    ((theirs_id, theirs),) = [(name, b) for name, b in key_files(store).items() if name != key_id]
+    # restic opens it at the least cost; its password was derived at the repository key's own
+    # cost or LEAST, whichever is more (the tests' repository key is itself a fast one).
     assert Cost.of(body) == restic_working.FAST
-    assert Cost.of(body[restic_working.DERIVED]).work >= Cost.of(theirs).work
-    assert body["hostname"] == restic_working.HOST
+    derived = body[restic_working.DERIVED]
+    assert Cost.of(derived) == max(restic_working.LEAST, Cost.of(theirs), key=lambda c: c.work)
+    assert derived["for"] == theirs_id and body["hostname"] == restic_working.HOST
 
     env = store.env()
-    assert env["RESTIC_KEY_HINT"] == key_id
-    password_file = Path(env["RESTIC_PASSWORD_FILE"])
-    assert password_file.parent == Path(settings.VAR_DIR) / "restic-working"
-    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
-    password = password_file.read_bytes()
-    assert password != restic.read_bytes() and len(password) == 64
-    # Nothing in the repository gives the password away.
+    assert env["RESTIC_KEY_HINT"] == key_id and "RESTIC_PASSWORD_FILE" not in env
+    password = env["RESTIC_PASSWORD"].encode()
+    assert password != restic.read_bytes().strip() and len(password) == 64
+    # Nothing in the repository or in VAR_DIR gives the password away; it is kept in memory's
+    # folder, for this user only.
     assert password not in restic_raw.file_bytes(store, f"keys/{key_id}")
+    var = [path for path in Path(settings.VAR_DIR).rglob("*") if path.is_file()]
+    assert not any(password in path.read_bytes() for path in var)
+    (kept,) = kept_files()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
 
-    # restic opens the repository with it, and so does SNAPSHOT_KEY_FILE's key still; the
-    # password opens only the working key, SNAPSHOT_KEY_FILE's key only the repository's own.
+    # restic opens the repository with it, and with SNAPSHOT_KEY_FILE's key still; the password
+    # opens only the working key, SNAPSHOT_KEY_FILE's key only the repository's own.
     assert restic_with(store, env, "cat", "config", "--no-lock").returncode == 0
     assert restic_with(store, store.env(working=False), "cat", "config", "--no-lock").returncode == 0
     with pytest.raises(ValueError):
         restic_crypto.key_file_open(theirs, password)
     with pytest.raises(ValueError):
-        restic_crypto.key_file_open(body, restic.read_bytes())
+        restic_crypto.key_file_open(body, restic.read_bytes().strip())
 
-    # A new process finds it (the record in VAR_DIR), and with the record gone, by opening the
-    # key files: never a second one.
+    # A new process finds it (kept in memory's folder), and with that gone, by opening the key
+    # files: never a second one.
     restic_working._known.clear()
     assert restic_working.working(store).key_id == key_id
-    for leftover in password_file.parent.iterdir():
-        leftover.unlink()
+    kept.unlink()
     restic_working._known.clear()
     assert restic_working.working(store).key_id == key_id
     assert working_ids(store) == [key_id] and len(key_files(store)) == 2
-    # The real restic lists both keys, with SNAPSHOT_KEY_FILE's key as with the working one.
+    # The real restic lists both keys, whichever opens it, and names the one it opened with.
     for env, current in ((store.env(working=False), False), (store.env(), True)):
         listed = json.loads(restic_with(store, env, "key", "list", "--json").stdout)
         assert {key["id"] for key in listed} == {name[:8] for name in key_files(store)}
@@ -93,7 +109,7 @@ def test_the_working_key_is_made_once_opens_the_repository_alone_and_is_found_ag
         assert mine["id"] == key_id[:8] and mine["current"] is current
 
 
-def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_opens_nothing(dedup_file, restic, tmp_path):
+def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_is_retired(dedup_file, restic, tmp_path):
     store = store_from_url()
     store.repository_ensure()
     (old,) = working_ids(store)
@@ -111,25 +127,58 @@ def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_opens_n
     assert restic_with(store, store.env(working=False), "cat", "config", "--no-lock").returncode == 0
 
 
-def test_a_tampered_working_key_is_never_used_and_goes(dedup_file, restic):
+def test_a_tampered_working_key_is_never_used(dedup_file, restic):
     store = store_from_url()
     store.repository_ensure()
     (old,) = working_ids(store)
-    path = dedup_file / "keys" / old
-    body = json.loads(path.read_bytes())
+    body = key_files(store)[old]
     data = bytearray(base64.b64decode(body["data"]))
     data[20] ^= 1  # one bit of the sealed master key
     body["data"] = base64.b64encode(bytes(data)).decode()
-    path.chmod(0o600)
-    path.write_text(json.dumps(body))
-    for record in (Path(store.env(working=False)["RESTIC_CACHE_DIR"]).parent / "restic-working").iterdir():
-        record.unlink()
+    key_write(dedup_file, old, json.dumps(body).encode())
     restic_working._known.clear()  # a new process
 
     made = restic_working.working(store)
     assert made is not None and made.key_id != old
-    assert working_ids(store) == [made.key_id]
     assert restic_with(store, store.env(), "cat", "config", "--no-lock").returncode == 0
+
+
+def test_crafted_key_files_are_not_opened_and_a_marked_repository_key_is_never_removed(dedup_file, restic):
+    """A key file asking days of scrypt, one too large, one that is not a key, and the
+    repository's own key marked as a working key derived for a key that is gone at the least
+    cost: none is opened, the marked key stays, and a working key is still made, at LEAST."""
+    key_write(dedup_file, "a" * 64, json.dumps({"kdf": "scrypt", "N": 2**15, "r": 8, "p": 400_000}).encode())
+    key_write(dedup_file, "b" * 64, b"{" + b" " * (restic_working.MOST_KEY_BYTES + 10) + b"}")
+    key_write(dedup_file, "c" * 64, b"[1, 2, 3]")
+    store = store_from_url()
+    ((theirs_id, theirs),) = [(n, b) for n, b in key_files_raw(dedup_file).items() if len(b) < 2000 and "data" in b]
+    marked = {
+        **theirs,
+        "username": restic_working.USER,
+        "hostname": restic_working.HOST,
+        restic_working.DERIVED: {"N": 1024, "r": 8, "p": 1, "for": "f" * 64},
+    }
+    key_write(dedup_file, theirs_id, json.dumps(marked).encode())
+
+    made = restic_working.working(store)
+    assert made is not None
+    assert Cost.of(json.loads((dedup_file / "keys" / made.key_id).read_bytes())[restic_working.DERIVED]).work >= (
+        restic_working.LEAST.work
+    )
+    assert (dedup_file / "keys" / theirs_id).exists()
+    assert restic_with(store, store.env(), "cat", "config", "--no-lock").returncode == 0
+
+
+def key_files_raw(repository: Path) -> dict[str, dict]:
+    found = {}
+    for path in (repository / "keys").iterdir():
+        try:
+            body = json.loads(path.read_bytes())
+        except ValueError:
+            continue
+        if isinstance(body, dict):
+            found[path.name] = body
+    return found
 
 
 def test_a_working_key_that_cannot_be_written_leaves_restic_on_the_key_file_and_is_not_tried_again_at_once(
@@ -154,17 +203,28 @@ def test_a_working_key_that_cannot_be_written_leaves_restic_on_the_key_file_and_
     assert "No space left on device" in warning and restic.read_text() not in warning
 
 
-def test_a_working_key_removed_by_hand_costs_one_retry_with_the_key_file_then_a_new_one(dedup_file, restic):
+def test_a_working_key_removed_by_hand_costs_each_restic_one_retry_then_a_new_one_is_made(dedup_file, restic):
     store = store_from_url()
     store.repository_ensure()
-    (old,) = working_ids(store)
-    (dedup_file / "keys" / old).unlink()
+    writer = store.writer("pods/p/1/home.tar")
+    writer.write(b"the volume's bytes")
+    writer.close()
 
-    # This process still believes in it: restic refuses it, and the command runs again with
-    # SNAPSHOT_KEY_FILE; the next command finds none and makes a new one.
+    def removed_by_hand() -> str:
+        (key_id,) = working_ids(store)
+        assert store.env()["RESTIC_KEY_HINT"] == key_id  # this process still believes in it
+        (dedup_file / "keys" / key_id).unlink()
+        return key_id
+
+    # A command, and a read (restic refused it before giving a byte), each run once more with
+    # SNAPSHOT_KEY_FILE; the next restic finds none and a new one is made.
+    old = removed_by_hand()
     assert store.run("cat", "config", "--no-lock", doing="reading the config")
+    assert working_ids(store) == [] and store.env()["RESTIC_KEY_HINT"] not in {old}
+    removed_by_hand()
+    assert b"".join(store.read("pods/p/1/home.tar")) == b"the volume's bytes"
     made = restic_working.working(store)
-    assert made is not None and working_ids(store) == [made.key_id] and made.key_id != old
+    assert made is not None and working_ids(store) == [made.key_id]
 
 
 def test_turned_off_no_working_key_is_made(dedup_file, restic, settings):
@@ -174,16 +234,36 @@ def test_turned_off_no_working_key_is_made(dedup_file, restic, settings):
     assert working_ids(store) == [] and store.env()["RESTIC_PASSWORD_FILE"] == str(restic)
 
 
+def test_two_threads_and_a_second_process_share_one_working_key(dedup_file, restic):
+    store = store_from_url()
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(restic_working.working(store))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({working.key_id for working in found}) == 1 and len(working_ids(store)) == 1
+    restic_working._known.clear()  # another process of this machine: waits on the machine's lock, finds it
+    assert restic_working.working(store).key_id == found[0].key_id and len(working_ids(store)) == 1
+
+
 @pytest.mark.docker
-def test_the_helper_beside_the_volumes_gets_the_working_key_not_the_repository_key(dedup_file, restic):
+def test_the_helper_beside_the_volumes_gets_the_working_key_and_falls_back_when_it_is_gone(dedup_file, restic):
     from apps.pods.services.hosts import engine_for, host_default
 
     store = store_from_url()
     store.repository_ensure()
-    env, secrets, _ = helper_setup(store, engine_for(host_default()))
+    engine = engine_for(host_default())
+    env, secrets, _ = helper_setup(store, engine)
     made = restic_working.working(store)
     assert env["RESTIC_KEY_HINT"] == made.key_id
-    assert secrets["key"] == Path(made.password_file).read_bytes() != restic.read_bytes()
+    assert secrets["key"] == made.password != restic.read_bytes()
+
+    (dedup_file / "keys" / made.key_id).unlink()  # removed by hand, this process unaware
+    result = helper_restic(
+        store, engine, owner="working-key", operation=None, command=["cat", "config"], volumes={}, doing="a test"
+    )
+    assert result.exit_code == 0 and restic_working.working(store).key_id != made.key_id
 
 
 def test_the_key_files_restic_calibrates_open_here_and_the_password_costs_as_much(restic, settings, tmp_path):
@@ -200,4 +280,25 @@ def test_the_key_files_restic_calibrates_open_here_and_the_password_costs_as_muc
     assert Cost.of(theirs).work > restic_working.FAST.work  # calibrated, not a test's fast key
     printed = restic_with(store, store.env(working=False), "cat", "masterkey", "--no-lock").stdout
     assert json.loads(restic_crypto.key_file_open(theirs, restic.read_bytes())) == json.loads(printed)
-    assert Cost.of(key_files(store)[key_id][restic_working.DERIVED]) == Cost.of(theirs)
+    derived = Cost.of(key_files(store)[key_id][restic_working.DERIVED])
+    assert derived == max(restic_working.LEAST, Cost.of(theirs), key=lambda c: c.work)
+
+
+def test_the_repository_key_dressed_as_a_retired_working_key_is_never_removed(dedup_file, restic):
+    """The repository's own key dressed as a working key whose repository key is gone: no
+    working key can be made (SNAPSHOT_KEY_FILE's key opens no other key), so nothing is retired
+    (that comes only after a new working key is proven), and every restic gets SNAPSHOT_KEY_FILE."""
+    ((theirs_id, theirs),) = key_files_raw(dedup_file).items()
+    marked = {
+        **theirs,
+        "username": restic_working.USER,
+        "hostname": restic_working.HOST,
+        restic_working.DERIVED: {**restic_working.LEAST.fields(), "for": "f" * 64},
+    }
+    key_write(dedup_file, theirs_id, json.dumps(marked).encode())
+    store = store_from_url()
+
+    assert store.repository_ensure() == []
+    assert (dedup_file / "keys" / theirs_id).exists() and working_ids(store) == [theirs_id]
+    assert store.env()["RESTIC_PASSWORD_FILE"] == str(restic)
+    assert store.run("cat", "config", "--no-lock", doing="reading the config")

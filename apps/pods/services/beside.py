@@ -11,7 +11,8 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import PodVolume
 from apps.pods.restic_helper import SECRETS, credentials_file, pod_helpers_remove, restic_in_helper
 from apps.pods.services.state import _log
-from apps.pods.stores.dedup import DedupStore
+from apps.pods.stores import restic_working
+from apps.pods.stores.dedup import DedupStore, refused_working
 from controlpanel.errors import PanelError
 
 # restic's exit status for a snapshot made without some files it could not read.
@@ -38,14 +39,14 @@ def folder_name(volume: PodVolume) -> str:
     return PurePosixPath(volume.mount_path).name
 
 
-def helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, dict]:
+def helper_setup(store: DedupStore, engine: DockerEngine, *, working: bool = True) -> tuple[dict, dict, dict]:
     """(env, secrets, binds) for restic in a helper to open `store`."""
     folders_precheck(store=store, engine=engine, always=True)
-    password_file, hint = store.password()
-    secrets = {"key": Path(password_file).read_bytes()}
+    password, hint = store.password(working=working)
+    secrets = {"key": password}
     env = {"RESTIC_PASSWORD_FILE": f"{SECRETS}/key", "RESTIC_CACHE_DIR": "/cache"}
     if hint:
-        env["RESTIC_KEY_HINT"] = hint  # the working key: not a secret, the key's id
+        env["RESTIC_KEY_HINT"] = hint  # the working key's id, not a secret
     binds = {}
     if engine.on_this_machine:
         cache = Path(settings.VAR_DIR) / "restic-cache"
@@ -67,24 +68,29 @@ def helper_setup(store: DedupStore, engine: DockerEngine) -> tuple[dict, dict, d
 def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operation, command, volumes, doing, **run):
     """restic in a helper labelled with `owner`: a pod's id (the pod's own stop, backup or
     start: a helper of the pod still there is a dead worker's, and goes first), or a drill's."""
-    env, secrets, binds = helper_setup(store, engine)
     left = pod_helpers_remove(engine, owner)
     if left:
         _log(operation, f"removed restic helpers a stopped worker left on pod {owner}: {', '.join(left)}")
-    result = restic_in_helper(
-        engine,
-        command=command,
-        volumes=volumes,
-        env=env,
-        secrets=secrets,
-        binds=binds,
-        doing=doing,
-        pod_id=owner,
-        **run,
-    )
-    if result.exit_code not in (0, INCOMPLETE):
-        raise store.error(doing, result.stderr or "\n".join(result.lines[-5:]))
-    return result
+    for working in (True, False):  # a working key removed meanwhile: once more without it
+        env, secrets, binds = helper_setup(store, engine, working=working)
+        result = restic_in_helper(
+            engine,
+            command=command,
+            volumes=volumes,
+            env=env,
+            secrets=secrets,
+            binds=binds,
+            doing=doing,
+            pod_id=owner,
+            **run,
+        )
+        told = result.stderr or "\n".join(result.lines[-5:])
+        if result.exit_code in (0, INCOMPLETE):
+            return result
+        if not (working and refused_working(env, told)):
+            raise store.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
+        restic_working.forget(store, env["RESTIC_KEY_HINT"])
+    raise store.error(doing, told)
 
 
 def folder_layout(manifest: dict | None) -> bool:

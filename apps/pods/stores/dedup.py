@@ -53,6 +53,7 @@ from controlpanel.s3 import s3_client, s3_error
 # Commands that only talk to the repository; a backup or dump streams without a limit.
 COMMAND_TIMEOUT_SECONDS = 120
 LOCKED = "repository is already locked"
+WRONG_KEY = "wrong password or no key found"
 # restic's exit status when SIGINT stopped it: it removed its lock first.
 INTERRUPTED = 130
 # How long a restic stopped with SIGINT may take to remove its lock and exit.
@@ -97,6 +98,11 @@ def _go_error(stderr: str) -> str | None:
         if not line.startswith("\t") and not (at + 1 < len(lines) and lines[at + 1].startswith("\t"))
     ]
     return ": ".join(reversed(messages)) or None
+
+
+def refused_working(env: dict, stderr: str) -> bool:
+    """restic, given the working key, found no key it opens: the key was removed meanwhile."""
+    return "RESTIC_KEY_HINT" in env and WRONG_KEY in stderr
 
 
 def _pipe_widen(fd: int) -> None:
@@ -148,25 +154,29 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             raise StoreError(f"snapshot store {self.url}: SNAPSHOT_KEY_FILE {path} cannot be read: {exc}") from exc
         return path
 
-    def password(self, *, working: bool = True) -> tuple[str, str | None]:
-        """(the file restic reads its password from, the key it tries first): the repository's
-        working key when there is one (`restic_working`), else SNAPSHOT_KEY_FILE."""
+    def password(self, *, working: bool = True) -> tuple[bytes, str | None]:
+        """(restic's password, the key it tries first): the repository's working key when there
+        is one (`restic_working`), else SNAPSHOT_KEY_FILE's key."""
         key_file = self.key_file()
         found = restic_working.working(self) if working else None
-        return (found.password_file, found.key_id) if found else (key_file, None)
+        return (found.password, found.key_id) if found else (Path(key_file).read_bytes(), None)
 
     def env(self, *, working: bool = True) -> dict[str, str]:
+        """restic's environment. The working key's password goes in it (a child's environment is
+        readable only by its own user, as SNAPSHOT_KEY_FILE is), never into a file."""
         cache = Path(settings.VAR_DIR) / "restic-cache"
-        password_file, hint = self.password(working=working)
         env = {
             **os.environ,
             "RESTIC_REPOSITORY": self.repository,
-            "RESTIC_PASSWORD_FILE": password_file,
             "RESTIC_CACHE_DIR": str(cache),
             "AWS_DEFAULT_REGION": settings.AWS_REGION,
         }
-        env.pop("RESTIC_KEY_HINT", None)
-        return env | ({"RESTIC_KEY_HINT": hint} if hint else {})
+        for name in ("RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND", "RESTIC_KEY_HINT"):
+            env.pop(name, None)
+        found = restic_working.working(self) if working else None
+        if found is None:
+            return env | {"RESTIC_PASSWORD_FILE": self.key_file()}
+        return env | {"RESTIC_PASSWORD": found.password.decode(), "RESTIC_KEY_HINT": found.key_id}
 
     def command(self, *args: str) -> list[str]:
         restic = shutil.which("restic")
@@ -174,11 +184,16 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             raise StoreError(f"snapshot store {self.url} needs Debian's restic: apt-get install restic")
         return [restic, *args]
 
-    def error(self, doing: str, stderr: str, written: int | None = None) -> PanelError:
-        """restic's stderr, told as one line for people."""
+    def error(self, doing: str, stderr: str, written: int | None = None, *, hint: str | None = None) -> PanelError:
+        """restic's stderr, told as one line for people (`hint`: the working key it was given)."""
         text = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
-        if "wrong password or no key found" in text:
-            restic_working.forget(self)  # a working key removed by hand: the next restic looks again
+        if WRONG_KEY in text and hint:
+            restic_working.forget(self, hint)
+            return StoreError(
+                f"snapshot store {self.url} no longer has the panel's working key {hint[:8]} (removed from the "
+                f"repository?) ({doing}; nothing was changed): try again, the next attempt uses SNAPSHOT_KEY_FILE"
+            )
+        if WRONG_KEY in text:
             return StoreError(
                 f"snapshot store {self.url} refused the key in SNAPSHOT_KEY_FILE: it is not this "
                 f"repository's key ({doing}; nothing was changed)"
@@ -212,9 +227,9 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             stderr = done.stderr.decode(errors="replace")
             if done.returncode == 0:
                 return done.stdout.decode(errors="replace")
-            if "RESTIC_KEY_HINT" in env and "wrong password or no key found" in stderr:
-                restic_working.forget(self)  # removed by hand: once more with SNAPSHOT_KEY_FILE
-                working = False
+            if refused_working(env, stderr):
+                restic_working.forget(self, env["RESTIC_KEY_HINT"])  # removed by hand
+                working = False  # once more, with SNAPSHOT_KEY_FILE
                 continue
             if LOCKED in stderr:
                 holding = restic_locks.storage_id(stderr)
@@ -363,29 +378,36 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         return self._dump(self.command("dump", self._snapshot_id(key), f"/{tar_path}"), doing=f"reading {tar_path}")
 
     def _dump(self, command: list[str], *, doing: str, key: str = "") -> Iterator[bytes]:
-        with tempfile.TemporaryFile() as stderr:
-            # Unbuffered, from a pipe as large as a chunk: restic writes whole chunks and each
-            # read takes what is there in one call (a 64 KiB pipe and a buffered reader that
-            # gathers a full chunk made the read-back of 1 GiB a third slower).
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=self.env(), bufsize=0)
-            _pipe_widen(process.stdout.fileno())
-            read_to_end = False
-            try:
-                while chunk := process.stdout.read(CHUNK_SIZE):
-                    yield chunk
-                read_to_end = True
-            finally:
-                if read_to_end:
-                    process.wait()
-                else:
-                    self._reader_stop(process)
-                process.stdout.close()
-            if process.returncode != 0:
+        for working in (True, False):  # a working key removed meanwhile: once more without it
+            env = self.env(working=working)
+            with tempfile.TemporaryFile() as stderr:
+                # Unbuffered, from a pipe as large as a chunk: restic writes whole chunks and each
+                # read takes what is there in one call (a 64 KiB pipe and a buffered reader that
+                # gathers a full chunk made the read-back of 1 GiB a third slower).
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
+                _pipe_widen(process.stdout.fileno())
+                read_to_end, given = False, False
+                try:
+                    while chunk := process.stdout.read(CHUNK_SIZE):
+                        given = True
+                        yield chunk
+                    read_to_end = True
+                finally:
+                    if read_to_end:
+                        process.wait()
+                    else:
+                        self._reader_stop(process)
+                    process.stdout.close()
+                if process.returncode == 0:
+                    return
                 stderr.seek(0)
                 told = stderr.read().decode(errors="replace")
+                if not given and working and refused_working(env, told):
+                    restic_working.forget(self, env["RESTIC_KEY_HINT"])
+                    continue
                 if key and "no snapshot found" in told:
                     raise StoreError(f"{self.url}/{key} is missing")
-                raise self.error(doing, told)
+                raise self.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
 
     def _reader_stop(self, process: subprocess.Popen) -> None:
         """A `restic dump` let go of before its end (a volume found corrupt, a read-ahead not

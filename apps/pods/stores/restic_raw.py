@@ -43,18 +43,23 @@ def names(store, folder: str) -> list[str]:
     return sorted(found)
 
 
-def file_bytes(store, name: str) -> bytes | None:
-    """One file of the repository (`config`, `keys/<id>`) as stored; None when it is not there."""
+def file_bytes(store, name: str, *, most: int | None = None) -> bytes | None:
+    """One file of the repository (`config`, `keys/<id>`) as stored; None when it is not there,
+    or holds more than `most` bytes."""
     if store.path is not None:
         try:
-            return (store.path / name).read_bytes()
+            with open(store.path / name, "rb") as found:
+                body = found.read() if most is None else found.read(most + 1)
         except FileNotFoundError:
             return None
-    client = s3_client()
-    try:
-        return client.get_object(Bucket=store.bucket, Key=_s3_key(store, name))["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
+    else:
+        client = s3_client()
+        asked = {} if most is None else {"Range": f"bytes=0-{most}"}
+        try:
+            body = client.get_object(Bucket=store.bucket, Key=_s3_key(store, name), **asked)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return None
+    return None if most is not None and len(body) > most else body
 
 
 def key_put(store, key_id: str, body: bytes) -> None:
@@ -73,6 +78,14 @@ def key_put(store, key_id: str, body: bytes) -> None:
         partial.replace(store.path / "keys" / key_id)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def key_delete(store, key_id: str) -> None:
+    """A key file this panel wrote and no restic ever opened (`restic_working`)."""
+    if store.path is None:
+        s3_client().delete_object(Bucket=store.bucket, Key=_s3_key(store, f"keys/{key_id}"))
+    else:
+        (store.path / "keys" / key_id).unlink(missing_ok=True)
 
 
 def _s3_key(store, name: str) -> str:

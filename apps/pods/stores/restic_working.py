@@ -11,31 +11,32 @@ So the panel adds a key of its own to the repository (restic keeps one master ke
 number of key files; `restic key list` shows this one as user `pinacle-panel`, host `panel`):
 
 - **Its password** is 32 bytes derived from SNAPSHOT_KEY_FILE's key by scrypt, at the cost of
-  the repository's own keys or more, salted by the working key's own random salt. Whoever has
-  the store but not SNAPSHOT_KEY_FILE pays at least as much per guess as restic's own key makes
-  them pay; every worker on every machine with SNAPSHOT_KEY_FILE finds the same password for
-  the same working key. The cost it was derived with is written into the key file
-  (`pinacle_derived`, which restic ignores). The derived password is kept beside the panel's
-  other state, VAR_DIR/restic-working/ (0600), so that a process derives it at most once.
-- **Its own scrypt cost** is the least restic accepts (N=1024, r=8, p=1): restic opens it in
-  about a millisecond. restic is given it with `--key-hint` (RESTIC_KEY_HINT), so it tries
-  that key first and no other.
-- **Made** once per repository: `restic cat masterkey` (with SNAPSHOT_KEY_FILE), the master
-  key sealed under the password as restic seals it (`restic_crypto`), written into `keys/`,
-  then proven by a restic that opens the repository with it alone; a key restic cannot open is
-  removed again and not used.
-- **Found** by a later process: a `pinacle-panel` key in `keys/` whose sealed master key opens
+  the repository key that key opens and never below LEAST, salted by the working key's own
+  random salt. Whoever has the store but not SNAPSHOT_KEY_FILE pays at least as much per guess
+  as restic's own key makes them pay. The cost, and which repository key it was derived for,
+  are written into the key file (`pinacle_derived`, which restic ignores).
+- **Its own scrypt cost** is the least restic accepts (N=1024, r=8, p=1). restic is given it
+  with `--key-hint` (RESTIC_KEY_HINT) and the password in its environment, never in a file.
+- **Made** once per repository: SNAPSHOT_KEY_FILE's key opens a repository key here (as restic
+  would), whose master key is sealed under the password the way restic seals it
+  (`restic_crypto`), written into `keys/`, and used only once a restic, given it alone, says it
+  is the key it opened the repository with. A key restic cannot open is deleted at once.
+- **Found** by a later process: the password is kept per machine in a folder in memory
+  (/dev/shm, mode 0700, gone at a reboot), never in VAR_DIR, so a copy of the panel's state
+  holds no key to the store. Without it, a `pinacle-panel` key whose sealed master key opens
   with the password derived for it, here, tag and all.
-- When SNAPSHOT_KEY_FILE's key changes (`restic key passwd`), the old working key no longer
-  opens with it: a new one is made and proven, then the old one removed (`restic key remove`,
-  only keys this module wrote), so the old password opens nothing any more. No other key is
-  ever touched.
+- **Retired** once the repository key it was derived for is gone (`restic key passwd` replaces
+  it): `restic key remove`, one attempt without waiting for a lock, tried again by the next
+  process. Only keys shaped as this module writes them are ever removed.
+- **Bounded**: a key file larger than MOST_KEY_BYTES, beyond the first MOST_KEYS, or asking
+  more scrypt work than MOST_WORK is not opened (a crafted one must not take the worker's time).
 
 Whatever fails here, restic is given SNAPSHOT_KEY_FILE, as before: the working key only saves
 time, and a failure is tried again after RETRY_SECONDS. SNAPSHOT_WORKING_KEY=0 turns it off.
 """
 
 import base64
+import fcntl
 import hashlib
 import json
 import logging
@@ -43,7 +44,8 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
@@ -55,11 +57,14 @@ logger = logging.getLogger(__name__)
 
 USER, HOST = "pinacle-panel", "panel"
 FAST = Cost(1024, 8, 1)
-# Never derive the password more cheaply than this, whatever the repository's own keys cost.
-LEAST = Cost(1024, 8, 1)
-DERIVED = "pinacle_derived"  # the key file's field: how its password was derived
+LEAST = Cost(2**15, 8, 1)  # restic's own calibration never goes below this memory cost
+MOST_WORK = 2**15 * 8 * 64  # 64 times LEAST: several seconds here
+MOST_KEY_BYTES = 64 * 1024
+MOST_KEYS = 20  # restic itself tries at most 20 keys
+DERIVED = "pinacle_derived"  # the key file's field: the cost and the key the password is derived for
 RETRY_SECONDS = 600
 PROOF_TIMEOUT_SECONDS = 60
+KEPT_IN = Path("/dev/shm")
 
 
 class NoRepository(Exception):
@@ -69,10 +74,11 @@ class NoRepository(Exception):
 @dataclass(frozen=True)
 class Working:
     key_id: str
-    password_file: str
+    password: bytes = field(repr=False)
 
 
-_lock = threading.RLock()  # `forget` is reached from inside `working` (a refused key while making one)
+_guard = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
 _known: dict[str, tuple[list, Working | None, float]] = {}  # repository → (key file stamp, key, when)
 
 
@@ -85,12 +91,15 @@ def working(store) -> Working | None:
         stamp = restic_raw.key_file_stamp()
     except OSError:
         return None  # the store's own check says what is wrong with SNAPSHOT_KEY_FILE
-    with _lock:
+    with _guard:
+        lock = _locks.setdefault(store.repository, threading.Lock())
+    with lock:  # one repository's search never holds up another's
         seen = _known.get(store.repository)
         if seen and seen[0] == stamp and (seen[1] is not None or time.monotonic() - seen[2] < RETRY_SECONDS):
             return seen[1]
         try:
-            found = _remembered(store, stamp) or _found_or_made(store, stamp)
+            with _machine_lock(store):
+                found = _found_or_made(store, stamp)
         except NoRepository:
             return None  # made once `restic init` has made the repository
         except Exception as exc:  # only time is lost: restic gets SNAPSHOT_KEY_FILE
@@ -100,101 +109,221 @@ def working(store) -> Working | None:
         return found
 
 
-def forget(store) -> None:
-    """restic refused the working key (removed from the repository by hand): look again."""
-    with _lock:
-        _known.pop(store.repository, None)
-        _record(store).with_suffix(".json").unlink(missing_ok=True)
+def forget(store, key_id: str) -> None:
+    """restic refused this working key (removed from the repository by hand): look again."""
+    with _guard:
+        seen = _known.get(store.repository)
+        if seen and seen[1] is not None and seen[1].key_id == key_id:
+            del _known[store.repository]
+    _kept(store).unlink(missing_ok=True)
 
 
-def _record(store) -> Path:
-    """VAR_DIR/restic-working/<repository's hash>: `.key` the password, `.json` which key."""
-    name = hashlib.sha256(store.repository.encode()).hexdigest()[:32]
-    return Path(settings.VAR_DIR) / "restic-working" / name
+# --- where the password is kept between processes -------------------------------------------
 
 
-def _remembered(store, stamp: list) -> Working | None:
-    record = _record(store)
+def _kept_folder() -> Path | None:
+    """This user's folder in memory, made private; None where there is none to trust."""
+    folder = KEPT_IN / f"pinacle-restic-{os.getuid()}"
     try:
-        known = json.loads(record.with_suffix(".json").read_text())
-    except (OSError, ValueError):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = os.lstat(folder)
+    except OSError:
         return None
-    if known.get("key_file") != stamp or known.get("key_id") not in restic_raw.names(store, "keys"):
-        return None
-    return Working(known["key_id"], str(record.with_suffix(".key")))
+    private = found.st_uid == os.getuid() and (found.st_mode & 0o777) == 0o700 and not os.path.islink(folder)
+    return folder if private else None
 
 
-def _remember(store, stamp: list, key_id: str, password: bytes) -> Working:
-    record = _record(store)
-    record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for suffix, text in ((".key", password), (".json", json.dumps({"key_file": stamp, "key_id": key_id}).encode())):
-        partial = record.with_suffix(f"{suffix}.{os.getpid()}")
-        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+def _kept(store) -> Path:
+    folder = _kept_folder() or Path("/nonexistent")
+    return folder / hashlib.sha256(store.repository.encode()).hexdigest()[:32]
+
+
+def _kept_read(store, stamp: list) -> tuple[str, bytes] | None:
+    try:
+        kept = json.loads(_kept(store).read_text())
+        if kept["key_file"] != stamp:
+            return None
+        return kept["key_id"], kept["password"].encode()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _keep(store, stamp: list, found: Working) -> None:
+    path = _kept(store)
+    if not path.parent.is_dir():
+        return  # each process derives it once instead
+    text = json.dumps({"key_file": stamp, "key_id": found.key_id, "password": found.password.decode()})
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
             out.write(text)
-        partial.replace(record.with_suffix(suffix))
-    return Working(key_id, str(record.with_suffix(".key")))
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)
 
 
-def _password(key: bytes, salt: bytes, cost: Cost) -> bytes:
-    """The working key's password: what restic reads from a password file, as text."""
-    return restic_crypto.scrypt(key, b"pinacle working key\0" + salt, cost, 32).hex().encode()
+@contextmanager
+def _machine_lock(store):
+    """One process of this machine at a time finds or makes a repository's working key."""
+    folder = _kept_folder()
+    if folder is None:
+        yield
+        return
+    with open(os.open(folder / f"{_kept(store).name}.lock", os.O_WRONLY | os.O_CREAT, 0o600)) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# --- the key files --------------------------------------------------------------------------
 
 
 def _key_files(store) -> dict[str, dict]:
+    """The repository's key files that may be opened here: parsed, bounded in size, number and
+    scrypt work; anything else is left to restic."""
     found = {}
-    for name in restic_raw.names(store, "keys"):
+    for name in restic_raw.names(store, "keys")[:MOST_KEYS]:
+        body = restic_raw.file_bytes(store, f"keys/{name}", most=MOST_KEY_BYTES)
         try:
-            found[name] = json.loads(restic_raw.file_bytes(store, f"keys/{name}") or b"")
-        except ValueError:
-            continue  # not a key file restic could read either
+            parsed = json.loads(body or b"")
+            if isinstance(parsed, dict) and Cost.of(parsed).work <= MOST_WORK:
+                found[name] = parsed
+        except (ValueError, KeyError, TypeError):
+            continue
     return found
 
 
-def _found_or_made(store, stamp: list) -> Working | None:
-    key = Path(settings.SNAPSHOT_KEY_FILE).read_bytes().strip()  # as restic reads a password file
+def _derived(body: dict) -> tuple[Cost, str] | None:
+    """(cost, repository key id) of a key this module wrote; None for any other key."""
+    derived = body.get(DERIVED)
+    shaped = body.get("username") == USER and body.get("hostname") == HOST and isinstance(derived, dict)
+    try:
+        if shaped and Cost.of(body) == FAST and isinstance(derived.get("for"), str):
+            cost = Cost.of(derived)
+            if LEAST.work <= cost.work <= MOST_WORK:
+                return cost, derived["for"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _password(key: bytes, salt: bytes, cost: Cost) -> bytes:
+    """The working key's password: what restic is given, as text."""
+    return restic_crypto.scrypt(key, b"pinacle working key\0" + salt, cost, 32).hex().encode()
+
+
+def _opens(body: dict, password: bytes) -> bool:
+    try:
+        restic_crypto.key_file_open(body, password)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _found_or_made(store, stamp: list) -> Working:
     files = _key_files(store)
-    ours = {name: body for name, body in files.items() if isinstance(body.get(DERIVED), dict)}
-    stale = []
-    for key_id, body in ours.items():
-        password = _password(key, base64.b64decode(body["salt"]), Cost.of(body[DERIVED]))
-        try:
-            restic_crypto.key_file_open(body, password)
-        except ValueError:
-            stale.append(key_id)
-            continue
-        return _remember(store, stamp, key_id, password)
+    ours = {name: found for name, body in files.items() if (found := _derived(body))}
+    kept = _kept_read(store, stamp)
+    if kept and kept[0] in ours and ours[kept[0]][1] in files and _opens(files[kept[0]], kept[1]):
+        _retire(store, files, ours)
+        return Working(*kept)
+    key = Path(settings.SNAPSHOT_KEY_FILE).read_bytes().strip()  # as restic reads a password file
+    for key_id, (cost, derived_for) in ours.items():
+        if derived_for not in files:
+            continue  # retired below
+        password = _password(key, base64.b64decode(files[key_id]["salt"]), cost)
+        if _opens(files[key_id], password):
+            found = Working(key_id, password)
+            _keep(store, stamp, found)
+            _retire(store, files, ours)
+            return found
     if restic_raw.file_bytes(store, "config") is None:
         raise NoRepository
-    theirs = [Cost.of(body) for name, body in files.items() if name not in ours and "N" in body]
-    made = _make(store, stamp, key, cost=max([LEAST, *theirs], key=lambda cost: cost.work))
-    for key_id in stale:
-        try:
-            store.run("key", "remove", key_id, doing="removing a working key the key no longer opens", working=False)
-        except Exception as exc:  # tried again by the next process that makes a working key
-            logger.warning("snapshot store %s: old working key %s not removed (%s)", store.url, key_id[:8], exc)
-        else:
-            logger.info("snapshot store %s: removed working key %s (SNAPSHOT_KEY_FILE changed)", store.url, key_id[:8])
+    made = _make(store, key, {name: body for name, body in files.items() if name not in ours})
+    _keep(store, stamp, made)
+    _retire(store, files, ours)
     return made
 
 
-def _make(store, stamp: list, key: bytes, *, cost: Cost) -> Working:
-    master = store.run("cat", "masterkey", "--no-lock", doing="reading the master key for a working key", working=False)
-    master = json.dumps(json.loads(master), separators=(",", ":")).encode()
+def _opened(key: bytes, theirs: dict[str, dict]) -> tuple[str, bytes]:
+    """(id, master key) of the first repository key SNAPSHOT_KEY_FILE's key opens, as restic
+    would open it."""
+    for key_id, body in theirs.items():
+        try:
+            return key_id, restic_crypto.key_file_open(body, key)
+        except (ValueError, KeyError, TypeError):
+            continue
+    raise RuntimeError("SNAPSHOT_KEY_FILE's key opens none of the repository's keys here")
+
+
+def _make(store, key: bytes, theirs: dict[str, dict]) -> Working:
+    derived_for, master = _opened(key, theirs)
+    cost = max(LEAST, Cost.of(theirs[derived_for]), key=lambda c: c.work)
     salt = os.urandom(restic_crypto.SALT_BYTES)
     password = _password(key, salt, cost)
     body = restic_crypto.key_file_make(
-        master, password, FAST, salt=salt, username=USER, hostname=HOST, **{DERIVED: cost.fields()}
+        master,
+        password,
+        FAST,
+        salt=salt,
+        username=USER,
+        hostname=HOST,
+        **{DERIVED: {**cost.fields(), "for": derived_for}},
     )
-    key_id = hashlib.sha256(body).hexdigest()
-    restic_raw.key_put(store, key_id, body)
-    made = _remember(store, stamp, key_id, password)
-    env = {**store.env(working=False), "RESTIC_PASSWORD_FILE": made.password_file, "RESTIC_KEY_HINT": key_id}
-    proof = subprocess.run(
-        store.command("cat", "config", "--no-lock"), env=env, capture_output=True, timeout=PROOF_TIMEOUT_SECONDS
-    )
-    if proof.returncode != 0:
-        _record(store).with_suffix(".json").unlink(missing_ok=True)
-        store.run("key", "remove", key_id, doing="removing a working key restic could not open", working=False)
-        raise RuntimeError(f"restic could not open the repository with the new working key: {proof.stderr[-200:]!r}")
-    logger.info("snapshot store %s: made working key %s", store.url, key_id[:8])
+    made = Working(hashlib.sha256(body).hexdigest(), password)
+    restic_raw.key_put(store, made.key_id, body)
+    try:
+        _prove(store, made)
+    except BaseException:
+        restic_raw.key_delete(store, made.key_id)  # never used: restic could not open with it
+        raise
+    logger.info("snapshot store %s: made working key %s", store.url, made.key_id[:8])
     return made
+
+
+def _prove(store, made: Working) -> None:
+    """restic, given the working key alone, opens the repository with that very key."""
+    env = {**store.env(working=False), "RESTIC_KEY_HINT": made.key_id, "RESTIC_PASSWORD": made.password.decode()}
+    env.pop("RESTIC_PASSWORD_FILE")
+    try:
+        done = subprocess.run(
+            store.command("key", "list", "--json", "--no-lock"),
+            env=env,
+            capture_output=True,
+            timeout=PROOF_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"restic did not open the repository with the new working key within {PROOF_TIMEOUT_SECONDS} s"
+        ) from None
+    try:
+        current = [key["id"] for key in json.loads(done.stdout) if key.get("current")]
+    except (ValueError, TypeError, KeyError):
+        current = []
+    if done.returncode != 0 or current != [made.key_id[:8]]:
+        told = " ".join(done.stderr.decode(errors="replace").split())[-200:]
+        raise RuntimeError(f"restic did not open the repository with the new working key: {told or current}")
+
+
+def _retire(store, files: dict[str, dict], ours: dict[str, tuple[Cost, str]]) -> None:
+    """Remove the working keys whose repository key is gone: the password it was derived from
+    no longer opens the repository, so nothing derived from it may. One attempt each, no wait."""
+    for key_id, (_, derived_for) in ours.items():
+        if derived_for in files:
+            continue
+        try:
+            done = subprocess.run(
+                store.command("key", "remove", key_id),
+                env=store.env(working=False),
+                capture_output=True,
+                timeout=PROOF_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            logger.warning("snapshot store %s: old working key %s not removed yet (no answer)", store.url, key_id[:8])
+            continue
+        if done.returncode == 0:
+            logger.info("snapshot store %s: removed working key %s (its repository key is gone)", store.url, key_id[:8])
+        else:
+            told = " ".join(done.stderr.decode(errors="replace").split())[-200:]
+            logger.warning("snapshot store %s: old working key %s not removed yet (%s)", store.url, key_id[:8], told)

@@ -22,18 +22,20 @@ class ResticWriter(ObjectWriter):
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         name = key.rsplit("/", 1)[-1]
         command = [*store.command("backup"), "--stdin", "--stdin-filename", name, "--tag", key]
+        self.env = store.env()
         self.process = subprocess.Popen(
             [*command, "--host", HOST, "--json", "--quiet"],
             stdin=subprocess.PIPE,
             stdout=self.stdout,
             stderr=self.stderr,
-            env=store.env(),
+            env=self.env,
         )
 
     def _failure(self) -> StoreError:
         self.process.wait()
         self.stderr.seek(0)
-        return self.store.error(f"writing {self.key}", self.stderr.read().decode(errors="replace"), self.written)
+        told = self.stderr.read().decode(errors="replace")
+        return self.store.error(f"writing {self.key}", told, self.written, hint=self.env.get("RESTIC_KEY_HINT"))
 
     def write(self, chunk: bytes) -> None:
         try:
