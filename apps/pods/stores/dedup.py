@@ -45,6 +45,7 @@ from apps.pods.stores.base import (
     volume_of,
 )
 from apps.pods.stores.restic_locks import RepositoryLocked, RepositoryLocks
+from apps.pods.stores.restic_messages import first_skipped, go_error, size_of
 from apps.pods.stores.restic_writer import HOST, ResticWriter
 from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line
@@ -66,38 +67,6 @@ DEDUP_REPAIR = (
     "repair the store before the pod's next stop: `restic check --read-data` names the damaged pack; "
     "remove that pack file, then run `restic rebuild-index`"
 )
-UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
-
-
-def _size(text: str) -> int:
-    """restic's `4.769 MiB` → bytes."""
-    number, _, unit = text.strip().partition(" ")
-    return int(float(number) * UNITS.get(unit.strip(), 1))
-
-
-def _first_skipped(stderr: str) -> str | None:
-    """restic goes on past a file it cannot back up, restore or read back, and ends with
-    "Fatal: There were N errors": the first file's own error says what happened."""
-    skipped = [line.strip() for line in stderr.splitlines() if line.startswith("ignoring error for ")]
-    if not skipped:
-        return None
-    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-    return skipped[0].removeprefix("ignoring error for ") + more
-
-
-def _go_error(stderr: str) -> str | None:
-    """restic's message out of the Go stack trace it prints for some errors (no "Fatal" line):
-    the messages are the lines that are not stack frames (a function, then a tab-indented
-    file:line), innermost first; told outermost first, as one line."""
-    lines = [line for line in stderr.splitlines() if line.strip() and "retrying after" not in line]
-    if not any(line.startswith("\t") and re.search(r"\.(go|s):\d+$", line) for line in lines):
-        return None
-    messages = [
-        line.strip()
-        for at, line in enumerate(lines)
-        if not line.startswith("\t") and not (at + 1 < len(lines) and lines[at + 1].startswith("\t"))
-    ]
-    return ": ".join(reversed(messages)) or None
 
 
 def refused_working(env: dict, stderr: str) -> bool:
@@ -207,7 +176,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         if LOCKED in text:
             return self.locked_error(restic_locks.holder(stderr) or "another restic", doing)
         fatal = next((line for line in stderr.splitlines() if line.startswith("Fatal")), None)
-        detail = _first_skipped(stderr) or fatal or _go_error(stderr) or text[-300:]
+        detail = first_skipped(stderr) or fatal or go_error(stderr) or text[-300:]
         return StoreError(f"snapshot store {self.url} failed {doing}: {first_line(detail) or 'restic failed'}")
 
     def run(self, *args: str, doing: str, timeout: float | None = COMMAND_TIMEOUT_SECONDS, working: bool = True) -> str:
@@ -308,7 +277,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         """Bytes no snapshot needs (left by a failed stop or a deferred prune)."""
         answer = self.run("prune", "--dry-run", "--max-unused", "0", doing="measuring unreferenced bytes")
         found = re.search(r"total prune:\s+\d+ blobs / ([\d.]+ \w+)", answer)
-        return _size(found.group(1)) if found else 0
+        return size_of(found.group(1)) if found else 0
 
     # --- objects ------------------------------------------------------------------------
 
