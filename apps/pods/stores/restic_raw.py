@@ -1,5 +1,6 @@
 """What a restic repository shows without its key: the names of its files (restic names each
-lock, key and snapshot file by its id) and the bytes of its config file.
+lock, key and snapshot file by its id) and the bytes of its config and key files; and the one
+thing written here, not by restic: the panel's working key file (`restic_working`).
 
 Every restic process derives the key from SNAPSHOT_KEY_FILE first (scrypt, calibrated by
 `restic init` to about half a second on the machine that made the repository). A preflight
