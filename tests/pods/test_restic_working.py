@@ -20,6 +20,7 @@ import pytest
 from apps.pods.services.beside import helper_restic, helper_setup
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores import restic_crypto, restic_raw, restic_working
+from apps.pods.stores.base import StoreError
 from apps.pods.stores.restic_crypto import Cost
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.parts import require_part
@@ -302,3 +303,23 @@ def test_the_repository_key_dressed_as_a_retired_working_key_is_never_removed(de
     assert (dedup_file / "keys" / theirs_id).exists() and working_ids(store) == [theirs_id]
     assert store.env()["RESTIC_PASSWORD_FILE"] == str(restic)
     assert store.run("cat", "config", "--no-lock", doing="reading the config")
+
+
+def test_a_copy_written_as_the_working_key_is_removed_fails_in_one_sentence_and_the_next_one_is_written(
+    dedup_file, restic
+):
+    store = store_from_url()
+    store.repository_ensure()
+    (key_id,) = working_ids(store)
+    (dedup_file / "keys" / key_id).unlink()  # removed by hand, this process unaware
+
+    writer = store.writer("pods/p/1/home.tar")
+    with pytest.raises(StoreError, match="no longer has the panel's working key") as refused:
+        writer.write(b"the volume's bytes")
+        writer.close()
+    assert "\n" not in str(refused.value) and "try again" in str(refused.value)
+    again = store.writer("pods/p/1/home.tar")
+    again.write(b"the volume's bytes")
+    again.close()
+    assert b"".join(store.read("pods/p/1/home.tar")) == b"the volume's bytes"
+    assert working_ids(store) and working_ids(store)[0] != key_id

@@ -22,20 +22,21 @@ class ResticWriter(ObjectWriter):
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         name = key.rsplit("/", 1)[-1]
         command = [*store.command("backup"), "--stdin", "--stdin-filename", name, "--tag", key]
-        self.env = store.env()
+        env = store.env()
+        self.hint = env.get("RESTIC_KEY_HINT")  # the working key it was given, if any (no secret kept)
         self.process = subprocess.Popen(
             [*command, "--host", HOST, "--json", "--quiet"],
             stdin=subprocess.PIPE,
             stdout=self.stdout,
             stderr=self.stderr,
-            env=self.env,
+            env=env,
         )
 
     def _failure(self) -> StoreError:
         self.process.wait()
         self.stderr.seek(0)
         told = self.stderr.read().decode(errors="replace")
-        return self.store.error(f"writing {self.key}", told, self.written, hint=self.env.get("RESTIC_KEY_HINT"))
+        return self.store.error(f"writing {self.key}", told, self.written, hint=self.hint)
 
     def write(self, chunk: bytes) -> None:
         try:
