@@ -115,7 +115,8 @@ def forget(store, key_id: str) -> None:
         seen = _known.get(store.repository)
         if seen and seen[1] is not None and seen[1].key_id == key_id:
             del _known[store.repository]
-    _kept(store).unlink(missing_ok=True)
+    if (path := _kept(store)) is not None:
+        path.unlink(missing_ok=True)
 
 
 # --- where the password is kept between processes -------------------------------------------
@@ -133,14 +134,18 @@ def _kept_folder() -> Path | None:
     return folder if private else None
 
 
-def _kept(store) -> Path:
-    folder = _kept_folder() or Path("/nonexistent")
-    return folder / hashlib.sha256(store.repository.encode()).hexdigest()[:32]
+def _kept(store) -> Path | None:
+    """Where this machine keeps the repository's working key; None where it cannot."""
+    folder = _kept_folder()
+    return folder / hashlib.sha256(store.repository.encode()).hexdigest()[:32] if folder else None
 
 
 def _kept_read(store, stamp: list) -> tuple[str, bytes] | None:
+    path = _kept(store)
+    if path is None:
+        return None
     try:
-        kept = json.loads(_kept(store).read_text())
+        kept = json.loads(path.read_text())
         if kept["key_file"] != stamp:
             return None
         return kept["key_id"], kept["password"].encode()
@@ -150,7 +155,7 @@ def _kept_read(store, stamp: list) -> tuple[str, bytes] | None:
 
 def _keep(store, stamp: list, found: Working) -> None:
     path = _kept(store)
-    if not path.parent.is_dir():
+    if path is None:
         return  # each process derives it once instead
     text = json.dumps({"key_file": stamp, "key_id": found.key_id, "password": found.password.decode()})
     partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
@@ -165,11 +170,11 @@ def _keep(store, stamp: list, found: Working) -> None:
 @contextmanager
 def _machine_lock(store):
     """One process of this machine at a time finds or makes a repository's working key."""
-    folder = _kept_folder()
-    if folder is None:
+    path = _kept(store)
+    if path is None:
         yield
         return
-    with open(os.open(folder / f"{_kept(store).name}.lock", os.O_WRONLY | os.O_CREAT, 0o600)) as lock:
+    with open(os.open(path.with_name(f"{path.name}.lock"), os.O_WRONLY | os.O_CREAT, 0o600)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -222,26 +227,36 @@ def _opens(body: dict, password: bytes) -> bool:
 def _found_or_made(store, stamp: list) -> Working:
     files = _key_files(store)
     ours = {name: found for name, body in files.items() if (found := _derived(body))}
+    found = _kept_found(store, stamp, files, ours)
+    if found is None:
+        found = _derived_found(files, ours) or _make(store, files, ours)
+        _keep(store, stamp, found)
+    _retire(store, files, ours)
+    return found
+
+
+def _kept_found(store, stamp: list, files: dict[str, dict], ours: dict[str, tuple[Cost, str]]) -> Working | None:
+    """The working key this machine kept, if it is still in the repository and still opens."""
     kept = _kept_read(store, stamp)
     if kept and kept[0] in ours and ours[kept[0]][1] in files and _opens(files[kept[0]], kept[1]):
-        _retire(store, files, ours)
         return Working(*kept)
-    key = Path(settings.SNAPSHOT_KEY_FILE).read_bytes().strip()  # as restic reads a password file
+    return None
+
+
+def _derived_found(files: dict[str, dict], ours: dict[str, tuple[Cost, str]]) -> Working | None:
+    """A working key in the repository whose password SNAPSHOT_KEY_FILE's key derives."""
+    key = _key()
     for key_id, (cost, derived_for) in ours.items():
         if derived_for not in files:
-            continue  # retired below
+            continue  # retired
         password = _password(key, base64.b64decode(files[key_id]["salt"]), cost)
         if _opens(files[key_id], password):
-            found = Working(key_id, password)
-            _keep(store, stamp, found)
-            _retire(store, files, ours)
-            return found
-    if restic_raw.file_bytes(store, "config") is None:
-        raise NoRepository
-    made = _make(store, key, {name: body for name, body in files.items() if name not in ours})
-    _keep(store, stamp, made)
-    _retire(store, files, ours)
-    return made
+            return Working(key_id, password)
+    return None
+
+
+def _key() -> bytes:
+    return Path(settings.SNAPSHOT_KEY_FILE).read_bytes().strip()  # as restic reads a password file
 
 
 def _opened(key: bytes, theirs: dict[str, dict]) -> tuple[str, bytes]:
@@ -255,7 +270,11 @@ def _opened(key: bytes, theirs: dict[str, dict]) -> tuple[str, bytes]:
     raise RuntimeError("SNAPSHOT_KEY_FILE's key opens none of the repository's keys here")
 
 
-def _make(store, key: bytes, theirs: dict[str, dict]) -> Working:
+def _make(store, files: dict[str, dict], ours: dict[str, tuple[Cost, str]]) -> Working:
+    if restic_raw.file_bytes(store, "config") is None:
+        raise NoRepository
+    key = _key()
+    theirs = {name: body for name, body in files.items() if name not in ours}
     derived_for, master = _opened(key, theirs)
     cost = max(LEAST, Cost.of(theirs[derived_for]), key=lambda c: c.work)
     salt = os.urandom(restic_crypto.SALT_BYTES)
