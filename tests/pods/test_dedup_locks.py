@@ -1,13 +1,17 @@
 """Restic's repository locks on a real repository (Debian's restic 0.14): a reader the panel
 lets go of removes its own lock, a lock whose restic is gone (killed, or a zombie) is removed
-before any wait, a live restic's lock is waited for and named, never removed."""
+before any wait, a live restic's lock is waited for and named, never removed; short reads take
+no lock, and one a prune raced is read again under the lock once the prune has ended."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -17,6 +21,7 @@ from apps.pods.snapshots import StoreError, store_from_url
 from tests.faults import panel_files_changed, panel_files_snapshot
 from tests.pods.conftest import pod_volumes, pod_with_files
 from tests.pods.test_snapshot_dedup import DATA_SCRIPT, dedup_file, restic, restic_template  # noqa: F401
+from tests.restic_keys import prune_at_work
 
 pytestmark = [pytest.mark.django_db]
 
@@ -160,3 +165,66 @@ def test_a_restore_failing_on_its_first_volume_lets_the_next_read_go_and_the_pod
     assert time.monotonic() - started < PROMPT_SECONDS
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.DELETED
     assert store_from_url().keys_present() == set() and pod_volumes(docker_client, pod_id) == []
+
+
+def test_listings_and_manifests_are_read_while_a_prune_holds_the_repository(
+    dedup_file,  # noqa: F811
+    restic_template,  # noqa: F811
+    settings,
+):
+    """Short reads take no lock: a prune at work does not hold them up (restic 0.14 also stalls
+    45-55 s when a lock it listed is gone before it reads it, restic/restic#4520)."""
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = PROMPT_SECONDS
+    store = store_from_url()
+    store.put_small("p1/1/manifest.json", b'{"volumes": {}}')
+    with prune_at_work(store, dedup_file, restic_template[1]):
+        started = time.monotonic()
+        fresh = store_from_url()  # knows no restic id: the manifest is looked for by its tag
+        assert fresh.get_small("p1/1/manifest.json") == b'{"volumes": {}}'
+        assert fresh.keys_present() == {"p1/1/manifest.json"}
+        assert time.monotonic() - started < 10  # under the lock: PROMPT_SECONDS, then refused
+        settings.SNAPSHOT_LOCK_WAIT_SECONDS = 3
+        with pytest.raises(StoreError, match="is locked by restic PID .* an exclusive lock"):
+            fresh.run("forget", "--keep-last", "1", doing="forgetting")  # a writer still waits
+
+
+def test_a_read_a_prune_raced_is_read_again_under_the_lock_once_the_prune_ends(
+    dedup_file,  # noqa: F811
+    restic_template,  # noqa: F811
+    settings,
+):
+    """A manifest read without the lock that finds its snapshot unreadable (a prune rewrote what
+    it listed) waits for the prune's lock to go, then reads under the lock: the right bytes."""
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = PROMPT_SECONDS
+    store = store_from_url()
+    store.put_small("p1/1/manifest.json", b'{"volumes": {"home": 1}}')
+    [snapshot_file] = (dedup_file / "snapshots").iterdir()
+    whole = snapshot_file.read_bytes()
+    shutil.rmtree(store.env()["RESTIC_CACHE_DIR"], ignore_errors=True)  # restic reads the repository
+    commands = []
+    real_popen = subprocess.Popen
+
+    def popen(command, **kwargs):
+        commands.append(command[1:])
+        return real_popen(command, **kwargs)
+
+    with prune_at_work(store, dedup_file, restic_template[1]) as prune_end:
+        snapshot_file.write_bytes(b"rewritten by a prune")
+
+        def prune_ends() -> None:
+            time.sleep(2)
+            snapshot_file.write_bytes(whole)
+            prune_end()
+
+        ending = threading.Thread(target=prune_ends)
+        ending.start()
+        started = time.monotonic()
+        try:
+            with mock.patch("apps.pods.stores.dedup.subprocess.Popen", popen):
+                assert store_from_url().get_small("p1/1/manifest.json") == b'{"volumes": {"home": 1}}'
+        finally:
+            ending.join()
+        waited = time.monotonic() - started
+    assert 2 <= waited < PROMPT_SECONDS
+    dumps = [command for command in commands if command[0] == "dump"]
+    assert [("--no-lock" in command) for command in dumps] == [True, False]

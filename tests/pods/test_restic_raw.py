@@ -23,7 +23,7 @@ from apps.pods.stores.dedup import DedupStore
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import container_exists, pod_volumes
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
-from tests.restic_keys import restic_lock_write
+from tests.restic_keys import prune_at_work, restic_lock_write
 
 pytestmark = [pytest.mark.django_db]
 
@@ -109,10 +109,11 @@ def test_a_start_looks_for_its_restic_snapshot_by_name_only_while_no_lock_is_the
     _restore_precheck(snapshot=snapshot)
     assert restic_runs == []  # found by its file's name: no restic started
 
-    # While a restic holds a lock, restic is asked (it waits out a prune's, clears a dead one's).
-    with restic_at_work(store):
+    # While a restic holds a lock, restic is asked: its locks read (a dead prune's would go, a
+    # live one's be waited out), then the snapshot looked for.
+    with restic_at_work(store) as held:
         _restore_precheck(snapshot=snapshot)
-        assert [run[0] for run in restic_runs] == ["snapshots"]
+        assert [run[0] for run in restic_runs] == ["list", *["cat"] * len(held), "snapshots"]
     subprocess.run(store.command("forget", restic_id), env=store.env(), check=True, capture_output=True)
     assert not restic_raw.snapshot_present(store, restic_id)
 
@@ -125,7 +126,9 @@ def test_a_start_looks_for_its_restic_snapshot_by_name_only_while_no_lock_is_the
     assert pod_volumes(docker_client, pod_id) == [] and not container_exists(docker_client, pod_id)
 
 
-def test_a_manifest_read_that_meets_a_dead_restics_exclusive_lock_clears_it_and_reads(dedup_file, restic_template):
+def test_a_manifest_read_is_not_held_up_by_a_dead_restics_exclusive_lock_and_the_next_stop_clears_it(
+    dedup_file, restic_template
+):
     store = store_from_url()
     store.put_small("p1/1/manifest.json", b'{"volumes": {}}')
     gone = subprocess.Popen(["true"])
@@ -133,4 +136,31 @@ def test_a_manifest_read_that_meets_a_dead_restics_exclusive_lock_clears_it_and_
     lock_id = restic_lock_write(dedup_file, restic_template[1], pid=gone.pid, hostname=socket.gethostname())
     fresh = store_from_url()  # knows no restic id: the manifest is looked for by its tag
     assert fresh.get_small("p1/1/manifest.json") == b'{"volumes": {}}'
+    assert lock_id in restic_raw.names(fresh, "locks")  # read without taking a lock, so never met
+    fresh.preflight(needed_bytes=None, what="stopping pod p1")  # before a stop's restics take the lock
     assert lock_id not in restic_raw.names(fresh, "locks")
+    fresh.put_small("p1/2/manifest.json", b'{"volumes": {}}')
+
+
+def test_a_start_clears_a_dead_prunes_lock_before_its_restore_takes_the_lock(
+    docker_client, new_pod_id, dedup_file, restic_template, settings
+):
+    """The start's listing takes no lock, so it never meets a killed prune's: the start removes
+    it itself before the restore, which takes the lock, would be refused by it. A live prune's
+    is waited for, then named."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    # A live prune's lock is waited out, then refused in one sentence that blames no snapshot.
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = 1
+    with prune_at_work(store_from_url(), dedup_file, restic_template[1]), pytest.raises(StoreError) as refused:
+        services.pod_start(pod_id=pod_id, actor="test")
+    assert "is held by restic PID" in str(refused.value) and "was not started" in str(refused.value)
+    assert "will not restore" not in str(refused.value) and "\n" not in str(refused.value)
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.STOPPED
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock_id = restic_lock_write(dedup_file, restic_template[1], pid=gone.pid, hostname=socket.gethostname())
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
+    assert lock_id not in restic_raw.names(store_from_url(), "locks")

@@ -19,6 +19,7 @@ from apps.pods.services.state import _labels, _log, _volumes, _volumes_remove
 from apps.pods.services.verify import damage_advice
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores import restic_raw
+from apps.pods.stores.restic_locks import RepositoryLocked
 from apps.pods.stores.tarlist import joined
 from controlpanel.formatting import humanize_bytes
 from controlpanel.threads import started
@@ -74,6 +75,8 @@ def _volume_read(
             count += len(chunk)
             progress.advance(len(chunk))
             yield chunk
+    except RepositoryLocked:
+        raise  # a prune began meanwhile: nothing is damaged
     except StoreError as exc:  # restic found a chunk damaged, or the object gone
         raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
     if count != entry["bytes"] or digest.hexdigest() != entry["sha256"]:
@@ -97,12 +100,12 @@ def _restore_precheck(*, snapshot: Snapshot) -> None:
     keys = [entry["key"] for entry in (snapshot.manifest or {}).values() if isinstance(entry, dict)]
     if folder_layout(snapshot.manifest):
         folders_precheck(store=store, engine=engine_for(snapshot.pod.host), always=True)
-        # The key opened this repository before: the restic snapshot's file is looked for by
-        # its id, without deriving the key (the restore itself reads and checks every chunk).
-        # (Only while no lock is there: restic waits out a prune's and clears a dead one's.)
-        opened_unlocked = restic_raw.lock_ids_if_opened(store) == []
-        if opened_unlocked and restic_raw.snapshot_present(store, restic_id_of(snapshot.manifest)):
-            return
+    locks = restic_raw.lock_ids_if_opened(store)  # None: only restic can tell
+    if locks != []:
+        # The restore's restics take the lock: a dead prune's goes first, a live one's is waited out.
+        store.exclusive_wait(what=f"starting pod {snapshot.pod.pod_id!r}")
+    elif folder_layout(snapshot.manifest) and restic_raw.snapshot_present(store, restic_id_of(snapshot.manifest)):
+        return  # found by its file's id, the key not derived (the restore reads and checks every chunk)
     missing = sorted(set(keys) - store.keys_present(keys))
     if missing:
         raise StoreError(
@@ -143,6 +146,8 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
             folders_restore(
                 pod=pod, snapshot=snapshot, engine=engine, mounts=mounts, operation=operation, progress=progress
             )
+        except RepositoryLocked:
+            raise  # a prune began meanwhile: nothing is damaged, its message says when to try again
         except StoreError as exc:  # restic found a chunk damaged, or a file not as it stored it
             raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
         progress.flush()

@@ -13,9 +13,10 @@ snapshot added (`data_added` of `backup --json`) is its `stored_bytes`.
   very pack that holds this snapshot.)
 - Delete is `forget` of the prefix's snapshots, then `prune --max-unused 0`, which rewrites
   packs until no unreferenced chunk is left. Restic's own repository lock makes prune
-  exclusive (backup, dump and forget wait for it, and it for them); the services also defer
-  a prune while a stop is writing to the store (bytes left unreferenced meanwhile are
-  reported as a leak, `unreferenced_bytes()`).
+  exclusive (backup, dump of a volume, restore and forget wait for it, and it for them);
+  listings and manifests are read without the lock and read again under it if a prune took
+  a file from under them (`LOCKLESS_READS`); the services also defer a prune while a stop
+  is writing to the store (bytes left unreferenced meanwhile are reported as a leak).
 - The repository key is the file named by SNAPSHOT_KEY_FILE, never the database. Without
   it every snapshot in the store is unreadable: nobody, us included, can restore them.
 """
@@ -25,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -35,30 +35,29 @@ from pathlib import Path, PurePosixPath
 from django.conf import settings
 
 from apps.pods.stores import restic_locks, restic_raw, restic_working
-from apps.pods.stores.base import (
-    CHUNK_SIZE,
-    ObjectWriter,
-    SnapshotStore,
-    StoreError,
-    StoreFull,
-    store_full,
-    volume_of,
-)
+from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full, volume_of
 from apps.pods.stores.restic_locks import RepositoryLocked, RepositoryLocks
-from apps.pods.stores.restic_messages import first_skipped, go_error, size_of
+from apps.pods.stores.restic_messages import (
+    UNREACHABLE,
+    WRONG_KEY,
+    first_skipped,
+    go_error,
+    raced,
+    refused_working,
+    size_of,
+)
 from apps.pods.stores.restic_writer import HOST, ResticWriter
 from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line
 from controlpanel.s3 import s3_client, s3_error
 
-# Commands that only talk to the repository; a backup or dump streams without a limit.
+# Short reads run without restic's lock (`lock_free`); a backup or dump streams without a limit.
 COMMAND_TIMEOUT_SECONDS = 120
 LOCKED = "repository is already locked"
-WRONG_KEY = "wrong password or no key found"
-# restic's exit status when SIGINT stopped it: it removed its lock first.
-INTERRUPTED = 130
-# How long a restic stopped with SIGINT may take to remove its lock and exit.
-INTERRUPT_WAIT_SECONDS = 30
+# Reads that end in moments and can be made again run without restic's lock. restic 0.14 reads
+# every lock before it takes one, and one gone between its listing and its read (that restic
+# ended) costs 45-55 s of retries (restic/restic#4520): each lock not made is one fewer to go.
+LOCKLESS_READS = frozenset({"snapshots", "ls", "cat"})
 # The tag of a restic snapshot that holds a pod's volumes as folders, one tag per volume key.
 FOLDER_LAYOUT = "layout=folder"
 # restic stores a chunk once: until the damaged pack is out of its index, no later backup
@@ -69,9 +68,9 @@ DEDUP_REPAIR = (
 )
 
 
-def refused_working(env: dict, stderr: str) -> bool:
-    """restic, given the working key, found no key it opens: the key was removed meanwhile."""
-    return "RESTIC_KEY_HINT" in env and WRONG_KEY in stderr
+def lock_free(args, lockless: bool) -> list[str]:
+    """restic's arguments, with `--no-lock` after the command when `lockless`."""
+    return [args[0], "--no-lock", *args[1:]] if lockless else list(args)
 
 
 def _pipe_widen(fd: int) -> None:
@@ -171,7 +170,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             if written is not None:
                 return store_full(self.url, doing.removeprefix("writing "), written)
             return StoreFull(f"snapshot store {self.url} is full while {doing}: make room in it")
-        if "connection refused" in text or "no such host" in text or "dial tcp" in text:
+        if any(word in text for word in UNREACHABLE):
             return Unreachable(f"snapshot store {self.url} unreachable while {doing}: {text[-200:]}")
         if LOCKED in text:
             return self.locked_error(restic_locks.holder(stderr) or "another restic", doing)
@@ -185,10 +184,13 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         opened with SNAPSHOT_KEY_FILE itself, not the working key."""
         deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
         looked_at: set[str] = set()
+        lockless = args[0] in LOCKLESS_READS and "--no-lock" not in args
         while True:
             env = self.env(working=working)
             try:
-                done = subprocess.run(self.command(*args), env=env, capture_output=True, timeout=timeout, check=False)
+                done = subprocess.run(
+                    self.command(*lock_free(args, lockless)), env=env, capture_output=True, timeout=timeout, check=False
+                )
             except subprocess.TimeoutExpired as exc:
                 raise Unreachable(
                     f"snapshot store {self.url} did not answer within {timeout:.0f} s while {doing}"
@@ -199,6 +201,9 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             if refused_working(env, stderr):
                 restic_working.forget(self, env["RESTIC_KEY_HINT"])  # removed by hand
                 working = False  # once more, with SNAPSHOT_KEY_FILE
+                continue
+            if lockless and raced(stderr):
+                lockless = False  # once more, under the lock, which waits out a prune
                 continue
             if LOCKED in stderr:
                 holding = restic_locks.storage_id(stderr)
@@ -237,15 +242,8 @@ class DedupStore(RepositoryLocks, SnapshotStore):
 
     def preflight(self, *, needed_bytes: int | None, what: str) -> None:
         """Key readable and right, repository there, no prune holding it (waited out), room."""
-        deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
         if self.repository_ensure():
-            while held := [lock for lock in self.locks_clear() if lock.exclusive]:
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"snapshot store {self.url} is held by {held[0].describe()}; {what} was not started: "
-                        "try again when that restic ends"
-                    )
-                time.sleep(1)
+            self.exclusive_wait(what=what)
         super().preflight(needed_bytes=needed_bytes, what=what)
 
     def free_bytes(self) -> int | None:
@@ -307,25 +305,28 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             self.folders[key] = folder_of(key)
         return found[-1]["id"]
 
-    def _dump_command(self, key: str) -> list[str]:
+    def _dump_args(self, key: str) -> list[str]:
         """A tar stream's file; for a volume kept as a folder, restic's tar of the whole restic
         snapshot its key names (the eight folders: one read proves all of them, and a file's
         offset in it is where the read-back found it)."""
         snapshot_id = self._snapshot_id(key)
         if key in self.folders:
-            return self.command("dump", "--archive", "tar", snapshot_id, "/")
-        return self.command("dump", snapshot_id, f"/{key.rsplit('/', 1)[-1]}")
+            return ["dump", "--archive", "tar", snapshot_id, "/"]
+        return ["dump", snapshot_id, f"/{key.rsplit('/', 1)[-1]}"]
 
     def read(self, key: str) -> Iterator[bytes]:
-        if key not in self.ids and key.endswith("/manifest.json"):
+        """A manifest (small) is read without restic's lock; a volume, which may take long, under it."""
+        manifest = key.endswith("/manifest.json")
+        if key not in self.ids and manifest:
             return self._manifest_read(key)
-        return self._dump(self._dump_command(key), doing=f"reading {key} back", key=key)
+        return self._dump(self._dump_args(key), doing=f"reading {key} back", key=key, lockless=manifest)
 
     def manifest_by_tag(self, key: str) -> Iterator[bytes]:
         """One restic process, not two (each derives the key): restic finds the newest snapshot
-        tagged with the key itself. One attempt: a lock met raises RepositoryLocked."""
-        fast = self.command("dump", "--host", HOST, "--tag", key, "latest", "/manifest.json")
-        return self._dump(fast, doing=f"reading {key} back", key=key)
+        tagged with the key itself, without taking restic's lock (a manifest is small: read again
+        under the lock if a prune raced it). Under the lock, a lock met raises RepositoryLocked."""
+        fast = ["dump", "--host", HOST, "--tag", key, "latest", "/manifest.json"]
+        return self._dump(fast, doing=f"reading {key} back", key=key, lockless=True)
 
     def _manifest_read(self, key: str) -> Iterator[bytes]:
         """`manifest_by_tag`; a lock met (a prune at work, a dead restic's) is left to the
@@ -335,7 +336,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             return
         except RepositoryLocked:
             pass  # restic takes its lock before it writes a byte: nothing was given yet
-        yield from self._dump(self._dump_command(key), doing=f"reading {key} back", key=key)
+        yield from self._dump(self._dump_args(key), doing=f"reading {key} back", key=key, lockless=True)
 
     def read_file(self, key: str, tar_path: str) -> Iterator[bytes]:
         """One file of a volume kept as a folder, as itself (`restic dump` of its path): only its
@@ -344,11 +345,15 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             self._snapshot_id(key)  # learns the layout
         if key not in self.folders:
             raise StoreError(f"{self.url}/{key} holds a tar stream, not a folder: read it as a whole")
-        return self._dump(self.command("dump", self._snapshot_id(key), f"/{tar_path}"), doing=f"reading {tar_path}")
+        return self._dump(["dump", self._snapshot_id(key), f"/{tar_path}"], doing=f"reading {tar_path}")
 
-    def _dump(self, command: list[str], *, doing: str, key: str = "") -> Iterator[bytes]:
-        for working in (True, False):  # a working key removed meanwhile: once more without it
+    def _dump(self, args: list[str], *, doing: str, key: str = "", lockless: bool = False) -> Iterator[bytes]:
+        """`restic dump` streamed. A working key removed meanwhile: once more without it. A
+        `lockless` read that failed before it gave a byte: once more under the lock."""
+        working = True
+        while True:
             env = self.env(working=working)
+            command = self.command(*lock_free(args, lockless))
             with tempfile.TemporaryFile() as stderr:
                 # Unbuffered, from a pipe as large as a chunk: restic writes whole chunks and each
                 # read takes what is there in one call (a 64 KiB pipe and a buffered reader that
@@ -365,7 +370,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
                     if read_to_end:
                         process.wait()
                     else:
-                        self._reader_stop(process)
+                        self.reader_stop(process)
                     process.stdout.close()
                 if process.returncode == 0:
                     return
@@ -373,24 +378,15 @@ class DedupStore(RepositoryLocks, SnapshotStore):
                 told = stderr.read().decode(errors="replace")
                 if not given and working and refused_working(env, told):
                     restic_working.forget(self, env["RESTIC_KEY_HINT"])
+                    working = False
+                    continue
+                if not given and lockless and raced(told):  # a prune took a file from under it:
+                    self.exclusive_wait(what=doing)  # read again once that prune has ended
+                    lockless = False
                     continue
                 if key and "no snapshot found" in told:
                     raise StoreError(f"{self.url}/{key} is missing")
                 raise self.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
-
-    def _reader_stop(self, process: subprocess.Popen) -> None:
-        """A `restic dump` let go of before its end (a volume found corrupt, a read-ahead not
-        needed) stops the way restic removes its lock, on SIGINT: closing its pipe would kill it
-        with SIGPIPE, lock left behind, and every forget and prune after it would fail."""
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=INTERRUPT_WAIT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.returncode < 0:  # killed before it could remove its lock
-            self.own_lock_remove(process.pid)
 
     def size(self, key: str) -> int | None:
         try:

@@ -19,14 +19,22 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from django.conf import settings
+
 from apps.pods.stores.base import StoreError
 from controlpanel.errors import PanelError
 from controlpanel.s3 import s3_client, s3_error
+
+# How long a restic stopped with SIGINT may take to remove its lock and exit.
+INTERRUPT_WAIT_SECONDS = 30
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +189,32 @@ class RepositoryLocks:
             )
             self._lock_delete(lock.lock_id)
         return live
+
+    def exclusive_wait(self, *, what: str) -> None:
+        """Dead restics' locks removed, a live prune's waited out (SNAPSHOT_LOCK_WAIT_SECONDS):
+        before an operation whose restics take the lock and would fail on an exclusive one."""
+        deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
+        while held := [lock for lock in self.locks_clear() if lock.exclusive]:
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"snapshot store {self.url} is held by {held[0].describe()}; {what} was not started: "
+                    "try again when that restic ends"
+                )
+            time.sleep(1)
+
+    def reader_stop(self, process: subprocess.Popen) -> None:
+        """A `restic dump` let go of before its end (a volume found corrupt, a read-ahead not
+        needed) stops the way restic removes its lock, on SIGINT: closing its pipe would kill it
+        with SIGPIPE, lock left behind, and every forget and prune after it would fail."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=INTERRUPT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.returncode < 0:  # killed before it could remove its lock
+            self.own_lock_remove(process.pid)
 
     def own_lock_remove(self, pid: int) -> None:
         """Remove the lock a restic process of ours (`pid`, exited) left behind, and only that

@@ -1,8 +1,10 @@
 """restic's output told for people: sizes as it prints them, and the one line that says what
-went wrong out of what it writes to stderr."""
+went wrong out of what it writes to stderr; and what its stderr says to do next."""
 
 import re
 
+WRONG_KEY = "wrong password or no key found"
+UNREACHABLE = ("connection refused", "no such host", "dial tcp")
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
@@ -35,3 +37,16 @@ def go_error(stderr: str) -> str | None:
         if not line.startswith("\t") and not (at + 1 < len(lines) and lines[at + 1].startswith("\t"))
     ]
     return ": ".join(reversed(messages)) or None
+
+
+def refused_working(env: dict, stderr: str) -> bool:
+    """restic, given the working key, found no key it opens: the key was removed meanwhile."""
+    return "RESTIC_KEY_HINT" in env and WRONG_KEY in stderr
+
+
+def raced(stderr: str) -> bool:
+    """A read without the lock failed in a way a prune or forget beside it can explain (a file
+    it listed gone): worth reading again under the lock. Not a refused key, a store that does
+    not answer, or a snapshot that is not there, which a lock does not change."""
+    text = stderr.lower()
+    return not any(word in text for word in (WRONG_KEY, *UNREACHABLE, "no snapshot found", "no matching id"))
