@@ -196,6 +196,20 @@ def test_a_backup_of_a_pod_that_changed_nothing_takes_its_parents_reading_and_ve
     assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
 
 
+def test_a_backup_whose_parents_manifest_is_gone_is_read_back_instead(docker_client, new_pod_id, dedup_file, beside):
+    """The parent's manifest is read while restic backs up; one that cannot be read costs the
+    parent's reading, not the backup: its own bytes are read back, as a first backup's are."""
+    pod_id, _ = pod_with_files(docker_client, new_pod_id)
+    first = Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
+    store = store_from_url()
+    [manifest] = store._snapshots(f"{first.prefix}/manifest.json")
+    store.run("forget", manifest["id"], doing="test")  # what someone with restic could do by hand
+    second = Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
+    assert second.status == Snapshot.Status.COMPLETE
+    assert "not read again" not in log_of(second) and "read back" in log_of(second)
+    assert {n: e["sha256"] for n, e in second.manifest.items()} != {}
+
+
 def test_a_stop_beside_the_volumes_over_a_decayed_pack_keeps_every_volume_and_says_what_to_do(
     docker_client, new_pod_id, dedup_file, beside, receiver
 ):

@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 
 from django.utils import timezone
@@ -42,6 +42,7 @@ from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
+from controlpanel.threads import started
 
 # On a volume a start filled from a folder snapshot: that restic snapshot's id.
 RESTORED_FROM = "pinacle.restored-from"
@@ -67,22 +68,24 @@ def restic_id_of(manifest: dict) -> str:
     return next(iter(manifest.values()))["store_id"]
 
 
-def _unchanged_since(*, store: DedupStore, parent: Snapshot, restic_id: str, volumes) -> dict[str, dict] | None:
+def _unchanged_since(
+    *, store: DedupStore, parent: Snapshot, restic_id: str, volumes, written: Future
+) -> dict[str, dict] | None:
     """A backup whose restic snapshot has its parent's tree holds the very same folders (restic's
     trees are content-addressed: the same tree id is the same names, metadata and chunks): the
     parent's entries and file lists describe it byte for byte, and nothing needs reading now.
-    None when anything differs."""
+    None when anything differs. `written`: the parent's manifest, read while restic backed up."""
     parent_id = restic_id_of(parent.manifest)
-    # Two restic processes, each deriving the key: side by side, not one after the other.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        written = pool.submit(store.get_small, f"{parent.prefix}/manifest.json")
-        listed = store.run("snapshots", "--json", restic_id, parent_id, doing="comparing with the parent")
-        trees = {found["id"]: found.get("tree") for found in json.loads(listed or "[]")}
-        ours = [tree for restic, tree in trees.items() if restic.startswith(restic_id)]
-        theirs = [tree for restic, tree in trees.items() if restic.startswith(parent_id)]
-        if not ours or not theirs or ours[0] != theirs[0]:
-            return None  # the parent's manifest is not needed, whether it read or not
+    listed = store.run("snapshots", "--json", restic_id, parent_id, doing="comparing with the parent")
+    trees = {found["id"]: found.get("tree") for found in json.loads(listed or "[]")}
+    ours = [tree for restic, tree in trees.items() if restic.startswith(restic_id)]
+    theirs = [tree for restic, tree in trees.items() if restic.startswith(parent_id)]
+    if not ours or not theirs or ours[0] != theirs[0]:
+        return None  # the parent's manifest is not needed, whether it read or not
+    try:
         lists = json.loads(written.result()).get("files") or {}
+    except (StoreError, ValueError, AttributeError):
+        return None  # the parent's manifest does not read as one: the backup is read back instead
     if set(lists) != {volume.name for volume in volumes}:
         return None
     keep = ("bytes", "files", "sha256", "archive_bytes")
@@ -276,6 +279,10 @@ def folders_copy(
     `backed_up()` is called once restic's backup has ended."""
     keys = {volume.name: f"{snapshot.prefix}/{volume.name}.tar" for volume in volumes}
     earlier = parent_for(pod=pod, store=store)
+    written = None
+    if not read_back and earlier is not None:  # a backup may take its parent's reading: read
+        # the parent's manifest (one lockless restic) while restic backs the folders up
+        written = started(store.get_small, f"{earlier.prefix}/manifest.json", name="parent-manifest")
     with streaming():
         summary = _backup(
             earlier=earlier,
@@ -306,8 +313,8 @@ def folders_copy(
     # one that changed nothing since its parent takes the parent's reading (the verify
     # schedule reads it back later: until then it is "not yet proven").
     read = None
-    if not read_back and earlier is not None and not (summary.get("files_new") or summary.get("files_changed")):
-        read = _unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes)
+    if written is not None and not (summary.get("files_new") or summary.get("files_changed")):
+        read = _unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes, written=written)
         if read is not None:
             _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
     if read is None:
