@@ -109,11 +109,11 @@ def test_a_start_looks_for_its_restic_snapshot_by_name_only_while_no_lock_is_the
     _restore_precheck(snapshot=snapshot)
     assert restic_runs == []  # found by its file's name: no restic started
 
-    # While a restic holds a lock, restic is asked: its locks read (a dead prune's would go, a
-    # live one's be waited out), then the snapshot looked for.
-    with restic_at_work(store) as held:
+    # While a restic holds a lock, restic is asked: its locks listed and read (a dead prune's
+    # would go, a live one's be waited out), then the snapshot looked for.
+    with restic_at_work(store):
         _restore_precheck(snapshot=snapshot)
-        assert [run[0] for run in restic_runs] == ["list", *["cat"] * len(held), "snapshots"]
+        assert [run[0] for run in restic_runs] == ["list", "snapshots"]
     subprocess.run(store.command("forget", restic_id), env=store.env(), check=True, capture_output=True)
     assert not restic_raw.snapshot_present(store, restic_id)
 
@@ -164,3 +164,29 @@ def test_a_start_clears_a_dead_prunes_lock_before_its_restore_takes_the_lock(
     services.pod_start(pod_id=pod_id, actor="test")
     assert Pod.objects.get(pod_id=pod_id).status == Pod.Status.RUNNING
     assert lock_id not in restic_raw.names(store_from_url(), "locks")
+
+
+def test_a_verify_clears_a_dead_prunes_lock_and_a_live_prune_is_no_failure(
+    docker_client, new_pod_id, dedup_file, restic_template, settings
+):
+    """Verify's listing takes no lock; its read of the volumes does: a killed prune's lock is
+    cleared before it, a live prune's waited for, and then the snapshot is read another time,
+    not marked as failing (a lock is not damage)."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    services.pod_stop(pod_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock_id = restic_lock_write(dedup_file, restic_template[1], pid=gone.pid, hostname=socket.gethostname())
+    assert services.snapshots_verify(actor="test", pod_id=pod_id)["verified"] == [snapshot.pk]
+    assert lock_id not in restic_raw.names(store_from_url(), "locks")
+
+    Snapshot.objects.filter(pk=snapshot.pk).update(verified_at=None, verify_checked_at=None)
+    settings.SNAPSHOT_LOCK_WAIT_SECONDS = 1
+    with prune_at_work(store_from_url(), dedup_file, restic_template[1]):
+        result = services.snapshots_verify(actor="test", pod_id=pod_id)
+    assert result["verified"] == [] and result["failed"] == {}
+    snapshot.refresh_from_db()
+    assert snapshot.verify_error == "" and snapshot.verify_checked_at is None
+    assert services.snapshots_verify(actor="test", pod_id=pod_id)["verified"] == [snapshot.pk]

@@ -196,7 +196,9 @@ def test_a_backup_of_a_pod_that_changed_nothing_takes_its_parents_reading_and_ve
     assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
 
 
-def test_a_backup_whose_parents_manifest_is_gone_is_read_back_instead(docker_client, new_pod_id, dedup_file, beside):
+def test_a_backup_whose_parents_manifest_is_gone_is_read_back_instead(
+    docker_client, new_pod_id, dedup_file, beside, caplog
+):
     """The parent's manifest is read while restic backs up; one that cannot be read costs the
     parent's reading, not the backup: its own bytes are read back, as a first backup's are."""
     pod_id, _ = pod_with_files(docker_client, new_pod_id)
@@ -204,8 +206,11 @@ def test_a_backup_whose_parents_manifest_is_gone_is_read_back_instead(docker_cli
     store = store_from_url()
     [manifest] = store._snapshots(f"{first.prefix}/manifest.json")
     store.run("forget", manifest["id"], doing="test")  # what someone with restic could do by hand
-    second = Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
+    with caplog.at_level("INFO", logger="apps.pods.services.capture_folders"):
+        second = Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
     assert second.status == Snapshot.Status.COMPLETE
+    # Its tree was the parent's (nothing changed), so the parent's manifest was asked for.
+    assert f"snapshot #{first.pk}'s manifest gave no file lists" in caplog.text
     assert "not read again" not in log_of(second) and "read back" in log_of(second)
     assert {n: e["sha256"] for n, e in second.manifest.items()} != {}
 

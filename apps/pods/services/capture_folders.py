@@ -20,6 +20,7 @@ the new volumes (`restic restore --verify`).
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -39,11 +40,13 @@ from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.base import StoreError
 from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
+from apps.pods.stores.restic_locks import RepositoryLocked
 from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 from controlpanel.threads import started
 
+logger = logging.getLogger(__name__)
 # On a volume a start filled from a folder snapshot: that restic snapshot's id.
 RESTORED_FROM = "pinacle.restored-from"
 # How often a read-back asks whether its copy is still wanted.
@@ -84,9 +87,10 @@ def _unchanged_since(
         return None  # the parent's manifest is not needed, whether it read or not
     try:
         lists = json.loads(written.result()).get("files") or {}
-    except (StoreError, ValueError, AttributeError):
-        return None  # the parent's manifest does not read as one: the backup is read back instead
-    if set(lists) != {volume.name for volume in volumes}:
+        if set(lists) != {volume.name for volume in volumes}:
+            return None
+    except Exception as exc:  # it does not read, or not as a manifest: the backup is read back instead
+        logger.info("snapshot #%s's manifest gave no file lists (%s): the backup is read back", parent.pk, exc)
         return None
     keep = ("bytes", "files", "sha256", "archive_bytes")
     return {
@@ -329,6 +333,8 @@ def folders_copy(
                 expected=tar_bytes_about(summary),
                 nearing=ahead.start if ahead is not None else None,
             )
+        except RepositoryLocked:
+            raise  # a prune holds the store: nothing is damaged, the sentence says when to try again
         except StoreError as exc:
             raise _damaged(store=store, snapshot=snapshot, earlier=earlier, exc=exc) from exc
     manifest = {}

@@ -29,6 +29,7 @@ from apps.pods.services.hosts import engine_for
 from apps.pods.services.state import _latest_complete, _log, pod_get
 from apps.pods.services.verify import damage_advice
 from apps.pods.snapshots import StoreError, store_from_url
+from apps.pods.stores.restic_locks import RepositoryLocked
 from apps.pods.stores.tarlist import TarFileList, file_differences
 from controlpanel.errors import Busy, PanelError
 
@@ -192,6 +193,8 @@ def pod_drill(*, pod_id: str, actor: Actor, operation: Operation | None = None) 
             copy_image_content=False,
         )
         problems = _drill_restore(pod=pod, snapshot=snapshot, engine=engine, container=container, progress=progress)
+    except RepositoryLocked:
+        raise  # a prune holds the store: no drill ran, none failed
     except StoreError as exc:
         problems = [str(exc)]
     finally:

@@ -23,6 +23,7 @@ from apps.pods.services.state import _labels, _log, _volumes
 from apps.pods.services.unchanged import purge_keys
 from apps.pods.services.verify import DEDUP_REPAIR
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
+from apps.pods.stores.restic_locks import RepositoryLocked
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
@@ -71,6 +72,8 @@ def _snapshot_verify(*, store: SnapshotStore, snapshot: Snapshot, manifest: dict
                     continue  # held in the object read for another volume
                 try:
                     checks[name].result()
+                except RepositoryLocked:
+                    raise  # a prune holds the store: nothing is damaged
                 except StoreError as exc:
                     raise _readback_failure(store=store, snapshot=snapshot, name=name, entry=entry, exc=exc) from exc
                 if "same_as" in entry:

@@ -24,6 +24,7 @@ from apps.pods.services.beside import object_bytes, objects_to_read
 from apps.pods.services.state import _log
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.dedup import DEDUP_REPAIR
+from apps.pods.stores.restic_locks import RepositoryLocked
 from controlpanel.errors import PanelError
 from controlpanel.formatting import humanize_bytes
 
@@ -83,12 +84,16 @@ def snapshot_verify(*, snapshot: Snapshot, progress: Progress, operation: Operat
         for names, entry in objects_to_read(snapshot.manifest):
             try:
                 _read_back(store=store, key=entry["key"], entry=entry, progress=progress)
+            except RepositoryLocked:
+                raise  # a prune holds the store: nothing is damaged
             except StoreError as exc:
                 raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
             held = humanize_bytes(object_bytes(entry))
             _log(operation, f"snapshot #{snapshot.pk} {', '.join(names)}: {held}, sha256 matches")
         try:
             written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
+        except RepositoryLocked:
+            raise
         except StoreError as exc:
             raise StoreError(f"{exc}; {_manifest_advice(snapshot)}") from exc
         if written.get("volumes") != snapshot.manifest:
@@ -96,6 +101,8 @@ def snapshot_verify(*, snapshot: Snapshot, progress: Progress, operation: Operat
                 f"{store.url}/{snapshot.prefix}/manifest.json differs from the one recorded; "
                 f"{_manifest_advice(snapshot)}"
             )
+    except RepositoryLocked:
+        raise  # a prune holds the store: nothing was found wrong, the snapshot is read another time
     except (PanelError, ValueError) as exc:  # ValueError: a manifest that is not JSON
         if isinstance(exc, PanelError):
             return str(exc)
@@ -147,7 +154,11 @@ def snapshots_verify(
     progress = Progress(operation, total=sum(s.total_bytes for s in chosen), unit="bytes")
     verified, failed = [], {}
     for snapshot in chosen:
-        error = snapshot_verify(snapshot=snapshot, progress=progress, operation=operation)
+        try:
+            error = snapshot_verify(snapshot=snapshot, progress=progress, operation=operation)
+        except RepositoryLocked as exc:  # not a failure: it stays first in line for the next run
+            _log(operation, f"snapshot #{snapshot.pk} not read now: {exc}")
+            continue
         _verified(snapshot=snapshot, error=error, actor=actor, operation=operation)
         if error:
             failed[str(snapshot.pk)] = error

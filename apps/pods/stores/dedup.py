@@ -23,11 +23,11 @@ snapshot added (`data_added` of `backup --json`) is its `stored_bytes`.
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -36,7 +36,7 @@ from django.conf import settings
 
 from apps.pods.stores import restic_locks, restic_raw, restic_working
 from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full, volume_of
-from apps.pods.stores.restic_locks import RepositoryLocked, RepositoryLocks
+from apps.pods.stores.restic_locks import STALL_RESTARTS, RepositoryLocked, RepositoryLocks, StallWatch
 from apps.pods.stores.restic_messages import (
     UNREACHABLE,
     WRONG_KEY,
@@ -51,13 +51,15 @@ from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line
 from controlpanel.s3 import s3_client, s3_error
 
+logger = logging.getLogger(__name__)
+
 # Short reads run without restic's lock (`lock_free`); a backup or dump streams without a limit.
 COMMAND_TIMEOUT_SECONDS = 120
 LOCKED = "repository is already locked"
 # Reads that end in moments and can be made again run without restic's lock. restic 0.14 reads
 # every lock before it takes one, and one gone between its listing and its read (that restic
 # ended) costs 45-55 s of retries (restic/restic#4520): each lock not made is one fewer to go.
-LOCKLESS_READS = frozenset({"snapshots", "ls", "cat"})
+LOCKLESS_READS = frozenset({"snapshots", "cat"})  # `ls` never locks in 0.14
 # The tag of a restic snapshot that holds a pod's volumes as folders, one tag per volume key.
 FOLDER_LAYOUT = "layout=folder"
 # restic stores a chunk once: until the damaged pack is out of its index, no later backup
@@ -349,44 +351,53 @@ class DedupStore(RepositoryLocks, SnapshotStore):
 
     def _dump(self, args: list[str], *, doing: str, key: str = "", lockless: bool = False) -> Iterator[bytes]:
         """`restic dump` streamed. A working key removed meanwhile: once more without it. A
-        `lockless` read that failed before it gave a byte: once more under the lock."""
-        working = True
+        `lockless` read that failed before it gave a byte: once more under the lock. A lock met
+        before a byte: dead restics' locks cleared, a prune waited out, then once more."""
+        working, waited, stalls = True, False, 0
         while True:
             env = self.env(working=working)
             command = self.command(*lock_free(args, lockless))
-            with tempfile.TemporaryFile() as stderr:
-                # Unbuffered, from a pipe as large as a chunk: restic writes whole chunks and each
-                # read takes what is there in one call (a 64 KiB pipe and a buffered reader that
-                # gathers a full chunk made the read-back of 1 GiB a third slower).
-                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, bufsize=0)
-                _pipe_widen(process.stdout.fileno())
-                read_to_end, given = False, False
-                try:
-                    while chunk := process.stdout.read(CHUNK_SIZE):
-                        given = True
-                        yield chunk
-                    read_to_end = True
-                finally:
-                    if read_to_end:
-                        process.wait()
-                    else:
-                        self.reader_stop(process)
-                    process.stdout.close()
-                if process.returncode == 0:
-                    return
-                stderr.seek(0)
-                told = stderr.read().decode(errors="replace")
-                if not given and working and refused_working(env, told):
-                    restic_working.forget(self, env["RESTIC_KEY_HINT"])
-                    working = False
-                    continue
-                if not given and lockless and raced(told):  # a prune took a file from under it:
-                    self.exclusive_wait(what=doing)  # read again once that prune has ended
-                    lockless = False
-                    continue
-                if key and "no snapshot found" in told:
-                    raise StoreError(f"{self.url}/{key} is missing")
-                raise self.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
+            # Unbuffered, from a pipe as large as a chunk: restic writes whole chunks and each
+            # read takes what is there in one call (a 64 KiB pipe and a buffered reader that
+            # gathers a full chunk made the read-back of 1 GiB a third slower).
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+            _pipe_widen(process.stdout.fileno())
+            watch = StallWatch(process)
+            read_to_end, given = False, False
+            try:
+                while chunk := process.stdout.read(CHUNK_SIZE):
+                    given = watch.given = True
+                    yield chunk
+                read_to_end = True
+            finally:
+                if read_to_end:
+                    process.wait()
+                else:
+                    self.reader_stop(process)
+                process.stdout.close()
+                told = watch.told()
+            if process.returncode == 0:
+                return
+            if watch.stalled and not given and stalls < STALL_RESTARTS:  # a lock went as restic
+                stalls += 1  # read it: its lock, if it wrote one before the SIGINT, goes too
+                self.own_lock_remove(process.pid)
+                logger.info("%s: restic met a lock that went while %s; started again", self.url, doing)
+                continue
+            if not given and working and refused_working(env, told):
+                restic_working.forget(self, env["RESTIC_KEY_HINT"])
+                working = False
+                continue
+            if not given and lockless and raced(told):  # a prune took a file from under it:
+                self.exclusive_wait(what=doing)  # read again once that prune has ended
+                lockless = False
+                continue
+            if not given and not lockless and not waited and LOCKED in told:
+                self.exclusive_wait(what=doing)
+                waited = True
+                continue
+            if key and "no snapshot found" in told:
+                raise StoreError(f"{self.url}/{key} is missing")
+            raise self.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
 
     def size(self, key: str) -> int | None:
         try:

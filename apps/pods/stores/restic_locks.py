@@ -22,6 +22,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.pods.stores import restic_working
 from apps.pods.stores.base import StoreError
+from apps.pods.stores.restic_messages import refused_working
 from controlpanel.errors import PanelError
 from controlpanel.s3 import s3_client, s3_error
 
@@ -46,6 +49,38 @@ _HOLDER = re.compile(
     re.DOTALL,
 )
 _STORAGE_ID = re.compile(r"storage ID ([0-9a-f]+)")
+# restic 0.14 retrying the read of a lock file it listed: the lock went meanwhile (its restic
+# ended), and 0.14 goes on retrying for 45-55 s before it gives up (restic/restic#4520).
+_LOCK_RETRY = re.compile(r"Load\(<lock/[0-9a-f]+>.*retrying after")
+# How often one read starts again after such a retry.
+STALL_RESTARTS = 3
+
+
+class StallWatch:
+    """A restic's stderr read as it comes, on a thread of its own. When restic retries reading
+    a lock that went, and has given nothing yet (`given`), it is sent `stop` at once instead of
+    waiting 45-55 s: the caller starts the same read again (`stalled`), the lock gone by then."""
+
+    def __init__(self, process: subprocess.Popen, *, stop: int = signal.SIGINT):
+        self.process, self.stop = process, stop
+        self.given = self.stalled = False
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, name="restic-stderr", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for raw in iter(self.process.stderr.readline, b""):
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if not self.stalled and not self.given and _LOCK_RETRY.search(line):
+                self.stalled = True
+                self.process.send_signal(self.stop)  # nothing once the process was waited for
+
+    def told(self) -> str:
+        """Everything restic wrote to stderr (once it has exited)."""
+        self.thread.join(timeout=INTERRUPT_WAIT_SECONDS)
+        self.process.stderr.close()
+        return "".join(self.lines)
 
 
 @dataclass(frozen=True)
@@ -155,7 +190,8 @@ class RepositoryLocked(StoreError):
 
 
 class RepositoryLocks:
-    """The lock handling of `DedupStore` (which provides `run`, `url`, `path`, `bucket`, `prefix`)."""
+    """The lock handling of `DedupStore` (which provides `run`, `command`, `env`, `url`, `path`,
+    `bucket`, `prefix`)."""
 
     def locked_error(self, holder: str, doing: str) -> StoreError:
         return RepositoryLocked(
@@ -169,12 +205,35 @@ class RepositoryLocks:
         found = []
         for lock_id in self.run("list", "locks", "--no-lock", doing="listing locks").split():
             try:
-                found.append(
-                    ResticLock.parse(lock_id, self.run("cat", "lock", lock_id, "--no-lock", doing="reading a lock"))
-                )
+                found.append(ResticLock.parse(lock_id, self._lock_read(lock_id)))
             except (StoreError, ValueError, KeyError):  # gone meanwhile, or half written
                 continue
         return found
+
+    def _lock_read(self, lock_id: str) -> str:
+        """One lock's JSON; a lock gone since the listing raises StoreError at once, where
+        restic 0.14 would retry reading it for 45-55 s (it took no lock: killed, it leaves none)."""
+        for working in (True, False):  # the working key removed meanwhile: once more without it
+            env = self.env(working=working)
+            process = subprocess.Popen(
+                self.command("cat", "lock", lock_id, "--no-lock"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            watch = StallWatch(process, stop=signal.SIGKILL)
+            try:
+                out = process.stdout.read()
+                process.wait(timeout=INTERRUPT_WAIT_SECONDS)
+            finally:
+                process.stdout.close()
+                told = watch.told()
+            if process.returncode == 0 and not watch.stalled:
+                return out.decode(errors="replace")
+            if not (working and refused_working(env, told)):
+                break
+            restic_working.forget(self, env["RESTIC_KEY_HINT"])
+        raise StoreError(f"lock {lock_id[:8]} did not read: {told.strip()[-200:]}")
 
     def locks_clear(self) -> list[ResticLock]:
         """Remove the locks no restic holds any more (see `restic_locks`), not `restic unlock`,
@@ -196,7 +255,7 @@ class RepositoryLocks:
         deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
         while held := [lock for lock in self.locks_clear() if lock.exclusive]:
             if time.monotonic() > deadline:
-                raise StoreError(
+                raise RepositoryLocked(
                     f"snapshot store {self.url} is held by {held[0].describe()}; {what} was not started: "
                     "try again when that restic ends"
                 )
