@@ -47,6 +47,7 @@ from controlpanel.formatting import humanize_bytes
 from controlpanel.threads import started
 
 logger = logging.getLogger(__name__)
+
 # On a volume a start filled from a folder snapshot: that restic snapshot's id.
 RESTORED_FROM = "pinacle.restored-from"
 # How often a read-back asks whether its copy is still wanted.

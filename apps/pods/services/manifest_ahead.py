@@ -34,7 +34,7 @@ class ManifestAhead:
 
     def start(self) -> None:
         if self.reading is None:
-            # One attempt: a lock is waited out by the usual read after the write, not here.
+            # Without restic's lock; whatever it meets is left to the usual read after the write.
             self.reading = started(lambda: b"".join(self.store.manifest_by_tag(self.key)), name="manifest-ahead")
 
     def found(self) -> dict | None:

@@ -36,7 +36,7 @@ from django.conf import settings
 
 from apps.pods.stores import restic_locks, restic_raw, restic_working
 from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full, volume_of
-from apps.pods.stores.restic_locks import STALL_RESTARTS, RepositoryLocked, RepositoryLocks, StallWatch
+from apps.pods.stores.restic_locks import STALL_RESTARTS, RepositoryLocks, StallWatch
 from apps.pods.stores.restic_messages import (
     UNREACHABLE,
     WRONG_KEY,
@@ -320,25 +320,15 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         """A manifest (small) is read without restic's lock; a volume, which may take long, under it."""
         manifest = key.endswith("/manifest.json")
         if key not in self.ids and manifest:
-            return self._manifest_read(key)
+            return self.manifest_by_tag(key)
         return self._dump(self._dump_args(key), doing=f"reading {key} back", key=key, lockless=manifest)
 
     def manifest_by_tag(self, key: str) -> Iterator[bytes]:
         """One restic process, not two (each derives the key): restic finds the newest snapshot
         tagged with the key itself, without taking restic's lock (a manifest is small: read again
-        under the lock if a prune raced it). Under the lock, a lock met raises RepositoryLocked."""
+        under the lock if a prune raced it, `_dump`)."""
         fast = ["dump", "--host", HOST, "--tag", key, "latest", "/manifest.json"]
         return self._dump(fast, doing=f"reading {key} back", key=key, lockless=True)
-
-    def _manifest_read(self, key: str) -> Iterator[bytes]:
-        """`manifest_by_tag`; a lock met (a prune at work, a dead restic's) is left to the
-        lookup by tag, which waits it out or clears it (`run`), and the dump by id after it."""
-        try:
-            yield from self.manifest_by_tag(key)
-            return
-        except RepositoryLocked:
-            pass  # restic takes its lock before it writes a byte: nothing was given yet
-        yield from self._dump(self._dump_args(key), doing=f"reading {key} back", key=key, lockless=True)
 
     def read_file(self, key: str, tar_path: str) -> Iterator[bytes]:
         """One file of a volume kept as a folder, as itself (`restic dump` of its path): only its
