@@ -271,3 +271,24 @@ def test_the_panels_look_at_the_locks_skips_one_going_at_once(dedup_file, settin
     store.preflight(needed_bytes=None, what="stopping pod p1")
     assert time.monotonic() - started < 15  # restic alone: 45-55 s for each look
     assert going.exists()  # not a lock the panel read: never removed by it
+
+
+def test_a_forget_that_meets_a_lock_going_starts_again_at_once(dedup_file, monkeypatch):  # noqa: F811
+    """The same for a command that takes the lock (a forget, a prune): stopped before it took
+    it, so nothing was changed, and run again."""
+    store = store_from_url()
+    store.repository_ensure()
+    snapshot_id = stored(store, "p1/workspace.tar", MIB)
+    going = going_lock(dedup_file)
+    started_again, real = [], DedupStore.own_lock_remove
+
+    def gone_by_then(self, pid):
+        started_again.append(pid)
+        shutil.rmtree(going, ignore_errors=True)
+        return real(self, pid)
+
+    monkeypatch.setattr(DedupStore, "own_lock_remove", gone_by_then)
+    started = time.monotonic()
+    store.run("forget", snapshot_id, doing="forgetting p1")
+    assert time.monotonic() - started < 15  # restic alone: 45-55 s
+    assert len(started_again) == 1 and store.keys_present() == set() and lock_files(dedup_file) == []

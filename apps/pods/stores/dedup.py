@@ -36,7 +36,7 @@ from django.conf import settings
 
 from apps.pods.stores import restic_locks, restic_raw, restic_working
 from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full, volume_of
-from apps.pods.stores.restic_locks import STALL_RESTARTS, RepositoryLocks, StallWatch
+from apps.pods.stores.restic_locks import STALL_RESTARTS, RepositoryLocks, StallWatch, watched
 from apps.pods.stores.restic_messages import (
     UNREACHABLE,
     WRONG_KEY,
@@ -186,20 +186,22 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         opened with SNAPSHOT_KEY_FILE itself, not the working key."""
         deadline = time.monotonic() + settings.SNAPSHOT_LOCK_WAIT_SECONDS
         looked_at: set[str] = set()
-        lockless = args[0] in LOCKLESS_READS and "--no-lock" not in args
+        lockless, stalls = args[0] in LOCKLESS_READS and "--no-lock" not in args, 0
         while True:
             env = self.env(working=working)
             try:
-                done = subprocess.run(
-                    self.command(*lock_free(args, lockless)), env=env, capture_output=True, timeout=timeout, check=False
-                )
+                done = watched(self.command(*lock_free(args, lockless)), env=env, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
                 raise Unreachable(
                     f"snapshot store {self.url} did not answer within {timeout:.0f} s while {doing}"
                 ) from exc
-            stderr = done.stderr.decode(errors="replace")
+            stderr = done.stderr
             if done.returncode == 0:
                 return done.stdout.decode(errors="replace")
+            if done.stalled and stalls < STALL_RESTARTS:  # a lock went as restic read it: at once
+                stalls += 1  # again, its own lock, if it wrote one before the SIGINT, gone too
+                self.own_lock_remove(done.pid)
+                continue
             if refused_working(env, stderr):
                 restic_working.forget(self, env["RESTIC_KEY_HINT"])  # removed by hand
                 working = False  # once more, with SNAPSHOT_KEY_FILE

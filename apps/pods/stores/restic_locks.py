@@ -54,6 +54,8 @@ _STORAGE_ID = re.compile(r"storage ID ([0-9a-f]+)")
 _LOCK_RETRY = re.compile(r"Load\(<lock/[0-9a-f]+>.*retrying after")
 # How often one read starts again after such a retry.
 STALL_RESTARTS = 3
+# How long reading one lock may take.
+COMMAND_SECONDS = 60
 
 
 class StallWatch:
@@ -81,6 +83,44 @@ class StallWatch:
         self.thread.join(timeout=INTERRUPT_WAIT_SECONDS)
         self.process.stderr.close()
         return "".join(self.lines)
+
+
+@dataclass
+class Ran:
+    """A restic command that ran to its end (`watched`)."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+    stalled: bool  # stopped as it retried reading a lock that went: run it again
+    pid: int
+
+
+def watched(command: list[str], *, env: dict, timeout: float | None, stop: int = signal.SIGINT) -> Ran:
+    """A restic command run to its end, its stderr watched (`StallWatch`). Past `timeout`
+    seconds it is killed and subprocess.TimeoutExpired raised."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    watch, expired = StallWatch(process, stop=stop), threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        process.kill()
+
+    late = threading.Timer(timeout, expire) if timeout else None
+    if late is not None:
+        late.daemon = True
+        late.start()
+    try:
+        out = process.stdout.read()
+        process.wait()
+    finally:
+        if late is not None:
+            late.cancel()
+        process.stdout.close()
+        told = watch.told()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(command, timeout)
+    return Ran(process.returncode, out, told, watch.stalled, process.pid)
 
 
 @dataclass(frozen=True)
@@ -215,25 +255,17 @@ class RepositoryLocks:
         restic 0.14 would retry reading it for 45-55 s (it took no lock: killed, it leaves none)."""
         for working in (True, False):  # the working key removed meanwhile: once more without it
             env = self.env(working=working)
-            process = subprocess.Popen(
-                self.command("cat", "lock", lock_id, "--no-lock"),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-            watch = StallWatch(process, stop=signal.SIGKILL)
+            command = self.command("cat", "lock", lock_id, "--no-lock")
             try:
-                out = process.stdout.read()
-                process.wait(timeout=INTERRUPT_WAIT_SECONDS)
-            finally:
-                process.stdout.close()
-                told = watch.told()
-            if process.returncode == 0 and not watch.stalled:
-                return out.decode(errors="replace")
-            if not (working and refused_working(env, told)):
+                ran = watched(command, env=env, timeout=COMMAND_SECONDS, stop=signal.SIGKILL)
+            except subprocess.TimeoutExpired as exc:
+                raise StoreError(f"lock {lock_id[:8]} did not read within {COMMAND_SECONDS} s") from exc
+            if ran.returncode == 0 and not ran.stalled:
+                return ran.stdout.decode(errors="replace")
+            if not (working and refused_working(env, ran.stderr)):
                 break
             restic_working.forget(self, env["RESTIC_KEY_HINT"])
-        raise StoreError(f"lock {lock_id[:8]} did not read: {told.strip()[-200:]}")
+        raise StoreError(f"lock {lock_id[:8]} did not read: {ran.stderr.strip()[-200:]}")
 
     def locks_clear(self) -> list[ResticLock]:
         """Remove the locks no restic holds any more (see `restic_locks`), not `restic unlock`,
