@@ -240,6 +240,20 @@ def going_lock(repository: Path) -> Path:
     return going
 
 
+def gone_at_restart(monkeypatch, going: Path) -> list[int]:
+    """The PIDs of the restics the panel stopped to start again; the lock is gone by then
+    (the next restic lists it no more), as a lock that went is."""
+    started_again, real = [], DedupStore.own_lock_remove
+
+    def gone_by_then(self, pid):
+        started_again.append(pid)
+        shutil.rmtree(going, ignore_errors=True)
+        return real(self, pid)
+
+    monkeypatch.setattr(DedupStore, "own_lock_remove", gone_by_then)
+    return started_again
+
+
 def test_a_read_that_meets_a_lock_going_starts_again_at_once(dedup_file, settings, monkeypatch):  # noqa: F811
     """restic 0.14 retries reading a lock that went for 45-55 s (restic/restic#4520): the panel
     stops that restic as soon as it says so, and reads again."""
@@ -247,14 +261,7 @@ def test_a_read_that_meets_a_lock_going_starts_again_at_once(dedup_file, setting
     store.repository_ensure()
     stored(store, "p1/workspace.tar", 2 * MIB)
     going = going_lock(dedup_file)
-    started_again, real = [], DedupStore.own_lock_remove
-
-    def gone_by_then(self, pid):  # the lock went: the next restic lists it no more
-        started_again.append(pid)
-        shutil.rmtree(going, ignore_errors=True)
-        return real(self, pid)
-
-    monkeypatch.setattr(DedupStore, "own_lock_remove", gone_by_then)
+    started_again = gone_at_restart(monkeypatch, going)
     started = time.monotonic()
     assert len(b"".join(store_from_url().read("p1/workspace.tar"))) == 2 * MIB
     assert time.monotonic() - started < 15  # restic alone: 45-55 s
@@ -280,14 +287,7 @@ def test_a_forget_that_meets_a_lock_going_starts_again_at_once(dedup_file, monke
     store.repository_ensure()
     snapshot_id = stored(store, "p1/workspace.tar", MIB)
     going = going_lock(dedup_file)
-    started_again, real = [], DedupStore.own_lock_remove
-
-    def gone_by_then(self, pid):
-        started_again.append(pid)
-        shutil.rmtree(going, ignore_errors=True)
-        return real(self, pid)
-
-    monkeypatch.setattr(DedupStore, "own_lock_remove", gone_by_then)
+    started_again = gone_at_restart(monkeypatch, going)
     started = time.monotonic()
     store.run("forget", snapshot_id, doing="forgetting p1")
     assert time.monotonic() - started < 15  # restic alone: 45-55 s
