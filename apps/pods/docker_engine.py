@@ -239,6 +239,15 @@ class DockerEngine:
         """The host is this machine (a Unix socket): its folders are this machine's folders."""
         return self.base_url.startswith("unix://")
 
+    def host_hostname(self) -> str | None:
+        """The host's own name, which a container on its network carries too (restic writes it
+        into its locks); None when the host does not answer."""
+        try:
+            return self.client.info().get("Name")
+        except Exception as exc:  # only a lock left to its age: the command meeting it says so
+            logger.info("Docker host %r did not tell its name: %s", self.host_name, exc)
+            return None
+
     def _volumes_folder(self) -> str:
         if self._volumes_root is None:
             with self._errors("asking where its volumes live"):

@@ -33,6 +33,7 @@ from pathlib import Path
 import docker.errors
 
 from apps.pods.docker_engine import HELPER_LABEL, DockerEngine, DockerFailure
+from apps.pods.stores.restic_locks import LOCK_RETRY
 from controlpanel.errors import PanelError
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,10 @@ class HelperRun:
     exit_code: int = -1
     lines: list[str] = field(default_factory=list)
     stderr: str = ""
+    # Stopped as it retried reading a lock that went, before it did anything: run it again
+    # (`stores.restic_locks.StallWatch`, the same watch for a restic of the panel's own).
+    stalled: bool = False
+    pid: int | None = None  # restic's PID on the helper's host (the helpers share its PIDs)
 
 
 def _follow(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable[[dict], None] | None) -> None:
@@ -167,6 +172,25 @@ def _follow(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable
         logger.info("stopped following restic helper %s: %s", helper[:12], exc)
     if held:
         run.lines.append(held.decode("utf-8", "replace"))
+
+
+def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun) -> None:
+    """Read the helper's stderr as it comes (a thread of its own): restic 0.14 retrying the
+    read of a lock that went, before it printed anything else, is stopped with SIGINT at once
+    instead of 45-55 s later (restic/restic#4520); the caller starts it again."""
+    held = b""
+    try:
+        for piece in engine.client.api.logs(helper, stream=True, follow=True, stdout=False, stderr=True):
+            held += piece
+            *complete, held = held.split(b"\n")
+            for raw in complete:
+                if run.stalled or run.lines or not LOCK_RETRY.search(raw.decode("utf-8", "replace")):
+                    continue
+                run.stalled = True
+                logger.info("restic helper %s retries reading a lock that went: stopped to start again", helper[:12])
+                engine.client.api.kill(helper, signal="SIGINT")
+    except Exception as exc:  # the helper went away with its host, or ended: the wait says so
+        logger.info("stopped watching restic helper %s's errors: %s", helper[:12], exc)
 
 
 def restic_in_helper(
@@ -215,9 +239,11 @@ def restic_in_helper(
             api.start(helper)
         follower = threading.Thread(target=_follow, args=(engine, helper, run, on_line), daemon=True)
         follower.start()
+        threading.Thread(target=_watch_errors, args=(engine, helper, run), daemon=True).start()
         while True:
             with engine._errors(f"waiting for the restic helper ({doing})"):
                 state = api.inspect_container(helper)["State"]
+            run.pid = state.get("Pid") or run.pid
             if not state.get("Running"):
                 run.exit_code = int(state.get("ExitCode", -1))
                 break

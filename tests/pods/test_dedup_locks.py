@@ -245,10 +245,10 @@ def gone_at_restart(monkeypatch, going: Path) -> list[int]:
     (the next restic lists it no more), as a lock that went is."""
     started_again, real = [], DedupStore.own_lock_remove
 
-    def gone_by_then(self, pid):
+    def gone_by_then(self, pid, **where):
         started_again.append(pid)
         shutil.rmtree(going, ignore_errors=True)
-        return real(self, pid)
+        return real(self, pid, **where)
 
     monkeypatch.setattr(DedupStore, "own_lock_remove", gone_by_then)
     return started_again

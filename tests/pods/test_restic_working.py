@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from apps.pods.stores.base import StoreError
 from apps.pods.stores.restic_crypto import Cost
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.parts import require_part
+from tests.pods.test_dedup_locks import going_lock
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
 
 pytestmark = [pytest.mark.django_db]
@@ -230,6 +232,20 @@ def test_turned_off_no_working_key_is_made(dedup_file, restic, settings):
     store = store_from_url()
     assert store.repository_ensure() == []
     assert working_ids(store) == [] and store.env()["RESTIC_PASSWORD_FILE"] == str(restic)
+
+
+def test_the_working_key_is_proven_without_a_lock_so_a_lock_going_holds_nothing_up(dedup_file, restic, settings):
+    """restic 0.14's `key list` takes a lock whatever `--no-lock` says, and stalled a minute on a
+    lock that went as it read it (restic/restic#4520): the proof reads the config, lockless."""
+    settings.SNAPSHOT_WORKING_KEY = False
+    store = store_from_url()
+    assert store.repository_ensure() == []
+    settings.SNAPSHOT_WORKING_KEY = True
+    going = going_lock(dedup_file)
+    began = time.monotonic()
+    made = restic_working.working(store)
+    assert time.monotonic() - began < 15  # with `key list`: 60 s, then no working key
+    assert made is not None and working_ids(store) == [made.key_id] and going.exists()
 
 
 def test_two_threads_and_a_second_process_share_one_working_key(dedup_file, restic):

@@ -8,6 +8,7 @@ network)."""
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
 import re
+import time
 
 import pytest
 
@@ -27,6 +28,7 @@ from controlpanel.errors import PanelError
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import WRITE_SCRIPT, container_exists, listing, pod_volumes, pod_with_files, run_in
 from tests.pods.test_backup import writing
+from tests.pods.test_dedup_locks import going_lock, gone_at_restart, lock_files
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
 from tests.pods.test_snapshot_readback import first_blob_under, flip_blob
 
@@ -172,6 +174,31 @@ def test_a_restic_helper_a_dead_worker_left_on_the_pod_goes_before_the_stop_need
     assert pod_volumes(docker_client, pod_id) == [] and helpers_left(docker_client, pod_id) == []
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
+
+
+def test_a_helper_whose_restic_meets_a_lock_going_starts_again_at_once(
+    docker_client, new_pod_id, dedup_file, beside, monkeypatch
+):
+    """restic 0.14 in a helper retries reading a lock that went for 45-55 s, as the panel's own
+    restics do (restic/restic#4520): the helper's stderr is followed, and it is stopped and run
+    again as soon as restic says so, for a stop's backup and a start's restore alike."""
+    pod_id, before = pod_with_files(docker_client, new_pod_id)
+    going = going_lock(dedup_file)
+    started_again = gone_at_restart(monkeypatch, going)
+    began = time.monotonic()
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    assert Operation.objects.get(pk=operation.pk).status == Operation.Status.SUCCEEDED
+    assert time.monotonic() - began < 30  # restic alone: 45-55 s more
+    assert len(started_again) == 1 and not going.exists()
+    assert f"restic met a lock that went as it read it (backing up pod {pod_id}): started again" in operation.log
+
+    going.mkdir()
+    began = time.monotonic()
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert time.monotonic() - began < 30
+    assert len(started_again) == 2 and not going.exists()
+    assert listing(docker_client, pod_id) == before
+    assert helpers_left(docker_client, pod_id) == [] and lock_files(dedup_file) == []
 
 
 def pod_volumes_of(docker_client, pod_id: str) -> list:

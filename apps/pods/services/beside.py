@@ -13,6 +13,7 @@ from apps.pods.restic_helper import SECRETS, credentials_file, pod_helpers_remov
 from apps.pods.services.state import _log
 from apps.pods.stores import restic_working
 from apps.pods.stores.dedup import DedupStore
+from apps.pods.stores.restic_locks import STALL_RESTARTS
 from apps.pods.stores.restic_messages import refused_working
 from controlpanel.errors import PanelError
 
@@ -72,7 +73,8 @@ def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operat
     left = pod_helpers_remove(engine, owner)
     if left:
         _log(operation, f"removed restic helpers a stopped worker left on pod {owner}: {', '.join(left)}")
-    for working in (True, False):  # a working key removed meanwhile: once more without it
+    working, stalls = True, 0
+    while True:
         env, secrets, binds = helper_setup(store, engine, working=working)
         result = restic_in_helper(
             engine,
@@ -86,12 +88,17 @@ def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operat
             **run,
         )
         told = result.stderr or "\n".join(result.lines[-5:])
+        if result.stalled and stalls < STALL_RESTARTS:  # a lock went as restic read it: at once
+            stalls += 1
+            store.own_lock_remove(result.pid, hostname=engine.host_hostname())
+            _log(operation, f"restic met a lock that went as it read it ({doing}): started again")
+            continue
         if result.exit_code in (0, INCOMPLETE):
             return result
         if not (working and refused_working(env, told)):
             raise store.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
-        restic_working.forget(store, env["RESTIC_KEY_HINT"])
-    raise store.error(doing, told)
+        restic_working.forget(store, env["RESTIC_KEY_HINT"])  # removed meanwhile: once more without it
+        working = False
 
 
 def folder_layout(manifest: dict | None) -> bool:

@@ -51,7 +51,7 @@ _HOLDER = re.compile(
 _STORAGE_ID = re.compile(r"storage ID ([0-9a-f]+)")
 # restic 0.14 retrying the read of a lock file it listed: the lock went meanwhile (its restic
 # ended), and 0.14 goes on retrying for 45-55 s before it gives up (restic/restic#4520).
-_LOCK_RETRY = re.compile(r"Load\(<lock/[0-9a-f]+>.*retrying after")
+LOCK_RETRY = re.compile(r"Load\(<lock/[0-9a-f]+>.*retrying after")
 # How often one read starts again after such a retry.
 STALL_RESTARTS = 3
 # How long reading one lock may take.
@@ -74,7 +74,7 @@ class StallWatch:
         for raw in iter(self.process.stderr.readline, b""):
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            if not self.stalled and not self.given and _LOCK_RETRY.search(line):
+            if not self.stalled and not self.given and LOCK_RETRY.search(line):
                 self.stalled = True
                 self.process.send_signal(self.stop)  # nothing once the process was waited for
 
@@ -307,12 +307,16 @@ class RepositoryLocks:
         if process.returncode < 0:  # killed before it could remove its lock
             self.own_lock_remove(process.pid)
 
-    def own_lock_remove(self, pid: int) -> None:
-        """Remove the lock a restic process of ours (`pid`, exited) left behind, and only that
-        one, at once (`locks_clear` would find it too, when a command meets it)."""
+    def own_lock_remove(self, pid: int | None, *, hostname: str | None = None) -> None:
+        """Remove the lock a restic process of ours (`pid`, exited; on `hostname`, this machine
+        when None) left behind, and only that one, at once (`locks_clear` would find it too,
+        when a command meets it)."""
+        if pid is None:
+            return
+        hostname = hostname or socket.gethostname()
         try:
             for lock in self.locks():
-                if lock.pid == pid and lock.here:
+                if lock.pid == pid and lock.hostname == hostname:
                     self._lock_delete(lock.lock_id)
         except PanelError:
             pass  # the store is failing: the command that meets the lock says so
