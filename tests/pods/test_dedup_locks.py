@@ -292,3 +292,25 @@ def test_a_forget_that_meets_a_lock_going_starts_again_at_once(dedup_file, monke
     store.run("forget", snapshot_id, doing="forgetting p1")
     assert time.monotonic() - started < 15  # restic alone: 45-55 s
     assert len(started_again) == 1 and store.keys_present() == set() and lock_files(dedup_file) == []
+
+
+def test_a_writer_that_meets_a_lock_going_starts_again_and_loses_no_byte(dedup_file, monkeypatch):  # noqa: F811
+    """`restic backup --stdin` reads its input only once it holds its lock: what was written
+    into the stalled restic's pipe is given again to the one started after it, whole, for an
+    object that fits in the pipe (a manifest) and for one that fills it (a volume's tar)."""
+    store = store_from_url()
+    store.repository_ensure()
+    going = going_lock(dedup_file)
+    started_again = gone_at_restart(monkeypatch, going)
+    small, large = os.urandom(5000), os.urandom(3 * MIB)
+    for key, body, restarts in [("p1/manifest.json", small, 1), ("p1/workspace.tar", large, 2)]:
+        going.mkdir(exist_ok=True)
+        started = time.monotonic()
+        writer = store.writer(key)
+        for at in range(0, len(body), 256 * 1024):
+            writer.write(body[at : at + 256 * 1024])
+        writer.close()
+        assert time.monotonic() - started < 15  # restic alone: 45-55 s
+        assert len(started_again) == restarts and not going.exists()
+        assert b"".join(store_from_url().read(key)) == body
+    assert lock_files(dedup_file) == []
