@@ -7,8 +7,11 @@ network)."""
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
+import json
 import re
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +22,9 @@ from apps.audit.services import Progress
 from apps.pods import services
 from apps.pods.docker_engine import HELPER_LABEL
 from apps.pods.models import VOLUME_MOUNTS, DockerHost, Pod, Snapshot, container_name
-from apps.pods.restic_helper import POD_OF_HELPER, image_ensure
-from apps.pods.services.hosts import engine_for
+from apps.pods.restic_helper import POD_OF_HELPER, SECRETS, image_ensure
+from apps.pods.services.beside import helper_restic, helper_setup
+from apps.pods.services.hosts import engine_for, host_default
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.verify import snapshot_verify
 from apps.pods.snapshots import store_from_url
@@ -199,6 +203,44 @@ def test_a_helper_whose_restic_meets_a_lock_going_starts_again_at_once(
     assert len(started_again) == 2 and not going.exists()
     assert listing(docker_client, pod_id) == before
     assert helpers_left(docker_client, pod_id) == [] and lock_files(dedup_file) == []
+
+
+def test_the_helpers_secrets_are_files_never_in_its_configuration_and_go_with_it(store, beside, monkeypatch):
+    """On this machine the key (and S3 credentials) are a private folder in memory, bind-mounted
+    read-only, removed with the helper; on another host (a dedup+s3 store) they are written into
+    the created container. Neither shows in `docker inspect`, and restic opens the store both ways."""
+    opened = store_from_url()
+    opened.repository_ensure()
+    engine = engine_for(host_default())
+    password = helper_setup(opened, engine)[1]["key"]
+    seen, real_start = [], engine.client.api.start
+
+    def start(helper):
+        real_start(helper)
+        seen.append(engine.client.api.inspect_container(helper))
+        bound = [m["Source"] for m in seen[-1]["Mounts"] if m["Destination"] == SECRETS]
+        seen[-1]["kept"] = {p.name: stat.S_IMODE(p.stat().st_mode) for b in bound for p in Path(b).iterdir()}
+        seen[-1]["kept_mode"] = [stat.S_IMODE(Path(b).stat().st_mode) for b in bound]
+
+    monkeypatch.setattr(engine.client.api, "start", start)
+    ways = [True] if store.url.startswith("dedup+file") else [True, False]
+    for here in ways:
+        monkeypatch.setattr(type(engine), "on_this_machine", property(lambda self, here=here: here))
+        result = helper_restic(
+            opened, engine, owner="secrets", operation=None, command=["cat", "config"], volumes={}, doing="a test"
+        )
+        assert result.exit_code == 0 and '"chunker_polynomial"' in "".join(result.lines)
+        shown = seen[-1]
+        assert password.decode() not in json.dumps(shown, default=str)
+        mounts = [m for m in shown["Mounts"] if m["Destination"] == SECRETS]
+        if here:
+            assert [(m["Type"], m["RW"]) for m in mounts] == [("bind", False)] and shown["kept_mode"] == [0o700]
+            want = {"key": 0o400} if store.url.startswith("dedup+file") else {"key": 0o400, "aws": 0o400}
+            assert shown["kept"] == want
+            assert not Path(mounts[0]["Source"]).exists()  # gone with the helper
+        else:
+            assert mounts == []
+    assert helpers_left(engine.client, "secrets") == []
 
 
 def pod_volumes_of(docker_client, pod_id: str) -> list:

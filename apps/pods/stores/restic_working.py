@@ -122,9 +122,10 @@ def forget(store, key_id: str) -> None:
 # --- where the password is kept between processes -------------------------------------------
 
 
-def _kept_folder() -> Path | None:
-    """This user's folder in memory, made private; None where there is none to trust."""
-    folder = KEPT_IN / f"pinacle-restic-{os.getuid()}"
+def _kept_folder(name: str = "restic") -> Path | None:
+    """This user's folder in memory (`pinacle-<name>-<uid>`), made private; None where there is
+    none to trust."""
+    folder = KEPT_IN / f"pinacle-{name}-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         found = os.lstat(folder)
