@@ -28,13 +28,13 @@ import shutil
 import subprocess
 import tarfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
 
 import docker.errors
+import requests.exceptions
 
 from apps.pods.docker_engine import HELPER_LABEL, DockerEngine, DockerFailure
 from apps.pods.stores import restic_working
@@ -291,11 +291,7 @@ def restic_in_helper(
             if why:
                 _interrupt(engine, helper)
                 raise PanelError(why)
-            if follower.is_alive():
-                # Its output ends when restic does: looked at again at once, not a poll later.
-                follower.join(timeout=POLL_SECONDS)
-            else:
-                time.sleep(POLL_SECONDS)
+            _exit_wait(engine, helper)
         follower.join(timeout=10)
         with engine._errors(f"reading the restic helper's errors ({doing})"):
             run.stderr = api.logs(helper, stdout=False, stderr=True).decode("utf-8", "replace")
@@ -307,6 +303,15 @@ def restic_in_helper(
         if kept is not None:
             shutil.rmtree(kept, ignore_errors=True)
     return run
+
+
+def _exit_wait(engine: DockerEngine, helper: str) -> None:
+    """Back as soon as the helper exits (Docker's wait), or after POLL_SECONDS: looked at again
+    at once, not a poll later."""
+    try:
+        engine.client.api.wait(helper, timeout=POLL_SECONDS)
+    except requests.exceptions.RequestException:
+        pass  # still running, or the host went: the next look says which
 
 
 def _bytes_written(pid) -> int | None:
