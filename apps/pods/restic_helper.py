@@ -58,6 +58,7 @@ POLL_SECONDS = 0.25
 INTERRUPT_WAIT_SECONDS = 30
 _image_lock = threading.Lock()
 _image_tags: dict[str, str] = {}  # the helper image's tag, worked out once per process
+_bindable: dict[str, bool] = {}  # per Docker host: may a helper read files bind-mounted from here
 
 
 def _libraries(binary: str) -> list[str]:
@@ -132,17 +133,39 @@ def image_ensure(engine: DockerEngine) -> str:
     return tag
 
 
-def _secrets_kept(secrets: dict[str, bytes]) -> Path | None:
+def _started_at(pid: int | str) -> str | None:
+    """When a process of this machine started (clock ticks since boot), or None when it is gone:
+    a PID and its start time name one process, whatever reuses the PID later."""
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _secrets_bindable(engine: DockerEngine) -> bool:
+    """Whether a helper's root can read files of ours bind-mounted from this machine: not when
+    the daemon maps the container's root to another user (userns-remap, rootless)."""
+    if engine.base_url not in _bindable:
+        try:
+            options = engine.client.info().get("SecurityOptions") or []
+        except Exception:  # the create below says what is wrong with the host
+            return False
+        _bindable[engine.base_url] = not any("name=userns" in o or "name=rootless" in o for o in options)
+    return _bindable[engine.base_url]
+
+
+def _secrets_kept(engine: DockerEngine, secrets: dict[str, bytes]) -> Path | None:
     """The secrets as files in a private folder in memory, for a helper on this machine to
-    bind-mount; None when there is no such folder (they go in with `put_archive` then). Folders
-    left by a worker that died (its PID gone) are removed first."""
+    bind-mount; None when there is no such folder or the helper could not read it (they go in
+    with `put_archive` then). Folders left by a worker that died are removed first."""
     folder = restic_working._kept_folder("helpers")
-    if folder is None:
+    if folder is None or not engine.on_this_machine or not _secrets_bindable(engine):
         return None
     for left in folder.glob("helper-*"):
-        if not Path(f"/proc/{left.name.split('-')[1]}").exists():
+        _, pid, started, _ = (left.name.split("-") + ["", "", ""])[:4]
+        if _started_at(pid) != started:
             shutil.rmtree(left, ignore_errors=True)
-    kept = folder / f"helper-{os.getpid()}-{token_hex(8)}"
+    kept = folder / f"helper-{os.getpid()}-{_started_at(os.getpid())}-{token_hex(8)}"
     try:
         kept.mkdir(mode=0o700)
         for name, body in secrets.items():
@@ -202,7 +225,7 @@ def _follow(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable
         run.lines.append(held.decode("utf-8", "replace"))
 
 
-def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun) -> None:
+def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun, *, armed: bool) -> None:
     """Read the helper's stderr as it comes (a thread of its own): restic 0.14 retrying the
     read of a lock that went, before it printed anything else, is stopped with SIGINT at once
     instead of 45-55 s later (restic/restic#4520); the caller starts it again."""
@@ -212,7 +235,7 @@ def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun) -> None:
             held += piece
             *complete, held = held.split(b"\n")
             for raw in complete:
-                if run.stalled or run.lines or not LOCK_RETRY.search(raw.decode("utf-8", "replace")):
+                if not armed or run.stalled or run.lines or not LOCK_RETRY.search(raw.decode("utf-8", "replace")):
                     continue
                 run.stalled = True
                 logger.info("restic helper %s retries reading a lock that went: stopped to start again", helper[:12])
@@ -234,6 +257,7 @@ def restic_in_helper(
     cancelled: Callable[[], str | None] = lambda: None,
     doing: str,
     pod_id: str,
+    stop_stalls: bool = True,
 ) -> HelperRun:
     """Run `restic *command` in a helper on `engine`'s host with `volumes` ({docker name:
     (path in the helper, read only)}) and `binds` ({folder on the host: path in the helper},
@@ -241,14 +265,15 @@ def restic_in_helper(
     touch the database); `on_written` the bytes restic has written so far, at each look, when
     its process can be read from here (a host on this machine). `cancelled()` is asked while
     restic runs: a reason stops restic with SIGINT (it removes its lock first) and raises that
-    reason."""
+    reason. `stop_stalls`: a restic retrying a lock that went is stopped (`HelperRun.stalled`),
+    for the caller to start again."""
     image = image_ensure(engine)
     mounts = [
         docker.types.Mount(target=target, source=name, type="volume", read_only=read_only, no_copy=True)
         for name, (target, read_only) in volumes.items()
     ]
     mounts += [docker.types.Mount(target=path, source=folder, type="bind") for folder, path in (binds or {}).items()]
-    kept = _secrets_kept(secrets) if engine.on_this_machine else None
+    kept = _secrets_kept(engine, secrets)
     if kept is not None:
         mounts.append(docker.types.Mount(target=SECRETS, source=str(kept), type="bind", read_only=True))
     api = engine.client.api
@@ -275,7 +300,9 @@ def restic_in_helper(
             api.start(helper)
         follower = threading.Thread(target=_follow, args=(engine, helper, run, on_line), daemon=True)
         follower.start()
-        threading.Thread(target=_watch_errors, args=(engine, helper, run), daemon=True).start()
+        watching = threading.Thread(target=_watch_errors, args=(engine, helper, run), kwargs={"armed": stop_stalls})
+        watching.daemon = True
+        watching.start()
         while True:
             with engine._errors(f"waiting for the restic helper ({doing})"):
                 state = api.inspect_container(helper)["State"]
@@ -299,9 +326,11 @@ def restic_in_helper(
         _interrupt(engine, helper)
         raise
     finally:
-        engine._helper_remove(helper)
-        if kept is not None:
-            shutil.rmtree(kept, ignore_errors=True)
+        try:
+            engine._helper_remove(helper)
+        finally:
+            if kept is not None:
+                shutil.rmtree(kept, ignore_errors=True)
     return run
 
 

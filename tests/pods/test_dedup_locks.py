@@ -3,6 +3,7 @@ lets go of removes its own lock, a lock whose restic is gone (killed, or a zombi
 before any wait, a live restic's lock is waited for and named, never removed; short reads take
 no lock, and one a prune raced is read again under the lock once the prune has ended."""
 
+import io
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from apps.pods.stores.dedup import DedupStore
 from tests.faults import panel_files_changed, panel_files_snapshot
 from tests.pods.conftest import pod_volumes, pod_with_files
 from tests.pods.test_snapshot_dedup import DATA_SCRIPT, dedup_file, restic, restic_template  # noqa: F401
-from tests.restic_keys import prune_at_work
+from tests.restic_keys import prune_at_work, restic_lock_write
 
 pytestmark = [pytest.mark.django_db]
 
@@ -240,13 +241,14 @@ def going_lock(repository: Path) -> Path:
     return going
 
 
-def gone_at_restart(monkeypatch, going: Path) -> list[int]:
-    """The PIDs of the restics the panel stopped to start again; the lock is gone by then
-    (the next restic lists it no more), as a lock that went is."""
+def gone_at_restart(monkeypatch, going: Path) -> list[tuple[int, str | None]]:
+    """(PID, host name given) of each restic the panel stopped to start again; the lock is gone
+    by then (the next restic lists it no more), as a lock that went is."""
     started_again, real = [], DedupStore.own_lock_remove
 
     def gone_by_then(self, pid, **where):
-        started_again.append(pid)
+        assert isinstance(pid, int) and pid > 1  # the restic that stalled, whose lock goes
+        started_again.append((pid, where.get("hostname")))
         shutil.rmtree(going, ignore_errors=True)
         return real(self, pid, **where)
 
@@ -314,3 +316,92 @@ def test_a_writer_that_meets_a_lock_going_starts_again_and_loses_no_byte(dedup_f
         assert len(started_again) == restarts and not going.exists()
         assert b"".join(store_from_url().read(key)) == body
     assert lock_files(dedup_file) == []
+
+
+def test_only_the_lock_of_the_restic_named_by_pid_and_host_is_removed(dedup_file, restic_template):  # noqa: F811
+    """A helper's restic runs on its Docker host: its lock is known by that host's name and the
+    PID there. The same PID on another host (this machine's own restic) keeps its lock."""
+    store = store_from_url()
+    store.repository_ensure()
+    password = restic_template[1]
+    here = restic_lock_write(dedup_file, password, pid=4242, hostname=socket.gethostname())
+    there = restic_lock_write(dedup_file, password, pid=4242, hostname="docker-host-2", exclusive=False)
+    store.own_lock_remove(4242, hostname="docker-host-2")
+    assert lock_files(dedup_file) == [here]
+    store.own_lock_remove(4243)
+    assert lock_files(dedup_file) == [here]
+    store.own_lock_remove(4242)
+    assert lock_files(dedup_file) == [] and there != here
+
+
+class _Stalling:
+    """A stand-in for `restic backup --stdin`, recording what it is given: one that stalls says
+    it retries a lock that went, takes `room` bytes (what its pipe holds) and then nothing until
+    the panel stops it; one that does not takes everything and ends well."""
+
+    made: list = []
+
+    def __init__(self, room: int | None, stdout):
+        self.pid, self.returncode, self.stdout_file = 4000 + len(_Stalling.made), None, stdout
+        self.stopped, self.taken, self.room = threading.Event(), bytearray(), room
+        said = (
+            b"Load(<lock/ab12cd34ef>, 0, 0) returned error, retrying after 552ms: gone\n" if room is not None else b""
+        )
+        self.stderr, self.stdin = io.BytesIO(said), self
+        _Stalling.made.append(self)
+
+    def fileno(self):
+        raise OSError("not a pipe")
+
+    def write(self, chunk):
+        if self.room is not None and len(self.taken) + len(chunk) > self.room:
+            self.stopped.wait(10)  # its pipe is full: nothing more until the panel stops it
+            raise BrokenPipeError("restic ended")
+        self.taken += chunk
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+    def send_signal(self, _signal):
+        self.returncode = 130
+        self.stopped.set()
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.room is not None:
+            self.stopped.wait(10)
+            return self.returncode
+        self.stdout_file.write(b'{"message_type":"summary","snapshot_id":"' + b"f" * 64 + b'","data_added":1}\n')
+        self.returncode = 0
+        return 0
+
+
+def test_a_writer_whose_next_restic_stalls_while_it_is_given_the_bytes_gives_them_once_in_order(
+    dedup_file,  # noqa: F811
+    monkeypatch,
+):
+    """Two restics in a row stall on their lock, the second while it is being given what the
+    first took: the third gets every byte once, in order (not the replay and the chunk again)."""
+    store = store_from_url()
+    store.repository_ensure()
+    _Stalling.made, rooms, real = [], iter([15, 5, None]), subprocess.Popen
+
+    def popen(command, **given):
+        if "--stdin" not in command:  # the panel's other restics (its look at the locks) are real
+            return real(command, **given)
+        return _Stalling(next(rooms), given["stdout"])
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    writer = store.writer("p1/manifest.json")
+    for chunk in (b"A" * 10, b"B" * 10, b"C" * 10):
+        writer.write(chunk)
+    writer.close()
+    first, second, third = _Stalling.made
+    assert bytes(first.taken) == b"A" * 10 and bytes(second.taken) == b""
+    assert bytes(third.taken) == b"A" * 10 + b"B" * 10 + b"C" * 10
+    assert writer.restarts == 2 and writer.store_id == "f" * 64

@@ -202,6 +202,8 @@ def test_a_helper_whose_restic_meets_a_lock_going_starts_again_at_once(
     services.pod_start(pod_id=pod_id, actor="test")
     assert time.monotonic() - began < 30
     assert len(started_again) == 2 and not going.exists()
+    # Each helper's restic is known by its PID and the name of the Docker host it ran on.
+    assert {host for _, host in started_again} == {docker_client.info()["Name"]}
     assert listing(docker_client, pod_id) == before
     assert helpers_left(docker_client, pod_id) == [] and lock_files(dedup_file) == []
 

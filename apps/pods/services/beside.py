@@ -85,16 +85,18 @@ def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operat
             binds=binds,
             doing=doing,
             pod_id=owner,
+            stop_stalls=stalls < STALL_RESTARTS,  # the last one waits a lock out, as restic would
             **run,
         )
         told = result.stderr or "\n".join(result.lines[-5:])
-        if result.stalled and stalls < STALL_RESTARTS:  # a lock went as restic read it: at once
-            stalls += 1
-            store.own_lock_remove(result.pid, hostname=engine.host_hostname())
-            _log(operation, f"restic met a lock that went as it read it ({doing}): started again")
-            continue
         if result.exit_code in (0, INCOMPLETE):
             return result
+        if result.stalled:  # a lock went as restic read it: at once, with its own lock gone
+            stalls += 1
+            if (hostname := engine.host_hostname()) is not None:  # else left to age: never another's
+                store.own_lock_remove(result.pid, hostname=hostname)
+            _log(operation, f"restic met a lock that went as it read it ({doing}): started again")
+            continue
         if not (working and refused_working(env, told)):
             raise store.error(doing, told, hint=env.get("RESTIC_KEY_HINT"))
         restic_working.forget(store, env["RESTIC_KEY_HINT"])  # removed meanwhile: once more without it

@@ -190,7 +190,9 @@ class DedupStore(RepositoryLocks, SnapshotStore):
         while True:
             env = self.env(working=working)
             try:
-                done = watched(self.command(*lock_free(args, lockless)), env=env, timeout=timeout)
+                done = watched(
+                    self.command(*lock_free(args, lockless)), env=env, timeout=timeout, armed=stalls < STALL_RESTARTS
+                )
             except subprocess.TimeoutExpired as exc:
                 raise Unreachable(
                     f"snapshot store {self.url} did not answer within {timeout:.0f} s while {doing}"
@@ -354,7 +356,7 @@ class DedupStore(RepositoryLocks, SnapshotStore):
             # gathers a full chunk made the read-back of 1 GiB a third slower).
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
             _pipe_widen(process.stdout.fileno())
-            watch = StallWatch(process)
+            watch = StallWatch(process, armed=stalls < STALL_RESTARTS)  # the last one waits, as restic would
             read_to_end, given = False, False
             try:
                 while chunk := process.stdout.read(CHUNK_SIZE):

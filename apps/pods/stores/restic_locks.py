@@ -63,8 +63,8 @@ class StallWatch:
     a lock that went, and has given nothing yet (`given`), it is sent `stop` at once instead of
     waiting 45-55 s: the caller starts the same read again (`stalled`), the lock gone by then."""
 
-    def __init__(self, process: subprocess.Popen, *, stop: int = signal.SIGINT):
-        self.process, self.stop = process, stop
+    def __init__(self, process: subprocess.Popen, *, stop: int = signal.SIGINT, armed: bool = True):
+        self.process, self.stop, self.armed = process, stop, armed  # not armed: only listened to
         self.given = self.stalled = False
         self.lines: list[str] = []
         self.thread = threading.Thread(target=self._read, name="restic-stderr", daemon=True)
@@ -74,7 +74,7 @@ class StallWatch:
         for raw in iter(self.process.stderr.readline, b""):
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            if not self.stalled and not self.given and LOCK_RETRY.search(line):
+            if self.armed and not self.stalled and not self.given and LOCK_RETRY.search(line):
                 self.stalled = True
                 self.process.send_signal(self.stop)  # nothing once the process was waited for
 
@@ -96,11 +96,13 @@ class Ran:
     pid: int
 
 
-def watched(command: list[str], *, env: dict, timeout: float | None, stop: int = signal.SIGINT) -> Ran:
+def watched(
+    command: list[str], *, env: dict, timeout: float | None, stop: int = signal.SIGINT, armed: bool = True
+) -> Ran:
     """A restic command run to its end, its stderr watched (`StallWatch`). Past `timeout`
     seconds it is killed and subprocess.TimeoutExpired raised."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    watch, expired = StallWatch(process, stop=stop), threading.Event()
+    watch, expired = StallWatch(process, stop=stop, armed=armed), threading.Event()
 
     def expire() -> None:
         expired.set()
@@ -308,12 +310,12 @@ class RepositoryLocks:
             self.own_lock_remove(process.pid)
 
     def own_lock_remove(self, pid: int | None, *, hostname: str | None = None) -> None:
-        """Remove the lock a restic process of ours (`pid`, exited; on `hostname`, this machine
-        when None) left behind, and only that one, at once (`locks_clear` would find it too,
-        when a command meets it)."""
+        """Remove the lock a restic process of ours (`pid`, exited; on this machine, or on the
+        Docker host named `hostname`) left behind, and only that one, at once (`locks_clear`
+        would find it too, when a command meets it)."""
+        hostname = hostname or socket.gethostname()
         if pid is None:
             return
-        hostname = hostname or socket.gethostname()
         try:
             for lock in self.locks():
                 if lock.pid == pid and lock.hostname == hostname:

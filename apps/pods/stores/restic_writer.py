@@ -42,7 +42,8 @@ class ResticWriter(ObjectWriter):
         self.process = subprocess.Popen(
             self.command, stdin=subprocess.PIPE, stdout=self.stdout, stderr=subprocess.PIPE, env=self.env
         )
-        self.watch = StallWatch(self.process)
+        # The last restic allowed is left to wait a lock out, as restic alone would.
+        self.watch = StallWatch(self.process, armed=self.restarts < STALL_RESTARTS)
         try:
             self.pipe_bytes = fcntl.fcntl(self.process.stdin.fileno(), fcntl.F_GETPIPE_SZ)
         except OSError:
@@ -50,21 +51,27 @@ class ResticWriter(ObjectWriter):
 
     def _restarted(self) -> bool:
         """A restic stalled on its lock (before it read anything): stopped, its lock removed, and
-        a new one started and given everything written so far. False when it did not stall."""
-        self.process.wait()
-        if not (self.watch.stalled and self.held is not None and self.restarts < STALL_RESTARTS):
-            return False
-        self.restarts += 1
-        self.watch.told()
-        try:
-            self.process.stdin.close()  # it has exited: no end of input reaches it
-        except OSError:
-            pass
-        self.store.own_lock_remove(self.process.pid)
-        self._start()
-        for chunk in self.held:
-            self._put(chunk)
-        return True
+        a new one started and given everything written so far; one that stalls as well while it
+        is given it is replaced in turn. False when it did not stall (or the restarts ran out)."""
+        while True:
+            self.process.wait()
+            if not (self.watch.stalled and self.held is not None and self.restarts < STALL_RESTARTS):
+                return False
+            self.restarts += 1
+            self.watch.told()
+            try:
+                self.process.stdin.close()  # it has exited: no end of input reaches it
+            except OSError:
+                pass
+            self.store.own_lock_remove(self.process.pid)
+            self._start()
+            try:
+                for chunk in self.held:
+                    self.process.stdin.write(chunk)
+                self.process.stdin.flush()
+                return True
+            except OSError:
+                continue  # it exited as well: why is looked at from the top
 
     def _put(self, chunk: bytes) -> None:
         while True:
