@@ -139,6 +139,28 @@ def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_is_reti
     assert restic_with(store, store.env(working=False), "cat", "config", "--no-lock").returncode == 0
 
 
+def test_an_old_working_key_met_with_a_lock_going_is_retired_by_the_next_process(dedup_file, restic, tmp_path):
+    """`restic key remove` takes the lock: one that meets a lock going (45-55 s, restic#4520)
+    is stopped at once, and the old working key goes with the next process that opens the
+    repository."""
+    store = store_from_url()
+    store.repository_ensure()
+    (old,) = working_ids(store)
+    new_key = tmp_path / "new.key"
+    new_key.write_text("the repository's new key")
+    done = restic_with(store, store.env(working=False), "key", "passwd", "--new-password-file", str(new_key))
+    assert done.returncode == 0, done.stderr
+    restic.write_text(new_key.read_text())
+    going = going_lock(dedup_file)
+    began = time.monotonic()
+    made = restic_working.working(store)
+    assert time.monotonic() - began < 15  # restic alone: 45-55 s
+    assert made is not None and set(working_ids(store)) == {old, made.key_id}
+    going.rmdir()
+    restic_working._known.clear()  # the next process
+    assert restic_working.working(store).key_id == made.key_id and working_ids(store) == [made.key_id]
+
+
 def test_a_tampered_working_key_is_never_used(dedup_file, restic):
     store = store_from_url()
     store.repository_ensure()

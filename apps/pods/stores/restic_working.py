@@ -334,19 +334,22 @@ def _retire(store, files: dict[str, dict], ours: dict[str, tuple[Cost, str]]) ->
     for key_id, (_, derived_for) in ours.items():
         if derived_for in files:
             continue
+        # restic_locks imports this module: its watch is imported where it is used. A restic
+        # that stalls on a lock going (45-55 s, restic/restic#4520) is stopped: the next process
+        # that opens the repository tries again.
+        from apps.pods.stores.restic_locks import watched
+
         try:
-            done = subprocess.run(
-                store.command("key", "remove", key_id),
-                env=store.env(working=False),
-                capture_output=True,
-                timeout=PROOF_TIMEOUT_SECONDS,
-                check=False,
+            done = watched(
+                store.command("key", "remove", key_id), env=store.env(working=False), timeout=PROOF_TIMEOUT_SECONDS
             )
         except subprocess.TimeoutExpired:
             logger.warning("snapshot store %s: old working key %s not removed yet (no answer)", store.url, key_id[:8])
             continue
-        if done.returncode == 0:
+        if done.stalled:
+            logger.info("snapshot store %s: old working key %s not removed yet (a lock going)", store.url, key_id[:8])
+        elif done.returncode == 0:
             logger.info("snapshot store %s: removed working key %s (its repository key is gone)", store.url, key_id[:8])
         else:
-            told = " ".join(done.stderr.decode(errors="replace").split())[-200:]
+            told = " ".join(done.stderr.split())[-200:]
             logger.warning("snapshot store %s: old working key %s not removed yet (%s)", store.url, key_id[:8], told)
