@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,10 @@ POLL_SECONDS = 0.25
 INTERRUPT_WAIT_SECONDS = 30
 _image_lock = threading.Lock()
 _image_tags: dict[str, str] = {}  # the helper image's tag, worked out once per process
-_bindable: dict[str, bool] = {}  # per Docker host: may a helper read files bind-mounted from here
+_bindable: dict[str, tuple[bool, float]] = {}  # per Docker host: may a helper read our files, and when asked
+BINDABLE_SECONDS = 60
+# A helper's secrets folder: the worker's PID and its start time name its process.
+KEPT_NAME = re.compile(r"helper-(?P<pid>\d+)-(?P<started>\d+)-[0-9a-f]{16}")
 
 
 def _libraries(binary: str) -> list[str]:
@@ -144,14 +148,18 @@ def _started_at(pid: int | str) -> str | None:
 
 def _secrets_bindable(engine: DockerEngine) -> bool:
     """Whether a helper's root can read files of ours bind-mounted from this machine: not when
-    the daemon maps the container's root to another user (userns-remap, rootless)."""
-    if engine.base_url not in _bindable:
+    the daemon maps the container's root to another user (userns-remap, rootless) or labels
+    what a container may read (SELinux). Looked at again after a minute (a daemon restarted)."""
+    known = _bindable.get(engine.base_url)
+    if known is None or time.monotonic() - known[1] > BINDABLE_SECONDS:
         try:
             options = engine.client.info().get("SecurityOptions") or []
         except Exception:  # the create below says what is wrong with the host
             return False
-        _bindable[engine.base_url] = not any("name=userns" in o or "name=rootless" in o for o in options)
-    return _bindable[engine.base_url]
+        refused = ("name=userns", "name=rootless", "name=selinux")
+        known = (not any(word in option for option in options for word in refused), time.monotonic())
+        _bindable[engine.base_url] = known
+    return known[0]
 
 
 def _secrets_kept(engine: DockerEngine, secrets: dict[str, bytes]) -> Path | None:
@@ -159,13 +167,14 @@ def _secrets_kept(engine: DockerEngine, secrets: dict[str, bytes]) -> Path | Non
     bind-mount; None when there is no such folder or the helper could not read it (they go in
     with `put_archive` then). Folders left by a worker that died are removed first."""
     folder = restic_working._kept_folder("helpers")
-    if folder is None or not engine.on_this_machine or not _secrets_bindable(engine):
+    started = _started_at(os.getpid())
+    if folder is None or started is None or not engine.on_this_machine or not _secrets_bindable(engine):
         return None
     for left in folder.glob("helper-*"):
-        _, pid, started, _ = (left.name.split("-") + ["", "", ""])[:4]
-        if _started_at(pid) != started:
-            shutil.rmtree(left, ignore_errors=True)
-    kept = folder / f"helper-{os.getpid()}-{_started_at(os.getpid())}-{token_hex(8)}"
+        named = KEPT_NAME.fullmatch(left.name)
+        if named and _started_at(named["pid"]) != named["started"]:
+            shutil.rmtree(left, ignore_errors=True)  # its process is gone (a symlink is unlinked, not followed)
+    kept = folder / f"helper-{os.getpid()}-{started}-{token_hex(8)}"
     try:
         kept.mkdir(mode=0o700)
         for name, body in secrets.items():

@@ -355,8 +355,10 @@ class _Stalling:
 
     def write(self, chunk):
         if self.room is not None and len(self.taken) + len(chunk) > self.room:
-            self.stopped.wait(10)  # its pipe is full: nothing more until the panel stops it
-            raise BrokenPipeError("restic ended")
+            # Its pipe is full: nothing more until the panel stops it, or it waited the lock out.
+            if self.stopped.wait(1):
+                raise BrokenPipeError("restic ended")
+            self.room = None
         self.taken += chunk
 
     def flush(self):
@@ -373,8 +375,7 @@ class _Stalling:
         return self.returncode
 
     def wait(self, timeout=None):
-        if self.room is not None:
-            self.stopped.wait(10)
+        if self.room is not None and self.stopped.wait(1):
             return self.returncode
         self.stdout_file.write(b'{"message_type":"summary","snapshot_id":"' + b"f" * 64 + b'","data_added":1}\n')
         self.returncode = 0
@@ -405,3 +406,64 @@ def test_a_writer_whose_next_restic_stalls_while_it_is_given_the_bytes_gives_the
     assert bytes(first.taken) == b"A" * 10 and bytes(second.taken) == b""
     assert bytes(third.taken) == b"A" * 10 + b"B" * 10 + b"C" * 10
     assert writer.restarts == 2 and writer.store_id == "f" * 64
+
+
+def test_a_writer_leaves_its_last_restic_to_wait_a_lock_out_as_restic_alone_would(
+    dedup_file,  # noqa: F811
+    monkeypatch,
+):
+    """Once the restarts are spent, the next restic is not stopped when it says it retries: it
+    waits the lock out (45-55 s with restic 0.14) and takes everything, as restic alone would."""
+    store = store_from_url()
+    store.repository_ensure()
+    _Stalling.made, rooms, real = [], iter([15, 5]), subprocess.Popen
+
+    def popen(command, **given):
+        if "--stdin" not in command:
+            return real(command, **given)
+        return _Stalling(next(rooms), given["stdout"])
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr("apps.pods.stores.restic_writer.STALL_RESTARTS", 1)
+    writer = store.writer("p1/manifest.json")
+    for chunk in (b"A" * 10, b"B" * 10, b"C" * 10):
+        writer.write(chunk)
+    writer.close()
+    first, last = _Stalling.made
+    assert first.stopped.is_set() and not last.stopped.is_set()
+    assert bytes(last.taken) == b"A" * 10 + b"B" * 10 + b"C" * 10 and writer.restarts == 1
+
+
+@pytest.mark.docker
+def test_a_helpers_lock_is_left_to_age_when_its_docker_host_does_not_say_its_name(
+    dedup_file,  # noqa: F811
+    monkeypatch,
+):
+    """A stalled helper's lock is known by its PID and its host's name: a host that does not
+    say its name gets no lock removed (the same PID here could be a live restic's)."""
+    from apps.pods.docker_engine import DockerEngine
+    from apps.pods.services.beside import helper_restic
+    from apps.pods.services.hosts import engine_for, host_default
+
+    store = store_from_url()
+    store.repository_ensure()
+    going = going_lock(dedup_file)
+    removed = gone_at_restart(monkeypatch, going)
+
+    def nameless(self):
+        shutil.rmtree(going, ignore_errors=True)  # the lock is gone by the restart, as one going is
+        return
+
+    monkeypatch.setattr(DockerEngine, "host_hostname", nameless)
+    began = time.monotonic()
+    result = helper_restic(
+        store,
+        engine_for(host_default()),
+        owner="nameless",
+        operation=None,
+        command=["snapshots"],
+        volumes={},
+        doing="a test",
+    )
+    assert result.exit_code == 0 and time.monotonic() - began < 15
+    assert removed == [] and not going.exists()

@@ -226,7 +226,7 @@ def test_the_helpers_secrets_are_files_never_in_its_configuration_and_go_with_it
         seen[-1]["kept_mode"] = [stat.S_IMODE(Path(b).stat().st_mode) for b in bound]
 
     monkeypatch.setattr(engine.client.api, "start", start)
-    dead = restic_working._kept_folder("helpers") / "helper-999999999-left"  # a worker that died left it
+    dead = restic_working._kept_folder("helpers") / f"helper-999999999-1-{'0' * 16}"  # left by a worker that died
     dead.mkdir()
     ways = [True] if store.url.startswith("dedup+file") else [True, False]
     for here in ways:

@@ -93,7 +93,7 @@ def helper_restic(store: DedupStore, engine: DockerEngine, *, owner: str, operat
             return result
         if result.stalled:  # a lock went as restic read it: at once, with its own lock gone
             stalls += 1
-            if (hostname := engine.host_hostname()) is not None:  # else left to age: never another's
+            if hostname := engine.host_hostname():  # else left to age: never another host's
                 store.own_lock_remove(result.pid, hostname=hostname)
             _log(operation, f"restic met a lock that went as it read it ({doing}): started again")
             continue

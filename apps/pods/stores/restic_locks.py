@@ -313,7 +313,7 @@ class RepositoryLocks:
         """Remove the lock a restic process of ours (`pid`, exited; on this machine, or on the
         Docker host named `hostname`) left behind, and only that one, at once (`locks_clear`
         would find it too, when a command meets it)."""
-        hostname = hostname or socket.gethostname()
+        hostname = socket.gethostname() if hostname is None else hostname
         if pid is None:
             return
         try:
