@@ -121,7 +121,9 @@ def test_the_working_key_is_made_once_opens_the_repository_alone_and_is_found_ag
         assert mine["id"] == key_id[:8] and mine["current"] is current
 
 
-def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_is_retired(dedup_file, restic, tmp_path):
+def repository_key_changed(restic: Path, tmp_path: Path):
+    """(store, the working key made for the old repository key): the repository's key replaced
+    with restic's own `key passwd`, SNAPSHOT_KEY_FILE following it."""
     store = store_from_url()
     store.repository_ensure()
     (old,) = working_ids(store)
@@ -129,8 +131,12 @@ def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_is_reti
     new_key.write_text("the repository's new key")
     done = restic_with(store, store.env(working=False), "key", "passwd", "--new-password-file", str(new_key))
     assert done.returncode == 0, done.stderr
-    restic.write_text(new_key.read_text())  # SNAPSHOT_KEY_FILE follows
+    restic.write_text(new_key.read_text())
+    return store, old
 
+
+def test_a_changed_repository_key_gets_a_new_working_key_and_the_old_one_is_retired(dedup_file, restic, tmp_path):
+    store, old = repository_key_changed(restic, tmp_path)
     made = restic_working.working(store)
     assert made is not None and made.key_id != old
     # The old working key went (restic's own `key remove`): the old key opens nothing any more.
@@ -143,14 +149,7 @@ def test_an_old_working_key_met_with_a_lock_going_is_retired_by_the_next_process
     """`restic key remove` takes the lock: one that meets a lock going (45-55 s, restic#4520)
     is stopped at once, and the old working key goes with the next process that opens the
     repository."""
-    store = store_from_url()
-    store.repository_ensure()
-    (old,) = working_ids(store)
-    new_key = tmp_path / "new.key"
-    new_key.write_text("the repository's new key")
-    done = restic_with(store, store.env(working=False), "key", "passwd", "--new-password-file", str(new_key))
-    assert done.returncode == 0, done.stderr
-    restic.write_text(new_key.read_text())
+    store, old = repository_key_changed(restic, tmp_path)
     going = going_lock(dedup_file)
     began = time.monotonic()
     made = restic_working.working(store)
