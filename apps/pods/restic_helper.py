@@ -10,12 +10,13 @@ host that lacks it, tagged by the digest of what it holds (a new restic is a new
 Secrets never go into the container's configuration (`docker inspect` would show it): the
 repository key and S3 credentials are files. On a host that is this machine they are written
 into a private folder in memory (/dev/shm, mode 0700, files 0400), bind-mounted read-only and
-removed with the helper; on another host they are written into the created, not yet started,
+removed with the helper; on another host, or a daemon whose containers could not read them
+(userns-remap, rootless, SELinux), they are written into the created, not yet started,
 container (`put_archive`), gone with it. `put_archive` makes Docker mount the container's file
-system first: 60-90 ms on an idle machine, 1.3-2 s under a test suite's load, against nothing for a bind. The
-helper shares the host's network (an S3 endpoint on the host's loopback answers) and its PID
-namespace: restic's locks name a PID and a host name, and a lock left by a helper that is gone
-is then recognised as such (`stores.restic_locks`).
+system first: 60-90 ms on an idle machine, 1.3-2 s under a test suite's load. The helper shares
+the host's network (an S3 endpoint on the host's loopback answers) and its PID namespace:
+restic's locks name a PID and a host name, and a lock left by a helper that is gone is then
+recognised as such (`stores.restic_locks`).
 """
 
 import hashlib
@@ -234,7 +235,7 @@ def _follow(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable
         run.lines.append(held.decode("utf-8", "replace"))
 
 
-def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun, *, armed: bool) -> None:
+def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun) -> None:
     """Read the helper's stderr as it comes (a thread of its own): restic 0.14 retrying the
     read of a lock that went, before it printed anything else, is stopped with SIGINT at once
     instead of 45-55 s later (restic/restic#4520); the caller starts it again."""
@@ -244,7 +245,7 @@ def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun, *, armed: b
             held += piece
             *complete, held = held.split(b"\n")
             for raw in complete:
-                if not armed or run.stalled or run.lines or not LOCK_RETRY.search(raw.decode("utf-8", "replace")):
+                if run.stalled or run.lines or not LOCK_RETRY.search(raw.decode("utf-8", "replace")):
                     continue
                 run.stalled = True
                 logger.info("restic helper %s retries reading a lock that went: stopped to start again", helper[:12])
@@ -309,9 +310,8 @@ def restic_in_helper(
             api.start(helper)
         follower = threading.Thread(target=_follow, args=(engine, helper, run, on_line), daemon=True)
         follower.start()
-        watching = threading.Thread(target=_watch_errors, args=(engine, helper, run), kwargs={"armed": stop_stalls})
-        watching.daemon = True
-        watching.start()
+        if stop_stalls:
+            threading.Thread(target=_watch_errors, args=(engine, helper, run), daemon=True).start()
         while True:
             with engine._errors(f"waiting for the restic helper ({doing})"):
                 state = api.inspect_container(helper)["State"]
