@@ -40,7 +40,7 @@ import requests.exceptions
 
 from apps.pods.docker_engine import HELPER_LABEL, DockerEngine, DockerFailure
 from apps.pods.stores import restic_working
-from apps.pods.stores.restic_locks import LOCK_RETRY
+from apps.pods.stores.restic_stalls import retries_a_lock
 from controlpanel.errors import PanelError
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class HelperRun:
     lines: list[str] = field(default_factory=list)
     stderr: str = ""
     # Stopped as it retried reading a lock that went, before it did anything: run it again
-    # (`stores.restic_locks.StallWatch`, the same watch for a restic of the panel's own).
+    # (`stores.restic_stalls.StallWatch`, the same watch for a restic of the panel's own).
     stalled: bool = False
     pid: int | None = None  # restic's PID on the helper's host (the helpers share its PIDs)
 
@@ -245,7 +245,7 @@ def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun) -> None:
             held += piece
             *complete, held = held.split(b"\n")
             for raw in complete:
-                if run.stalled or run.lines or not LOCK_RETRY.search(raw.decode("utf-8", "replace")):
+                if run.stalled or run.lines or not retries_a_lock(raw.decode("utf-8", "replace")):
                     continue
                 run.stalled = True
                 logger.info("restic helper %s retries reading a lock that went: stopped to start again", helper[:12])

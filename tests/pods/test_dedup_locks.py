@@ -17,7 +17,10 @@ from unittest import mock
 import pytest
 
 from apps.pods import services
+from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, Snapshot
+from apps.pods.services.beside import helper_restic
+from apps.pods.services.hosts import engine_for, host_default
 from apps.pods.snapshots import StoreError, store_from_url
 from apps.pods.stores.dedup import DedupStore
 from tests.faults import panel_files_changed, panel_files_snapshot
@@ -382,26 +385,33 @@ class _Stalling:
         return 0
 
 
-def test_a_writer_whose_next_restic_stalls_while_it_is_given_the_bytes_gives_them_once_in_order(
-    dedup_file,  # noqa: F811
-    monkeypatch,
-):
-    """Two restics in a row stall on their lock, the second while it is being given what the
-    first took: the third gets every byte once, in order (not the replay and the chunk again)."""
+def written_through_stand_ins(monkeypatch, *, rooms: list[int | None]):
+    """A writer given A, B and C (10 bytes each) and closed, its restics the stand-ins made with
+    `rooms` in turn (`_Stalling.made`); the panel's other restics (its look at the locks) real."""
     store = store_from_url()
     store.repository_ensure()
-    _Stalling.made, rooms, real = [], iter([15, 5, None]), subprocess.Popen
+    _Stalling.made, left, real = [], iter(rooms), subprocess.Popen
 
     def popen(command, **given):
-        if "--stdin" not in command:  # the panel's other restics (its look at the locks) are real
+        if "--stdin" not in command:
             return real(command, **given)
-        return _Stalling(next(rooms), given["stdout"])
+        return _Stalling(next(left), given["stdout"])
 
     monkeypatch.setattr(subprocess, "Popen", popen)
     writer = store.writer("p1/manifest.json")
     for chunk in (b"A" * 10, b"B" * 10, b"C" * 10):
         writer.write(chunk)
     writer.close()
+    return writer
+
+
+def test_a_writer_whose_next_restic_stalls_while_it_is_given_the_bytes_gives_them_once_in_order(
+    dedup_file,  # noqa: F811
+    monkeypatch,
+):
+    """Two restics in a row stall on their lock, the second while it is being given what the
+    first took: the third gets every byte once, in order (not the replay and the chunk again)."""
+    writer = written_through_stand_ins(monkeypatch, rooms=[15, 5, None])
     first, second, third = _Stalling.made
     assert bytes(first.taken) == b"A" * 10 and bytes(second.taken) == b""
     assert bytes(third.taken) == b"A" * 10 + b"B" * 10 + b"C" * 10
@@ -414,21 +424,8 @@ def test_a_writer_leaves_its_last_restic_to_wait_a_lock_out_as_restic_alone_woul
 ):
     """Once the restarts are spent, the next restic is not stopped when it says it retries: it
     waits the lock out (45-55 s with restic 0.14) and takes everything, as restic alone would."""
-    store = store_from_url()
-    store.repository_ensure()
-    _Stalling.made, rooms, real = [], iter([15, 5]), subprocess.Popen
-
-    def popen(command, **given):
-        if "--stdin" not in command:
-            return real(command, **given)
-        return _Stalling(next(rooms), given["stdout"])
-
-    monkeypatch.setattr(subprocess, "Popen", popen)
     monkeypatch.setattr("apps.pods.stores.restic_writer.STALL_RESTARTS", 1)
-    writer = store.writer("p1/manifest.json")
-    for chunk in (b"A" * 10, b"B" * 10, b"C" * 10):
-        writer.write(chunk)
-    writer.close()
+    writer = written_through_stand_ins(monkeypatch, rooms=[15, 5])
     first, last = _Stalling.made
     assert first.stopped.is_set() and not last.stopped.is_set()
     assert bytes(last.taken) == b"A" * 10 + b"B" * 10 + b"C" * 10 and writer.restarts == 1
@@ -441,10 +438,6 @@ def test_a_helpers_lock_is_left_to_age_when_its_docker_host_does_not_say_its_nam
 ):
     """A stalled helper's lock is known by its PID and its host's name: a host that does not
     say its name gets no lock removed (the same PID here could be a live restic's)."""
-    from apps.pods.docker_engine import DockerEngine
-    from apps.pods.services.beside import helper_restic
-    from apps.pods.services.hosts import engine_for, host_default
-
     store = store_from_url()
     store.repository_ensure()
     going = going_lock(dedup_file)

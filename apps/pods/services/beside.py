@@ -13,8 +13,8 @@ from apps.pods.restic_helper import SECRETS, credentials_file, pod_helpers_remov
 from apps.pods.services.state import _log
 from apps.pods.stores import restic_working
 from apps.pods.stores.dedup import DedupStore
-from apps.pods.stores.restic_locks import STALL_RESTARTS
 from apps.pods.stores.restic_messages import refused_working
+from apps.pods.stores.restic_stalls import STALL_RESTARTS
 from controlpanel.errors import PanelError
 
 # restic's exit status for a snapshot made without some files it could not read.

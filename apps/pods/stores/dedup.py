@@ -36,7 +36,7 @@ from django.conf import settings
 
 from apps.pods.stores import restic_locks, restic_raw, restic_working
 from apps.pods.stores.base import CHUNK_SIZE, ObjectWriter, SnapshotStore, StoreError, StoreFull, store_full, volume_of
-from apps.pods.stores.restic_locks import STALL_RESTARTS, RepositoryLocks, StallWatch, watched
+from apps.pods.stores.restic_locks import RepositoryLocks
 from apps.pods.stores.restic_messages import (
     UNREACHABLE,
     WRONG_KEY,
@@ -46,6 +46,7 @@ from apps.pods.stores.restic_messages import (
     refused_working,
     size_of,
 )
+from apps.pods.stores.restic_stalls import STALL_RESTARTS, StallWatch, watched
 from apps.pods.stores.restic_writer import HOST, ResticWriter
 from controlpanel.errors import PanelError, Unreachable
 from controlpanel.formatting import first_line

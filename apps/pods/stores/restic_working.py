@@ -52,6 +52,7 @@ from django.conf import settings
 
 from apps.pods.stores import restic_crypto, restic_raw
 from apps.pods.stores.restic_crypto import Cost
+from apps.pods.stores.restic_stalls import watched
 
 logger = logging.getLogger(__name__)
 
@@ -334,11 +335,8 @@ def _retire(store, files: dict[str, dict], ours: dict[str, tuple[Cost, str]]) ->
     for key_id, (_, derived_for) in ours.items():
         if derived_for in files:
             continue
-        # restic_locks imports this module: its watch is imported where it is used. A restic
-        # that stalls on a lock going (45-55 s, restic/restic#4520) is stopped: the next process
-        # that opens the repository tries again.
-        from apps.pods.stores.restic_locks import watched
-
+        # A restic that stalls on a lock going (45-55 s, restic/restic#4520) is stopped: the
+        # next process that opens the repository tries again.
         try:
             done = watched(
                 store.command("key", "remove", key_id), env=store.env(working=False), timeout=PROOF_TIMEOUT_SECONDS

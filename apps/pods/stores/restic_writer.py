@@ -2,7 +2,7 @@
 and made under the host name `panel` (`HOST`), so any worker finds it.
 
 restic 0.14 may stall 45-55 s as it takes its lock, retrying the read of a lock that went
-(restic/restic#4520; `restic_locks.StallWatch`). It reads its input only once it holds the
+(restic/restic#4520; `restic_stalls.StallWatch`). It reads its input only once it holds the
 lock, so until it has taken more than its pipe holds, everything written is kept: a restic
 that says it stalls is stopped, and a new one is given it all again from the start."""
 
@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 
 from apps.pods.stores.base import ObjectWriter, StoreError
-from apps.pods.stores.restic_locks import STALL_RESTARTS, StallWatch
+from apps.pods.stores.restic_stalls import STALL_RESTARTS, StallWatch
 
 HOST = "panel"
 PIPE_BYTES = 64 * 1024  # a pipe's size when the system does not say
