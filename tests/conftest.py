@@ -21,6 +21,9 @@ def panel_paths(settings, tmp_path, monkeypatch):
     settings.VAR_DIR.mkdir()
     # A working key's password is kept in memory's folder (/dev/shm): a test's own, gone with it.
     monkeypatch.setattr("apps.pods.stores.restic_working.KEPT_IN", tmp_path)
+    # Whether a copy runs restic must not hang on how long ago a test wrote its files: marks
+    # count only where a test asks for them (tests/pods/test_volume_marks.py).
+    monkeypatch.setattr("apps.pods.services.volume_marks.QUIET_SECONDS", 1e9)
     settings.SNAPSHOT_STORE_URL = f"file://{tmp_path / 'snapshots'}"
     settings.MIX_MEDIA_DIR = tmp_path / "mix" / "media"
     settings.MIX_OUTPUTS_DIR = tmp_path / "mix" / "outputs"

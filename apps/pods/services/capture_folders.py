@@ -37,7 +37,9 @@ from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
 from apps.pods.services.state import _log
+from apps.pods.services.volume_marks import unchanged_parent, volume_marks
 from apps.pods.snapshots import store_from_url
+from apps.pods.stores import restic_raw
 from apps.pods.stores.base import StoreError
 from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.restic_locks import RepositoryLocked
@@ -86,6 +88,14 @@ def _unchanged_since(
     theirs = [tree for restic, tree in trees.items() if restic.startswith(parent_id)]
     if not ours or not theirs or ours[0] != theirs[0]:
         return None  # the parent's manifest is not needed, whether it read or not
+    return _parent_reading(parent=parent, volumes=volumes, written=written)
+
+
+def _parent_reading(*, parent: Snapshot, volumes, written: Future | None) -> dict[str, dict] | None:
+    """The parent's entries with the file lists of its manifest in the store (`written`), for
+    a backup holding the very same folders; None when that manifest gives no lists."""
+    if written is None:
+        return None
     try:
         lists = json.loads(written.result()).get("files") or {}
         if set(lists) != {volume.name for volume in volumes}:
@@ -289,28 +299,38 @@ def folders_copy(
         # the parent's manifest (one lockless restic) while restic backs the folders up
         written = started(store.get_small, f"{earlier.prefix}/manifest.json", name="parent-manifest")
     with streaming():
-        summary = _backup(
-            earlier=earlier,
-            pod=pod,
-            engine=engine,
-            store=store,
-            volumes=volumes,
-            keys=keys,
-            progress=progress,
-            operation=operation,
-            superseded=superseded,
+        marks = volume_marks(engine=engine, volumes=volumes, operation=operation)
+        reused = unchanged_parent(marks=marks, parent=earlier, volumes=volumes) and restic_raw.snapshot_present(
+            store, restic_id_of(earlier.manifest)
         )
+        if reused:
+            # Not a file changed since the parent was marked: its restic snapshot holds them.
+            summary = {"snapshot_id": restic_id_of(earlier.manifest), "data_added": 0}
+            keys = {volume.name: earlier.manifest[volume.name]["key"] for volume in volumes}
+            said = "each file's size, times and inode as they were"
+            _log(operation, f"nothing changed since snapshot #{earlier.pk} ({said}): its restic snapshot holds it all")
+        else:
+            summary = _backup(
+                earlier=earlier,
+                pod=pod,
+                engine=engine,
+                store=store,
+                volumes=volumes,
+                keys=keys,
+                progress=progress,
+                operation=operation,
+                superseded=superseded,
+            )
     backed_up()
     restic_id = summary["snapshot_id"]
     for volume in volumes:
         store.ids[keys[volume.name]] = restic_id
         store.folders[keys[volume.name]] = folder_name(volume)
     added = int(summary.get("data_added") or 0)
-    _log(
-        operation,
-        f"restic snapshot {restic_id[:8]}: {summary.get('files_new', 0)} new, {summary.get('files_changed', 0)} "
-        f"changed, {summary.get('files_unmodified', 0)} unchanged files; {humanize_bytes(added)} added to the store",
-    )
+    if not reused:
+        counts = f"{summary.get('files_new', 0)} new, {summary.get('files_changed', 0)} changed"
+        unchanged = f"{summary.get('files_unmodified', 0)} unchanged files; {humanize_bytes(added)} added to the store"
+        _log(operation, f"restic snapshot {restic_id[:8]}: {counts}, {unchanged}")
     why = superseded()
     if why:
         raise PanelError(why)
@@ -318,7 +338,9 @@ def folders_copy(
     # one that changed nothing since its parent takes the parent's reading (the verify
     # schedule reads it back later: until then it is "not yet proven").
     read = None
-    if written is not None and not (summary.get("files_new") or summary.get("files_changed")):
+    if reused and not read_back:
+        read = _parent_reading(parent=earlier, volumes=volumes, written=written)
+    elif written is not None and not (summary.get("files_new") or summary.get("files_changed")):
         read = _unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes, written=written)
         if read is not None:
             _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
@@ -347,8 +369,10 @@ def folders_copy(
             **read[volume.name],
             "etag": None,
             # One restic snapshot holds the eight: what it added is told once.
-            "stored_bytes": added if index == 0 else 0,
+            "stored_bytes": added if index == 0 and not reused else 0,
             "store_id": restic_id,
+            "mark": marks.get(volume.name),
+            **({"reused": True, "same_as": earlier.pk} if reused else {}),
         }
     return manifest
 

@@ -1,0 +1,184 @@
+"""A copy of a pod whose files did not change since its last folder snapshot, told from this
+machine by their metadata (`services.volume_marks`), on real dockerd and restic 0.14: no
+restic backup runs, the parent's restic snapshot is pointed at, and every reader, a purge, a
+stop and a start still find every byte. Any change, even one that keeps a file's size and
+modification time, and any file written too recently to trust, runs restic as before."""
+
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+
+import pytest
+
+from apps.audit.models import Operation
+from apps.audit.names import Kind
+from apps.audit.operations import run_now
+from apps.audit.services import Progress
+from apps.pods import services
+from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
+from apps.pods.services import volume_marks
+from apps.pods.services.hosts import engine_for
+from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
+from apps.pods.services.snapshotting import _snapshot_purge
+from apps.pods.services.verify import snapshot_verify
+from apps.pods.snapshots import store_from_url
+from apps.pods.stores.dedup import FOLDER_LAYOUT
+from tests.pods.conftest import WRITE_SCRIPT, listing, pod_volumes, pod_with_files, run_in
+from tests.pods.test_snapshot_beside import beside, log_of  # noqa: F401
+from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+
+pytestmark = [pytest.mark.django_db, pytest.mark.docker]
+
+SCRIPT = WRITE_SCRIPT + "mkfifo /workspace/pipe\nprintf 'one\\n' > /home/dev/notes.txt\n"
+NOTHING_CHANGED = "nothing changed since snapshot #{}"
+
+
+@pytest.fixture
+def marks(monkeypatch):
+    """Marks count for files written before the copy began (the suite's default trusts none)."""
+    monkeypatch.setattr(volume_marks, "QUIET_SECONDS", 0.0)
+
+
+def backup(pod_id: str) -> Snapshot:
+    return Snapshot.objects.get(pk=run_now(Kind.POD_BACKUP, pod_id, actor="test").result["snapshot"])
+
+
+def restic_ids(store) -> set[str]:
+    return {found["short_id"] for found in store._snapshots() if FOLDER_LAYOUT in (found.get("tags") or [])}
+
+
+def read(pod_id: str, snapshot: Snapshot, path: str) -> bytes:
+    return b"".join(file_read(snapshot_select(pod_id=pod_id, number=snapshot.pk, path=path)))
+
+
+def test_a_backup_of_an_unchanged_pod_runs_no_restic_and_points_at_its_parents_snapshot(
+    docker_client, new_pod_id, dedup_file, beside, marks
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    store = store_from_url()
+    made = restic_ids(store)
+    assert all(entry["mark"] for entry in first.manifest.values())  # a FIFO among the files
+
+    second = backup(pod_id)
+    assert NOTHING_CHANGED.format(first.pk) in log_of(second)
+    assert "backing up the volumes beside them" not in log_of(second)
+    assert restic_ids(store) == made  # no restic snapshot of the folders was made
+    for field in ("store_id", "key", "sha256"):
+        assert {n: e[field] for n, e in second.manifest.items()} == {n: e[field] for n, e in first.manifest.items()}
+    assert all(entry["reused"] and entry["same_as"] == first.pk for entry in second.manifest.values())
+    assert second.stored_bytes < 256 * 1024  # its manifest only
+    # Every reader finds its files: the page's listing, one file, the verify schedule, a drill.
+    shown = {entry.name: entry.size for entry in snapshot_entries(pod_id=pod_id, number=second.pk, path="/home/dev")}
+    assert shown["notes.txt"] == 4 and shown["blob.bin"] == 200 * 1024
+    assert read(pod_id, second, "/home/dev/notes.txt") == b"one\n"
+    assert snapshot_verify(snapshot=second, progress=Progress(None)) == ""
+    assert services.pod_drill(pod_id=pod_id, actor="test")["files"] == sum(e["files"] for e in first.manifest.values())
+
+
+def test_any_change_runs_restic_even_one_that_keeps_the_files_size_and_time(
+    docker_client, new_pod_id, dedup_file, beside, marks
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    # Same size, its modification time set back: only the change time (the kernel's) moved.
+    run_in(
+        docker_client,
+        pod_id,
+        "stamp=$(stat -c %Y /home/dev/notes.txt); printf 'two\\n' > /home/dev/notes.txt; "
+        'touch -d "@$stamp" /home/dev/notes.txt',
+    )
+    second = backup(pod_id)
+    assert NOTHING_CHANGED.format(first.pk) not in log_of(second)
+    assert second.manifest["home"]["store_id"] != first.manifest["home"]["store_id"]
+    assert read(pod_id, second, "/home/dev/notes.txt") == b"two\n"
+    assert read(pod_id, first, "/home/dev/notes.txt") == b"one\n"
+    # A new file, a removed one: the same.
+    run_in(docker_client, pod_id, "rm /home/dev/notes.txt")
+    third = backup(pod_id)
+    assert NOTHING_CHANGED.format(second.pk) not in log_of(third)
+    assert "notes.txt" not in {e.name for e in snapshot_entries(pod_id=pod_id, number=third.pk, path="/home/dev")}
+
+
+def test_files_written_just_before_a_copy_get_no_mark_and_the_next_copy_runs_restic(
+    docker_client, new_pod_id, dedup_file, beside, monkeypatch
+):
+    """A write in the same tick as the mark would not move a coarse clock's times: a volume with
+    any time that recent is not marked, so the copy after it asks restic."""
+    monkeypatch.setattr(volume_marks, "QUIET_SECONDS", 3600.0)
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    assert [entry["mark"] for entry in first.manifest.values()] == [None] * len(VOLUME_MOUNTS)
+    second = backup(pod_id)
+    assert "backing up the volumes beside them with restic (parent" in log_of(second)
+    assert second.manifest["home"]["store_id"] != first.manifest["home"]["store_id"]
+
+
+def test_a_folder_that_cannot_be_listed_from_here_leaves_the_comparison_to_restic(
+    docker_client, new_pod_id, dedup_file, beside, marks, monkeypatch
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    real = volume_marks._walk
+
+    def vanishing(root, **kwargs):  # the folder removed as the walk reaches it
+        if root.endswith("-home/_data"):
+            raise FileNotFoundError(2, "No such file or directory", root)
+        return real(root, **kwargs)
+
+    monkeypatch.setattr(volume_marks, "_walk", vanishing)
+    second = backup(pod_id)
+    assert "the volumes' files were not listed from here" in log_of(second) and "restic compares them" in log_of(second)
+    assert "backing up the volumes beside them with restic (parent" in log_of(second)
+    assert second.status == Snapshot.Status.COMPLETE and all(e["mark"] is None for e in second.manifest.values())
+    assert first.manifest["home"]["mark"]
+
+
+def test_another_host_or_a_volume_that_is_not_a_plain_folder_gets_no_marks(
+    docker_client, new_pod_id, dedup_file, beside, marks, monkeypatch
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    pod = Pod.objects.get(pod_id=pod_id)
+    volumes, engine = list(pod.volumes.all()), engine_for(pod.host)
+    assert set(volume_marks.volume_marks(engine=engine, volumes=volumes)) == set(VOLUME_MOUNTS)
+    monkeypatch.setattr(type(engine), "on_this_machine", property(lambda self: False))
+    assert volume_marks.volume_marks(engine=engine, volumes=volumes) == {}
+    monkeypatch.undo()
+    monkeypatch.setattr(volume_marks, "QUIET_SECONDS", 0.0)
+    # A volume of the local driver with options is mounted only while a container uses it.
+    victim = volumes[0]
+    docker_client.api.remove_container(f"pinacle-pod-{pod_id}", force=True)
+    docker_client.api.remove_volume(victim.docker_name)
+    docker_client.volumes.create(victim.docker_name, driver_opts={"type": "tmpfs", "device": "tmpfs"})
+    assert volume_marks.volume_marks(engine=engine, volumes=volumes) == {}
+
+
+def test_a_purge_of_the_parent_keeps_what_the_unchanged_copy_points_at_and_a_stop_reads_it_back(
+    docker_client, new_pod_id, dedup_file, beside, marks
+):
+    pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    second = backup(pod_id)
+    assert NOTHING_CHANGED.format(first.pk) in log_of(second)
+    services.snapshots_apply_retention(actor="test", keep=1)
+    first.refresh_from_db()
+    assert first.status == Snapshot.Status.DELETED
+    store = store_from_url()
+    restic_id = second.manifest["home"]["store_id"]
+    assert restic_id in restic_ids(store)
+    assert read(pod_id, second, "/home/dev/notes.txt") == b"one\n"
+
+    # The stop finds nothing changed since the backup: no restic backup, but every byte of the
+    # restic snapshot it points at read back before a volume goes.
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    assert Operation.objects.get(pk=operation.pk).status == Operation.Status.SUCCEEDED
+    stopped = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
+    assert NOTHING_CHANGED.format(second.pk) in log_of(stopped)
+    assert "read back" in log_of(stopped) and pod_volumes(docker_client, pod_id) == []
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before
+
+    # The restic snapshot goes only with the last snapshot that points at it.
+    services.snapshots_apply_retention(actor="test", keep=1)
+    second.refresh_from_db()
+    assert second.status == Snapshot.Status.DELETED and restic_id in restic_ids(store)
+    _snapshot_purge(snapshot=stopped, actor="test", operation=None)
+    assert restic_id not in restic_ids(store)
