@@ -6,6 +6,8 @@ modification time, and any file written too recently to trust, runs restic as be
 
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
+import os
+
 import pytest
 
 from apps.audit.models import Operation
@@ -21,13 +23,19 @@ from apps.pods.services.snapshotting import _snapshot_purge
 from apps.pods.services.verify import snapshot_verify
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.dedup import FOLDER_LAYOUT
+from controlpanel.errors import PanelError
 from tests.pods.conftest import WRITE_SCRIPT, listing, pod_volumes, pod_with_files, run_in
 from tests.pods.test_snapshot_beside import beside, log_of  # noqa: F401
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
-SCRIPT = WRITE_SCRIPT + "mkfifo /workspace/pipe\nprintf 'one\\n' > /home/dev/notes.txt\n"
+SCRIPT = WRITE_SCRIPT + (
+    "mkfifo /workspace/pipe\n"
+    "printf 'one\\n' > /home/dev/notes.txt\n"
+    # A modification time in the future (an unpacked archive's, say) is the pod's to set.
+    "touch /srv/future && touch -d '2031-01-01 00:00:00' /srv/future\n"
+)
 NOTHING_CHANGED = "nothing changed since snapshot #{}"
 
 
@@ -151,20 +159,15 @@ def test_another_host_or_a_volume_that_is_not_a_plain_folder_gets_no_marks(
     assert volume_marks.volume_marks(engine=engine, volumes=volumes) == {}
 
 
-def test_a_purge_of_the_parent_keeps_what_the_unchanged_copy_points_at_and_a_stop_reads_it_back(
+def test_a_stop_of_an_unchanged_pod_reads_its_parents_snapshot_back_and_a_purge_keeps_what_it_points_at(
     docker_client, new_pod_id, dedup_file, beside, marks
 ):
     pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
     first = backup(pod_id)
     second = backup(pod_id)
     assert NOTHING_CHANGED.format(first.pk) in log_of(second)
-    services.snapshots_apply_retention(actor="test", keep=1)
-    first.refresh_from_db()
-    assert first.status == Snapshot.Status.DELETED
     store = store_from_url()
     restic_id = second.manifest["home"]["store_id"]
-    assert restic_id in restic_ids(store)
-    assert read(pod_id, second, "/home/dev/notes.txt") == b"one\n"
 
     # The stop finds nothing changed since the backup: no restic backup, but every byte of the
     # restic snapshot it points at read back before a volume goes.
@@ -173,12 +176,69 @@ def test_a_purge_of_the_parent_keeps_what_the_unchanged_copy_points_at_and_a_sto
     stopped = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
     assert NOTHING_CHANGED.format(second.pk) in log_of(stopped)
     assert "read back" in log_of(stopped) and pod_volumes(docker_client, pod_id) == []
+    assert stopped.manifest["home"]["store_id"] == restic_id
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == before
 
-    # The restic snapshot goes only with the last snapshot that points at it.
+    # The two backups go (a prune: every index file rewritten); the stop's copy still points
+    # at their restic snapshot, which stays, and reads whole.
     services.snapshots_apply_retention(actor="test", keep=1)
-    second.refresh_from_db()
-    assert second.status == Snapshot.Status.DELETED and restic_id in restic_ids(store)
+    assert set(Snapshot.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {
+        Snapshot.Status.DELETED
+    }
+    assert restic_id in restic_ids(store)
+    assert read(pod_id, stopped, "/home/dev/notes.txt") == b"one\n"
+    assert snapshot_verify(snapshot=stopped, progress=Progress(None)) == ""
+    # The start gave every file a new inode and change time: the next copy asks restic.
+    third = backup(pod_id)
+    assert NOTHING_CHANGED.format(stopped.pk) not in log_of(third)
+    # The restic snapshot goes with the last snapshot that points at it.
     _snapshot_purge(snapshot=stopped, actor="test", operation=None)
     assert restic_id not in restic_ids(store)
+
+
+def test_a_rebuilt_index_makes_the_next_copy_ask_restic_which_fails_at_once_on_missing_chunks(
+    docker_client, new_pod_id, dedup_file, beside, marks
+):
+    """A pack lost and the index rebuilt (what DEDUP_REPAIR tells an operator to do) takes
+    chunks out of the index: restic's backup notices, a mark cannot. The index files the parent
+    saw are gone, so the copy asks restic; restic cannot read the parent's chunks (exit 3), and
+    the backup fails with its sentence, its restic snapshot forgotten, without waiting on the
+    lock of the manifest's writer it started ahead."""
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    store = store_from_url()
+    packs = sorted((dedup_file / "data").glob("*/*"), key=lambda pack: pack.stat().st_size)
+    packs[-1].unlink()  # the largest: blob.bin's chunks
+    store.run("rebuild-index", doing="test")
+    with pytest.raises(PanelError, match="restic could not read every file of pod"):
+        backup(pod_id)
+    failed = Snapshot.objects.filter(pod__pod_id=pod_id).order_by("-pk").first()
+    assert failed.pk != first.pk and failed.status == Snapshot.Status.FAILED
+    assert "backing up the volumes beside them with restic (parent" in log_of(failed)
+    assert NOTHING_CHANGED.format(first.pk) not in log_of(failed)
+    assert restic_ids(store) == {first.manifest["home"]["store_id"]}
+
+
+def test_the_walk_never_follows_a_link_nor_a_folder_swapped_for_one(tmp_path):
+    volume = tmp_path / "volume"
+    (volume / "sub").mkdir(parents=True)
+    (volume / "sub" / "file").write_bytes(b"x")
+    (volume / "outside").symlink_to("/usr")
+    counted = [0]
+    assert volume_marks._walk(str(volume), since_ns=2**62, counted=counted)
+    assert counted == [3]  # sub, outside (the link itself) and sub/file: nothing of /usr
+    # The folder listed, then swapped for a link before it is opened: the open fails.
+    root_fd = os.open(volume, volume_marks.FOLDER_FLAGS)
+    try:
+        listed = (volume / "sub").stat()
+        (volume / "sub").rename(tmp_path / "moved")
+        (volume / "sub").symlink_to("/usr")
+        with pytest.raises(OSError):
+            volume_marks._opened(root_fd, (b"sub",), (listed.st_dev, listed.st_ino))
+        (volume / "sub").unlink()
+        (volume / "sub").mkdir()  # another folder by the same name: not the one listed
+        with pytest.raises(volume_marks.Unmarkable, match="changed while it was listed"):
+            volume_marks._opened(root_fd, (b"sub",), (listed.st_dev, listed.st_ino))
+    finally:
+        os.close(root_fd)

@@ -30,7 +30,7 @@ from apps.audit.services import Progress, Throttle, storage_sample_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import UNREFERENCED_DOMAIN, Pod, PodVolume, Snapshot
 from apps.pods.services.beside import folders_used
-from apps.pods.services.capture_folders import folders_copy
+from apps.pods.services.capture_folders import BackupIncomplete, folders_copy, incomplete_forget
 from apps.pods.services.manifest_ahead import ManifestAhead
 from apps.pods.services.state import _error_text, _log, host_sample
 from apps.pods.services.streams import ByteCounter, Writers
@@ -344,6 +344,8 @@ def snapshot_capture(
         snapshot.refresh_from_db()
         # A failed backup leaves chunks no snapshot refers to: measured for the leak report.
         writers.abort_unused()
+        if isinstance(exc, BackupIncomplete):
+            incomplete_forget(store, exc, operation)
         _unreferenced_record(store, operation)
         raise
     progress.flush()

@@ -37,7 +37,7 @@ from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
 from apps.pods.services.state import _log
-from apps.pods.services.volume_marks import unchanged_parent, volume_marks
+from apps.pods.services.volume_marks import index_files, index_witness, unchanged_parent, volume_marks
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores import restic_raw
 from apps.pods.stores.base import StoreError
@@ -189,10 +189,29 @@ def _backup(
     if summary is None:
         raise StoreError(f"snapshot store {store.url}: restic finished backing up pod {pod.pod_id} without a summary")
     if result.exit_code == INCOMPLETE:
-        store.run("forget", summary["snapshot_id"], doing="forgetting an incomplete backup")
         unread = " ".join(result.stderr.split())[-300:]
-        raise PanelError(f"restic could not read every file of pod {pod.pod_id}, so nothing counts: {unread}")
+        raise BackupIncomplete(
+            f"restic could not read every file of pod {pod.pod_id}, so nothing counts: {unread}",
+            restic_id=summary["snapshot_id"],
+        )
     return summary
+
+
+class BackupIncomplete(PanelError):
+    """restic made a snapshot without some files (exit 3): it is forgotten once the copy's other
+    restics are gone (`incomplete_forget`), not while the manifest's writer, started ahead,
+    holds the lock a forget must wait for."""
+
+    def __init__(self, message: str, *, restic_id: str):
+        super().__init__(message)
+        self.restic_id = restic_id
+
+
+def incomplete_forget(store: DedupStore, exc: BackupIncomplete, operation) -> None:
+    try:
+        store.run("forget", exc.restic_id, doing="forgetting an incomplete backup")
+    except Exception as failure:  # its keys are the failed snapshot's: retention purges them
+        _log(operation, f"restic snapshot {exc.restic_id[:8]} is left for retention to purge: {failure}")
 
 
 def _readback(
@@ -300,9 +319,9 @@ def folders_copy(
         written = started(store.get_small, f"{earlier.prefix}/manifest.json", name="parent-manifest")
     with streaming():
         marks = volume_marks(engine=engine, volumes=volumes, operation=operation)
-        reused = unchanged_parent(marks=marks, parent=earlier, volumes=volumes) and restic_raw.snapshot_present(
-            store, restic_id_of(earlier.manifest)
-        )
+        index_now = index_files(store) if marks else []
+        reused = unchanged_parent(marks=marks, parent=earlier, volumes=volumes, index=index_now)
+        reused = reused and restic_raw.snapshot_present(store, restic_id_of(earlier.manifest))
         if reused:
             # Not a file changed since the parent was marked: its restic snapshot holds them.
             summary = {"snapshot_id": restic_id_of(earlier.manifest), "data_added": 0}
@@ -345,6 +364,8 @@ def folders_copy(
         if read is not None:
             _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
     if read is None:
+        # A reused snapshot's dump is the parent's: its size is known.
+        expected = earlier.manifest[volumes[0].name].get("archive_bytes", 0) if reused else tar_bytes_about(summary)
         try:
             read = _readback(
                 store=store,
@@ -353,14 +374,15 @@ def folders_copy(
                 progress=progress,
                 superseded=superseded,
                 operation=operation,
-                expected=tar_bytes_about(summary),
+                expected=expected,
                 nearing=ahead.start if ahead is not None else None,
             )
         except RepositoryLocked:
             raise  # a prune holds the store: nothing is damaged, the sentence says when to try again
         except StoreError as exc:
             raise _damaged(store=store, snapshot=snapshot, earlier=earlier, exc=exc) from exc
-    manifest = {}
+    # The index files the next copy will look for: those there now (restic's backup wrote its own).
+    manifest, witness = {}, index_witness(index_now if reused or not marks else index_files(store))
     for index, volume in enumerate(volumes):
         manifest[volume.name] = {
             "key": keys[volume.name],
@@ -372,6 +394,7 @@ def folders_copy(
             "stored_bytes": added if index == 0 and not reused else 0,
             "store_id": restic_id,
             "mark": marks.get(volume.name),
+            "index_seen": witness if marks.get(volume.name) else [],
             **({"reused": True, "same_as": earlier.pk} if reused else {}),
         }
     return manifest

@@ -39,53 +39,89 @@ import time
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import PodVolume, Snapshot, volume_docker_name
 from apps.pods.services.state import _log
+from apps.pods.stores import restic_raw
 
 logger = logging.getLogger(__name__)
 
 # A time this close to the mark (or after it) may share the mark's tick: not trusted.
 QUIET_SECONDS = 2.0
 # Beyond this many entries in the eight volumes the walk costs more than restic's own look.
-MOST_ENTRIES = 500_000
+MOST_ENTRIES = 200_000
+# How many of the repository's index files a copy records (`index_witness`).
+WITNESSES = 4
 
 
 class Unmarkable(Exception):
     """The volumes cannot be marked from here; the sentence says why."""
 
 
+# Each folder is opened from its parent, never through a symlink: a pod that swaps a folder
+# for a link while it is listed makes the open fail, not the walk wander off its volume.
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _opened(root_fd: int, parts: tuple[bytes, ...], expected: tuple[int, int]) -> int:
+    """The folder `parts` below the root, opened one name at a time; it must still be the
+    folder that was listed (its device and inode)."""
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            below = os.open(name, FOLDER_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        found = os.fstat(fd)
+        if (found.st_dev, found.st_ino) != expected:
+            raise Unmarkable(f"{b'/'.join(parts).decode(errors='replace')} changed while it was listed")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _walk(root: str, *, since_ns: int, counted: list[int]) -> str | None:
-    """One volume folder's mark, or None when a time in it is not yet settled."""
-    top = os.lstat(root)
-    if not stat.S_ISDIR(top.st_mode):
-        raise Unmarkable(f"{root} is not a folder")
-    digest = hashlib.sha256(f"{top.st_dev} {top.st_ino} {top.st_mode} {top.st_uid} {top.st_gid}".encode())
-    newest = max(top.st_mtime_ns, top.st_ctime_ns)
-    digest.update(f" {top.st_mtime_ns} {top.st_ctime_ns}\n".encode())
-    base, folders = os.fsencode(root), [b""]
-    while folders:
-        relative = folders.pop()  # b"" or b"/a/b": names as bytes, whatever their encoding
-        with os.scandir(base + relative) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
-        counted[0] += len(entries)
-        if counted[0] > MOST_ENTRIES:
-            raise Unmarkable(f"more than {MOST_ENTRIES:,} files")
-        for entry in entries:
-            found = entry.stat(follow_symlinks=False)
-            path = relative + b"/" + entry.name
-            fields = (
-                found.st_mode,
-                found.st_ino,
-                found.st_nlink,
-                found.st_size,
-                found.st_uid,
-                found.st_gid,
-                found.st_mtime_ns,
-                found.st_ctime_ns,
-                found.st_rdev,
-            )
-            digest.update(path + b"\0" + " ".join(map(str, fields)).encode() + b"\n")
-            newest = max(newest, found.st_mtime_ns, found.st_ctime_ns)
-            if stat.S_ISDIR(found.st_mode):
-                folders.append(path)
+    """One volume folder's mark, or None when a change time in it is not yet settled."""
+    root_fd = os.open(root, FOLDER_FLAGS)
+    try:
+        top = os.fstat(root_fd)
+        digest = hashlib.sha256(f"{top.st_dev} {top.st_ino} {top.st_mode} {top.st_uid} {top.st_gid}".encode())
+        digest.update(f" {top.st_mtime_ns} {top.st_ctime_ns}\n".encode())
+        newest = top.st_ctime_ns
+        folders: list[tuple[tuple[bytes, ...], tuple[int, int]]] = [((), (top.st_dev, top.st_ino))]
+        while folders:
+            parts, expected = folders.pop()
+            fd = _opened(root_fd, parts, expected)
+            try:
+                with os.scandir(fd) as listing:
+                    entries = sorted(listing, key=lambda entry: entry.name)
+                counted[0] += len(entries)
+                if counted[0] > MOST_ENTRIES:
+                    raise Unmarkable(f"more than {MOST_ENTRIES:,} files")
+                below = []
+                for entry in entries:
+                    found = entry.stat(follow_symlinks=False)  # the link itself, never its target
+                    name = os.fsencode(entry.name)  # names as bytes, whatever their encoding
+                    fields = (
+                        found.st_mode,
+                        found.st_ino,
+                        found.st_nlink,
+                        found.st_size,
+                        found.st_uid,
+                        found.st_gid,
+                        found.st_mtime_ns,
+                        found.st_ctime_ns,
+                        found.st_rdev,
+                    )
+                    digest.update(b"/".join((*parts, name)) + b"\0" + " ".join(map(str, fields)).encode() + b"\n")
+                    # Only the change time counts: the kernel sets it; a modification time
+                    # is whatever the pod says (one in the future would mark nothing, ever).
+                    newest = max(newest, found.st_ctime_ns)
+                    if stat.S_ISDIR(found.st_mode):
+                        below.append(((*parts, name), (found.st_dev, found.st_ino)))
+                folders.extend(reversed(below))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
     return digest.hexdigest() if newest < since_ns else None
 
 
@@ -112,8 +148,11 @@ def volume_marks(*, engine: DockerEngine, volumes: list[PodVolume], operation=No
     since_ns = int((began - QUIET_SECONDS) * 1e9)
     counted = [0]
     try:
-        folders = _folders(engine, volumes)
-        marks = {name: _walk(folder, since_ns=since_ns, counted=counted) for name, folder in folders.items()}
+        marks: dict[str, str | None] = {}
+        for name, folder in _folders(engine, volumes).items():
+            # One volume without a mark: this copy cannot be the parent's, nor the next one this one's.
+            unsettled = any(mark is None for mark in marks.values())
+            marks[name] = None if unsettled else _walk(folder, since_ns=since_ns, counted=counted)
     except (Unmarkable, OSError) as exc:
         _log(operation, f"the volumes' files were not listed from here ({exc}): restic compares them")
         return {}
@@ -124,9 +163,37 @@ def volume_marks(*, engine: DockerEngine, volumes: list[PodVolume], operation=No
     return marks
 
 
-def unchanged_parent(*, marks: dict[str, str | None], parent: Snapshot | None, volumes: list[PodVolume]) -> bool:
-    """Every volume carries the mark the parent recorded: the parent's restic snapshot holds them."""
-    if parent is None or not marks:
+def index_files(store) -> list[str]:
+    """The repository's index files now ([] when they cannot be listed: nothing is reused)."""
+    try:
+        return restic_raw.names(store, "index")
+    except Exception as exc:  # the copy runs restic, which says what is wrong with the store
+        logger.info("could not list the index files of %s: %s", store.url, exc)
+        return []
+
+
+def index_witness(index: list[str]) -> list[str]:
+    """A few of the index files a copy saw: while they are all there, no prune and no rebuilt
+    index has removed a chunk since (both rewrite every index file they keep)."""
+    return sorted(index)[:WITNESSES]
+
+
+def unchanged_parent(
+    *, marks: dict[str, str | None], parent: Snapshot | None, volumes: list[PodVolume], index: list[str]
+) -> bool:
+    """Every volume carries the mark the parent recorded, and the index files the parent saw
+    are all still there: the parent's restic snapshot holds these very files, and restic's
+    index still lists every chunk of them (restic's own backup with a parent asks the same)."""
+    if parent is None or not marks or not index:
         return False
-    recorded = {name: (entry or {}).get("mark") for name, entry in (parent.manifest or {}).items()}
-    return all(marks.get(v.name) is not None and marks.get(v.name) == recorded.get(v.name) for v in volumes)
+    entries, present = parent.manifest or {}, set(index)
+    if set(entries) != {volume.name for volume in volumes}:
+        return False
+    for volume in volumes:
+        entry = entries[volume.name] if isinstance(entries[volume.name], dict) else {}
+        seen = entry.get("index_seen") or []
+        if marks.get(volume.name) is None or marks[volume.name] != entry.get("mark"):
+            return False
+        if not seen or not set(seen) <= present:
+            return False
+    return True
