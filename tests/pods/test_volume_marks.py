@@ -17,6 +17,7 @@ from apps.audit.services import Progress
 from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.services import volume_marks
+from apps.pods.services.capture_folders import parent_for
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.snapshotting import _snapshot_purge
@@ -27,6 +28,7 @@ from controlpanel.errors import PanelError
 from tests.pods.conftest import WRITE_SCRIPT, listing, pod_volumes, pod_with_files, run_in
 from tests.pods.test_snapshot_beside import beside, log_of  # noqa: F401
 from tests.pods.test_snapshot_dedup import dedup_file, restic, restic_template  # noqa: F401
+from tests.pods.test_snapshot_readback import first_blob_under, flip_blob
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
@@ -242,3 +244,22 @@ def test_the_walk_never_follows_a_link_nor_a_folder_swapped_for_one(tmp_path):
             volume_marks._opened(root_fd, (b"sub",), (listed.st_dev, listed.st_ino))
     finally:
         os.close(root_fd)
+
+
+def test_a_failed_verify_fails_every_snapshot_pointing_at_the_same_restic_snapshot(
+    docker_client, new_pod_id, dedup_file, beside, marks
+):
+    """Once the one that failed is purged, another pointing at the same damaged chunks must not
+    become the next copy's parent (nor be marked again by its mark)."""
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    first = backup(pod_id)
+    second = backup(pod_id)
+    assert NOTHING_CHANGED.format(first.pk) in log_of(second)
+    store = store_from_url()
+    restic_id = first.manifest["home"]["store_id"]
+    flip_blob(store, first_blob_under(store, restic_id, "dev"), dedup_file)
+    result = services.snapshots_verify(actor="test", pod_id=pod_id)  # the pod's latest: the second
+    assert list(result["failed"]) == [str(second.pk)]
+    first.refresh_from_db()
+    assert f"shares its stored objects with snapshot #{second.pk}, which failed verification" in first.verify_error
+    assert parent_for(pod=first.pod, store=store) is None
