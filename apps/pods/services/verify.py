@@ -22,7 +22,6 @@ from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.beside import object_bytes, objects_to_read
 from apps.pods.services.state import _log
-from apps.pods.services.unchanged import manifest_keys
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
 from apps.pods.stores.dedup import DEDUP_REPAIR
 from apps.pods.stores.restic_locks import RepositoryLocked
@@ -119,15 +118,6 @@ def _manifest_advice(snapshot: Snapshot) -> str:
     )
 
 
-def _sharing(snapshot: Snapshot) -> list[int]:
-    """The pod's other complete snapshots in the same store that point at any object it does."""
-    keys = manifest_keys(snapshot.manifest)
-    others = Snapshot.objects.filter(
-        pod_id=snapshot.pod_id, store_url=snapshot.store_url, status=Snapshot.Status.COMPLETE
-    ).exclude(pk=snapshot.pk)
-    return [pk for pk, manifest in others.values_list("pk", "manifest") if keys & manifest_keys(manifest)]
-
-
 def _verified(*, snapshot: Snapshot, error: str, actor: Actor, operation: Operation | None) -> None:
     now = timezone.now()
     with transaction.atomic():
@@ -138,10 +128,6 @@ def _verified(*, snapshot: Snapshot, error: str, actor: Actor, operation: Operat
             )
             return
         Snapshot.objects.filter(pk=snapshot.pk).update(verify_checked_at=now, verify_error=error)
-        # Snapshots that point at the same stored objects (an unchanged volume's, reused) hold
-        # the same damage: they fail too, so none of them is taken as a parent meanwhile.
-        shared = f"shares its stored objects with snapshot #{snapshot.pk}, which failed verification: {error}"
-        Snapshot.objects.filter(pk__in=_sharing(snapshot)).update(verify_checked_at=now, verify_error=shared[:2000])
         audit_record(
             actor=actor,
             action=AuditAction.PODS_VERIFY,

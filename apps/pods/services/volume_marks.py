@@ -33,7 +33,10 @@ compares as before.
 import hashlib
 import logging
 import os
+import re
+import shutil
 import stat
+import subprocess
 import time
 
 from apps.pods.docker_engine import DockerEngine
@@ -47,82 +50,98 @@ logger = logging.getLogger(__name__)
 QUIET_SECONDS = 2.0
 # Beyond this many entries in the eight volumes the walk costs more than restic's own look.
 MOST_ENTRIES = 200_000
+MOST_DEPTH = 256
+# The walk runs inside a backup's pause: past this, restic compares instead.
+MOST_SECONDS = 5.0
 # How many of the repository's index files a copy records (`index_witness`).
 WITNESSES = 4
+_restic_seen: dict[str, bool] = {}
 
 
 class Unmarkable(Exception):
     """The volumes cannot be marked from here; the sentence says why."""
 
 
-# Each folder is opened from its parent, never through a symlink: a pod that swaps a folder
-# for a link while it is listed makes the open fail, not the walk wander off its volume.
+# Each folder is opened from its parent's open folder by name, never through a link: a pod
+# that swaps a folder for a link while it is listed makes the open fail, not the walk wander
+# off its volume. Only the folders on the way down are open at once (at most MOST_DEPTH).
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _opened(root_fd: int, parts: tuple[bytes, ...], expected: tuple[int, int]) -> int:
-    """The folder `parts` below the root, opened one name at a time; it must still be the
-    folder that was listed (its device and inode)."""
-    fd = os.dup(root_fd)
-    try:
-        for name in parts:
-            below = os.open(name, FOLDER_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = below
-        found = os.fstat(fd)
-        if (found.st_dev, found.st_ino) != expected:
-            raise Unmarkable(f"{b'/'.join(parts).decode(errors='replace')} changed while it was listed")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+class _Walk:
+    """The eight volumes' walk: one digest per folder, one budget of entries and time."""
 
+    def __init__(self, *, since_ns: int, deadline: float):
+        self.since_ns, self.deadline, self.entries = since_ns, deadline, 0
 
-def _walk(root: str, *, since_ns: int, counted: list[int]) -> str | None:
-    """One volume folder's mark, or None when a change time in it is not yet settled."""
-    root_fd = os.open(root, FOLDER_FLAGS)
-    try:
-        top = os.fstat(root_fd)
-        digest = hashlib.sha256(f"{top.st_dev} {top.st_ino} {top.st_mode} {top.st_uid} {top.st_gid}".encode())
-        digest.update(f" {top.st_mtime_ns} {top.st_ctime_ns}\n".encode())
-        newest = top.st_ctime_ns
-        folders: list[tuple[tuple[bytes, ...], tuple[int, int]]] = [((), (top.st_dev, top.st_ino))]
-        while folders:
-            parts, expected = folders.pop()
-            fd = _opened(root_fd, parts, expected)
-            try:
-                with os.scandir(fd) as listing:
-                    entries = sorted(listing, key=lambda entry: entry.name)
-                counted[0] += len(entries)
-                if counted[0] > MOST_ENTRIES:
-                    raise Unmarkable(f"more than {MOST_ENTRIES:,} files")
-                below = []
-                for entry in entries:
-                    found = entry.stat(follow_symlinks=False)  # the link itself, never its target
-                    name = os.fsencode(entry.name)  # names as bytes, whatever their encoding
-                    fields = (
-                        found.st_mode,
-                        found.st_ino,
-                        found.st_nlink,
-                        found.st_size,
-                        found.st_uid,
-                        found.st_gid,
-                        found.st_mtime_ns,
-                        found.st_ctime_ns,
-                        found.st_rdev,
-                    )
-                    digest.update(b"/".join((*parts, name)) + b"\0" + " ".join(map(str, fields)).encode() + b"\n")
-                    # Only the change time counts: the kernel sets it; a modification time
-                    # is whatever the pod says (one in the future would mark nothing, ever).
-                    newest = max(newest, found.st_ctime_ns)
-                    if stat.S_ISDIR(found.st_mode):
-                        below.append(((*parts, name), (found.st_dev, found.st_ino)))
-                folders.extend(reversed(below))
-            finally:
+    def mark(self, root: str) -> str | None:
+        """One volume folder's mark, or None when a change time in it is not yet settled."""
+        root_fd = os.open(root, FOLDER_FLAGS)
+        stack: list[tuple[tuple[bytes, ...], int, list]] = [((), root_fd, [])]
+        try:
+            top = os.fstat(root_fd)
+            self.digest = hashlib.sha256(f"{top.st_dev} {top.st_ino} {top.st_mode} {top.st_uid} {top.st_gid}".encode())
+            self.digest.update(f" {top.st_mtime_ns} {top.st_ctime_ns}\n".encode())
+            self.newest = top.st_ctime_ns
+            stack[0] = ((), root_fd, self._listed(root_fd, ()))
+            while stack:
+                parts, fd, below = stack[-1]
+                if not below:
+                    stack.pop()
+                    os.close(fd)
+                    continue
+                name, expected = below.pop()
+                if len(stack) > MOST_DEPTH:
+                    raise Unmarkable(f"folders nested deeper than {MOST_DEPTH}")
+                child = os.open(name, FOLDER_FLAGS, dir_fd=fd)
+                try:
+                    found = os.fstat(child)
+                    if (found.st_dev, found.st_ino) != expected:
+                        raise Unmarkable(f"{b'/'.join((*parts, name)).decode(errors='replace')} changed while listed")
+                    listed = self._listed(child, (*parts, name))
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append(((*parts, name), child, listed))
+        finally:
+            for _parts, fd, _below in stack:
                 os.close(fd)
-    finally:
-        os.close(root_fd)
-    return digest.hexdigest() if newest < since_ns else None
+        return self.digest.hexdigest() if self.newest < self.since_ns else None
+
+    def _listed(self, fd: int, parts: tuple[bytes, ...]) -> list[tuple[bytes, tuple[int, int]]]:
+        """Digest the folder's entries in name order; its sub-folders, last first."""
+        entries = []
+        with os.scandir(fd) as listing:
+            for entry in listing:
+                self.entries += 1
+                if self.entries > MOST_ENTRIES:
+                    raise Unmarkable(f"more than {MOST_ENTRIES:,} files")
+                entries.append(entry)
+        if time.monotonic() > self.deadline:
+            raise Unmarkable(f"listing them took over {MOST_SECONDS:g} s")
+        below = []
+        for entry in sorted(entries, key=lambda entry: entry.name):
+            found = entry.stat(follow_symlinks=False)  # the link itself, never its target
+            name = os.fsencode(entry.name)  # names as bytes, whatever their encoding
+            fields = (
+                found.st_mode,
+                found.st_ino,
+                found.st_nlink,
+                found.st_size,
+                found.st_uid,
+                found.st_gid,
+                found.st_mtime_ns,
+                found.st_ctime_ns,
+                found.st_rdev,
+            )
+            self.digest.update(b"/".join((*parts, name)) + b"\0" + " ".join(map(str, fields)).encode() + b"\n")
+            # Only the change time counts: the kernel sets it; a modification time is whatever
+            # the pod says (one in the future would mark nothing, ever).
+            self.newest = max(self.newest, found.st_ctime_ns)
+            if stat.S_ISDIR(found.st_mode):
+                below.append((name, (found.st_dev, found.st_ino)))
+        below.reverse()
+        return below
 
 
 def _folders(engine: DockerEngine, volumes: list[PodVolume]) -> dict[str, str]:
@@ -145,26 +164,41 @@ def _folders(engine: DockerEngine, volumes: list[PodVolume]) -> dict[str, str]:
 def volume_marks(*, engine: DockerEngine, volumes: list[PodVolume], operation=None) -> dict[str, str | None]:
     """Each volume's mark now ({} when they cannot be marked from here: the log says why)."""
     began = time.time()
-    since_ns = int((began - QUIET_SECONDS) * 1e9)
-    counted = [0]
+    walk = _Walk(since_ns=int((began - QUIET_SECONDS) * 1e9), deadline=time.monotonic() + MOST_SECONDS)
     try:
         marks: dict[str, str | None] = {}
         for name, folder in _folders(engine, volumes).items():
             # One volume without a mark: this copy cannot be the parent's, nor the next one this one's.
             unsettled = any(mark is None for mark in marks.values())
-            marks[name] = None if unsettled else _walk(folder, since_ns=since_ns, counted=counted)
+            marks[name] = None if unsettled else walk.mark(folder)
     except (Unmarkable, OSError) as exc:
         _log(operation, f"the volumes' files were not listed from here ({exc}): restic compares them")
         return {}
     except Exception as exc:  # Docker's answer: the copy goes on, restic compares
         logger.info("could not mark the volumes of pod %s: %s", volumes[0].pod.pod_id, exc)
         return {}
-    logger.info("marked %s entries in %.3f s", counted[0], time.time() - began)
+    logger.info("marked %s entries in %.3f s", walk.entries, time.time() - began)
     return marks
 
 
+def _index_rewritten_whole() -> bool:
+    """Whether this machine's restic rewrites every index file it keeps when it prunes or
+    rebuilds the index: 0.14-0.16 do; 0.17 rewrites only those that changed (restic/restic#4812),
+    so a copy's witnesses would no longer tell. Asked once per process."""
+    if "whole" not in _restic_seen:
+        restic, found = shutil.which("restic"), None
+        if restic is not None:
+            done = subprocess.run([restic, "version"], capture_output=True, text=True, timeout=30, check=False)
+            found = re.match(r"restic (\d+)\.(\d+)\.", done.stdout)
+        _restic_seen["whole"] = found is not None and (0, 14) <= (int(found[1]), int(found[2])) < (0, 17)
+    return _restic_seen["whole"]
+
+
 def index_files(store) -> list[str]:
-    """The repository's index files now ([] when they cannot be listed: nothing is reused)."""
+    """The repository's index files now ([] when they cannot be listed, or would tell nothing:
+    nothing is reused)."""
+    if not _index_rewritten_whole():
+        return []
     try:
         return restic_raw.names(store, "index")
     except Exception as exc:  # the copy runs restic, which says what is wrong with the store
