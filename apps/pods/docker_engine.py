@@ -133,7 +133,8 @@ class DockerEngine:
         for row in answer.get("Volumes") or []:
             if not row["Name"].startswith(name_prefix):
                 continue
-            created = parse_datetime(row["CreatedAt"]) if row.get("CreatedAt") else None
+            stamp = row.get("CreatedAt") or ""  # "0001-…": its folder could not be looked at (being removed)
+            created = parse_datetime(stamp) if stamp and not stamp.startswith("0001-") else None
             found.append(VolumeInfo(name=row["Name"], labels=row.get("Labels") or {}, created_at=created))
         return found
 
@@ -194,9 +195,8 @@ class DockerEngine:
         return VolumeSizes(sizes=sizes, walked=names[:reached])
 
     def container_probe(self, *, image: str, seconds: float) -> None:
-        """Create, start and remove a throwaway container on the default network: what every
-        pod start needs. A host can answer a ping and still fail here (image gone, its bridge
-        network deleted, its disk full)."""
+        """Create, start and remove a throwaway container on the default network: what every pod start
+        needs. A host can answer a ping and still fail here (image gone, its bridge network deleted, disk full)."""
         with self._errors("creating a probe container"):
             helper = self.client.api.create_container(
                 image, ["true"], labels={HELPER_LABEL: "probe"}, host_config=self.client.api.create_host_config()

@@ -1,7 +1,9 @@
 """Orphan sweep and snapshot retention. Each test only looks at volumes under its own
 unique name prefix, so volumes of other tests on the same dockerd are never touched."""
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import docker.errors
 import pytest
@@ -12,6 +14,7 @@ from apps.audit.models import AuditEvent
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.services import operation_create
 from apps.pods import services
+from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import OrphanVolume, Pod, Snapshot
 from apps.pods.snapshots import store_from_url
 from controlpanel.errors import InvalidInput
@@ -145,3 +148,16 @@ def test_retention_never_takes_the_snapshot_a_stopped_pod_needs(pods_settings):
     only = make_snapshot(pod, age_hours=100)
     assert services.snapshots_apply_retention(actor="test", keep=0)["purged"] == []
     assert Snapshot.objects.get(pk=only.pk).status == Snapshot.Status.COMPLETE
+
+
+def test_a_volume_whose_folder_is_going_has_no_age_and_is_never_past_its_grace(docker_client, pods_settings, prefix):
+    """While Docker removes a volume its folder goes first, and Docker then says it was created
+    in year 1: read as such, every volume another operation was removing showed on the sweep's
+    page as an orphan long past its grace period."""
+    pods_settings.POD_ORPHAN_GRACE_MINUTES = 60
+    name = make_volume(docker_client, f"{prefix}a-workspace")
+    folder = Path(docker_client.api.inspect_volume(name)["Mountpoint"]).parent
+    shutil.rmtree(folder)  # what Docker's removal does first
+    [volume] = DockerEngine(host_name="local", base_url=pods_settings.DOCKER_HOST).volumes_list(name_prefix=prefix)
+    assert volume.created_at is None
+    assert services.orphans_plan(name_prefix=prefix) == []
