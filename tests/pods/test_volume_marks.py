@@ -18,6 +18,7 @@ from apps.audit.services import Progress
 from apps.pods import services
 from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.services import volume_marks
+from apps.pods.services.backup import backed_up_sentence
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.snapshotting import _snapshot_purge
@@ -77,7 +78,10 @@ def test_a_backup_of_an_unchanged_pod_runs_no_restic_and_points_at_its_parents_s
     made = restic_ids(store)
     assert all(entry["mark"] for entry in first.manifest.values())  # a FIFO among the files
 
-    second = backup(pod_id)
+    result = run_now(Kind.POD_BACKUP, pod_id, actor="test").result
+    second = Snapshot.objects.get(pk=result["snapshot"])
+    assert result["unchanged_since"] == first.pk
+    assert f"nothing had changed since snapshot #{first.pk}); not yet proven" in backed_up_sentence(result)
     assert NOTHING_CHANGED.format(first.pk) in log_of(second)
     assert "backing up the volumes beside them" not in log_of(second)
     assert restic_ids(store) == made  # no restic snapshot of the folders was made

@@ -205,9 +205,12 @@ def pod_backup(*, pod_id: str, actor: Actor, operation: Operation | None = None)
         f"{humanize_bytes(snapshot.stored_bytes or 0)} stored, {consistency}{paused}); nothing removed",
         details={"snapshot": snapshot.pk},
     )
+    kept_from = {entry.get("same_as") if entry.get("reused") else None for entry in snapshot.manifest.values()}
     return {
         "pod_id": pod_id,
         "snapshot": snapshot.pk,
+        # Every volume kept as it is in an earlier snapshot: nothing had changed since.
+        "unchanged_since": kept_from.pop() if len(kept_from) == 1 else None,
         "total_bytes": snapshot.total_bytes,
         "stored_bytes": snapshot.stored_bytes,
         "seconds": seconds,
@@ -239,9 +242,11 @@ def pod_backup_interval_set(*, pod_id: str, hours: float | None, actor: Actor) -
 
 
 def backed_up_sentence(result: dict) -> str:
-    paused = f", the pod paused {result['paused_seconds']:.2f} s" if result.get("paused_seconds") is not None else ""
+    said = f", the pod paused {result['paused_seconds']:.2f} s" if result.get("paused_seconds") is not None else ""
+    if result.get("unchanged_since"):
+        said += f"; nothing had changed since snapshot #{result['unchanged_since']}"
     return (
         f"Pod {result['pod_id']} backed up while running: snapshot #{result['snapshot']} holds "
         f"{humanize_bytes(result['total_bytes'])} ({humanize_bytes(result['stored_bytes'] or 0)} added to the store, "
-        f"{result['consistency']}{paused}); not yet proven until it is verified."
+        f"{result['consistency']}{said}); not yet proven until it is verified."
     )
