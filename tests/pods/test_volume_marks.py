@@ -7,6 +7,7 @@ modification time, and any file written too recently to trust, runs restic as be
 # ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -295,3 +296,13 @@ def test_with_a_restic_that_keeps_old_index_files_nothing_is_reused(
     second = backup(pod_id)
     assert NOTHING_CHANGED.format(first.pk) not in log_of(second)
     assert second.manifest["home"]["store_id"] != first.manifest["home"]["store_id"]
+
+
+def test_a_restic_that_does_not_tell_its_version_reuses_nothing(monkeypatch):
+    monkeypatch.setattr(volume_marks, "_restic_seen", {})
+
+    def hanging(*args, **kwargs):
+        raise subprocess.TimeoutExpired("restic", 30)
+
+    monkeypatch.setattr(volume_marks.subprocess, "run", hanging)
+    assert volume_marks.index_files(None) == []  # never listed: no copy is reused

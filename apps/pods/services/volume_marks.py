@@ -187,9 +187,12 @@ def _index_rewritten_whole() -> bool:
     so a copy's witnesses would no longer tell. Asked once per process."""
     if "whole" not in _restic_seen:
         restic, found = shutil.which("restic"), None
-        if restic is not None:
-            done = subprocess.run([restic, "version"], capture_output=True, text=True, timeout=30, check=False)
-            found = re.match(r"restic (\d+)\.(\d+)\.", done.stdout)
+        try:
+            if restic is not None:
+                done = subprocess.run([restic, "version"], capture_output=True, text=True, timeout=30, check=False)
+                found = re.match(r"restic (\d+)\.(\d+)\.", done.stdout)
+        except (OSError, subprocess.SubprocessError) as exc:  # no answer: nothing is reused
+            logger.info("could not ask restic its version: %s", exc)
         _restic_seen["whole"] = found is not None and (0, 14) <= (int(found[1]), int(found[2])) < (0, 17)
     return _restic_seen["whole"]
 
