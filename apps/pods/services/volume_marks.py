@@ -20,14 +20,18 @@ Why the mark is safe to trust:
   other way round.
 - **Settled files only.** A file system keeps times at its own grain (a second on ext4 with
   small inodes, two on FAT): a write in the same tick as the mark would not move them. A
-  volume any of whose times is within QUIET_SECONDS of the mark (or later) gets no mark, and
-  its next copy runs restic.
+  volume any of whose change times is within QUIET_SECONDS of the mark (or later) gets no
+  mark, and its next copy runs restic.
+- **Chunks still indexed.** A copy records a few of the repository's index files it saw
+  (`index_witness`); the next may reuse it only while they are all there. A prune or a
+  rebuilt index (a lost pack) rewrites every index file it keeps in restic 0.14-0.16; with
+  another restic nothing is reused.
 
 Only where the folders are this machine's: a Docker host on a local socket whose volume uses
 the `local` driver without options (a plain folder, not a mount made while a container uses
-it). Anything else (another host, a folder the panel may not read, a folder vanishing or a
-file changing type mid-walk, more than MOST_ENTRIES entries) gives no marks, and restic
-compares as before.
+it). Anything else (another host, a folder the panel may not read, a folder vanishing or
+swapped mid-walk, more than MOST_ENTRIES entries, MOST_DEPTH levels or MOST_SECONDS) gives no
+marks, and restic compares as before.
 """
 
 import hashlib
