@@ -391,7 +391,7 @@ def folders_copy(
             **read[volume.name],
             "etag": None,
             # One restic snapshot holds the eight: what it added is told once.
-            "stored_bytes": added if index == 0 and not reused else 0,
+            "stored_bytes": added if index == 0 else 0,
             "store_id": restic_id,
             "mark": marks.get(volume.name),
             "index_seen": witness if marks.get(volume.name) else [],
