@@ -32,6 +32,9 @@ the `local` driver without options (a plain folder, not a mount made while a con
 it). Anything else (another host, a folder the panel may not read, a folder vanishing or
 swapped mid-walk, more than MOST_ENTRIES entries, MOST_DEPTH levels or MOST_SECONDS) gives no
 marks, and restic compares as before.
+
+The same walk counts a volume's bytes as `du -sb` does (`folder_sizes`): a pod just started
+or provisioned is measured from here, without the size helper's container.
 """
 
 import hashlib
@@ -44,7 +47,7 @@ import subprocess
 import time
 
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import PodVolume, Snapshot, volume_docker_name
+from apps.pods.models import PodVolume, Snapshot
 from apps.pods.services.state import _log
 from apps.pods.stores import restic_raw
 
@@ -77,6 +80,7 @@ class _Walk:
 
     def __init__(self, *, since_ns: int, deadline: float):
         self.since_ns, self.deadline, self.entries = since_ns, deadline, 0
+        self.bytes, self._linked = 0, set()  # the last folder's, as `du -sb` counts them
 
     def mark(self, root: str) -> str | None:
         """One volume folder's mark, or None when a change time in it is not yet settled."""
@@ -87,6 +91,7 @@ class _Walk:
             self.digest = hashlib.sha256(f"{top.st_dev} {top.st_ino} {top.st_mode} {top.st_uid} {top.st_gid}".encode())
             self.digest.update(f" {top.st_mtime_ns} {top.st_ctime_ns}\n".encode())
             self.newest = top.st_ctime_ns
+            self.bytes, self._linked = top.st_size, set()
             stack[0] = ((), root_fd, self._listed(root_fd, ()))
             while stack:
                 parts, fd, below = stack[-1]
@@ -142,26 +147,29 @@ class _Walk:
             # Only the change time counts: the kernel sets it; a modification time is whatever
             # the pod says (one in the future would mark nothing, ever).
             self.newest = max(self.newest, found.st_ctime_ns)
+            if found.st_nlink < 2 or stat.S_ISDIR(found.st_mode) or found.st_ino not in self._linked:
+                self.bytes += found.st_size  # a file with several links counts once
+                if found.st_nlink > 1:
+                    self._linked.add(found.st_ino)
             if stat.S_ISDIR(found.st_mode):
                 below.append((name, (found.st_dev, found.st_ino)))
         below.reverse()
         return below
 
 
-def _folders(engine: DockerEngine, volumes: list[PodVolume]) -> dict[str, str]:
-    """{volume name: its folder on this machine}; Unmarkable when any is not a plain folder here."""
+def _folders(engine: DockerEngine, names: list[str]) -> dict[str, str]:
+    """{docker name: its folder on this machine}; Unmarkable when any is not a plain folder here."""
     if not engine.on_this_machine:
         raise Unmarkable(f"Docker host {engine.host_name!r} is not this machine")
-    prefix = volume_docker_name(volumes[0].pod.pod_id, "")
     with engine._errors("listing the pod's volumes"):
-        rows = engine.client.api.volumes(filters={"name": prefix}).get("Volumes") or []
+        rows = engine.client.api.volumes(filters={"name": names}).get("Volumes") or []
     by_name = {row["Name"]: row for row in rows}
     folders = {}
-    for volume in volumes:
-        row = by_name.get(volume.docker_name)
+    for name in names:
+        row = by_name.get(name)
         if row is None or row.get("Driver") != "local" or row.get("Options") or not row.get("Mountpoint"):
-            raise Unmarkable(f"volume {volume.docker_name} is not a plain folder of the local driver")
-        folders[volume.name] = row["Mountpoint"]
+            raise Unmarkable(f"volume {name} is not a plain folder of the local driver")
+        folders[name] = row["Mountpoint"]
     return folders
 
 
@@ -171,10 +179,11 @@ def volume_marks(*, engine: DockerEngine, volumes: list[PodVolume], operation=No
     walk = _Walk(since_ns=int((began - QUIET_SECONDS) * 1e9), deadline=time.monotonic() + MOST_SECONDS)
     try:
         marks: dict[str, str | None] = {}
-        for name, folder in _folders(engine, volumes).items():
+        folders = _folders(engine, [volume.docker_name for volume in volumes])
+        for volume in volumes:
             # One volume without a mark: this copy cannot be the parent's, nor the next one this one's.
             unsettled = any(mark is None for mark in marks.values())
-            marks[name] = None if unsettled else walk.mark(folder)
+            marks[volume.name] = None if unsettled else walk.mark(folders[volume.docker_name])
     except (Unmarkable, OSError) as exc:
         _log(operation, f"the volumes' files were not listed from here ({exc}): restic compares them")
         return {}
@@ -183,6 +192,26 @@ def volume_marks(*, engine: DockerEngine, volumes: list[PodVolume], operation=No
         return {}
     logger.info("marked %s entries in %.3f s", walk.entries, time.time() - began)
     return marks
+
+
+def folder_sizes(engine: DockerEngine, names: list[str]) -> dict[str, int] | None:
+    """Each volume's bytes as the size helper's `du -sb` counts them (files, folders and links
+    by their apparent size, a file with several links once), listed from this machine the way
+    a mark is: no helper container. None when they cannot be listed from here (the same
+    limits as a mark's): the helper measures them."""
+    walk = _Walk(since_ns=0, deadline=time.monotonic() + MOST_SECONDS)
+    try:
+        sizes = {}
+        for name, folder in _folders(engine, names).items():
+            walk.mark(folder)
+            sizes[name] = walk.bytes
+    except (Unmarkable, OSError) as exc:
+        logger.info("volume sizes not listed from here (%s): the size helper measures them", exc)
+        return None
+    except Exception as exc:  # Docker's answer: the helper asks again, and says what is wrong
+        logger.info("volume sizes not listed from here: %s", exc)
+        return None
+    return sizes
 
 
 def _index_rewritten_whole() -> bool:
