@@ -9,7 +9,7 @@ from apps.audit.models import Operation, StorageSample
 from apps.pods import services
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import DOMAIN, Pod, PodVolume
-from apps.pods.services import sizes
+from apps.pods.services import sizes, volume_marks
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.previews import pod_preview
 from apps.pods.services.volume_marks import folder_sizes
@@ -102,19 +102,53 @@ def test_sizes_listed_from_this_machine_are_what_the_size_helper_measures(docker
     assert page_sizes(pod_id) == listed
 
 
-def test_volumes_that_are_not_plain_folders_here_go_to_the_size_helper(docker_client, new_pod_id, settings):
-    """A volume mounted by the local driver with options (a tmpfs here) is only a folder while
-    a container uses it: the helper measures it, as before."""
+def test_a_start_on_this_machine_measures_its_pod_without_the_size_helper(docker_client, new_pod_id, monkeypatch):
     pod_id = new_pod_id()
     services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, ENTRIES)
+    services.pod_stop(pod_id=pod_id, actor="test")
+
+    def no_helper(self, **kwargs):
+        raise AssertionError("the size helper ran")
+
+    monkeypatch.setattr(DockerEngine, "volumes_measure", no_helper)
+    operation = Operation.objects.create(kind="pod.start", target_type="pod", target_id=pod_id, actor_name="t")
+    services.pod_start(pod_id=pod_id, actor="test", operation=operation)
+    operation.refresh_from_db()
+    assert "volume sizes not measured now" not in operation.log
+    shown = page_sizes(pod_id)
+    assert 3000 * 1024 < shown[f"pinacle-vol-{pod_id}-workspace"] < 2 * 3000 * 1024
+    assert shown == folder_sizes(engine_for(Pod.objects.get(pod_id=pod_id).host), list(shown))
+
+
+def test_volumes_the_panel_cannot_list_go_to_the_size_helper(docker_client, new_pod_id, settings, monkeypatch):
+    """Not plain folders of the local driver (a volume with options), a volume gone, or more
+    entries than listing them from here is worth: the helper's `du` measures them."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    run_in(docker_client, pod_id, "mkdir /srv/many && cd /srv/many && for n in $(seq 1 30); do : > f$n; done")
     engine = engine_for(Pod.objects.get(pod_id=pod_id).host)
     name = f"pinacle-vol-{pod_id}-tmpfs"
     docker_client.volumes.create(name, driver_opts={"type": "tmpfs", "device": "tmpfs"})
+    helped = []
+    measure = DockerEngine.volumes_measure
+
+    def helper(self, **kwargs):
+        helped.append(kwargs["names"])
+        return measure(self, **kwargs)
+
+    monkeypatch.setattr(DockerEngine, "volumes_measure", helper)
     try:
         assert folder_sizes(engine, [name]) is None
         assert folder_sizes(engine, [f"pinacle-vol-{pod_id}-gone"]) is None
-        assert sizes._pod_measure(engine, [name]).sizes == {
-            name: engine.volumes_measure(names=[name], image=settings.POD_IMAGE, seconds=10).sizes[name]
+        assert name in sizes._pod_measure(engine, [name]).sizes and helped == [[name]]
+        srv = f"pinacle-vol-{pod_id}-srv"
+        assert folder_sizes(engine, [srv]) is not None
+        monkeypatch.setattr(volume_marks, "MOST_SIZE_ENTRIES", 20)
+        assert folder_sizes(engine, [srv]) is None
+        assert sizes._pod_measure(engine, [srv]).sizes == {
+            srv: measure(engine, names=[srv], image=settings.POD_IMAGE, seconds=10).sizes[srv]
         }
+        assert helped[-1] == [srv]
     finally:
         docker_client.volumes.get(name).remove(force=True)

@@ -50,6 +50,7 @@ from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import PodVolume, Snapshot
 from apps.pods.services.state import _log
 from apps.pods.stores import restic_raw
+from controlpanel.errors import PanelError
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 QUIET_SECONDS = 2.0
 # Beyond this many entries in the eight volumes the walk costs more than restic's own look.
 MOST_ENTRIES = 200_000
+# A size is listed from here only for smaller pods: past this, busybox's du in the size helper
+# walks faster than Python does (its container costs about what 50,000 entries take here).
+MOST_SIZE_ENTRIES = 50_000
 MOST_DEPTH = 256
 # The walk runs inside a backup's pause: past this, restic compares instead.
 MOST_SECONDS = 5.0
@@ -78,8 +82,10 @@ FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class _Walk:
     """The eight volumes' walk: one digest per folder, one budget of entries and time."""
 
-    def __init__(self, *, since_ns: int, deadline: float):
+    def __init__(self, *, since_ns: int, deadline: float, most_entries: int | None = None, marking: bool = True):
         self.since_ns, self.deadline, self.entries = since_ns, deadline, 0
+        self.most_entries = MOST_ENTRIES if most_entries is None else most_entries
+        self.marking = marking  # not marking: only the bytes are counted
         self.bytes, self._linked = 0, set()  # the last folder's, as `du -sb` counts them
 
     def mark(self, root: str) -> str | None:
@@ -123,8 +129,8 @@ class _Walk:
         with os.scandir(fd) as listing:
             for entry in listing:
                 self.entries += 1
-                if self.entries > MOST_ENTRIES:
-                    raise Unmarkable(f"more than {MOST_ENTRIES:,} files")
+                if self.entries > self.most_entries:
+                    raise Unmarkable(f"more than {self.most_entries:,} files")
                 entries.append(entry)
         if time.monotonic() > self.deadline:
             raise Unmarkable(f"listing them took over {MOST_SECONDS:g} s")
@@ -143,14 +149,16 @@ class _Walk:
                 found.st_ctime_ns,
                 found.st_rdev,
             )
-            self.digest.update(b"/".join((*parts, name)) + b"\0" + " ".join(map(str, fields)).encode() + b"\n")
+            if self.marking:
+                self.digest.update(b"/".join((*parts, name)) + b"\0" + " ".join(map(str, fields)).encode() + b"\n")
             # Only the change time counts: the kernel sets it; a modification time is whatever
             # the pod says (one in the future would mark nothing, ever).
             self.newest = max(self.newest, found.st_ctime_ns)
-            if found.st_nlink < 2 or stat.S_ISDIR(found.st_mode) or found.st_ino not in self._linked:
+            inode = (found.st_dev, found.st_ino)
+            if found.st_nlink < 2 or stat.S_ISDIR(found.st_mode) or inode not in self._linked:
                 self.bytes += found.st_size  # a file with several links counts once
                 if found.st_nlink > 1:
-                    self._linked.add(found.st_ino)
+                    self._linked.add(inode)
             if stat.S_ISDIR(found.st_mode):
                 below.append((name, (found.st_dev, found.st_ino)))
         below.reverse()
@@ -198,8 +206,10 @@ def folder_sizes(engine: DockerEngine, names: list[str]) -> dict[str, int] | Non
     """Each volume's bytes as the size helper's `du -sb` counts them (files, folders and links
     by their apparent size, a file with several links once), listed from this machine the way
     a mark is: no helper container. None when they cannot be listed from here (the same
-    limits as a mark's): the helper measures them."""
-    walk = _Walk(since_ns=0, deadline=time.monotonic() + MOST_SECONDS)
+    limits as a mark's, but MOST_SIZE_ENTRIES entries): the helper measures them."""
+    if not names:
+        return {}
+    walk = _Walk(since_ns=0, deadline=time.monotonic() + MOST_SECONDS, most_entries=MOST_SIZE_ENTRIES, marking=False)
     try:
         sizes = {}
         for name, folder in _folders(engine, names).items():
@@ -208,7 +218,7 @@ def folder_sizes(engine: DockerEngine, names: list[str]) -> dict[str, int] | Non
     except (Unmarkable, OSError) as exc:
         logger.info("volume sizes not listed from here (%s): the size helper measures them", exc)
         return None
-    except Exception as exc:  # Docker's answer: the helper asks again, and says what is wrong
+    except PanelError as exc:  # Docker's answer: the helper asks again, and says what is wrong
         logger.info("volume sizes not listed from here: %s", exc)
         return None
     return sizes
