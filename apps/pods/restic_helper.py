@@ -5,7 +5,8 @@ of a tar stream through the Docker API.
 
 The helper's image is made by the panel, without a registry: the restic binary and the libc
 it links (`ldd`), a passwd file and the CA bundle, imported with `docker import` onto each
-host that lacks it, tagged by the digest of what it holds (a new restic is a new image).
+host that lacks it, tagged by the digest of what it holds (a new restic is a new image; the
+digest is kept in VAR_DIR beside the files' metadata, `_image_tag`).
 
 Secrets never go into the container's configuration (`docker inspect` would show it): the
 repository key and S3 credentials are files. On a host that is this machine they are written
@@ -37,6 +38,7 @@ from secrets import token_hex
 
 import docker.errors
 import requests.exceptions
+from django.conf import settings
 
 from apps.pods.docker_engine import HELPER_LABEL, DockerEngine, DockerFailure
 from apps.pods.stores import restic_working
@@ -120,11 +122,51 @@ def _image_tar() -> tuple[str, bytes]:
         return tag, buffer.getvalue()
 
 
+TAG_FORMAT = re.compile(rf"{IMAGE_REPOSITORY}:[0-9a-f]{{16}}")
+
+
+def _files_stamp(files: list[tuple[str, str]]) -> str:
+    """The image's files as they are now, by their metadata: rewriting or replacing one (an
+    upgraded restic or libc) changes its change time, which nobody can set."""
+    lines = []
+    for inside, here in files:
+        real = os.path.realpath(here)
+        found = os.stat(real)
+        lines.append(
+            f"{inside} {real} {found.st_dev} {found.st_ino} {found.st_size} {found.st_mtime_ns} {found.st_ctime_ns}"
+        )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _image_tag() -> str:
+    """The helper image's tag: worked out once per process, and kept in VAR_DIR beside the
+    metadata of the files it was worked out from, so that a command's process does not read
+    and hash 20 MB (about 50 ms) before each helper while those files are as they were."""
+    tag = _image_tags.get("image")
+    if tag is not None:
+        return tag
+    kept = Path(settings.VAR_DIR) / "restic-image.json"
+    stamp = _files_stamp(_image_files())
+    try:
+        known = json.loads(kept.read_text())
+        if known.get("stamp") == stamp and TAG_FORMAT.fullmatch(str(known.get("tag"))):
+            _image_tags["image"] = known["tag"]
+            return known["tag"]
+    except (OSError, ValueError, AttributeError):
+        pass  # not kept yet, or unreadable: worked out from the files
+    tag, _body = _image_tar()
+    try:
+        partial = kept.with_suffix(f".{os.getpid()}")
+        partial.write_text(json.dumps({"stamp": stamp, "tag": tag}))
+        partial.replace(kept)
+    except OSError:
+        pass  # only the shortcut is lost
+    return tag
+
+
 def image_ensure(engine: DockerEngine) -> str:
     """The helper image on `engine`'s host, imported first if the host lacks it."""
-    tag = _image_tags.get("image")
-    if tag is None:
-        tag, _body = _image_tar()
+    tag = _image_tag()
     with engine._errors("looking up the restic helper image"):
         try:
             engine.client.api.inspect_image(tag)
