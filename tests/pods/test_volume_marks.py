@@ -21,6 +21,7 @@ from apps.pods.models import VOLUME_MOUNTS, Pod, Snapshot
 from apps.pods.services import volume_marks
 from apps.pods.services.backup import backed_up_sentence
 from apps.pods.services.hosts import engine_for
+from apps.pods.services.retention import snapshots_apply_retention
 from apps.pods.services.snapshot_files import file_read, snapshot_entries, snapshot_select
 from apps.pods.services.snapshotting import _snapshot_purge
 from apps.pods.services.verify import snapshot_verify
@@ -306,3 +307,29 @@ def test_a_restic_that_does_not_tell_its_version_reuses_nothing(monkeypatch):
 
     monkeypatch.setattr(volume_marks.subprocess, "run", hanging)
     assert volume_marks.index_files(None) == []  # never listed: no copy is reused
+
+
+def test_a_copy_under_way_keeps_retention_off_the_snapshot_it_may_reuse(
+    docker_client, new_pod_id, dedup_file, beside, marks
+):
+    """A copy that reuses its parent holds no restic snapshot of its own until it is recorded:
+    retention, which reads the pod's copies under way at the moment of each purge, leaves the
+    parent until a later run; a copy whose parent was purged meanwhile runs restic instead."""
+    pod_id, _before, first, second = backed_up_unchanged(docker_client, new_pod_id)
+    store = store_from_url()
+    under_way = Snapshot.objects.create(
+        pod=first.pod, kind=Snapshot.Kind.BACKUP, store_url=first.store_url, status=Snapshot.Status.UPLOADING
+    )
+    operation = Operation.objects.create(kind="snapshots.retention", target_type="pod", target_id="*", actor_name="t")
+    result = snapshots_apply_retention(actor="test", keep=1, operation=operation)
+    operation.refresh_from_db()
+    assert first.pk not in result["purged"]
+    assert f"kept snapshot #{first.pk} for now: a copy of pod {pod_id} into its store is under way" in operation.log
+    assert Snapshot.objects.get(pk=first.pk).status == Snapshot.Status.COMPLETE
+    under_way.delete()
+    assert first.pk in snapshots_apply_retention(actor="test", keep=1)["purged"]
+    # A parent purged between its choice and the copy's look under the lock is not reused.
+    pod = Pod.objects.get(pod_id=pod_id)
+    assert volume_marks.parent_kept(pod=pod, store=store, parent=second)
+    Snapshot.objects.filter(pk=second.pk).update(status=Snapshot.Status.DELETED)
+    assert not volume_marks.parent_kept(pod=pod, store=store, parent=second)

@@ -37,9 +37,8 @@ from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
 from apps.pods.services.state import _log
-from apps.pods.services.volume_marks import index_files, index_witness, unchanged_parent, volume_marks
+from apps.pods.services.volume_marks import index_files, index_witness, parent_kept, unchanged_parent, volume_marks
 from apps.pods.snapshots import store_from_url
-from apps.pods.stores import restic_raw
 from apps.pods.stores.base import StoreError
 from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
 from apps.pods.stores.restic_locks import RepositoryLocked
@@ -321,7 +320,7 @@ def folders_copy(
         marks = volume_marks(engine=engine, volumes=volumes, operation=operation)
         index_now = index_files(store) if marks else []
         reused = unchanged_parent(marks=marks, parent=earlier, volumes=volumes, index=index_now)
-        reused = reused and restic_raw.snapshot_present(store, restic_id_of(earlier.manifest))
+        reused = reused and parent_kept(pod=pod, store=store, parent=earlier)
         if reused:
             # Not a file changed since the parent was marked: its restic snapshot holds them.
             summary = {"snapshot_id": restic_id_of(earlier.manifest), "data_added": 0}

@@ -5,6 +5,7 @@ one (held itself, or its pod): those are kept and reported "on hold". Previewed 
 deletion; the run purges exactly what the preview lists, looked up again."""
 
 from django.conf import settings
+from django.db.models import Q
 
 from apps.audit.holds import ON_HOLD, held_ids, hold_guard
 from apps.audit.models import Operation
@@ -12,6 +13,7 @@ from apps.audit.names import TargetType
 from apps.audit.services import Actor
 from apps.pods.models import Snapshot
 from apps.pods.selectors import retention_keep_last, snapshot_leaks, snapshots_kept_on_hold
+from apps.pods.services.backup import UNDER_WAY
 from apps.pods.services.snapshotting import _snapshot_purge
 from apps.pods.services.state import _log
 from apps.pods.services.store_strays import strays_forget, strays_found
@@ -37,6 +39,19 @@ def retention_policy_sentence(keep: int | None = None) -> str:
     return "Each pod keeps " + ", ".join(parts) + " of its complete snapshots"
 
 
+def copy_under_way(snapshot: Snapshot) -> bool:
+    """Another copy of the snapshot's pod into its store is under way (its operation alive):
+    one whose volumes did not change reuses the parent's objects without a restic snapshot of
+    its own until it is recorded, so the parent stays until then. Read under the pod's
+    deletion lock, which such a copy takes to decide (`capture_folders._parent_kept`)."""
+    return (
+        Snapshot.objects.filter(pod_id=snapshot.pod_id, store_url=snapshot.store_url, status__in=UNDER_WAY)
+        .exclude(pk=snapshot.pk)
+        .filter(Q(operation__isnull=True) | Q(operation__status__in=Operation.ACTIVE))
+        .exists()
+    )
+
+
 def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operation: Operation | None = None) -> dict:
     purged, reclaimed, held_now = [], 0, []
     for snapshot in snapshots_to_retire(keep=keep):
@@ -44,6 +59,13 @@ def snapshots_apply_retention(*, actor: Actor, keep: int | None = None, operatio
         with hold_guard((TargetType.SNAPSHOT, str(snapshot.pk)), (TargetType.POD, snapshot.pod.pod_id)) as hold:
             if hold is not None:
                 held_now.append(snapshot.pk)
+                continue
+            if copy_under_way(snapshot):
+                _log(
+                    operation,
+                    f"kept snapshot #{snapshot.pk} for now: a copy of pod {snapshot.pod.pod_id} into its store is "
+                    "under way and may rely on it; a later purge takes it",
+                )
                 continue
             reclaimed += _snapshot_purge(snapshot=snapshot, actor=actor, operation=operation)
         purged.append(snapshot.pk)

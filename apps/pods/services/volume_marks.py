@@ -26,6 +26,10 @@ Why the mark is safe to trust:
   (`index_witness`); the next may reuse it only while they are all there. A prune or a
   rebuilt index (a lost pack) rewrites every index file it keeps in restic 0.14-0.16; with
   another restic nothing is reused.
+- **Not purged meanwhile.** A copy that reuses its parent has no restic snapshot of its own
+  until its manifest is recorded: it decides under the pod's deletion lock, where the parent
+  must still be complete and its restic snapshot there (`parent_kept`), and retention, under
+  the same lock, leaves a pod's snapshots alone while a copy of the pod is under way.
 
 Only where the folders are this machine's: a Docker host on a local socket whose volume uses
 the `local` driver without options (a plain folder, not a mount made while a container uses
@@ -46,8 +50,10 @@ import stat
 import subprocess
 import time
 
+from apps.audit.holds import hold_guard
+from apps.audit.names import TargetType
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import PodVolume, Snapshot
+from apps.pods.models import Pod, PodVolume, Snapshot
 from apps.pods.services.state import _log
 from apps.pods.stores import restic_raw
 from controlpanel.errors import PanelError
@@ -277,3 +283,18 @@ def unchanged_parent(
         if not seen or not set(seen) <= present:
             return False
     return True
+
+
+def parent_kept(*, pod: Pod, store, parent: Snapshot) -> bool:
+    """The parent's restic snapshot is there, and no purge of it is under way: asked under the
+    lock a purge of the pod's snapshots takes for each one, so retention either purged it
+    before (it is gone now: restic runs) or sees this copy under way and leaves it (a copy
+    that reuses it holds no restic snapshot of its own until its manifest is recorded)."""
+    restic_id = next(iter(parent.manifest.values()))["store_id"]
+    try:
+        with hold_guard((TargetType.POD, pod.pod_id)):
+            alive = Snapshot.objects.filter(pk=parent.pk, status=Snapshot.Status.COMPLETE).exists()
+            return alive and restic_raw.snapshot_present(store, restic_id)
+    except PanelError as exc:  # the lock not had in time: restic compares instead
+        logger.info("parent snapshot #%s not reused: %s", parent.pk, exc)
+        return False
