@@ -2,6 +2,8 @@
 fails, bad input and unreachable hosts. Nothing is deleted that was not safely stored, and
 retrying the same action finishes the job."""
 
+from datetime import timedelta
+
 import pytest
 
 from apps.audit import operations
@@ -286,3 +288,21 @@ def test_a_resumed_stop_reads_its_snapshot_back_again_before_removing_what_is_le
     pod = Pod.objects.get(pod_id=pod_id)
     assert pod.status == Pod.Status.STOPPING and "etc" in pod.last_error
     assert pod_volumes(docker_client, pod_id) == [f"pinacle-vol-{pod_id}-etc"]  # not removed on trust
+
+
+def test_a_resumed_stop_never_takes_a_backup_of_the_running_pod_for_its_copy(docker_client, new_pod_id):
+    """A backup may finish just as a stop begins, with the pod still running and writing: a
+    stop resumed after its worker died copies the volumes again instead of relying on it."""
+    pod_id = new_pod_id()
+    services.pod_provision(pod_id=pod_id, actor="test")
+    backup = Snapshot.objects.get(pk=services.pod_backup(pod_id=pod_id, actor="test")["snapshot"])
+    run_in(docker_client, pod_id, "echo after-the-backup > /workspace/late.txt")
+    # The worker that began the stop died before its copy: the pod is `stopping`, and the
+    # backup finished after that began.
+    Pod.objects.filter(pod_id=pod_id).update(
+        status=Pod.Status.STOPPING, status_changed_at=backup.finished_at - timedelta(seconds=1)
+    )
+    services.pod_stop(pod_id=pod_id, actor="test")
+    assert Snapshot.objects.filter(pod__pod_id=pod_id, kind=Snapshot.Kind.STOP).count() == 1
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert run_in(docker_client, pod_id, "cat /workspace/late.txt") == "after-the-backup\n"

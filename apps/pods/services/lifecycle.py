@@ -170,10 +170,16 @@ def pod_stop(*, pod_id: str, actor: Actor, operation: Operation | None = None) -
     engine = engine_for(pod.host)
     snapshot = None
     if resuming:
-        # A snapshot taken since this stop began holds what the volumes held (the container has
-        # not run since: a stopping pod cannot be started), once it reads back again, now.
+        # A stop's snapshot taken since this stop began holds what the volumes held (the container
+        # has not run since: a stopping pod cannot be started), once it reads back again, now. Never
+        # a backup: one may have finished as the stop began, with the pod still running.
         snapshot = (
-            Snapshot.objects.filter(pod=pod, status=Snapshot.Status.COMPLETE, finished_at__gte=pod.status_changed_at)
+            Snapshot.objects.filter(
+                pod=pod,
+                kind=Snapshot.Kind.STOP,
+                status=Snapshot.Status.COMPLETE,
+                finished_at__gte=pod.status_changed_at,
+            )
             .order_by("-finished_at")
             .first()
         )
