@@ -211,7 +211,14 @@ def execute(operation_id: int) -> Operation:
     if operation is None:
         raise NotFound(f"operation #{operation_id} does not exist")
     kind = kind_get(operation.kind)
-    return _execute(kind, operation_id, kind.run)
+
+    def work(claimed: Operation) -> Any:
+        # Asked again as the work begins: a person whose permission was taken away, or whose
+        # account was deactivated, while the work waited in the queue has it done no longer.
+        _authorise(kind, claimed.actor)
+        return kind.run(claimed)
+
+    return _execute(kind, operation_id, work)
 
 
 def run_now(kind: str, target_id: str | None = None, *, actor: Actor, **params) -> Operation:

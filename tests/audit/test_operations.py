@@ -206,6 +206,28 @@ def test_a_person_without_the_kinds_permission_is_refused_and_no_row_is_written(
     assert Operation.objects.count() == 0
 
 
+def test_work_queued_by_a_person_who_lost_the_permission_meanwhile_is_refused_when_it_runs(
+    sync_kind, staff_user, monkeypatch, django_capture_on_commit_callbacks
+):
+    ran = []
+    monkeypatch.setitem(operations._KINDS, sync_kind.name, dataclasses.replace(sync_kind, run=ran.append))
+    with django_capture_on_commit_callbacks():
+        first = operations.request(Kind.MIXJOBS_SYNC, actor=staff_user)
+    staff_user.is_active = False  # the account deactivated while the work waited
+    staff_user.save()
+    finished = operations.execute(first.pk)
+    assert ran == [] and finished.status == Operation.Status.FAILED
+    assert (
+        finished.error
+        == f"{staff_user.get_username()} may not {sync_kind.label.lower()} (needs {sync_kind.permission})"
+    )
+    staff_user.is_active = True
+    staff_user.save()
+    with django_capture_on_commit_callbacks():
+        second = operations.request(Kind.MIXJOBS_SYNC, actor=staff_user)
+    assert operations.execute(second.pk).status == Operation.Status.SUCCEEDED and len(ran) == 1
+
+
 def test_retry_queues_a_new_operation_and_the_failed_one_stays_failed(
     failing_sync, staff_user, django_capture_on_commit_callbacks
 ):

@@ -161,11 +161,11 @@ def restore_path_preview(*, pod_id: str, number: int | str, path: str) -> Previe
     ]
     more = f" The first {PREVIEW_FILES} are listed." if len(rows) > PREVIEW_FILES else ""
     return Preview(
-        title=f"Restore {plan.selection.path} beside the current one",
+        title=f"Restore {shown(plan.selection.path)} beside the current one",
         summary=(
             f"Writes {plural(len(rows), 'file')} ({humanize_bytes(plan.selection.bytes)}) from snapshot "
             f"#{plan.selection.snapshot.pk} into the running pod {plan.pod.pod_id} as {plan.target}; "
-            f"{plan.selection.path} itself is left as it is, and nothing is overwritten.{more}"
+            f"{shown(plan.selection.path)} itself is left as it is, and nothing is overwritten.{more}"
         ),
         delete=items,
         destructive=False,
@@ -274,7 +274,7 @@ def pod_restore_path(
         backup = backup_first(plan, actor=actor, operation=operation)
     kept = f"; backup snapshot #{backup} taken first stays" if backup else ""
     progress = Progress(operation, total=selection.bytes, unit="bytes")
-    _log(operation, f"restoring {selection.path} from snapshot #{snapshot.pk} as {plan.target}")
+    _log(operation, f"restoring {shown(selection.path)} from snapshot #{snapshot.pk} as {shown(plan.target)}")
     # Under the pod's hold lock: a hold set now waits until the files are written (and swapped).
     with hold_guard((TargetType.POD, plan.pod.pod_id)) as hold:
         if hold is not None:
@@ -312,11 +312,11 @@ def pod_restore_path(
     if plan.replace:
         result.update(replaced=True, backup=backup, left=left)
         message = (
-            f"{selection.path} replaced by its copy from snapshot #{snapshot.pk}; "
+            f"{shown(selection.path)} replaced by its copy from snapshot #{snapshot.pk}; "
             f"the one it replaced is kept in backup snapshot #{backup}"
         )
     else:
-        message = f"{selection.path} from snapshot #{snapshot.pk} restored as {plan.target}"
+        message = f"{shown(selection.path)} from snapshot #{snapshot.pk} restored as {shown(plan.target)}"
     with transaction.atomic():
         audit_record(
             actor=actor,

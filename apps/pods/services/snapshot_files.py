@@ -317,11 +317,17 @@ def _located(store: SnapshotStore, key: str, row: FileRow) -> int:
 
 
 def _verified(chunks: Iterable[bytes], row: FileRow, snapshot: Snapshot) -> Iterator[bytes]:
-    """The chunks, hashed on the way; the last one only once size and sha256 match the list."""
+    """The chunks, hashed on the way; the last one only once size and sha256 match the list,
+    and never a byte past the listed size (a tar built around it stays what it says)."""
     digest, count, held = hashlib.sha256(), 0, None
     for chunk in chunks:
         digest.update(chunk)
         count += len(chunk)
+        if count > row.size:
+            raise StoreError(
+                f"{shown(row.path)} in snapshot #{snapshot.pk} reads back longer than the "
+                f"{humanize_bytes(row.size)} the snapshot lists: the store's copy is damaged, nothing past it was used"
+            )
         if held is not None:
             yield held
         held = chunk
