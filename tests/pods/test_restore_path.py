@@ -8,6 +8,7 @@ import json
 import tarfile
 from io import StringIO
 
+import docker.errors
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -16,6 +17,7 @@ from apps.audit.models import AuditEvent, Operation
 from apps.audit.names import AuditAction, Kind, TargetType
 from apps.audit.operations import run_now
 from apps.pods import services
+from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Snapshot, container_name
 from apps.pods.services.restore_path import pod_restore_path
 from apps.pods.services.snapshot_files import snapshot_select
@@ -139,6 +141,7 @@ def test_a_restore_that_fails_halfway_leaves_no_copy_that_looks_whole(docker_cli
         run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj/src/b.txt")
     assert "from-snapshot" not in run_in(docker_client, pod_id, "ls -a /workspace/proj/src")
     assert not AuditEvent.objects.filter(action=AuditAction.POD_RESTORE_PATH, outcome="succeeded").exists()
+    assert docker_client.containers.get(container_name(pod_id)).status == "running"  # never left paused
 
 
 def test_a_link_above_the_target_is_refused_and_nothing_lands_where_it_points(docker_client, new_pod_id):
@@ -151,3 +154,30 @@ def test_a_link_above_the_target_is_refused_and_nothing_lands_where_it_points(do
     with pytest.raises(InvalidInput, match="is a link or not a folder: .* so nothing was written"):
         pod_restore_path(pod_id=pod_id, number=number, path="/workspace/proj/src/b.txt", actor="test")
     assert "from-snapshot" not in run_in(docker_client, pod_id, "ls -a /etc /workspace/proj")
+
+
+def test_nothing_in_the_pod_moves_while_the_copy_is_written_and_a_pause_left_behind_is_undone(
+    docker_client, new_pod_id, monkeypatch
+):
+    """The engine writes as root and follows links: while it writes and reads the copy back,
+    the pod is paused, so no process in it can swap a folder of the copy for a link."""
+    pod_id, number, before = running_pod_with_snapshot(docker_client, new_pod_id)
+    seen = []
+    write = DockerEngine.archive_write
+
+    def watched(self, **kwargs):
+        seen.append(docker_client.containers.get(container_name(pod_id)).status)
+        with pytest.raises(docker.errors.APIError, match="paused"):  # no process of the pod runs
+            docker_client.containers.get(container_name(pod_id)).exec_run(["true"])
+        return write(self, **kwargs)
+
+    monkeypatch.setattr(DockerEngine, "archive_write", watched)
+    # A worker that died while a restore (or a backup) had the pod paused left it so.
+    docker_client.containers.get(container_name(pod_id)).pause()
+    operation = run_now(Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj")
+    assert seen == ["paused"]
+    assert docker_client.containers.get(container_name(pod_id)).status == "running"
+    assert f"unpaused {container_name(pod_id)}, which an earlier worker left paused" in operation.log
+    assert f"{container_name(pod_id)} was paused" in operation.log
+    copy = files_in(docker_client, pod_id, f"/workspace/proj.from-snapshot-{number}")
+    assert sorted(copy.values()) == sorted(before.values())

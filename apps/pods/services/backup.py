@@ -168,9 +168,9 @@ def pod_backup(*, pod_id: str, actor: Actor, operation: Operation | None = None)
     pod = _claim(pod_id=pod_id, operation=operation)
     engine = engine_for(pod.host)
     info = engine.container_get(pod.container_name)
-    if info is not None and info.status == "paused" and settings.POD_BACKUP_PAUSE:
-        # Only a backup pauses a pod's container; none is under way (claimed above): an
-        # earlier one's worker died while it was paused.
+    if info is not None and info.status == "paused":
+        # Only a backup (POD_BACKUP_PAUSE) or a restore of a path pauses a pod's container;
+        # none is under way (claimed above): an earlier one's worker died while it was paused.
         engine.container_unpause(pod.container_name)
         info = engine.container_get(pod.container_name)
     if info is None or not info.running:

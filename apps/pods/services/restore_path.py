@@ -29,6 +29,9 @@ Files come back with their mtime, mode 0644 and owner root (the snapshot's file 
 no mode or owner; a whole restore, a start, brings those back)."""
 
 import posixpath
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -114,8 +117,14 @@ def restore_path_plan(
 
 def _running_and_free(plan: RestorePlan, engine: DockerEngine) -> None:
     info = engine.container_get(plan.pod.container_name)
-    if info is None or not info.running:
+    if info is None or not (info.running or info.status == "paused"):  # paused: a dead worker's (`_thawed`)
         raise InvalidInput(f"pod {plan.pod.pod_id}'s container is not running: start the pod first")
+    _in_the_way(plan, engine)
+
+
+def _in_the_way(plan: RestorePlan, engine: DockerEngine) -> None:
+    """Nothing at the target (nor, for a replace, where the current one goes), and no link in
+    a folder above it."""
     if engine.path_exists(container=plan.pod.container_name, path=plan.target):
         raise Busy(
             f"{shown(plan.target)} already exists in pod {plan.pod.pod_id}: nothing is overwritten; "
@@ -267,6 +276,7 @@ def pod_restore_path(
     if plan.replace and isinstance(actor, AbstractBaseUser) and not actor.has_perm(REPLACE_PERMISSION):
         # A replace backs the pod up first: a person needs that permission too, whoever asked.
         raise Forbidden(f"{actor.get_username()} may not back up pods (needs {REPLACE_PERMISSION}), so may not replace")
+    _thawed(plan, engine, operation)
     if plan.replace:
         # Looked at before the backup too: a pod that is held or has a target in the way gets none.
         hold_refuse(target_type=TargetType.POD, target_id=plan.pod.pod_id, what=f"pod {plan.pod.pod_id}")
@@ -283,17 +293,21 @@ def pod_restore_path(
             )
         _running_and_free(plan, engine)
         failures: list[PanelError] = []
-        try:
-            engine.archive_write(
-                container=plan.pod.container_name, path=plan.mount, chunks=_archive(plan, progress, failures)
-            )
-        except PanelError as exc:
-            failures.insert(0, exc)
+        problems: list[str] = []
+        with _frozen(plan, engine, operation):
+            _in_the_way(plan, engine)  # again: from now on nothing in the pod moves
+            try:
+                engine.archive_write(
+                    container=plan.pod.container_name, path=plan.mount, chunks=_archive(plan, progress, failures)
+                )
+            except PanelError as exc:
+                failures.insert(0, exc)
+            if not failures:
+                progress.flush()
+                _log(operation, f"wrote {plural(len(selection.rows), 'file')}; reading them back from the pod")
+                problems = _read_back(plan, engine)
         if failures:
             raise PanelError(f"{first_line(failures[0])}; {_undo(plan, engine)}{kept}") from failures[0]
-        progress.flush()
-        _log(operation, f"wrote {plural(len(selection.rows), 'file')}; reading them back from the pod")
-        problems = _read_back(plan, engine)
         if problems:
             raise PanelError(
                 f"{shown(plan.target)} in pod {plan.pod.pod_id} does not read back as snapshot #{snapshot.pk} holds "
@@ -328,6 +342,33 @@ def pod_restore_path(
             operation=operation,
         )
     return result
+
+
+@contextmanager
+def _frozen(plan: RestorePlan, engine: DockerEngine, operation: Operation | None) -> Iterator[None]:
+    """The pod's container paused while the copy is written and read back: the engine writes
+    as root and follows links in the folders it writes into, so nothing in the pod may swap a
+    folder of the copy for a link meanwhile (a file written elsewhere, over another). Unpaused
+    whatever happens; a worker that died meanwhile leaves it to the next one (`_thawed`)."""
+    container = plan.pod.container_name
+    engine.container_pause(container)
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        info = engine.container_get(container)
+        if info is not None and info.status == "paused":
+            engine.container_unpause(container)
+        _log(operation, f"{container} was paused {time.monotonic() - began:.2f} s while the copy was written")
+
+
+def _thawed(plan: RestorePlan, engine: DockerEngine, operation: Operation | None) -> None:
+    """A container a dead worker left paused (this restore's kind, or a backup's) runs again:
+    the pod is claimed by this operation, so no other pause is under way."""
+    info = engine.container_get(plan.pod.container_name)
+    if info is not None and info.status == "paused":
+        engine.container_unpause(plan.pod.container_name)
+        _log(operation, f"unpaused {plan.pod.container_name}, which an earlier worker left paused")
 
 
 def restored_sentence(result: dict) -> str:
