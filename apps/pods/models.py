@@ -118,6 +118,9 @@ class Pod(StateMachine, models.Model):
     restoring_snapshot = models.ForeignKey(
         "pods.Snapshot", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # When a start last finished writing the volumes from a folder snapshot, before the container
+    # ran: a file changed since then is told by its change time (`volume_marks.times_untrusted`).
+    restored_at = models.DateTimeField(null=True, blank=True)
     # Idle detection (`services.idle`): {"container": id, "samples": [[unix time, CPU seconds
     # used by that container so far], …]}, thinned to a few per POD_IDLE_STOP_HOURS by reconcile.
     cpu_samples = models.JSONField(default=dict, blank=True)

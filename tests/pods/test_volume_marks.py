@@ -333,3 +333,33 @@ def test_a_copy_under_way_keeps_retention_off_the_snapshot_it_may_reuse(
     assert volume_marks.parent_kept(pod=pod, store=store, parent=second)
     Snapshot.objects.filter(pk=second.pk).update(status=Snapshot.Status.DELETED)
     assert not volume_marks.parent_kept(pod=pod, store=store, parent=second)
+
+
+def test_a_file_changed_after_a_start_and_dated_back_is_read_again_not_trusted(
+    docker_client, new_pod_id, dedup_file, beside
+):
+    """After a start, restic compares files by size and modification time (every change time is
+    new): a file rewritten at the same size and dated back to its old time, to the nanosecond
+    (`cp -p`, `rsync -a`, `touch -r` with coreutils), would look unchanged. Its change time,
+    later than the restore, tells it: restic reads every file again, the stop keeps the new bytes."""
+    pod_id, _before = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    services.pod_stop(pod_id=pod_id, actor="test")
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert Pod.objects.get(pod_id=pod_id).restored_at is not None
+    home = docker_client.volumes.get(f"pinacle-vol-{pod_id}-home").attrs["Mountpoint"]
+    notes = os.path.join(home, "dev", "notes.txt")
+    was = os.stat(notes)
+    with open(notes, "r+b") as body:  # what `cp -p` does on this machine's file system
+        body.write(b"two\n")
+    os.utime(notes, ns=(was.st_atime_ns, was.st_mtime_ns))
+    assert os.stat(notes).st_size == was.st_size and os.stat(notes).st_mtime_ns == was.st_mtime_ns
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    assert "restic reads every file again: /home/dev/notes.txt changed since the start" in operation.log
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert run_in(docker_client, pod_id, "cat /home/dev/notes.txt") == "two\n"
+    # Written as a write dates it: compared by size and time, as before.
+    run_in(docker_client, pod_id, "printf 'six\\n' > /home/dev/notes.txt")
+    operation = run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    assert "files compared by size and time" in operation.log
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert run_in(docker_client, pod_id, "cat /home/dev/notes.txt") == "six\n"

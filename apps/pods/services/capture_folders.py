@@ -34,10 +34,10 @@ from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod, PodVolume, Snapshot, volume_docker_name
 from apps.pods.restic_helper import MOUNT_ROOT
+from apps.pods.services import volume_marks as marking
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
 from apps.pods.services.state import _log
-from apps.pods.services.volume_marks import index_files, index_witness, parent_kept, unchanged_parent, volume_marks
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.base import StoreError
 from apps.pods.stores.dedup import DEDUP_REPAIR, FOLDER_LAYOUT, HOST, DedupStore
@@ -147,9 +147,12 @@ def _backup(
     if parent and _restored_from(engine, pod, volumes) == parent:
         # A start wrote these volumes from the parent itself: every inode and ctime is new, so
         # restic would read every file again to find it unchanged. Size and modification time
-        # (the restore set them from the parent) tell a file changed since, as they tell rsync.
-        command += ["--ignore-inode", "--ignore-ctime"]
-        _log(operation, f"the volumes were restored from snapshot #{earlier.pk}: files compared by size and time")
+        # (the restore set them from the parent) tell a file changed since, as they tell rsync,
+        # unless one was changed since and dated back.
+        why = marking.times_untrusted(engine=engine, volumes=volumes, restored_at=pod.restored_at)
+        said = f"restic reads every file again: {why}" if why else "files compared by size and time"
+        command += [] if why else ["--ignore-inode", "--ignore-ctime"]
+        _log(operation, f"the volumes were restored from snapshot #{earlier.pk}: {said}")
     command += [folder_name(volume) for volume in volumes]
     _log(operation, f"backing up the volumes beside them with restic{' (parent ' + parent[:8] + ')' if parent else ''}")
     seen = {"bytes_done": 0}
@@ -317,10 +320,10 @@ def folders_copy(
         # the parent's manifest (one lockless restic) while restic backs the folders up
         written = started(store.get_small, f"{earlier.prefix}/manifest.json", name="parent-manifest")
     with streaming():
-        marks = volume_marks(engine=engine, volumes=volumes, operation=operation)
-        index_now = index_files(store) if marks else []
-        reused = unchanged_parent(marks=marks, parent=earlier, volumes=volumes, index=index_now)
-        reused = reused and parent_kept(pod=pod, store=store, parent=earlier)
+        marks = marking.volume_marks(engine=engine, volumes=volumes, operation=operation)
+        index_now = marking.index_files(store) if marks else []
+        reused = marking.unchanged_parent(marks=marks, parent=earlier, volumes=volumes, index=index_now)
+        reused = reused and marking.parent_kept(pod=pod, store=store, parent=earlier)
         if reused:
             # Not a file changed since the parent was marked: its restic snapshot holds them.
             summary = {"snapshot_id": restic_id_of(earlier.manifest), "data_added": 0}
@@ -381,7 +384,7 @@ def folders_copy(
         except StoreError as exc:
             raise _damaged(store=store, snapshot=snapshot, earlier=earlier, exc=exc) from exc
     # The index files the next copy will look for: those there now (restic's backup wrote its own).
-    manifest, witness = {}, index_witness(index_now if reused or not marks else index_files(store))
+    manifest, witness = {}, marking.index_witness(index_now if reused or not marks else marking.index_files(store))
     for index, volume in enumerate(volumes):
         manifest[volume.name] = {
             "key": keys[volume.name],

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, wait
 from pathlib import PurePosixPath
 
+from django.utils import timezone
+
 from apps.audit.models import Operation
 from apps.audit.services import Progress
 from apps.pods.docker_engine import DockerEngine
@@ -151,6 +153,7 @@ def _restore(*, pod: Pod, snapshot: Snapshot, engine: DockerEngine, operation: O
         except StoreError as exc:  # restic found a chunk damaged, or a file not as it stored it
             raise StoreError(f"{exc}; {damage_advice(snapshot=snapshot)}") from exc
         progress.flush()
+        Pod.objects.filter(pk=pod.pk).update(restored_at=timezone.now())  # before anything in it runs
         return info.id, _container_started(engine, pod, volumes)
     # Each tar holds its mount folder itself (`workspace/…`): it unpacks into the parent. The
     # volumes that share a parent go as one stream, each volume's tar cut at its end marker

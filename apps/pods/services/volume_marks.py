@@ -53,7 +53,7 @@ import time
 from apps.audit.holds import hold_guard
 from apps.audit.names import TargetType
 from apps.pods.docker_engine import DockerEngine
-from apps.pods.models import Pod, PodVolume, Snapshot
+from apps.pods.models import VOLUME_MOUNTS, Pod, PodVolume, Snapshot
 from apps.pods.services.state import _log
 from apps.pods.stores import restic_raw
 from controlpanel.errors import PanelError
@@ -92,6 +92,11 @@ class _Walk:
         self.since_ns, self.deadline, self.entries = since_ns, deadline, 0
         self.most_entries = MOST_ENTRIES if most_entries is None else most_entries
         self.marking = marking  # not marking: only the bytes are counted
+        # `times_untrusted`: regular files changed since this time whose modification time does
+        # not say so, and whether the file system keeps change times finer than a second.
+        self.changed_since_ns: int | None = None
+        self.behind: list[str] = []
+        self.files, self.fine = 0, False
         self.bytes, self._linked = 0, set()  # the last folder's, as `du -sb` counts them
 
     def mark(self, root: str) -> str | None:
@@ -160,6 +165,8 @@ class _Walk:
             # Only the change time counts: the kernel sets it; a modification time is whatever
             # the pod says (one in the future would mark nothing, ever).
             self.newest = max(self.newest, found.st_ctime_ns)
+            if self.changed_since_ns is not None and stat.S_ISREG(found.st_mode):
+                self._told_by_times(found, parts, name)
             inode = (found.st_dev, found.st_ino)
             if found.st_nlink < 2 or stat.S_ISDIR(found.st_mode) or inode not in self._linked:
                 self.bytes += found.st_size  # a file with several links counts once
@@ -169,6 +176,42 @@ class _Walk:
                 below.append((name, (found.st_dev, found.st_ino)))
         below.reverse()
         return below
+
+    def _told_by_times(self, found: os.stat_result, parts: tuple[bytes, ...], name: bytes) -> None:
+        self.files += 1
+        self.fine = self.fine or bool(found.st_ctime_ns % 1_000_000_000)
+        since = self.changed_since_ns
+        # Changed since, but dated before it (`cp -p`, `rsync -a`, `touch -r`, `tar x`, a chmod
+        # or a rename) or after its own change: size and modification time may not tell it.
+        told = since <= found.st_mtime_ns <= found.st_ctime_ns + 1_000_000_000
+        if found.st_ctime_ns > since and not told and len(self.behind) < 3:
+            self.behind.append(b"/".join((*parts, name)).decode(errors="replace"))
+
+
+def times_untrusted(*, engine: DockerEngine, volumes: list[PodVolume], restored_at) -> str | None:
+    """Why size and modification time may not tell every file changed since a start wrote these
+    volumes at `restored_at` (restic then reads every file again), or None when they do: every
+    file changed since has a modification time after it, as a write gives. Listed from here
+    like a mark; volumes that cannot be, a start before this was recorded, or a file system
+    that keeps change times to the second (a write in the same second as the restore would not
+    show) are not trusted."""
+    if restored_at is None:
+        return "the start that wrote them did not record when"
+    walk = _Walk(since_ns=0, deadline=time.monotonic() + MOST_SECONDS, marking=False)
+    walk.changed_since_ns = int(restored_at.timestamp() * 1e9)
+    try:
+        folders = _folders(engine, [volume.docker_name for volume in volumes])
+        for volume in volumes:
+            told = len(walk.behind)
+            walk.mark(folders[volume.docker_name])
+            walk.behind[told:] = [f"{VOLUME_MOUNTS[volume.name]}/{path}" for path in walk.behind[told:]]
+    except (Unmarkable, OSError, PanelError) as exc:
+        return f"their files were not listed from here ({exc})"
+    if walk.behind:
+        return f"{', '.join(walk.behind)} changed since the start with an older modification time"
+    if walk.files and not walk.fine:
+        return "their file system keeps change times to the second"
+    return None
 
 
 def _folders(engine: DockerEngine, names: list[str]) -> dict[str, str]:
