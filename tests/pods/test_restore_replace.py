@@ -205,3 +205,27 @@ def test_the_confirmation_offers_replace_only_with_the_backup_permission_and_its
 
 def csrf_token(page: str) -> str:
     return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+
+
+def test_a_write_after_the_backup_read_the_path_keeps_the_one_replaced(docker_client, new_pod_id, monkeypatch):
+    """The pod runs on while the copy is written: what it writes into PATH after the backup read
+    it is in no snapshot, so the one moved aside stays, and the sentence says where and why."""
+    pod_id, number, before = running_pod_with_snapshot(docker_client, new_pod_id)
+    read_back = restore_replace._backup_read_back
+
+    def then_written(plan, **kwargs):
+        read_back(plan, **kwargs)
+        run_in(docker_client, pod_id, "printf 'late' > /workspace/proj/src/b.txt")
+
+    monkeypatch.setattr(restore_replace, "_backup_read_back", then_written)
+    operation = run_now(
+        Kind.POD_RESTORE_PATH, pod_id, actor="test", snapshot=number, path="/workspace/proj", replace=True
+    )
+    backup = backups_of(pod_id).get()
+    aside = f"/workspace/proj.replaced-by-snapshot-{number}"
+    assert files_in(docker_client, pod_id, "/workspace/proj") == before  # replaced all the same
+    assert operation.result["left"] == (
+        f"The one it replaced is left as {aside} in the pod: /workspace/proj/src/b.txt changed since backup "
+        f"snapshot #{backup.pk} read it, so it is in no snapshot; look at it, then remove it."
+    )
+    assert run_in(docker_client, pod_id, f"cat {aside}/src/b.txt") == "late"

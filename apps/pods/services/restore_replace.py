@@ -18,6 +18,8 @@ one volume (PATH and its siblings share their folder), never half done. `-n -T`:
 nor into, something that appeared meanwhile; each move is looked at afterwards, since a
 `mv -n` that did nothing still answers 0."""
 
+import posixpath
+
 from apps.audit.models import Operation
 from apps.audit.services import Actor
 from apps.pods.docker_engine import DockerEngine
@@ -25,6 +27,7 @@ from apps.pods.services.backup import pod_backup
 from apps.pods.services.restore_path import RestorePlan, _read_back, _undo
 from apps.pods.services.snapshot_files import _rows_read, shown, snapshot_select
 from apps.pods.services.state import _log
+from apps.pods.stores.tarlist import TarFileList
 from controlpanel.errors import NotFound, PanelError
 from controlpanel.formatting import first_line, humanize_bytes, plural
 
@@ -117,7 +120,14 @@ def swap_into_place(plan: RestorePlan, *, engine: DockerEngine, operation: Opera
         raise PanelError(f"{first_line(exc)}; {_put_back(plan, engine, had_current, backup)}") from exc
     if not had_current:
         return ""
-    # Only now, with the restored PATH read back in its place, does the current one go.
+    # Only now, with the restored PATH read back in its place, does the current one go, and
+    # only as the backup holds it: a write after the backup read it would be in neither.
+    changed = _changed_since_backup(plan, engine, backup)
+    if changed:
+        return (
+            f"The one it replaced is left as {shown(aside)} in the pod: {changed} since backup snapshot "
+            f"#{backup} read it, so it is in no snapshot; look at it, then remove it."
+        )
     _log(operation, f"{shown(path)} reads back in its place; removing the one moved aside")
     try:
         code, output = engine.container_exec(container=container, command=["rm", "-rf", "--", aside])
@@ -126,6 +136,31 @@ def swap_into_place(plan: RestorePlan, *, engine: DockerEngine, operation: Opera
     except PanelError as exc:
         return f"The one it replaced is also left as {shown(aside)} in the pod ({first_line(exc)}): remove it."
     return ""
+
+
+def _changed_since_backup(plan: RestorePlan, engine: DockerEngine, backup: int) -> str:
+    """What of the copy moved aside differs from the backup's (each regular file's path, size
+    and sha256, read from the container now), or "" when nothing does."""
+    path = plan.selection.path
+    try:
+        kept = {
+            (row.path[len(path) :], row.size, row.sha256)
+            for row in snapshot_select(pod_id=plan.pod.pod_id, number=backup, path=path).rows
+        }
+    except NotFound:
+        kept = set()
+    found = TarFileList()
+    try:
+        for chunk in engine.archive_read(container=plan.pod.container_name, path=plan.aside):
+            found.feed(chunk)
+    except PanelError as exc:
+        return f"it could not be read back ({first_line(exc)})"
+    name = posixpath.basename(plan.aside)
+    now = {("/" + entry[0][len(name) + 1 :] if entry[0] != name else "", entry[1], entry[2]) for entry in found.files}
+    differing = sorted({entry[0] for entry in now ^ kept})
+    if not differing:
+        return ""
+    return f"{shown(path + differing[0])}{' and more' if len(differing) > 1 else ''} changed"
 
 
 def _put_back(plan: RestorePlan, engine: DockerEngine, had_current: bool, backup: int) -> str:
