@@ -12,7 +12,7 @@ from django.core.paginator import Paginator
 from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_GET, require_POST, require_safe
 
 from apps.audit import operations
 from apps.audit.models import Operation
@@ -120,10 +120,11 @@ def files_view(request, pod_id: str, number: int):
     return render(request, "pods/snapshot_files.html", context, status=status)
 
 
-@require_safe
+@require_GET
 def download_view(request, pod_id: str, number: int):
     """A file as itself, a folder as a tar; streamed (a damaged copy stops before its end).
-    Audited: who took which path out of which snapshot."""
+    Audited: who took which path out of which snapshot (GET only: a HEAD would be audited as a
+    download that sent nothing)."""
     _require(request, PERMISSION)
     try:
         selection = snapshot_download(

@@ -87,6 +87,7 @@ def test_every_download_is_audited_with_who_what_and_which_snapshot(operator_cli
     operator_client.get(download, {"path": "/workspace/proj/src/a.txt"})
     operator_client.get(download, {"path": "/workspace/proj"})
     operator_client.get(download, {"path": "/workspace/nope"})  # refused: not a download
+    assert operator_client.head(download, {"path": "/workspace/proj/src/a.txt"}).status_code == 405  # sends nothing
 
     events = list(AuditEvent.objects.filter(action=AuditAction.POD_FILES_DOWNLOAD).order_by("pk"))
     assert [(e.actor_name, e.target_id, e.details["snapshot"], e.details["path"]) for e in events] == [
