@@ -181,3 +181,26 @@ def test_nothing_in_the_pod_moves_while_the_copy_is_written_and_a_pause_left_beh
     assert f"{container_name(pod_id)} was paused" in operation.log
     copy = files_in(docker_client, pod_id, f"/workspace/proj.from-snapshot-{number}")
     assert sorted(copy.values()) == sorted(before.values())
+
+
+def test_a_path_restore_and_a_backup_of_the_pod_never_run_at_once(docker_client, new_pod_id):
+    """Each may pause the pod (the restore while it writes, a backup with POD_BACKUP_PAUSE):
+    one would unpause the other's pause midway."""
+    pod_id, number, _ = running_pod_with_snapshot(docker_client, new_pod_id)
+    backing = Operation.objects.create(
+        kind=Kind.POD_BACKUP, target_type="pod", target_id=pod_id, actor_name="t", status=Operation.Status.RUNNING
+    )
+    with pytest.raises(Busy, match=f"is being backed up \\(operation #{backing.pk}\\): nothing was written"):
+        pod_restore_path(pod_id=pod_id, number=number, path="/workspace/proj", actor="test")
+    assert "from-snapshot" not in run_in(docker_client, pod_id, "ls -a /workspace")
+    backing.delete()
+    restoring = Operation.objects.create(
+        kind=Kind.POD_RESTORE_PATH, target_type="pod", target_id=pod_id, actor_name="t", status=Operation.Status.RUNNING
+    )
+    with pytest.raises(Busy, match=f"a path of pod '{pod_id}' is being restored \\(operation #{restoring.pk}\\)"):
+        services.pod_backup(pod_id=pod_id, actor="test")
+    # Its own backup first, for a replace, is not in its way.
+    pod_restore_path(
+        pod_id=pod_id, number=number, path="/workspace/proj", actor="test", operation=restoring, replace=True
+    )
+    assert Snapshot.objects.filter(pod__pod_id=pod_id, kind=Snapshot.Kind.BACKUP, status="complete").count() == 1

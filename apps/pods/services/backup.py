@@ -99,6 +99,9 @@ def _claim(*, pod_id: str, operation: Operation | None) -> Pod:
         earlier = others.first()
         if earlier is not None:
             raise Busy(f"pod {pod_id!r} is already being backed up (operation #{earlier.pk})")
+        restoring = path_restore_active(pod_id, besides=operation)
+        if restoring is not None:  # it pauses the pod while it writes: never both at once
+            raise Busy(f"a path of pod {pod_id!r} is being restored (operation #{restoring.pk}); back it up after")
         _host_room(pod, operation=operation)
         # A backup of it whose worker died, not yet seen by reconcile: it never completes now.
         Snapshot.objects.filter(pod=pod, kind=Snapshot.Kind.BACKUP, status__in=UNDER_WAY).exclude(
@@ -108,6 +111,18 @@ def _claim(*, pod_id: str, operation: Operation | None) -> Pod:
 
 
 INTERRUPTED = "interrupted: its worker died"
+
+
+def path_restore_active(pod_id: str, *, besides: Operation | None = None) -> Operation | None:
+    """A restore of a path into the pod under way (its own backup first, for a replace, is
+    `besides`): a backup and it never run at once, since each may pause the pod."""
+    found = Operation.objects.filter(kind=Kind.POD_RESTORE_PATH, target_id=pod_id, status__in=Operation.ACTIVE)
+    return found.exclude(pk=besides.pk).first() if besides is not None else found.first()
+
+
+def backup_active(pod_id: str) -> Operation | None:
+    """A backup of the pod under way (its operation alive)."""
+    return Operation.objects.filter(kind=Kind.POD_BACKUP, target_id=pod_id, status__in=Operation.ACTIVE).first()
 
 
 def backups_interrupted_fail(*, operation: Operation | None = None) -> list[int]:

@@ -148,8 +148,10 @@ def _backup(
         # A start wrote these volumes from the parent itself: every inode and ctime is new, so
         # restic would read every file again to find it unchanged. Size and modification time
         # (the restore set them from the parent) tell a file changed since, as they tell rsync,
-        # unless one was changed since and dated back.
-        why = marking.times_untrusted(engine=engine, volumes=volumes, restored_at=pod.restored_at)
+        # unless one was changed since and dated back, or may be while restic reads (running).
+        info = engine.container_get(pod.container_name)
+        why = "the pod runs while restic reads" if info is not None and info.running else None
+        why = why or marking.times_untrusted(engine=engine, volumes=volumes, restored_at=pod.restored_at)
         said = f"restic reads every file again: {why}" if why else "files compared by size and time"
         command += [] if why else ["--ignore-inode", "--ignore-ctime"]
         _log(operation, f"the volumes were restored from snapshot #{earlier.pk}: {said}")

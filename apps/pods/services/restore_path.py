@@ -28,6 +28,7 @@ moved aside removed; a failure after the move aside puts the original back.
 Files come back with their mtime, mode 0644 and owner root (the snapshot's file list keeps
 no mode or owner; a whole restore, a start, brings those back)."""
 
+import logging
 import posixpath
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from apps.audit.names import AuditAction, TargetType
 from apps.audit.services import Actor, Progress, audit_record
 from apps.pods.docker_engine import DockerEngine
 from apps.pods.models import Pod
+from apps.pods.services.backup import backup_active
 from apps.pods.services.hosts import engine_for
 from apps.pods.services.snapshot_files import (
     FileRow,
@@ -53,11 +55,13 @@ from apps.pods.services.snapshot_files import (
     shown,
     snapshot_select,
 )
-from apps.pods.services.state import _log
+from apps.pods.services.state import _locked, _log
 from apps.pods.stores.tarlist import BLOCK, TarFileList
 from controlpanel.errors import Busy, Forbidden, InvalidInput, PanelError
 from controlpanel.formatting import first_line, humanize_bytes, plural
 from controlpanel.preview import Preview, PreviewItem
+
+logger = logging.getLogger(__name__)
 
 # Files a confirmation page names one by one; the rest are counted.
 PREVIEW_FILES = 50
@@ -276,6 +280,13 @@ def pod_restore_path(
     if plan.replace and isinstance(actor, AbstractBaseUser) and not actor.has_perm(REPLACE_PERMISSION):
         # A replace backs the pod up first: a person needs that permission too, whoever asked.
         raise Forbidden(f"{actor.get_username()} may not back up pods (needs {REPLACE_PERMISSION}), so may not replace")
+    with transaction.atomic():  # under the pod's lock, as a backup claims it
+        _locked(plan.pod.pod_id)
+        if (backing := backup_active(plan.pod.pod_id)) is not None:
+            raise Busy(
+                f"pod {plan.pod.pod_id} is being backed up (operation #{backing.pk}): nothing was written; "
+                "restore the path once it ends"
+            )
     _thawed(plan, engine, operation)
     if plan.replace:
         # Looked at before the backup too: a pod that is held or has a target in the way gets none.
@@ -350,16 +361,18 @@ def _frozen(plan: RestorePlan, engine: DockerEngine, operation: Operation | None
     as root and follows links in the folders it writes into, so nothing in the pod may swap a
     folder of the copy for a link meanwhile (a file written elsewhere, over another). Unpaused
     whatever happens; a worker that died meanwhile leaves it to the next one (`_thawed`)."""
-    container = plan.pod.container_name
-    engine.container_pause(container)
-    began = time.monotonic()
+    container, began = plan.pod.container_name, time.monotonic()
     try:
+        engine.container_pause(container)  # within: a pause that raised may still have happened
         yield
     finally:
-        info = engine.container_get(container)
-        if info is not None and info.status == "paused":
-            engine.container_unpause(container)
-        _log(operation, f"{container} was paused {time.monotonic() - began:.2f} s while the copy was written")
+        try:
+            info = engine.container_get(container)
+            if info is not None and info.status == "paused":
+                engine.container_unpause(container)
+            _log(operation, f"{container} was paused {time.monotonic() - began:.2f} s while the copy was written")
+        except PanelError as exc:  # the error that ended the block is the one to tell
+            logger.warning("could not unpause %s after a path restore: %s", container, exc)
 
 
 def _thawed(plan: RestorePlan, engine: DockerEngine, operation: Operation | None) -> None:

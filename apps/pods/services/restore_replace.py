@@ -124,10 +124,7 @@ def swap_into_place(plan: RestorePlan, *, engine: DockerEngine, operation: Opera
     # only as the backup holds it: a write after the backup read it would be in neither.
     changed = _changed_since_backup(plan, engine, backup)
     if changed:
-        return (
-            f"The one it replaced is left as {shown(aside)} in the pod: {changed} since backup snapshot "
-            f"#{backup} read it, so it is in no snapshot; look at it, then remove it."
-        )
+        return f"The one it replaced is left as {shown(aside)} in the pod: {changed}; look at it, then remove it."
     _log(operation, f"{shown(path)} reads back in its place; removing the one moved aside")
     try:
         code, output = engine.container_exec(container=container, command=["rm", "-rf", "--", aside])
@@ -149,18 +146,22 @@ def _changed_since_backup(plan: RestorePlan, engine: DockerEngine, backup: int) 
         }
     except NotFound:
         kept = set()
+    except PanelError as exc:  # PATH is replaced already: the one moved aside stays
+        return f"it could not be compared with backup snapshot #{backup} ({first_line(exc)})"
     found = TarFileList()
     try:
         for chunk in engine.archive_read(container=plan.pod.container_name, path=plan.aside):
             found.feed(chunk)
     except PanelError as exc:
-        return f"it could not be read back ({first_line(exc)})"
+        return f"it could not be read back to compare it with backup snapshot #{backup} ({first_line(exc)})"
     name = posixpath.basename(plan.aside)
     now = {("/" + entry[0][len(name) + 1 :] if entry[0] != name else "", entry[1], entry[2]) for entry in found.files}
     differing = sorted({entry[0] for entry in now ^ kept})
     if not differing:
         return ""
-    return f"{shown(path + differing[0])}{' and more' if len(differing) > 1 else ''} changed"
+    more = " and more" if len(differing) > 1 else ""
+    changed = f"{shown(path + differing[0])}{more} changed"
+    return f"{changed} since backup snapshot #{backup} read it, so it is in no snapshot"
 
 
 def _put_back(plan: RestorePlan, engine: DockerEngine, had_current: bool, backup: int) -> str:

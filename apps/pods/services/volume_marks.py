@@ -182,8 +182,8 @@ class _Walk:
         self.fine = self.fine or bool(found.st_ctime_ns % 1_000_000_000)
         since = self.changed_since_ns
         # Changed since, but dated before it (`cp -p`, `rsync -a`, `touch -r`, `tar x`, a chmod
-        # or a rename) or after its own change: size and modification time may not tell it.
-        told = since <= found.st_mtime_ns <= found.st_ctime_ns + 1_000_000_000
+        # or a rename) or after its own change (a future date): size and time may not tell it.
+        told = since <= found.st_mtime_ns <= found.st_ctime_ns  # a write sets both at once
         if found.st_ctime_ns > since and not told and len(self.behind) < 3:
             self.behind.append(b"/".join((*parts, name)).decode(errors="replace"))
 
