@@ -43,7 +43,7 @@ def copy_under_way(snapshot: Snapshot) -> bool:
     """Another copy of the snapshot's pod into its store is under way (its operation alive):
     one whose volumes did not change reuses the parent's objects without a restic snapshot of
     its own until it is recorded, so the parent stays until then. Read under the pod's
-    deletion lock, which such a copy takes to decide (`capture_folders._parent_kept`)."""
+    deletion lock, which such a copy takes to decide (`volume_marks.parent_kept`)."""
     return (
         Snapshot.objects.filter(pod_id=snapshot.pod_id, store_url=snapshot.store_url, status__in=UNDER_WAY)
         .exclude(pk=snapshot.pk)
