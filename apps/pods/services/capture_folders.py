@@ -12,19 +12,20 @@ the new volumes (`restic restore --verify`).
   this operation (`restic dump` of its folder as a tar, every chunk's MAC checked by restic);
   its size, sha256 and file list, taken from that read, are what the manifest records, and
   what a verify, a drill, a file download and the tar stores' readers compare against later.
-  A backup restic calls incomplete (a file it could not read) is forgotten and fails.
+  A stop whose restic snapshot holds its parent's very files (after a start, most often)
+  reads every chunk back here on every core instead, and records the parent's reading
+  (`same_files`). A backup restic calls incomplete (a file it could not read) is forgotten
+  and fails.
 - **Where.** A `dedup+file://` repository is bind-mounted into the helper, so only a host on
   this machine can reach it; `dedup+s3://` works from any host (the helper shares the host's
   network). A remote host with a file repository is refused before the pod changes state.
 """
 
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import AbstractContextManager
 
 from django.utils import timezone
@@ -37,6 +38,7 @@ from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services import volume_marks as marking
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
 from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
+from apps.pods.services.same_files import parent_reading, proven_reading, restic_id_of, unchanged_since
 from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores.base import StoreError
@@ -66,47 +68,6 @@ def parent_for(*, pod: Pod, store: DedupStore) -> Snapshot | None:
         if entries and all(e.get("folder") and e.get("store_id") for e in entries):
             return snapshot
     return None
-
-
-def restic_id_of(manifest: dict) -> str:
-    """The restic snapshot that holds a folder snapshot's eight volumes."""
-    return next(iter(manifest.values()))["store_id"]
-
-
-def _unchanged_since(
-    *, store: DedupStore, parent: Snapshot, restic_id: str, volumes, written: Future
-) -> dict[str, dict] | None:
-    """A backup whose restic snapshot has its parent's tree holds the very same folders (restic's
-    trees are content-addressed: the same tree id is the same names, metadata and chunks): the
-    parent's entries and file lists describe it byte for byte, and nothing needs reading now.
-    None when anything differs. `written`: the parent's manifest, read while restic backed up."""
-    parent_id = restic_id_of(parent.manifest)
-    listed = store.run("snapshots", "--json", restic_id, parent_id, doing="comparing with the parent")
-    trees = {found["id"]: found.get("tree") for found in json.loads(listed or "[]")}
-    ours = [tree for restic, tree in trees.items() if restic.startswith(restic_id)]
-    theirs = [tree for restic, tree in trees.items() if restic.startswith(parent_id)]
-    if not ours or not theirs or ours[0] != theirs[0]:
-        return None  # the parent's manifest is not needed, whether it read or not
-    return _parent_reading(parent=parent, volumes=volumes, written=written)
-
-
-def _parent_reading(*, parent: Snapshot, volumes, written: Future | None) -> dict[str, dict] | None:
-    """The parent's entries with the file lists of its manifest in the store (`written`), for
-    a backup holding the very same folders; None when that manifest gives no lists."""
-    if written is None:
-        return None
-    try:
-        lists = json.loads(written.result()).get("files") or {}
-        if set(lists) != {volume.name for volume in volumes}:
-            return None
-    except Exception as exc:  # it does not read, or not as a manifest: the backup is read back instead
-        logger.info("snapshot #%s's manifest gave no file lists (%s): the backup is read back", parent.pk, exc)
-        return None
-    keep = ("bytes", "files", "sha256", "archive_bytes")
-    return {
-        volume.name: {**{k: parent.manifest[volume.name][k] for k in keep}, "file_list": lists[volume.name]}
-        for volume in volumes
-    }
 
 
 def restored_labels(manifest: dict) -> dict[str, str]:
@@ -360,13 +321,25 @@ def folders_copy(
     # A stop reads every byte back before it removes anything; a backup removes nothing, so
     # one that changed nothing since its parent takes the parent's reading (the verify
     # schedule reads it back later: until then it is "not yet proven").
-    read = None
+    read, same = None, reused or not (summary.get("files_new") or summary.get("files_changed"))
     if reused and not read_back:
-        read = _parent_reading(parent=earlier, volumes=volumes, written=written)
-    elif written is not None and not (summary.get("files_new") or summary.get("files_changed")):
-        read = _unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes, written=written)
+        read = parent_reading(parent=earlier, volumes=volumes, written=written)
+    elif written is not None and same:
+        read = unchanged_since(store=store, parent=earlier, restic_id=restic_id, volumes=volumes, written=written)
         if read is not None:
             _log(operation, f"the same folders as snapshot #{earlier.pk} (restic's tree is unchanged): not read again")
+    elif read_back and earlier is not None and same:  # a stop: every chunk read here, on every core
+        read = proven_reading(
+            store=store,
+            parent=earlier,
+            restic_id=restic_id,
+            volumes=volumes,
+            progress=progress,
+            superseded=superseded,
+            operation=operation,
+            nearing=ahead.start if ahead is not None else None,
+            ask_every=ASK_EVERY_SECONDS,
+        )
     if read is None:
         # A reused snapshot's dump is the parent's: its size is known.
         expected = earlier.manifest[volumes[0].name].get("archive_bytes", 0) if reused else tar_bytes_about(summary)

@@ -1,0 +1,165 @@
+"""A copy whose restic snapshot holds its parent's very files: what its manifest records is then
+the parent's (sizes, sha256 and file lists), told without restic's `dump`.
+
+- **A backup** (`unchanged_since`) with its parent's tree removes nothing: nothing is read now;
+  the verify schedule reads it back later ("not yet proven").
+- **A stop** (`proven_reading`) removes the volumes, so every byte its snapshot relies on is
+  read back in this operation, but not through `restic dump`, which restic 0.14 decrypts on one
+  core. Here (`stores.restic_read`):
+  1. both snapshots' trees are read and compared: every name, type, mode, owner, size,
+     modification time, link target, extended attribute and chunk list must be the same.
+     Only what a start changes and `restic dump` leaves out of its tar (Go's tar writer drops
+     access and change times unless told a format; inode and device are never written) may
+     differ. Then the new snapshot's dump is byte for byte the parent's, and so are its
+     sha256, its size and every file's offset, size and sha256;
+  2. every chunk those files are made of is read out of its pack on every core, its tag
+     checked and its plain text hashed against its id, and each file's chunks add up to its
+     size.
+  Anything this cannot read, does not understand or finds different leaves the proof to
+  `restic dump` as before, with a line in the operation's log saying why.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from apps.pods.models import Snapshot
+from apps.pods.services.manifest_ahead import near_end
+from apps.pods.services.state import _log
+from apps.pods.stores.restic_read import Repository, Unread, blobs_read
+from controlpanel.errors import PanelError
+from controlpanel.formatting import humanize_bytes
+from controlpanel.threads import started
+
+logger = logging.getLogger(__name__)
+
+# What a start changes in a restored file and `restic dump` never writes into its tar.
+NOT_DUMPED = frozenset({"inode", "device_id", "ctime", "atime"})
+# Past this many chunks the proof's own lists would weigh more than restic's dump: restic reads.
+MOST_CHUNKS = 400_000
+
+
+def restic_id_of(manifest: dict) -> str:
+    """The restic snapshot that holds a folder snapshot's eight volumes."""
+    return next(iter(manifest.values()))["store_id"]
+
+
+def unchanged_since(*, store, parent: Snapshot, restic_id: str, volumes, written: Future) -> dict[str, dict] | None:
+    """A backup whose restic snapshot has its parent's tree holds the very same folders (restic's
+    trees are content-addressed: the same tree id is the same names, metadata and chunks): the
+    parent's entries and file lists describe it byte for byte, and nothing needs reading now.
+    None when anything differs. `written`: the parent's manifest, read while restic backed up."""
+    parent_id = restic_id_of(parent.manifest)
+    listed = store.run("snapshots", "--json", restic_id, parent_id, doing="comparing with the parent")
+    trees = {found["id"]: found.get("tree") for found in json.loads(listed or "[]")}
+    ours = [tree for restic, tree in trees.items() if restic.startswith(restic_id)]
+    theirs = [tree for restic, tree in trees.items() if restic.startswith(parent_id)]
+    if not ours or not theirs or ours[0] != theirs[0]:
+        return None  # the parent's manifest is not needed, whether it read or not
+    return parent_reading(parent=parent, volumes=volumes, written=written)
+
+
+def parent_reading(*, parent: Snapshot, volumes, written: Future | None) -> dict[str, dict] | None:
+    """The parent's entries with the file lists of its manifest in the store (`written`), for
+    a copy holding the very same folders; None when that manifest gives no lists."""
+    if written is None:
+        return None
+    try:
+        lists = json.loads(written.result()).get("files") or {}
+        if set(lists) != {volume.name for volume in volumes}:
+            return None
+    except Exception as exc:  # it does not read, or not as a manifest: the copy is read back instead
+        logger.info("snapshot #%s's manifest gave no file lists (%s): the copy is read back", parent.pk, exc)
+        return None
+    keep = ("bytes", "files", "sha256", "archive_bytes")
+    return {
+        volume.name: {**{k: parent.manifest[volume.name][k] for k in keep}, "file_list": lists[volume.name]}
+        for volume in volumes
+    }
+
+
+def proven_reading(
+    *,
+    store,
+    parent: Snapshot,
+    restic_id: str,
+    volumes,
+    progress,
+    superseded: Callable[[], str | None],
+    operation,
+    nearing: Callable[[], None] | None,
+    ask_every: float,
+) -> dict[str, dict] | None:
+    """A stop's reading of a restic snapshot with its parent's very files, every chunk read back
+    here (module docstring); None when that is not proven, and `restic dump` reads it instead."""
+    begun, count = time.monotonic(), 0
+    try:
+        repository = Repository.opened(store)
+        chunks = _same_files(repository, restic_id, restic_id_of(parent.manifest))
+        # The parent's file lists (one restic) while the chunks are read.
+        written = started(store.get_small, f"{parent.prefix}/manifest.json", name="parent-manifest")
+        expected = sum(repository.blobs()[chunk].plain_length for chunk in chunks)
+        asked, first, first_count = begun, None, 0
+        for got in blobs_read(repository, chunks):
+            count += got
+            progress.advance(got)
+            now = time.monotonic()
+            if first is None:
+                first, first_count = now, count
+            pace = {"begun": begun, "first": first, "first_count": first_count, "now": now, "count": count}
+            if nearing is not None and near_end(**pace, expected=expected):
+                nearing()
+                nearing = None
+            if now - asked >= ask_every:
+                asked = now
+                if why := superseded():
+                    raise PanelError(why)
+    except Unread as exc:
+        progress.advance(-count)  # restic's dump counts them again
+        _log(operation, f"the copy is read back with restic's dump instead: {exc}")
+        return None
+    read = parent_reading(parent=parent, volumes=volumes, written=written)
+    if read is None:
+        _log(operation, f"the copy is read back with restic's dump instead: snapshot #{parent.pk}'s lists did not read")
+        return None
+    seconds = time.monotonic() - begun
+    _log(
+        operation,
+        f"the same files as snapshot #{parent.pk} (names, sizes, times, owners and chunks): its {len(chunks)} "
+        f"chunks ({humanize_bytes(count)}) read back and checked in {seconds:.1f} s; the file lists are #{parent.pk}'s",
+    )
+    return read
+
+
+def _same_files(repository: Repository, restic_id: str, parent_id: str) -> set[str]:
+    """The chunks of restic snapshot `restic_id`, once its trees were all read and found to
+    hold the parent's files as `restic dump` writes them; Unread at the first difference."""
+    stack = [(repository.snapshot(restic_id)["tree"], repository.snapshot(parent_id)["tree"], "")]
+    chunks: set[str] = set()
+    while stack:
+        ours_id, theirs_id, path = stack.pop()
+        ours = repository.tree(ours_id)
+        theirs = ours if theirs_id == ours_id else repository.tree(theirs_id)
+        if [node.get("name") for node in ours] != [node.get("name") for node in theirs]:
+            raise Unread(f"the names in {path or '/'} differ from the parent's")
+        for mine, its in zip(ours, theirs, strict=True):
+            where = f"{path}/{mine.get('name')}"
+            if _dumped(mine) != _dumped(its):
+                raise Unread(f"{where!r} differs from the parent's")
+            if mine.get("type") == "dir":
+                stack.append((mine["subtree"], its["subtree"], where))
+            elif mine.get("type") == "file":
+                content = mine.get("content") or []
+                if sum(repository._where(chunk).plain_length for chunk in content) != mine.get("size", 0):
+                    raise Unread(f"the chunks of {where!r} do not add up to its size")
+                chunks.update(content)
+                if len(chunks) > MOST_CHUNKS:
+                    raise Unread(f"more than {MOST_CHUNKS:,} chunks")
+    return chunks
+
+
+def _dumped(node: dict) -> dict:
+    """What `restic dump` writes of a node into its tar (and its chunks), without its subtree."""
+    return {key: value for key, value in node.items() if key not in NOT_DUMPED and key != "subtree"}
