@@ -131,7 +131,7 @@ def _files_read(repository: Repository, restic_id: str) -> dict[str, bytes]:
             elif node["type"] == "file":
                 parts = []
                 for chunk in node.get("content") or []:
-                    where = repository.blobs()[chunk]
+                    where = repository.located([chunk])[chunk]
                     parts += [text for _, text in repository.read_pack(where.pack, [(chunk, where)])]
                 found[name] = b"".join(parts)
     return found
@@ -143,7 +143,7 @@ def test_the_reader_gives_back_every_file_restic_wrote_byte_for_byte(backed_up):
     assert repository.version == 2  # restic 0.14 compresses: the reader decompresses
     read = _files_read(repository, restic_id[:8])
     assert {name.removeprefix("src/"): body for name, body in read.items() if name.endswith(tuple(files))} == files
-    everything = repository.blobs()  # trees and data: every blob of the repository, on two threads
+    everything = repository.located()  # trees and data: every blob of the repository, on two threads
     assert sum(blobs_read(repository, everything, threads=2)) == sum(w.plain_length for w in everything.values())
 
 
@@ -161,7 +161,7 @@ def test_the_reader_refuses_a_flipped_byte_a_renamed_file_and_a_missing_pack(bac
     index = next((repository_path / "index").iterdir())
     index.rename(index.with_name("0" * 64))
     with pytest.raises(Unread, match="does not hash to its name"):
-        Repository.opened(store).blobs()
+        Repository.opened(store).located()
 
 
 def _dump_by_hand(repository_path: Path, key: Path, restic_id: str) -> str:
@@ -189,7 +189,7 @@ def test_new_inodes_and_change_times_are_the_same_files_and_restic_dumps_them_th
     repository = Repository.opened(store_from_url())
     assert repository.snapshot(second)["tree"] != repository.snapshot(first)["tree"]
     chunks = same_files._same_files(repository, second, first)
-    assert sum(repository.blobs()[chunk].plain_length for chunk in chunks) == sum(map(len, files.values()))
+    assert sum(where.plain_length for where in repository.located(chunks).values()) == sum(map(len, files.values()))
     assert _dump_by_hand(repository_path, restic, second) == _dump_by_hand(repository_path, restic, first)
 
 
@@ -208,3 +208,21 @@ def test_a_mode_an_owner_or_a_time_changed_is_not_the_same_files_and_restic_dump
     with pytest.raises(Unread, match="differs from the parent's"):
         same_files._same_files(Repository.opened(store_from_url()), second, first)
     assert _dump_by_hand(repository_path, restic, second) != _dump_by_hand(repository_path, restic, first)
+
+
+def test_without_a_working_key_the_stop_is_read_back_by_restics_dump_as_before(
+    docker_client, new_pod_id, dedup_file, beside, settings
+):
+    pod_id, _ = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    services.pod_start(pod_id=pod_id, actor="test")
+    shown = listing(docker_client, pod_id)
+    settings.SNAPSHOT_WORKING_KEY = False
+    run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    second = Snapshot.objects.filter(pod__pod_id=pod_id).latest("pk")
+    assert second.status == Snapshot.Status.COMPLETE
+    log = log_of(second)
+    assert "read back with restic's dump instead: the panel has no working key for it" in log and PROVEN not in log
+    assert {entry["sha256"] for entry in second.manifest.values()} == {_dump_sha256(second)[0]}
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == shown

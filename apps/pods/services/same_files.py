@@ -100,7 +100,7 @@ def proven_reading(
         chunks = _same_files(repository, restic_id, restic_id_of(parent.manifest))
         # The parent's file lists (one restic) while the chunks are read.
         written = started(store.get_small, f"{parent.prefix}/manifest.json", name="parent-manifest")
-        expected = sum(repository.blobs()[chunk].plain_length for chunk in chunks)
+        expected = sum(where.plain_length for where in repository.located(chunks).values())
         asked, first, first_count = begun, None, 0
         for got in blobs_read(repository, chunks):
             count += got
@@ -116,9 +116,12 @@ def proven_reading(
                 asked = now
                 if why := superseded():
                     raise PanelError(why)
-    except Unread as exc:
+    except PanelError:
+        raise  # superseded: the copy is not wanted any more
+    except Exception as exc:  # Unread, or anything else not understood here: restic reads it
         progress.advance(-count)  # restic's dump counts them again
-        _log(operation, f"the copy is read back with restic's dump instead: {exc}")
+        why = str(exc) if isinstance(exc, Unread) else f"{type(exc).__name__}: {exc}"
+        _log(operation, f"the copy is read back with restic's dump instead: {why}"[:500])
         return None
     read = parent_reading(parent=parent, volumes=volumes, written=written)
     if read is None:
@@ -138,6 +141,7 @@ def _same_files(repository: Repository, restic_id: str, parent_id: str) -> set[s
     hold the parent's files as `restic dump` writes them; Unread at the first difference."""
     stack = [(repository.snapshot(restic_id)["tree"], repository.snapshot(parent_id)["tree"], "")]
     chunks: set[str] = set()
+    files: list[tuple[str, list[str], int]] = []
     while stack:
         ours_id, theirs_id, path = stack.pop()
         ours = repository.tree(ours_id)
@@ -151,12 +155,14 @@ def _same_files(repository: Repository, restic_id: str, parent_id: str) -> set[s
             if mine.get("type") == "dir":
                 stack.append((mine["subtree"], its["subtree"], where))
             elif mine.get("type") == "file":
-                content = mine.get("content") or []
-                if sum(repository._where(chunk).plain_length for chunk in content) != mine.get("size", 0):
-                    raise Unread(f"the chunks of {where!r} do not add up to its size")
-                chunks.update(content)
+                files.append((where, mine.get("content") or [], int(mine.get("size") or 0)))
+                chunks.update(files[-1][1])
                 if len(chunks) > MOST_CHUNKS:
                     raise Unread(f"more than {MOST_CHUNKS:,} chunks")
+    located = repository.located(chunks)
+    for where, content, size in files:
+        if sum(located[chunk].plain_length for chunk in content) != size:
+            raise Unread(f"the chunks of {where!r} do not add up to its size")
     return chunks
 
 

@@ -29,6 +29,7 @@ from controlpanel.s3 import s3_client
 
 MOST_FILE_BYTES = 256 * 1024**2  # an index or snapshot file larger than this is left to restic
 MOST_BLOB_BYTES = 64 * 1024**2  # restic's chunker cuts at 8 MiB; a tree blob may be larger
+MOST_TREES_KEPT = 20_000  # S3: trees fetched with their pack and not yet asked for
 SEALED_EXTRA = restic_crypto.NONCE_BYTES + 16  # nonce and tag around every sealed text
 
 
@@ -52,7 +53,10 @@ class Repository:
 
     def __init__(self, store, keys: restic_crypto.Keys, version: int):
         self.store, self.keys, self.version = store, keys, version
-        self._blobs: dict[str, Blob] | None = None
+        self._client = s3_client() if store.path is None else None  # one, shared by the threads
+        self._trees: dict[str, Blob] | None = None
+        self._data: dict[str, Blob] = {}
+        self._tree_texts: dict[str, bytes] = {}  # S3: the trees of the packs already fetched
 
     @classmethod
     def opened(cls, store) -> "Repository":
@@ -97,28 +101,50 @@ class Repository:
             raise Unread(f"restic snapshot {restic_id[:8]} is not one file of the repository")
         return self._file("snapshots", found[0])
 
-    def blobs(self) -> dict[str, Blob]:
-        """Every blob the index files name: its first place in them (restic reads any copy)."""
-        if self._blobs is None:
-            found: dict[str, Blob] = {}
-            for name in restic_raw.names(self.store, "index"):
-                for pack in self._file("index", name).get("packs") or []:
-                    for blob in pack.get("blobs") or []:
-                        if blob["id"] not in found:
-                            found[blob["id"]] = _blob_at(pack["id"], blob)
-            self._blobs = found
-        return self._blobs
+    def _scan(self, wanted) -> dict[str, Blob]:
+        """The blobs of the index files that `wanted(blob)` keeps: each blob's first place in
+        them (restic reads any copy). Only those are held: a large repository's index would
+        weigh more than its reader may."""
+        found: dict[str, Blob] = {}
+        for name in restic_raw.names(self.store, "index"):
+            for pack in self._file("index", name).get("packs") or []:
+                for blob in pack.get("blobs") or []:
+                    if blob.get("id") not in found and wanted(blob):
+                        found[blob["id"]] = _blob_at(pack["id"], blob)
+        return found
+
+    def located(self, blob_ids=None) -> dict[str, Blob]:
+        """Where each of these data blobs is (every blob of the repository for None)."""
+        if blob_ids is None:
+            return self._scan(lambda blob: True)
+        missing = set(blob_ids) - set(self._data)
+        if missing:
+            self._data.update(self._scan(lambda blob: blob.get("id") in missing))
+        return {blob_id: self._where(blob_id) for blob_id in blob_ids}
 
     # --- blobs -----------------------------------------------------------------------------
 
     def tree(self, tree_id: str) -> list[dict]:
-        """A tree blob's nodes, read and checked."""
-        where = self._where(tree_id)
-        (plain,) = [text for _, text in self.read_pack(where.pack, [(tree_id, where)])]
+        """A tree blob's nodes, read and checked. From S3, every tree of its pack comes in the
+        same GET (restic packs trees together): one request per pack, not one per folder."""
+        if self._trees is None:
+            self._trees = self._scan(lambda blob: blob.get("type") == "tree")
+        where = self._trees.get(tree_id)
+        if where is None:
+            raise Unread(f"tree {tree_id[:8]} is in no index file")
+        if self._client is None:
+            (plain,) = [text for _, text in self.read_pack(where.pack, [(tree_id, where)])]
+        else:
+            if tree_id not in self._tree_texts:
+                if len(self._tree_texts) > MOST_TREES_KEPT:
+                    self._tree_texts.clear()
+                packed = [(other, at) for other, at in self._trees.items() if at.pack == where.pack]
+                self._tree_texts.update(self.read_pack(where.pack, packed))
+            plain = self._tree_texts.pop(tree_id)
         return json.loads(plain).get("nodes") or []
 
     def _where(self, blob_id: str) -> Blob:
-        where = self.blobs().get(blob_id)
+        where = self._data.get(blob_id)
         if where is None:
             raise Unread(f"blob {blob_id[:8]} is in no index file")
         return where
@@ -163,7 +189,7 @@ class Repository:
         first, end = places[0].offset, max(where.offset + where.length for where in places)
         key = f"{self.store.prefix}/{name}" if self.store.prefix else name
         try:
-            body = s3_client().get_object(Bucket=self.store.bucket, Key=key, Range=f"bytes={first}-{end - 1}")
+            body = self._client.get_object(Bucket=self.store.bucket, Key=key, Range=f"bytes={first}-{end - 1}")
             span = body["Body"].read()
         except Exception as exc:  # any S3 failure: restic reads it instead, in its own words
             raise Unread(f"pack {pack[:8]} does not read from S3: {exc}") from exc
@@ -177,8 +203,7 @@ def blobs_read(repository: Repository, blob_ids, *, threads: int | None = None):
     """Read and check every named data blob, packs spread over `threads` (every core); yields
     the plain bytes of each pack's blobs as that pack is done, in no particular order."""
     by_pack: dict[str, list[tuple[str, Blob]]] = {}
-    for blob_id in blob_ids:
-        where = repository._where(blob_id)
+    for blob_id, where in repository.located(blob_ids).items():
         by_pack.setdefault(where.pack, []).append((blob_id, where))
 
     def one(pack: str) -> int:
