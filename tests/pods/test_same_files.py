@@ -22,6 +22,7 @@ from apps.pods.models import Snapshot
 from apps.pods.services import same_files
 from apps.pods.services.verify import snapshot_verify
 from apps.pods.snapshots import store_from_url
+from apps.pods.stores import restic_crypto
 from apps.pods.stores.restic_read import Repository, Unread, blobs_read
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import WRITE_SCRIPT, listing, pod_with_files, run_in
@@ -143,7 +144,7 @@ def test_the_reader_gives_back_every_file_restic_wrote_byte_for_byte(backed_up):
     assert repository.version == 2  # restic 0.14 compresses: the reader decompresses
     read = _files_read(repository, restic_id[:8])
     assert {name.removeprefix("src/"): body for name, body in read.items() if name.endswith(tuple(files))} == files
-    everything = repository.located()  # trees and data: every blob of the repository, on two threads
+    everything = repository.located()  # every data blob of the repository, on two threads
     assert sum(blobs_read(repository, everything, threads=2)) == sum(w.plain_length for w in everything.values())
 
 
@@ -188,7 +189,7 @@ def test_new_inodes_and_change_times_are_the_same_files_and_restic_dumps_them_th
     second = _backed_up_again(repository_path, restic, folder)
     repository = Repository.opened(store_from_url())
     assert repository.snapshot(second)["tree"] != repository.snapshot(first)["tree"]
-    chunks = same_files._same_files(repository, second, first)
+    chunks = same_files._same_files(repository, second, first).chunks
     assert sum(where.plain_length for where in repository.located(chunks).values()) == sum(map(len, files.values()))
     assert _dump_by_hand(repository_path, restic, second) == _dump_by_hand(repository_path, restic, first)
 
@@ -226,3 +227,75 @@ def test_without_a_working_key_the_stop_is_read_back_by_restics_dump_as_before(
     assert {entry["sha256"] for entry in second.manifest.values()} == {_dump_sha256(second)[0]}
     services.pod_start(pod_id=pod_id, actor="test")
     assert listing(docker_client, pod_id) == shown
+
+
+def test_a_parents_file_list_that_is_not_what_the_trees_hold_leaves_the_stop_to_restic(
+    docker_client, new_pod_id, dedup_file, beside, monkeypatch
+):
+    # The lists come from the parent's manifest in the store: one that lost a file (or says
+    # another size) must not be recorded for the new snapshot.
+    reading = same_files.parent_reading
+
+    def one_file_fewer(**kwargs):
+        read = reading(**kwargs)
+        if read is not None:
+            read["workspace"]["file_list"] = read["workspace"]["file_list"][1:]
+        return read
+
+    monkeypatch.setattr(same_files, "parent_reading", one_file_fewer)
+    pod_id, first, second, shown = _stopped_started_stopped(docker_client, new_pod_id)
+    log = log_of(second)
+    assert "read back with restic's dump instead: the parent's list of workspace differs from the trees" in log
+    assert {entry["sha256"] for entry in second.manifest.values()} == {_dump_sha256(second)[0]}
+    assert second.manifest["workspace"]["files"] == first.manifest["workspace"]["files"]
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == shown
+
+
+def _flip_data_blob(store, repository_path: Path, blob: str) -> None:
+    """Flip bytes inside the data blob `blob` (not a tree blob of the same id)."""
+    for index_id in store.run("list", "index", "--no-lock", doing="test").split():
+        for pack in json.loads(store.run("cat", "index", index_id, "--no-lock", doing="test"))["packs"]:
+            for found in pack["blobs"]:
+                if found["id"] == blob and found["type"] == "data":
+                    path = repository_path / "data" / pack["id"][:2] / pack["id"]
+                    data = bytearray(path.read_bytes())
+                    data[found["offset"] + 20] ^= 0xFF
+                    path.chmod(0o644)
+                    path.write_bytes(bytes(data))
+                    return
+    raise AssertionError(f"no data blob {blob}")
+
+
+def test_a_file_holding_an_empty_folders_tree_text_is_read_as_data(dedup_file, restic, tmp_path):
+    # Every empty folder's tree is `{"nodes":[]}` and a newline: a file with those very bytes
+    # has a data blob of the same id. Its content is the data blob, which is what is checked.
+    folder = tmp_path / "src"
+    (folder / "empty-folder").mkdir(parents=True)
+    text = b'{"nodes":[]}\n'
+    (folder / "looks-like-a-tree.json").write_bytes(text)
+    restic_id = _backed_up_again(dedup_file, restic, folder)
+    blob = hashlib.sha256(text).hexdigest()
+    _flip_data_blob(store_from_url(), dedup_file, blob)
+    _tree_entry_listed_first(dedup_file, blob)
+    repository = Repository.opened(store_from_url())
+    with pytest.raises(Unread, match="does not open"):
+        list(blobs_read(repository, same_files._same_files(repository, restic_id, restic_id).chunks))
+
+
+def _tree_entry_listed_first(repository_path: Path, blob: str) -> None:
+    """An index file naming only the tree blob `blob`, written where a reader meets it before
+    any other (index files are read in the order of their names, which are their sha256)."""
+    store = store_from_url()
+    keys = Repository.opened(store).keys
+    for index_id in store.run("list", "index", "--no-lock", doing="test").split():
+        for pack in json.loads(store.run("cat", "index", index_id, "--no-lock", doing="test"))["packs"]:
+            tree = [found for found in pack["blobs"] if found["id"] == blob and found["type"] == "tree"]
+            if tree:
+                body = json.dumps({"packs": [{"id": pack["id"], "blobs": tree}]}).encode()
+                first = min(path.name for path in (repository_path / "index").iterdir())
+                while (name := hashlib.sha256(sealed := restic_crypto.seal(body, keys)).hexdigest()) >= first:
+                    pass  # a new nonce, a new name: one in 16 starts with 0
+                (repository_path / "index" / name).write_bytes(sealed)
+                return
+    raise AssertionError(f"no tree blob {blob}")

@@ -19,13 +19,16 @@ the parent's (sizes, sha256 and file lists), told without restic's `dump`.
   `restic dump` as before, with a line in the operation's log saying why.
 """
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 from apps.pods.models import Snapshot
+from apps.pods.services.beside import folder_name
 from apps.pods.services.manifest_ahead import near_end
 from apps.pods.services.state import _log
 from apps.pods.stores.restic_read import Repository, Unread, blobs_read
@@ -37,8 +40,10 @@ logger = logging.getLogger(__name__)
 
 # What a start changes in a restored file and `restic dump` never writes into its tar.
 NOT_DUMPED = frozenset({"inode", "device_id", "ctime", "atime"})
-# Past this many chunks the proof's own lists would weigh more than restic's dump: restic reads.
-MOST_CHUNKS = 400_000
+# Past this many chunks or files the proof's own lists would weigh more than its worker may
+# (a peak RSS under 200 MiB): restic reads instead.
+MOST_CHUNKS = 100_000
+MOST_FILES = 100_000
 
 
 def restic_id_of(manifest: dict) -> str:
@@ -94,15 +99,23 @@ def proven_reading(
 ) -> dict[str, dict] | None:
     """A stop's reading of a restic snapshot with its parent's very files, every chunk read back
     here (module docstring); None when that is not proven, and `restic dump` reads it instead."""
-    begun, count = time.monotonic(), 0
+    begun, count, asked = time.monotonic(), 0, [time.monotonic()]
+
+    def ask() -> None:
+        if time.monotonic() - asked[0] >= ask_every:
+            asked[0] = time.monotonic()
+            if why := superseded():
+                raise PanelError(why)
+
     try:
         repository = Repository.opened(store)
-        chunks = _same_files(repository, restic_id, restic_id_of(parent.manifest))
+        repository.ask = ask
+        walked = _same_files(repository, restic_id, restic_id_of(parent.manifest))
         # The parent's file lists (one restic) while the chunks are read.
         written = started(store.get_small, f"{parent.prefix}/manifest.json", name="parent-manifest")
-        expected = sum(where.plain_length for where in repository.located(chunks).values())
-        asked, first, first_count = begun, None, 0
-        for got in blobs_read(repository, chunks):
+        expected = sum(where.plain_length for where in repository.located(walked.chunks).values())
+        first, first_count = None, 0
+        for got in blobs_read(repository, walked.chunks):
             count += got
             progress.advance(got)
             now = time.monotonic()
@@ -112,10 +125,13 @@ def proven_reading(
             if nearing is not None and near_end(**pace, expected=expected):
                 nearing()
                 nearing = None
-            if now - asked >= ask_every:
-                asked = now
-                if why := superseded():
-                    raise PanelError(why)
+            ask()
+        if nearing is not None:
+            nearing()  # at the latest now: the manifest is written next
+        read = parent_reading(parent=parent, volumes=volumes, written=written)
+        if read is None:
+            raise Unread(f"snapshot #{parent.pk}'s file lists did not read")
+        walked.lists_match(read, volumes)
     except PanelError:
         raise  # superseded: the copy is not wanted any more
     except Exception as exc:  # Unread, or anything else not understood here: restic reads it
@@ -123,47 +139,92 @@ def proven_reading(
         why = str(exc) if isinstance(exc, Unread) else f"{type(exc).__name__}: {exc}"
         _log(operation, f"the copy is read back with restic's dump instead: {why}"[:500])
         return None
-    read = parent_reading(parent=parent, volumes=volumes, written=written)
-    if read is None:
-        _log(operation, f"the copy is read back with restic's dump instead: snapshot #{parent.pk}'s lists did not read")
-        return None
     seconds = time.monotonic() - begun
     _log(
         operation,
-        f"the same files as snapshot #{parent.pk} (names, sizes, times, owners and chunks): its {len(chunks)} "
-        f"chunks ({humanize_bytes(count)}) read back and checked in {seconds:.1f} s; the file lists are #{parent.pk}'s",
+        f"the same files as snapshot #{parent.pk} (names, sizes, times, owners and chunks): its "
+        f"{len(walked.chunks)} chunks ({humanize_bytes(count)}) read back and checked in {seconds:.1f} s; "
+        f"the file lists are #{parent.pk}'s, each file's path and size checked against the trees",
     )
     return read
 
 
-def _same_files(repository: Repository, restic_id: str, parent_id: str) -> set[str]:
-    """The chunks of restic snapshot `restic_id`, once its trees were all read and found to
-    hold the parent's files as `restic dump` writes them; Unread at the first difference."""
-    stack = [(repository.snapshot(restic_id)["tree"], repository.snapshot(parent_id)["tree"], "")]
-    chunks: set[str] = set()
-    files: list[tuple[str, list[str], int]] = []
+@dataclass
+class _Walked:
+    """What the walk of the new snapshot's trees found: its chunks, and for each top folder
+    the sha256 of its regular files' paths and sizes in the order of restic's tar, their
+    number and bytes."""
+
+    chunks: set[str] = field(default_factory=set)
+    folders: dict[str, list] = field(default_factory=dict)  # folder → [sha256, files, bytes]
+
+    def file_seen(self, path: str, size: int) -> None:
+        listed = self.folders.setdefault(path.split("/", 1)[0], [hashlib.sha256(), 0, 0])
+        listed[0].update(_listed(path, size))
+        listed[1] += 1
+        listed[2] += size
+
+    def lists_match(self, read: dict[str, dict], volumes) -> None:
+        """Unread unless the parent's file lists and counts are what the trees hold."""
+        folders = {folder_name(volume): volume.name for volume in volumes}
+        if not set(self.folders) <= set(folders):
+            raise Unread("the snapshot holds files outside the pod's eight folders")
+        for folder, name in folders.items():
+            entry, digest = read[name], hashlib.sha256()
+            for listed in entry["file_list"]:
+                digest.update(_listed(listed[0], int(listed[1])))
+            seen = self.folders.get(folder) or [hashlib.sha256(), 0, 0]
+            if (digest.digest(), len(entry["file_list"]), entry["files"]) != (seen[0].digest(), seen[1], seen[1]) or (
+                entry["bytes"] != seen[2]
+            ):
+                raise Unread(f"the parent's list of {folder} differs from the trees")
+
+
+def _listed(path: str, size: int) -> bytes:
+    return f"{path}\0{size}\n".encode("utf-8", "surrogateescape")
+
+
+def _same_files(repository: Repository, restic_id: str, parent_id: str) -> _Walked:
+    """The new snapshot's trees walked in the order of restic's tar beside the parent's: Unread
+    at the first difference in what `restic dump` writes, or when a file's chunks do not add up
+    to its size."""
+    walked, files = _Walked(), []
+    roots = (repository.snapshot(restic_id)["tree"], repository.snapshot(parent_id)["tree"])
+    stack = [_pairs(repository, *roots, "")]
     while stack:
-        ours_id, theirs_id, path = stack.pop()
-        ours = repository.tree(ours_id)
-        theirs = ours if theirs_id == ours_id else repository.tree(theirs_id)
-        if [node.get("name") for node in ours] != [node.get("name") for node in theirs]:
-            raise Unread(f"the names in {path or '/'} differ from the parent's")
-        for mine, its in zip(ours, theirs, strict=True):
-            where = f"{path}/{mine.get('name')}"
-            if _dumped(mine) != _dumped(its):
-                raise Unread(f"{where!r} differs from the parent's")
-            if mine.get("type") == "dir":
-                stack.append((mine["subtree"], its["subtree"], where))
-            elif mine.get("type") == "file":
-                files.append((where, mine.get("content") or [], int(mine.get("size") or 0)))
-                chunks.update(files[-1][1])
-                if len(chunks) > MOST_CHUNKS:
-                    raise Unread(f"more than {MOST_CHUNKS:,} chunks")
-    located = repository.located(chunks)
+        step = next(stack[-1], None)
+        if step is None:
+            stack.pop()
+            continue
+        mine, its, where = step
+        if mine.get("type") == "dir":
+            stack.append(_pairs(repository, mine["subtree"], its["subtree"], where))
+        elif mine.get("type") == "file":
+            content, size = mine.get("content") or [], int(mine.get("size") or 0)
+            files.append((where, content, size))
+            walked.chunks.update(content)
+            walked.file_seen(where[1:], size)
+            if len(walked.chunks) > MOST_CHUNKS or len(files) > MOST_FILES:
+                raise Unread(f"more than {MOST_CHUNKS:,} chunks or {MOST_FILES:,} files")
+    located = repository.located(walked.chunks)
     for where, content, size in files:
         if sum(located[chunk].plain_length for chunk in content) != size:
             raise Unread(f"the chunks of {where!r} do not add up to its size")
-    return chunks
+    return walked
+
+
+def _pairs(repository: Repository, ours_id: str, theirs_id: str, path: str):
+    """Each node of a tree of ours beside the parent's node of the same name, once what
+    `restic dump` writes of the two is the same."""
+    ours = repository.tree(ours_id)
+    theirs = ours if theirs_id == ours_id else repository.tree(theirs_id)
+    if [node.get("name") for node in ours] != [node.get("name") for node in theirs]:
+        raise Unread(f"the names in {path or '/'} differ from the parent's")
+    for mine, its in zip(ours, theirs, strict=True):
+        where = f"{path}/{mine.get('name')}"
+        if _dumped(mine) != _dumped(its):
+            raise Unread(f"{where!r} differs from the parent's")
+        yield mine, its, where
 
 
 def _dumped(node: dict) -> dict:

@@ -19,6 +19,8 @@ is ever the last word on damage, only a faster way to a proof.
 import hashlib
 import json
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,9 +29,13 @@ import zstandard
 from apps.pods.stores import restic_crypto, restic_raw, restic_working
 from controlpanel.s3 import s3_client
 
-MOST_FILE_BYTES = 256 * 1024**2  # an index or snapshot file larger than this is left to restic
+# Bounds on what a reader holds (its worker's peak RSS must stay under 200 MiB): past any of
+# them, restic reads instead. An index file restic fills holds 150,000 blobs (about 20 MiB of
+# JSON); each tree or chunk located here weighs about 330 bytes.
+MOST_FILE_BYTES = 32 * 1024**2  # an index or snapshot file, stored or decompressed
 MOST_BLOB_BYTES = 64 * 1024**2  # restic's chunker cuts at 8 MiB; a tree blob may be larger
-MOST_TREES_KEPT = 20_000  # S3: trees fetched with their pack and not yet asked for
+MOST_TREES = 150_000  # trees in the whole repository, every pod's
+MOST_TREE_CACHE_BYTES = 32 * 1024**2  # trees read and kept for the next folder that has them
 SEALED_EXTRA = restic_crypto.NONCE_BYTES + 16  # nonce and tag around every sealed text
 
 
@@ -37,7 +43,7 @@ class Unread(Exception):
     """The repository could not be read or checked here; restic is asked instead."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Blob:
     """Where one blob is: its pack, where in it, how long there, and how long its plain text."""
 
@@ -55,8 +61,11 @@ class Repository:
         self.store, self.keys, self.version = store, keys, version
         self._client = s3_client() if store.path is None else None  # one, shared by the threads
         self._trees: dict[str, Blob] | None = None
+        self._tree_packs: dict[str, list[str]] = {}  # pack → the trees in it
         self._data: dict[str, Blob] = {}
-        self._tree_texts: dict[str, bytes] = {}  # S3: the trees of the packs already fetched
+        self._tree_texts: OrderedDict[str, bytes] = OrderedDict()  # the last trees read, by bytes
+        self._tree_bytes = 0
+        self.ask: Callable[[], None] = lambda: None  # called between files and trees: may raise
 
     @classmethod
     def opened(cls, store) -> "Repository":
@@ -101,47 +110,65 @@ class Repository:
             raise Unread(f"restic snapshot {restic_id[:8]} is not one file of the repository")
         return self._file("snapshots", found[0])
 
-    def _scan(self, wanted) -> dict[str, Blob]:
+    def _scan(self, wanted, *, most: int | None = None) -> dict[str, Blob]:
         """The blobs of the index files that `wanted(blob)` keeps: each blob's first place in
         them (restic reads any copy). Only those are held: a large repository's index would
-        weigh more than its reader may."""
+        weigh more than its reader may; Unread past `most` of them."""
         found: dict[str, Blob] = {}
         for name in restic_raw.names(self.store, "index"):
+            self.ask()
             for pack in self._file("index", name).get("packs") or []:
                 for blob in pack.get("blobs") or []:
                     if blob.get("id") not in found and wanted(blob):
                         found[blob["id"]] = _blob_at(pack["id"], blob)
+            if most is not None and len(found) > most:
+                raise Unread(f"more than {most:,} trees in the repository")
         return found
 
     def located(self, blob_ids=None) -> dict[str, Blob]:
-        """Where each of these data blobs is (every blob of the repository for None)."""
+        """Where each of these data blobs is (every data blob of the repository for None). A data
+        blob only: restic reads a file's content as data, and a file whose bytes are a tree's
+        text (an empty folder's `{"nodes":[]}`) has a tree blob of the same id beside it."""
         if blob_ids is None:
-            return self._scan(lambda blob: True)
+            self._data = self._scan(lambda blob: blob.get("type") == "data")
+            return dict(self._data)
         missing = set(blob_ids) - set(self._data)
         if missing:
-            self._data.update(self._scan(lambda blob: blob.get("id") in missing))
+            self._data.update(self._scan(lambda blob: blob.get("type") == "data" and blob.get("id") in missing))
         return {blob_id: self._where(blob_id) for blob_id in blob_ids}
 
     # --- blobs -----------------------------------------------------------------------------
 
     def tree(self, tree_id: str) -> list[dict]:
-        """A tree blob's nodes, read and checked. From S3, every tree of its pack comes in the
-        same GET (restic packs trees together): one request per pack, not one per folder."""
+        """A tree blob's nodes, read and checked; the last ones read are kept (every empty
+        folder is the same tree). From S3, every tree of its pack comes in the same GET
+        (restic packs trees together): one request per pack, not one per folder."""
+        self.ask()
         if self._trees is None:
-            self._trees = self._scan(lambda blob: blob.get("type") == "tree")
-        where = self._trees.get(tree_id)
-        if where is None:
-            raise Unread(f"tree {tree_id[:8]} is in no index file")
-        if self._client is None:
-            (plain,) = [text for _, text in self.read_pack(where.pack, [(tree_id, where)])]
-        else:
-            if tree_id not in self._tree_texts:
-                if len(self._tree_texts) > MOST_TREES_KEPT:
-                    self._tree_texts.clear()
-                packed = [(other, at) for other, at in self._trees.items() if at.pack == where.pack]
-                self._tree_texts.update(self.read_pack(where.pack, packed))
-            plain = self._tree_texts.pop(tree_id)
+            self._trees = self._scan(lambda blob: blob.get("type") == "tree", most=MOST_TREES)
+            for other, at in self._trees.items():
+                self._tree_packs.setdefault(at.pack, []).append(other)
+        plain = self._tree_texts.get(tree_id)
+        if plain is None:
+            where = self._trees.get(tree_id)
+            if where is None:
+                raise Unread(f"tree {tree_id[:8]} is in no index file")
+            together = self._tree_packs[where.pack] if self._client is not None else [tree_id]
+            for found, text in self.read_pack(where.pack, [(other, self._trees[other]) for other in together]):
+                self._keep_tree(found, text)
+                plain = text if found == tree_id else plain
+        if tree_id in self._tree_texts:
+            self._tree_texts.move_to_end(tree_id)
         return json.loads(plain).get("nodes") or []
+
+    def _keep_tree(self, tree_id: str, text: bytes) -> None:
+        if tree_id in self._tree_texts or len(text) > MOST_TREE_CACHE_BYTES:
+            return
+        self._tree_texts[tree_id] = text
+        self._tree_bytes += len(text)
+        while self._tree_bytes > MOST_TREE_CACHE_BYTES:
+            _, gone = self._tree_texts.popitem(last=False)
+            self._tree_bytes -= len(gone)
 
     def _where(self, blob_id: str) -> Blob:
         where = self._data.get(blob_id)
