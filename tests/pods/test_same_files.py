@@ -24,6 +24,8 @@ from apps.pods.services.verify import snapshot_verify
 from apps.pods.snapshots import store_from_url
 from apps.pods.stores import restic_crypto
 from apps.pods.stores.restic_read import Repository, Unread, blobs_read
+from apps.pods.stores.tarlist import TarFileList
+from controlpanel.errors import PanelError
 from tests.e2e.test_any_hour_any_file import store  # noqa: F401 - a fixture: dedup+file, dedup+s3
 from tests.pods.conftest import WRITE_SCRIPT, listing, pod_with_files, run_in
 from tests.pods.test_snapshot_beside import beside, log_of  # noqa: F401
@@ -32,7 +34,11 @@ from tests.pods.test_snapshot_readback import first_blob_under, flip_blob
 
 pytestmark = [pytest.mark.django_db, pytest.mark.docker]
 
-SCRIPT = WRITE_SCRIPT + "dd if=/dev/urandom of=/workspace/data.bin bs=1M count=12 2>/dev/null\n"
+# Names restic 0.14 keeps quoted in its trees (a backslash, a double quote, a no-break space).
+ODD_NAMES = r"""printf x > '/workspace/back\slash'; printf y > '/workspace/q"uote'
+printf z > "/workspace/$(printf 'nb\302\240sp')"
+"""
+SCRIPT = WRITE_SCRIPT + "dd if=/dev/urandom of=/workspace/data.bin bs=1M count=12 2>/dev/null\n" + ODD_NAMES
 PROVEN = "read back and checked in"
 
 
@@ -299,3 +305,57 @@ def _tree_entry_listed_first(repository_path: Path, blob: str) -> None:
                 (repository_path / "index" / name).write_bytes(sealed)
                 return
     raise AssertionError(f"no tree blob {blob}")
+
+
+def test_the_walk_lists_each_file_as_restics_tar_does_whatever_its_name(dedup_file, restic, tmp_path):
+    folder = tmp_path / "src"
+    (folder / "top" / "sub").mkdir(parents=True)
+    names = [b"back\\slash", b'q"uote', "nb\u00a0sp".encode(), b"bad\xfename", b"tab\tx", b"sub/plain.txt"]
+    for size, name in enumerate(names):
+        with open(os.fsencode(folder / "top") + b"/" + name, "wb") as made:
+            made.write(b"x" * size)
+    os.link(folder / "top" / "sub" / "plain.txt", folder / "top" / "hard-link")
+    os.symlink("sub/plain.txt", folder / "top" / "symlink")
+    os.mkfifo(folder / "top" / "fifo")
+    restic_id = _backed_up_again(dedup_file, restic, folder)
+    walked = same_files._same_files(Repository.opened(store_from_url()), restic_id, restic_id)
+    dumped = subprocess.run(
+        ["restic", "--no-cache", "dump", "--archive", "tar", restic_id, "/"],
+        env={"RESTIC_REPOSITORY": str(dedup_file), "RESTIC_PASSWORD_FILE": str(restic), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+    ).stdout
+    files = TarFileList()
+    files.feed(dumped)
+    digest = hashlib.sha256()
+    for entry in files.files:
+        digest.update(same_files._listed(entry[0], entry[1]))
+    assert len(files.files) == len(names) + 1  # the hard link is a file of its own in the tar
+    assert [walked.folders["top"][0].digest(), *walked.folders["top"][1:]] == [
+        digest.digest(),
+        len(files.files),
+        sum(entry[1] for entry in files.files),
+    ]
+
+
+def test_a_stop_superseded_while_its_trees_are_read_stops_there_and_is_not_read_by_restic(backed_up):
+    _, _, restic_id = backed_up
+    asked = []
+
+    def superseded() -> str:
+        asked.append(1)
+        return "pod p is being deleted: this stop is not wanted any more"
+
+    with pytest.raises(PanelError, match="not wanted any more"):
+        same_files.proven_reading(
+            store=store_from_url(),
+            parent=Snapshot(pk=1, manifest={"workspace": {"store_id": restic_id}}),
+            restic_id=restic_id,
+            volumes=[],
+            progress=Progress(None),
+            superseded=superseded,
+            operation=None,
+            nearing=None,
+            ask_every=0,
+        )
+    assert asked == [1]  # asked at the first tree, and not read on by restic's dump

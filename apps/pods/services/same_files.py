@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 from apps.pods.models import Snapshot
@@ -44,6 +44,8 @@ NOT_DUMPED = frozenset({"inode", "device_id", "ctime", "atime"})
 # (a peak RSS under 200 MiB): restic reads instead.
 MOST_CHUNKS = 100_000
 MOST_FILES = 100_000
+# How long the parent's manifest (its file lists) is waited for once the chunks are read.
+MANIFEST_WAIT_SECONDS = 120
 
 
 def restic_id_of(manifest: dict) -> str:
@@ -99,7 +101,7 @@ def proven_reading(
 ) -> dict[str, dict] | None:
     """A stop's reading of a restic snapshot with its parent's very files, every chunk read back
     here (module docstring); None when that is not proven, and `restic dump` reads it instead."""
-    begun, count, asked = time.monotonic(), 0, [time.monotonic()]
+    started_at, count, asked = time.monotonic(), 0, [time.monotonic()]
 
     def ask() -> None:
         if time.monotonic() - asked[0] >= ask_every:
@@ -114,7 +116,7 @@ def proven_reading(
         # The parent's file lists (one restic) while the chunks are read.
         written = started(store.get_small, f"{parent.prefix}/manifest.json", name="parent-manifest")
         expected = sum(where.plain_length for where in repository.located(walked.chunks).values())
-        first, first_count = None, 0
+        begun, first, first_count = time.monotonic(), None, 0  # the pace of the chunks' read alone
         for got in blobs_read(repository, walked.chunks):
             count += got
             progress.advance(got)
@@ -128,6 +130,11 @@ def proven_reading(
             ask()
         if nearing is not None:
             nearing()  # at the latest now: the manifest is written next
+        waited = time.monotonic()
+        while not wait([written], timeout=ask_every).done:
+            ask()
+            if time.monotonic() - waited > MANIFEST_WAIT_SECONDS:
+                raise Unread(f"snapshot #{parent.pk}'s manifest did not read within {MANIFEST_WAIT_SECONDS} s")
         read = parent_reading(parent=parent, volumes=volumes, written=written)
         if read is None:
             raise Unread(f"snapshot #{parent.pk}'s file lists did not read")
@@ -139,7 +146,7 @@ def proven_reading(
         why = str(exc) if isinstance(exc, Unread) else f"{type(exc).__name__}: {exc}"
         _log(operation, f"the copy is read back with restic's dump instead: {why}"[:500])
         return None
-    seconds = time.monotonic() - begun
+    seconds = time.monotonic() - started_at
     _log(
         operation,
         f"the same files as snapshot #{parent.pk} (names, sizes, times, owners and chunks): its "
@@ -172,12 +179,47 @@ class _Walked:
         for folder, name in folders.items():
             entry, digest = read[name], hashlib.sha256()
             for listed in entry["file_list"]:
+                if len(listed) < 5:  # a list from before times and offsets: one dump brings them
+                    raise Unread(f"the parent's list of {folder} has no times and offsets")
                 digest.update(_listed(listed[0], int(listed[1])))
             seen = self.folders.get(folder) or [hashlib.sha256(), 0, 0]
             if (digest.digest(), len(entry["file_list"]), entry["files"]) != (seen[0].digest(), seen[1], seen[1]) or (
                 entry["bytes"] != seen[2]
             ):
                 raise Unread(f"the parent's list of {folder} differs from the trees")
+
+
+_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34}
+
+
+def _unquoted(name: str) -> str:
+    """A node's name as its file is named: restic 0.14 keeps each name quoted as Go quotes a
+    string (`back\\slash`, `q\\"uote`, `nb\\u00a0sp`, `bad\\xfename`), and its tar holds the
+    bytes themselves, read as the tar lists read them (UTF-8, other bytes kept as surrogates)."""
+    out, i = bytearray(), 0
+    while i < len(name):
+        char = name[i]
+        if char != "\\":
+            out += char.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        kind = name[i + 1 : i + 2]
+        if kind in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[kind])
+            i += 2
+        elif kind == "x":
+            out.append(int(name[i + 2 : i + 4], 16))
+            i += 4
+        elif kind in ("u", "U"):
+            digits = 4 if kind == "u" else 8
+            out += chr(int(name[i + 2 : i + 2 + digits], 16)).encode("utf-8")
+            i += 2 + digits
+        elif kind and kind in "01234567":
+            out.append(int(name[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            raise Unread(f"a name restic keeps as {name!r} is not one it writes")
+    return out.decode("utf-8", "surrogateescape")
 
 
 def _listed(path: str, size: int) -> bytes:
@@ -203,7 +245,7 @@ def _same_files(repository: Repository, restic_id: str, parent_id: str) -> _Walk
             content, size = mine.get("content") or [], int(mine.get("size") or 0)
             files.append((where, content, size))
             walked.chunks.update(content)
-            walked.file_seen(where[1:], size)
+            walked.file_seen(_unquoted(where[1:]), size)
             if len(walked.chunks) > MOST_CHUNKS or len(files) > MOST_FILES:
                 raise Unread(f"more than {MOST_CHUNKS:,} chunks or {MOST_FILES:,} files")
     located = repository.located(walked.chunks)

@@ -154,9 +154,17 @@ class Repository:
             if where is None:
                 raise Unread(f"tree {tree_id[:8]} is in no index file")
             together = self._tree_packs[where.pack] if self._client is not None else [tree_id]
-            for found, text in self.read_pack(where.pack, [(other, self._trees[other]) for other in together]):
-                self._keep_tree(found, text)
-                plain = text if found == tree_id else plain
+            order = sorted(together, key=lambda other: self._trees[other].offset)
+            places = self._stored(where.pack, [self._trees[other] for other in order])
+            for other, (at, stored) in zip(order, places, strict=True):
+                try:
+                    text = self._checked(where.pack, other, at, stored)
+                except Unread:
+                    if other == tree_id:
+                        raise
+                    continue  # another pod's tree, damaged or not: not this proof's to judge
+                self._keep_tree(other, text)
+                plain = text if other == tree_id else plain
         if tree_id in self._tree_texts:
             self._tree_texts.move_to_end(tree_id)
         return json.loads(plain).get("nodes") or []
@@ -183,15 +191,19 @@ class Repository:
         for blob_id, (where, stored) in zip(
             [blob_id for blob_id, _ in wanted], self._stored(pack, [where for _, where in wanted]), strict=True
         ):
-            try:
-                text = restic_crypto.open_sealed(stored, self.keys)
-            except ValueError as exc:
-                raise Unread(f"blob {blob_id[:8]} in pack {pack[:8]} does not open: {exc}") from exc
-            if where.compressed:
-                text = _decompressed(text, most=where.plain_length, what=f"blob {blob_id[:8]}")
-            if len(text) != where.plain_length or hashlib.sha256(text).hexdigest() != blob_id:
-                raise Unread(f"blob {blob_id[:8]} in pack {pack[:8]} does not hash to its id")
-            yield blob_id, text
+            yield blob_id, self._checked(pack, blob_id, where, stored)
+
+    def _checked(self, pack: str, blob_id: str, where: Blob, stored: bytes) -> bytes:
+        """A blob's plain text once its tag, its length and its sha256 against its id are right."""
+        try:
+            text = restic_crypto.open_sealed(stored, self.keys)
+        except ValueError as exc:
+            raise Unread(f"blob {blob_id[:8]} in pack {pack[:8]} does not open: {exc}") from exc
+        if where.compressed:
+            text = _decompressed(text, most=where.plain_length, what=f"blob {blob_id[:8]}")
+        if len(text) != where.plain_length or hashlib.sha256(text).hexdigest() != blob_id:
+            raise Unread(f"blob {blob_id[:8]} in pack {pack[:8]} does not hash to its id")
+        return text
 
     def _stored(self, pack: str, places: list[Blob]):
         """(place, stored bytes) of each place in one pack file, local or in S3."""
@@ -267,10 +279,17 @@ def _opened(stored: bytes, keys: restic_crypto.Keys) -> bytes:
 
 
 def _decompressed(data: bytes, *, most: int, what: str) -> bytes:
+    """One zstd frame, as restic writes it, and nothing after it (restic refuses more), of at
+    most `most` bytes (a frame that states its size is not held to `max_output_size`)."""
     try:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=most)
+        if zstandard.frame_content_size(data) > most:
+            raise Unread(f"{what} says it holds more than {most:,} bytes")
+        plain = zstandard.ZstdDecompressor().decompress(data, max_output_size=most, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise Unread(f"{what} does not decompress: {exc}") from exc
+    if len(plain) > most:
+        raise Unread(f"{what} holds more than {most:,} bytes")
+    return plain
 
 
 def _hex_id(name: str) -> bool:
