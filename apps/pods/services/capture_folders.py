@@ -37,7 +37,7 @@ from apps.pods.models import Pod, PodVolume, Snapshot, volume_docker_name
 from apps.pods.restic_helper import MOUNT_ROOT
 from apps.pods.services import volume_marks as marking
 from apps.pods.services.beside import INCOMPLETE, folder_layout, folder_name, helper_restic
-from apps.pods.services.manifest_ahead import ManifestAhead, near_end, tar_bytes_about
+from apps.pods.services.manifest_ahead import ManifestAhead, NearingEnd, tar_bytes_about
 from apps.pods.services.same_files import parent_reading, proven_reading, restic_id_of, unchanged_since
 from apps.pods.services.state import _log
 from apps.pods.snapshots import store_from_url
@@ -198,20 +198,14 @@ def _readback(
     digest, files, count = hashlib.sha256(), TarFileList(), 0
     begun = time.monotonic()
     stream = store.read(key)
-    asked, first, first_count = begun, None, 0
+    asked, pace = begun, NearingEnd(nearing, expected=expected, begun=begun)
     try:
         for chunk in stream:
             digest.update(chunk)
             files.feed(chunk)
             count += len(chunk)
             progress.advance(len(chunk))
-            now = time.monotonic()
-            if first is None:
-                first, first_count = now, count
-            pace = {"begun": begun, "first": first, "first_count": first_count, "now": now, "count": count}
-            if nearing is not None and near_end(**pace, expected=expected):
-                nearing()
-                nearing = None
+            now = pace.read(count)
             if now - asked >= ASK_EVERY_SECONDS:  # a backup's asks are two queries
                 asked = now
                 why = superseded()
@@ -219,8 +213,7 @@ def _readback(
                     raise PanelError(why)
     finally:
         stream.close()
-    if nearing is not None:
-        nearing()  # at the latest now: the manifest is written next
+    pace.ended()  # at the latest now: the manifest is written next
     if not files.ended:
         raise PanelError(f"snapshot store {store.url}: restic snapshot of {key} did not read back to its end")
     lists: dict[str, list] = {name: [] for name in by_folder.values()}

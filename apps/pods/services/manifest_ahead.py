@@ -3,6 +3,8 @@ key derivation (most of a small read's time) runs while the read-back of the vol
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from apps.pods.stores.dedup import DedupStore
@@ -69,3 +71,28 @@ def near_end(*, begun: float, first: float, first_count: int, now: float, count:
     if now - first < PACE_AFTER_SECONDS or count <= first_count:
         return False  # too few bytes yet to tell the pace
     return (expected - count) * (now - first) / (count - first_count) <= lead
+
+
+class NearingEnd:
+    """Calls `nearing()` once, as a read of about `expected` bytes begun at `begun` nears its
+    end (`near_end`), and at the latest when it has ended (`ended`)."""
+
+    def __init__(self, nearing: Callable[[], None] | None, *, expected: int, begun: float):
+        self.nearing, self.expected, self.begun = nearing, expected, begun
+        self.first: float | None = None
+        self.first_count = 0
+
+    def read(self, count: int) -> float:
+        """`count` bytes read so far; the time now."""
+        now = time.monotonic()
+        if self.first is None:
+            self.first, self.first_count = now, count
+        pace = {"begun": self.begun, "first": self.first, "first_count": self.first_count, "now": now, "count": count}
+        if self.nearing is not None and near_end(**pace, expected=self.expected):
+            self.ended()
+        return now
+
+    def ended(self) -> None:
+        if self.nearing is not None:
+            nearing, self.nearing = self.nearing, None
+            nearing()

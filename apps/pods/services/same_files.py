@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from apps.pods.models import Snapshot
 from apps.pods.services.beside import folder_name
-from apps.pods.services.manifest_ahead import near_end
+from apps.pods.services.manifest_ahead import NearingEnd
 from apps.pods.services.state import _log
 from apps.pods.stores.restic_read import Repository, Unread, blobs_read
 from controlpanel.errors import PanelError
@@ -116,20 +116,13 @@ def proven_reading(
         # The parent's file lists (one restic) while the chunks are read.
         written = started(store.get_small, f"{parent.prefix}/manifest.json", name="parent-manifest")
         expected = sum(where.plain_length for where in repository.located(walked.chunks).values())
-        begun, first, first_count = time.monotonic(), None, 0  # the pace of the chunks' read alone
+        pace = NearingEnd(nearing, expected=expected, begun=time.monotonic())  # the chunks' read alone
         for got in blobs_read(repository, walked.chunks):
             count += got
             progress.advance(got)
-            now = time.monotonic()
-            if first is None:
-                first, first_count = now, count
-            pace = {"begun": begun, "first": first, "first_count": first_count, "now": now, "count": count}
-            if nearing is not None and near_end(**pace, expected=expected):
-                nearing()
-                nearing = None
+            pace.read(count)
             ask()
-        if nearing is not None:
-            nearing()  # at the latest now: the manifest is written next
+        pace.ended()  # at the latest now: the manifest is written next
         waited = time.monotonic()
         while not wait([written], timeout=ask_every).done:
             ask()
