@@ -21,7 +21,6 @@ def row(size: int, body: bytes = BODY) -> FileRow:
         sha256=hashlib.sha256(body).hexdigest(),
         mtime=0,
         offset=None,
-        tar_path="workspace/a.bin",
     )
 
 

@@ -6,6 +6,7 @@ input on the page or the command line is one sentence with nothing touched."""
 import io
 import json
 import tarfile
+from collections import OrderedDict
 from io import StringIO
 
 import pytest
@@ -16,6 +17,7 @@ from django.urls import reverse
 from apps.audit.models import AuditEvent
 from apps.audit.names import AuditAction
 from apps.pods.models import Pod, Snapshot
+from apps.pods.services import snapshot_files
 from apps.pods.snapshots import store_from_url
 from tests.pods import test_snapshot_files_pages as pages
 from tests.pods.test_snapshot_files_pages import FILES, MTIME, snapshot_from_tar, stored_snapshot, volume_tar
@@ -228,3 +230,29 @@ def test_a_malformed_file_list_or_manifest_is_left_out_or_one_sentence(operator_
     store.put_small(f"{other.prefix}/manifest.json", b"\xff not json")
     garbled = operator_client.get(reverse("pods:snapshot-files", args=["files-garbled", other.pk]))
     assert garbled.status_code == 409 and "manifest in the store cannot be read" in garbled.content.decode()
+
+
+def test_a_process_keeps_file_indexes_within_their_rows_and_always_the_one_in_use(monkeypatch):
+    # Each kept index holds every file of its snapshot: their number is bounded by files, not
+    # only by snapshots, and the index just asked for is kept whatever its size.
+    monkeypatch.setattr(snapshot_files, "_indexes", OrderedDict())
+    monkeypatch.setattr(snapshot_files, "KEPT_ROWS", 3)
+    first = snapshot_with_members("kept-a", {"workspace/a.txt": b"a", "workspace/b.txt": b"b"})
+    second = snapshot_with_members("kept-b", {"workspace/c.txt": b"c", "workspace/d.txt": b"d"})
+    big = snapshot_with_members("kept-c", {f"workspace/{n}.txt": b"x" for n in range(5)})
+    assert len(snapshot_files.file_index(first)) == 2
+    snapshot_files.file_index(second)
+    assert [key[0] for key in snapshot_files._indexes] == [first.pk, second.pk]  # 2 beside 2: kept
+    snapshot_files.file_index(big)
+    assert [key[0] for key in snapshot_files._indexes] == [second.pk, big.pk]  # 4 beside it > 3: the oldest goes
+    monkeypatch.setattr(snapshot_files, "KEPT_ROWS", 100)
+    for snapshot in (first, second):
+        snapshot_files.file_index(snapshot)
+    assert [key[0] for key in snapshot_files._indexes] == [big.pk, first.pk, second.pk]
+    # A row knows where its file is in its volume's tar, which holds the mount folder itself.
+    row = snapshot_files.file_index(big).file("/workspace/3.txt")
+    assert (
+        row is not None and row.tar_path == "workspace/3.txt" and not snapshot_files.file_index(big).file("/workspace")
+    )
+    local = snapshot_files.FileRow("/usr/local/bin/tool", "usr-local", 1, "0" * 64, None, None)
+    assert local.tar_path == "local/bin/tool"

@@ -37,12 +37,14 @@ from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
 from controlpanel.errors import InvalidInput, NotFound
 from controlpanel.formatting import first_line, humanize_bytes
 
-# Snapshots whose file index a process keeps (each entry: every file's path and numbers).
+# Snapshots whose file index a process keeps (each entry: every file's path and numbers, about
+# 300 bytes a file): at most this many, and beyond the one in use at most KEPT_ROWS files in all.
 KEPT_INDEXES = 4
+KEPT_ROWS = 400_000
 MOUNTS = ", ".join(VOLUME_MOUNTS.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRow:
     path: str  # in the pod: /workspace/proj/a.txt
     volume: str
@@ -50,7 +52,13 @@ class FileRow:
     sha256: str
     mtime: int | None
     offset: int | None
-    tar_path: str  # in the volume's tar: workspace/proj/a.txt
+
+    @property
+    def tar_path(self) -> str:
+        """In the volume's tar, which holds its mount folder itself: workspace/proj/a.txt,
+        local/bin/x for /usr/local/bin/x."""
+        above = posixpath.dirname(VOLUME_MOUNTS[self.volume]).rstrip("/")
+        return self.path[len(above) + 1 :]
 
 
 @dataclass
@@ -129,7 +137,7 @@ def _row(volume: str, mount: str, above: str, entry) -> FileRow | None:
     if not (numbers and isinstance(sha256, str) and plain_relative(tar_path)):
         return None
     path = posixpath.join(above, tar_path)
-    return FileRow(path, volume, size, sha256, mtime, offset, tar_path) if path.startswith(mount + "/") else None
+    return FileRow(path, volume, size, sha256, mtime, offset) if path.startswith(mount + "/") else None
 
 
 def mtime_utc(seconds: int | None) -> datetime | None:
@@ -145,14 +153,17 @@ class FileIndex:
     """Every regular file of one snapshot, sorted by pod path."""
 
     def __init__(self, snapshot: Snapshot, file_lists: dict[str, list]):
+        """`file_lists` is emptied on the way: each entry goes once its row is made, so a
+        large list and its index are not both held whole."""
         rows, self.unsafe = [], 0
         for volume, entries in file_lists.items():
             mount = VOLUME_MOUNTS.get(volume)
             if mount is None or not isinstance(entries, list):
                 continue
             above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
-            for entry in entries:
-                row = _row(volume, mount, above, entry)
+            entries.reverse()
+            while entries:
+                row = _row(volume, mount, above, entries.pop())
                 if row is None:
                     self.unsafe += 1
                 else:
@@ -161,7 +172,14 @@ class FileIndex:
         self.snapshot_pk = snapshot.pk
         self.rows = rows
         self.paths = [row.path for row in rows]
-        self.by_path = {row.path: row for row in rows}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def file(self, path: str) -> FileRow | None:
+        """The file at exactly this pod path, if the snapshot lists one."""
+        at = bisect_left(self.paths, path)
+        return self.rows[at] if at < len(self.paths) and self.paths[at] == path else None
 
     def under(self, path: str) -> list[FileRow]:
         prefix = "/" if path == "/" else path + "/"
@@ -239,10 +257,13 @@ def file_index(snapshot: Snapshot) -> FileIndex:
         )
     if not isinstance(files, dict):
         raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store lists its files in a shape not known here")
+    del written  # only the lists are needed now, and FileIndex lets go of them as it goes
     index = FileIndex(snapshot, files)
     with _indexes_lock:
         _indexes[key] = index
-        while len(_indexes) > KEPT_INDEXES:
+        while len(_indexes) > 1 and (
+            len(_indexes) > KEPT_INDEXES or sum(len(kept) for kept in _indexes.values()) - len(index) > KEPT_ROWS
+        ):
             _indexes.popitem(last=False)
     return index
 
@@ -252,11 +273,11 @@ def snapshot_entries(*, pod_id: str, number: int | str, path: str = "/", query: 
     snapshot = snapshot_for_files(pod_id=pod_id, number=number)
     path = path_normalise(path)
     index = file_index(snapshot)
-    if path != "/" and path not in index.by_path and not index.under(path):
-        raise NotFound(not_in_snapshot(snapshot, path))
-    if path in index.by_path:
-        row = index.by_path[path]
+    row = index.file(path)
+    if row is not None:
         return [Entry(row.path, "file", row.size, row.mtime)]
+    if path != "/" and not index.under(path):
+        raise NotFound(not_in_snapshot(snapshot, path))
     return index.entries(path, query)
 
 
@@ -289,8 +310,9 @@ def snapshot_select(*, pod_id: str, number: int | str, path: str) -> Selection:
     snapshot = snapshot_for_files(pod_id=pod_id, number=number)
     path = path_normalise(path)
     index = file_index(snapshot)
-    if path in index.by_path:
-        return Selection(snapshot, path, [index.by_path[path]], False)
+    row = index.file(path)
+    if row is not None:
+        return Selection(snapshot, path, [row], False)
     rows = index.under(path)
     if not rows:
         raise NotFound(not_in_snapshot(snapshot, path))
