@@ -2,9 +2,10 @@
 one, from the per-file lists its manifest holds (`stores.tarlist`: path, size, sha256, mtime
 and where the file's data begins in its volume's tar).
 
-- The manifest is read from the store once and kept, per process, for the last few snapshots
-  looked at: a complete snapshot never changes, and whether it is still complete (not
-  deleted) is asked of the database on every call.
+- The manifest is read from the store once and its files kept, per process, as a compact
+  index (`file_index`) for the last few snapshots looked at: a complete snapshot never
+  changes, and whether it is still complete (not deleted) is asked of the database on every
+  call.
 - One file is read as a range of its volume's object: a seek in `file://`, a range GET in
   `s3://`. A deduplicating store can only dump a volume's whole tar from its start: it is
   read up to the file and let go of there.
@@ -19,64 +20,37 @@ and where the file's data begins in its volume's tar).
 """
 
 import hashlib
-import json
 import posixpath
 import re
 import tarfile
 import threading
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from apps.pods.models import VOLUME_MOUNTS, Snapshot
+from apps.pods.services.file_index import (  # noqa: F401 - FileRow, Entry and plain_relative are used from here
+    Entry,
+    FileIndex,
+    FileRow,
+    ManifestShape,
+    NoFileLists,
+    manifest_rows,
+    plain_relative,
+)
 from apps.pods.services.state import pod_get
 from apps.pods.snapshots import DedupStore, SnapshotStore, StoreError, store_from_url
-from apps.pods.stores.tarlist import BLOCK, TarFileList, file_entry
+from apps.pods.stores.tarlist import BLOCK, TarFileList
 from controlpanel.errors import InvalidInput, NotFound
 from controlpanel.formatting import first_line, humanize_bytes
 
-# Snapshots whose file index a process keeps (each entry: every file's path and numbers, about
-# 300 bytes a file): at most this many, and beyond the one in use at most KEPT_ROWS files in all.
+# Snapshots whose file index a process keeps (each: every file's path and numbers, about 100
+# bytes a file beyond its path): at most this many, and beyond the one in use at most KEPT_ROWS
+# files in all.
 KEPT_INDEXES = 4
 KEPT_ROWS = 400_000
 MOUNTS = ", ".join(VOLUME_MOUNTS.values())
-
-
-@dataclass(frozen=True, slots=True)
-class FileRow:
-    path: str  # in the pod: /workspace/proj/a.txt
-    volume: str
-    size: int
-    sha256: str
-    mtime: int | None
-    offset: int | None
-
-    @property
-    def tar_path(self) -> str:
-        """In the volume's tar, which holds its mount folder itself: workspace/proj/a.txt,
-        local/bin/x for /usr/local/bin/x."""
-        above = posixpath.dirname(VOLUME_MOUNTS[self.volume]).rstrip("/")
-        return self.path[len(above) + 1 :]
-
-
-@dataclass
-class Entry:
-    """One row of a listing: a folder (its files' total size, newest mtime, count) or a file."""
-
-    path: str
-    type: str  # "folder" or "file"
-    size: int
-    mtime: int | None
-    files: int = 1
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self.path)
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "type": self.type, "size": self.size, "mtime": self.mtime}
 
 
 def path_normalise(path: str | None) -> str:
@@ -104,40 +78,12 @@ def shown(path: str, limit: int = 200) -> str:
     return text[:limit] + ("…" if len(path) > limit else "")
 
 
-def plain_relative(name: str) -> bool:
-    """`a/b.txt`: relative, every part a real name (not empty, `.` or `..`), no NUL."""
-    return (
-        isinstance(name, str)
-        and bool(name)
-        and "\x00" not in name
-        and all(part not in {"", ".", ".."} for part in name.split("/"))
-    )
-
-
 def mount_of(path: str) -> str | None:
     """The mount a pod path lies in, or None (`/`, `/usr`)."""
     for mount in VOLUME_MOUNTS.values():
         if path == mount or path.startswith(mount + "/"):
             return mount
     return None
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _row(volume: str, mount: str, above: str, entry) -> FileRow | None:
-    """A list's entry as a row, or None when no tar of this volume could hold it: a name that
-    is not plain, lies in another volume, or numbers that are not sizes and offsets."""
-    try:
-        tar_path, size, sha256, mtime, offset = file_entry(entry)
-    except (TypeError, ValueError):
-        return None
-    numbers = _count(size) and (offset is None or _count(offset)) and (mtime is None or isinstance(mtime, int))
-    if not (numbers and isinstance(sha256, str) and plain_relative(tar_path)):
-        return None
-    path = posixpath.join(above, tar_path)
-    return FileRow(path, volume, size, sha256, mtime, offset) if path.startswith(mount + "/") else None
 
 
 def mtime_utc(seconds: int | None) -> datetime | None:
@@ -147,72 +93,6 @@ def mtime_utc(seconds: int | None) -> datetime | None:
         return datetime.fromtimestamp(seconds, UTC) if seconds else None
     except (OverflowError, ValueError, OSError):
         return None
-
-
-class FileIndex:
-    """Every regular file of one snapshot, sorted by pod path."""
-
-    def __init__(self, snapshot: Snapshot, file_lists: dict[str, list]):
-        """`file_lists` is emptied on the way: each entry goes once its row is made, so a
-        large list and its index are not both held whole."""
-        rows, self.unsafe = [], 0
-        for volume, entries in file_lists.items():
-            mount = VOLUME_MOUNTS.get(volume)
-            if mount is None or not isinstance(entries, list):
-                continue
-            above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
-            entries.reverse()
-            while entries:
-                row = _row(volume, mount, above, entries.pop())
-                if row is None:
-                    self.unsafe += 1
-                else:
-                    rows.append(row)
-        rows.sort(key=lambda row: row.path)
-        self.snapshot_pk = snapshot.pk
-        self.rows = rows
-        self.paths = [row.path for row in rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def file(self, path: str) -> FileRow | None:
-        """The file at exactly this pod path, if the snapshot lists one."""
-        at = bisect_left(self.paths, path)
-        return self.rows[at] if at < len(self.paths) and self.paths[at] == path else None
-
-    def under(self, path: str) -> list[FileRow]:
-        prefix = "/" if path == "/" else path + "/"
-        at = bisect_left(self.paths, prefix)
-        end = at
-        while end < len(self.paths) and self.paths[end].startswith(prefix):
-            end += 1
-        return self.rows[at:end]
-
-    def entries(self, path: str, query: str = "") -> list[Entry]:
-        """The folders and files right inside `path`; with a query, every folder and file below
-        it whose name holds the query (any case). Folders first, then files, by name."""
-        prefix = "/" if path == "/" else path + "/"
-        folders: dict[str, Entry] = {}
-        files: list[Entry] = []
-        needle = query.strip().lower()
-        for row in self.under(path):
-            parts = row.path[len(prefix) :].split("/")
-            folder_names = parts[:-1] if needle else parts[:1] if len(parts) > 1 else []
-            for depth, name in enumerate(folder_names):
-                if needle and needle not in name.lower():
-                    continue
-                folder = prefix + "/".join(parts[: depth + 1])
-                entry = folders.get(folder)
-                if entry is None:
-                    folders[folder] = Entry(folder, "folder", row.size, row.mtime, 1)
-                else:
-                    entry.size += row.size
-                    entry.files += 1
-                    entry.mtime = max(entry.mtime or 0, row.mtime or 0) or None
-            if (len(parts) == 1 and not needle) or (needle and needle in parts[-1].lower()):
-                files.append(Entry(row.path, "file", row.size, row.mtime))
-        return sorted(folders.values(), key=lambda e: e.path) + sorted(files, key=lambda e: e.path)
 
 
 _indexes: OrderedDict[tuple[int, str, str], FileIndex] = OrderedDict()
@@ -246,19 +126,19 @@ def file_index(snapshot: Snapshot) -> FileIndex:
             return _indexes[key]
     store = store_from_url(snapshot.store_url)
     try:
-        written = json.loads(store.get_small(f"{snapshot.prefix}/manifest.json"))
-    except ValueError as exc:  # not JSON, not UTF-8
-        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store cannot be read: {first_line(exc)}") from None
-    files = written.get("files") if isinstance(written, dict) else None
-    if not files:
+        # Decoded at once, the bytes let go of: the index is made from the text entry by entry.
+        index = FileIndex(manifest_rows(store.get_small(f"{snapshot.prefix}/manifest.json").decode("utf-8")))
+    except NoFileLists:
         raise InvalidInput(
             f"snapshot #{snapshot.pk} was taken before snapshots listed their files: its files cannot be "
             "browsed one by one (start the pod from it to get them back)"
-        )
-    if not isinstance(files, dict):
-        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store lists its files in a shape not known here")
-    del written  # only the lists are needed now, and FileIndex lets go of them as it goes
-    index = FileIndex(snapshot, files)
+        ) from None
+    except ManifestShape:
+        raise StoreError(
+            f"snapshot #{snapshot.pk}'s manifest in the store lists its files in a shape not known here"
+        ) from None
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store cannot be read: {first_line(exc)}") from None
     with _indexes_lock:
         _indexes[key] = index
         while len(_indexes) > 1 and (
@@ -276,7 +156,7 @@ def snapshot_entries(*, pod_id: str, number: int | str, path: str = "/", query: 
     row = index.file(path)
     if row is not None:
         return [Entry(row.path, "file", row.size, row.mtime)]
-    if path != "/" and not index.under(path):
+    if path != "/" and not index.span(path):
         raise NotFound(not_in_snapshot(snapshot, path))
     return index.entries(path, query)
 
