@@ -109,3 +109,44 @@ def test_numbers_that_cannot_be_a_files_are_left_out_not_wrapped():
     index = FileIndex(manifest_rows(text))
     assert [row.path for row in _rows(index)] == ["/workspace/ok"] and index.unsafe == 4
     assert index.file("/workspace/ok").mtime == -5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"files": {"workspace": [["workspace/a", 1, "' + SHA + '", 0, 0] ["workspace/b", 1, "' + SHA + '", 0, 0]]}}',
+        '{"files": {"workspace": [["workspace/a", 1, "' + SHA + '", 0, 0],]}}',
+        '{"volumes": {} "files": {"workspace": []}}',
+        '{"files": {"workspace": [],}}',
+        '{1: 2, "files": {"workspace": []}}',
+        '{"files" {"workspace": []}}',
+        '{"files": {"workspace": []}}}',
+    ],
+    ids=[
+        "no comma",
+        "trailing comma",
+        "no comma between names",
+        "trailing comma in files",
+        "name not a string",
+        "no colon",
+        "one brace too many",
+    ],
+)
+def test_what_json_loads_refuses_the_walk_refuses_too(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        FileIndex(manifest_rows(text))
+
+
+def test_a_name_given_twice_is_refused_and_a_path_listed_twice_reads_as_the_tar_leaves_it():
+    with pytest.raises(ManifestShape, match="twice"):
+        FileIndex(manifest_rows('{"files": {"workspace": []}, "files": null}'))
+    with pytest.raises(ManifestShape, match="twice"):
+        FileIndex(manifest_rows('{"files": {"workspace": [], "workspace": []}}'))
+    twice = [["workspace/a", 1, SHA, 0, 0], ["workspace/a", 2, SHA, 0, 512]]
+    index = FileIndex(manifest_rows(json.dumps({"files": {"workspace": twice}})))
+    assert index.file("/workspace/a").size == 2 and len(index.under("/workspace")) == 2
+    # An offset no file has is left out, not a crash of the whole page.
+    huge = json.dumps({"files": {"workspace": [["workspace/b", 1, SHA, 0, 2**63]]}})
+    assert FileIndex(manifest_rows(huge)).unsafe == 1

@@ -52,7 +52,7 @@ def test_names_that_leave_their_path_are_never_listed_downloaded_or_tarred(opera
     assert page.status_code == 200 and "/workspace/proj/ok.txt" in text
     for word in ["passwd", "escaped", "dot.txt", "double", "absolute"]:
         assert word not in text, word
-    assert "5 names in this snapshot's file list are not a plain path" in text
+    assert "5 names in this snapshot's file list are not shown: not a plain path" in text
 
     # The whole volume as a tar: only the plain name, under the folder's own name.
     response = operator_client.get(download, {"path": "/workspace"})
@@ -256,3 +256,19 @@ def test_a_process_keeps_file_indexes_within_their_rows_and_always_the_one_in_us
     )
     local = snapshot_files.FileRow("/usr/local/bin/tool", "usr-local", 1, "0" * 64, None, None)
     assert local.tar_path == "local/bin/tool"
+
+
+def test_a_manifest_nested_past_what_json_reads_or_with_a_bom_is_one_sentence_or_read(operator_client):
+    snapshot = snapshot_with_members("files-nested", {"workspace/a.txt": b"a"})
+    store = store_from_url(snapshot.store_url)
+    key = f"{snapshot.prefix}/manifest.json"
+    written = store.get_small(key)
+    store.put_small(key, b'{"files": {"workspace": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}}")
+    nested = operator_client.get(reverse("pods:snapshot-files", args=["files-nested", snapshot.pk]))
+    assert nested.status_code == 409 and "manifest in the store cannot be read" in nested.content.decode()
+    # A byte-order mark before the JSON is read as json.loads reads bytes.
+    other = snapshot_with_members("files-bom", {"workspace/b.txt": b"b"})
+    store.put_small(f"{other.prefix}/manifest.json", b"\xef\xbb\xbf" + store.get_small(f"{other.prefix}/manifest.json"))
+    page = operator_client.get(reverse("pods:snapshot-files", args=["files-bom", other.pk]), {"path": "/workspace"})
+    assert page.status_code == 200 and "b.txt" in page.content.decode()
+    assert written  # the first snapshot's own manifest read before it was replaced

@@ -15,7 +15,7 @@ import json
 import posixpath
 import re
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -95,8 +95,8 @@ def _row(volume: str, mount: str, above: str, entry) -> FileRow | None:
     numbers = _count(size) and (offset is None or _count(offset)) and (mtime is None or isinstance(mtime, int))
     if not (numbers and isinstance(sha256, str) and plain_relative(tar_path)):
         return None
-    if not (isinstance(mtime, bool) or mtime is None or NO_NUMBER < mtime < 2**63) or size >= 2**63:
-        return None
+    if not (mtime is None or NO_NUMBER < mtime < 2**63) or size >= 2**63 or (offset or 0) >= 2**63:
+        return None  # numbers no file has, and no array here holds
     if len(sha256) != 64 or not re.fullmatch(r"[0-9a-f]{64}", sha256):
         return None
     path = posixpath.join(above, tar_path)
@@ -209,70 +209,87 @@ class FileIndex:
         return [self.row(at) for at in self.span(path)]
 
     def file(self, path: str) -> FileRow | None:
-        """The file at exactly this pod path, if the snapshot lists one."""
-        at = bisect_left(self.paths, path)
-        return self.row(at) if at < len(self) and self.path(at) == path else None
+        """The file at exactly this pod path, if the snapshot lists one (the last of a path
+        listed twice, as unpacking the tar would leave it)."""
+        at = bisect_right(self.paths, path) - 1
+        return self.row(at) if at >= 0 and self.path(at) == path else None
 
 
 def manifest_rows(text: str) -> Iterator[FileRow | None]:
     """Each entry of the per-file lists of a manifest's JSON text as a row (None for one left
-    out), decoded one entry at a time. ValueError when the text is not JSON, ManifestShape
-    when its lists are not in a known shape, NoFileLists when it has none."""
+    out), decoded one entry at a time. ValueError when the text is not JSON as `json.loads`
+    reads it, ManifestShape when its lists are not in a known shape or a name is given twice
+    in one object (which one counts would be a guess), NoFileLists when it has none."""
     at = _space(text, 0)
     if text[at : at + 1] != "{":
         json.loads(text)  # not JSON: its own ValueError; JSON, but not an object: no lists
         raise NoFileLists("the manifest is not an object")
-    at, listed = _space(text, at + 1), False
-    while text[at : at + 1] != "}":
-        key, at = _DECODER.raw_decode(text, at)
-        at = _after(text, at, ":")
+    listed, keys, at, more = False, set(), *_opened(text, at, "}")
+    while more:
+        key, at = _name(text, at, keys)
         if key == "files" and text[at : at + 1] == "{":
-            listed = listed or text[_space(text, at + 1) : _space(text, at + 1) + 1] != "}"
+            listed = text[_space(text, at + 1) : _space(text, at + 1) + 1] != "}"
             at = yield from _volumes(text, at)
         else:
             value, at = _DECODER.raw_decode(text, at)
             if key == "files" and value:
                 raise ManifestShape("its files are not listed by volume")
-        at = _space(text, at)
-        if text[at : at + 1] == ",":
-            at = _space(text, at + 1)
-    if _space(text, at + 1) != len(text):
-        raise ValueError("text after the manifest")
+        at, more = _next(text, at, "}")
+    if _space(text, at) != len(text):
+        raise ValueError(f"text after the manifest at {at}")
     if not listed:
         raise NoFileLists("the manifest lists no files")
 
 
 def _volumes(text: str, at: int):
     """The rows of `"files": {volume: [entry, …], …}` from its `{`; where it ends."""
-    at = _space(text, at + 1)
-    while text[at : at + 1] != "}":
-        volume, at = _DECODER.raw_decode(text, at)
-        at = _after(text, at, ":")
-        mount = VOLUME_MOUNTS.get(volume) if isinstance(volume, str) else None
+    names, at, more = set(), *_opened(text, at, "}")
+    while more:
+        volume, at = _name(text, at, names)
+        mount = VOLUME_MOUNTS.get(volume)
         if mount is None or text[at : at + 1] != "[":
             _, at = _DECODER.raw_decode(text, at)  # another volume, or not a list: left out
         else:
             above = posixpath.dirname(mount)  # /usr for /usr/local; the tar's root is `local/`
-            at = _space(text, at + 1)
-            while text[at : at + 1] != "]":
+            at, listing = _opened(text, at, "]")
+            while listing:
                 entry, at = _DECODER.raw_decode(text, at)
                 yield _row(volume, mount, above, entry)
-                at = _space(text, at)
-                if text[at : at + 1] == ",":
-                    at = _space(text, at + 1)
-            at += 1
-        at = _space(text, at)
-        if text[at : at + 1] == ",":
-            at = _space(text, at + 1)
-    return at + 1
+                at, listing = _next(text, at, "]")
+        at, more = _next(text, at, "}")
+    return at
+
+
+def _opened(text: str, at: int, closing: str) -> tuple[int, bool]:
+    """Past the `{` or `[` at `at`: where the first member is, and whether there is one."""
+    at = _space(text, at + 1)
+    return (at + 1, False) if text[at : at + 1] == closing else (at, True)
+
+
+def _next(text: str, at: int, closing: str) -> tuple[int, bool]:
+    """After a member: past its comma (another must follow) or past the closing bracket."""
+    at = _space(text, at)
+    mark = text[at : at + 1]
+    if mark == ",":
+        return _space(text, at + 1), True
+    if mark == closing:
+        return at + 1, False
+    raise ValueError(f"expected ',' or {closing!r} at {at}")
+
+
+def _name(text: str, at: int, seen: set) -> tuple[str, int]:
+    """An object member's name, never one given before in the object; where its value is."""
+    if text[at : at + 1] != '"':
+        raise ValueError(f"expected a name in double quotes at {at}")
+    name, at = _DECODER.raw_decode(text, at)
+    if name in seen:
+        raise ManifestShape(f"the manifest gives {name!r} twice in one object")
+    seen.add(name)
+    at = _space(text, at)
+    if text[at : at + 1] != ":":
+        raise ValueError(f"expected ':' at {at}")
+    return name, _space(text, at + 1)
 
 
 def _space(text: str, at: int) -> int:
     return _SPACE.match(text, at).end()
-
-
-def _after(text: str, at: int, mark: str) -> int:
-    at = _space(text, at)
-    if text[at : at + 1] != mark:
-        raise ValueError(f"expected {mark!r} at {at}")
-    return _space(text, at + 1)

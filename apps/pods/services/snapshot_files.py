@@ -20,6 +20,7 @@ and where the file's data begins in its volume's tar).
 """
 
 import hashlib
+import json
 import posixpath
 import re
 import tarfile
@@ -49,7 +50,7 @@ from controlpanel.formatting import first_line, humanize_bytes
 # bytes a file beyond its path): at most this many, and beyond the one in use at most KEPT_ROWS
 # files in all.
 KEPT_INDEXES = 4
-KEPT_ROWS = 400_000
+KEPT_ROWS = 1_000_000
 MOUNTS = ", ".join(VOLUME_MOUNTS.values())
 
 
@@ -126,8 +127,10 @@ def file_index(snapshot: Snapshot) -> FileIndex:
             return _indexes[key]
     store = store_from_url(snapshot.store_url)
     try:
-        # Decoded at once, the bytes let go of: the index is made from the text entry by entry.
-        index = FileIndex(manifest_rows(store.get_small(f"{snapshot.prefix}/manifest.json").decode("utf-8")))
+        # Decoded as json.loads decodes bytes, and let go of: the index is made from the text.
+        text = _text(store.get_small(f"{snapshot.prefix}/manifest.json"))
+        index = FileIndex(manifest_rows(text))
+        del text
     except NoFileLists:
         raise InvalidInput(
             f"snapshot #{snapshot.pk} was taken before snapshots listed their files: its files cannot be "
@@ -137,15 +140,20 @@ def file_index(snapshot: Snapshot) -> FileIndex:
         raise StoreError(
             f"snapshot #{snapshot.pk}'s manifest in the store lists its files in a shape not known here"
         ) from None
-    except ValueError as exc:  # not JSON, not UTF-8
+    except (ValueError, RecursionError, OverflowError) as exc:  # not JSON, not UTF-8, nested too deep
         raise StoreError(f"snapshot #{snapshot.pk}'s manifest in the store cannot be read: {first_line(exc)}") from None
     with _indexes_lock:
         _indexes[key] = index
+        _indexes.move_to_end(key)  # another thread may have made it meanwhile: this one is the newest
         while len(_indexes) > 1 and (
             len(_indexes) > KEPT_INDEXES or sum(len(kept) for kept in _indexes.values()) - len(index) > KEPT_ROWS
         ):
             _indexes.popitem(last=False)
     return index
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")
 
 
 def snapshot_entries(*, pod_id: str, number: int | str, path: str = "/", query: str = "") -> list[Entry]:
