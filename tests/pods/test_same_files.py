@@ -359,3 +359,54 @@ def test_a_stop_superseded_while_its_trees_are_read_stops_there_and_is_not_read_
             ask_every=0,
         )
     assert asked == [1]  # asked at the first tree, and not read on by restic's dump
+
+
+def _lock_written(repository_path: Path, *, exclusive: bool) -> Path:
+    """A lock file as restic writes one (sealed JSON, named by its sha256)."""
+    body = json.dumps(
+        {"time": "2026-12-08T00:00:00Z", "exclusive": exclusive, "hostname": "elsewhere", "pid": 1, "uid": 0, "gid": 0}
+    ).encode()
+    sealed = restic_crypto.seal(body, Repository.opened(store_from_url()).keys)
+    path = repository_path / "locks" / hashlib.sha256(sealed).hexdigest()
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(sealed)
+    return path
+
+
+def test_the_reader_reads_nothing_under_a_prunes_lock_and_nothing_whose_index_changed(backed_up):
+    # A prune copies the chunks still used into new packs, replaces the index, and only then
+    # deletes the old packs: a chunk read in an old pack proves nothing of the new one.
+    repository_path, _, restic_id = backed_up
+    shared = _lock_written(repository_path, exclusive=False)
+    repository = Repository.opened(store_from_url())
+    repository.unchanged_since_read()  # another pod's backup: fine
+    exclusive = _lock_written(repository_path, exclusive=True)
+    with pytest.raises(Unread, match="an exclusive lock holds the repository"):
+        repository.unchanged_since_read()
+    exclusive.unlink()
+    shared.unlink()
+    walked = same_files._same_files(repository, restic_id, restic_id)
+    repository.unchanged_since_read()
+    index = next((repository_path / "index").iterdir())
+    index.rename(index.with_name("f" * 64))  # what a prune's new index does to the old one
+    with pytest.raises(Unread, match="index changed while it was read"):
+        repository.unchanged_since_read()
+    assert walked.chunks
+
+
+def test_a_stop_whose_proof_meets_a_prunes_lock_is_left_to_restics_dump(backed_up, caplog):
+    repository_path, _, restic_id = backed_up
+    _lock_written(repository_path, exclusive=True)
+    read = same_files.proven_reading(
+        store=store_from_url(),
+        parent=Snapshot(pk=1, manifest={"workspace": {"store_id": restic_id}}),
+        restic_id=restic_id,
+        volumes=[],
+        progress=Progress(None),
+        superseded=lambda: None,
+        operation=None,
+        nearing=None,
+        ask_every=0,
+    )
+    assert read is None
+    assert "read back with restic's dump instead: an exclusive lock holds the repository" in caplog.text

@@ -112,6 +112,7 @@ def proven_reading(
     try:
         repository = Repository.opened(store)
         repository.ask = ask
+        repository.unchanged_since_read()  # no prune now: its lock makes restic's dump wait instead
         walked = _same_files(repository, restic_id, restic_id_of(parent.manifest))
         # The parent's file lists (one restic) while the chunks are read.
         written = started(store.get_small, f"{parent.prefix}/manifest.json", name="parent-manifest")
@@ -132,6 +133,7 @@ def proven_reading(
         if read is None:
             raise Unread(f"snapshot #{parent.pk}'s file lists did not read")
         walked.lists_match(read, volumes)
+        repository.unchanged_since_read()  # and none since: what was read is what a restore reads
     except PanelError:
         raise  # superseded: the copy is not wanted any more
     except Exception as exc:  # Unread, or anything else not understood here: restic reads it

@@ -66,6 +66,7 @@ class Repository:
         self._tree_texts: OrderedDict[str, bytes] = OrderedDict()  # the last trees read, by bytes
         self._tree_bytes = 0
         self.ask: Callable[[], None] = lambda: None  # called between files and trees: may raise
+        self.index_read: set[str] = set()  # the index files the locations came from
 
     @classmethod
     def opened(cls, store) -> "Repository":
@@ -103,6 +104,27 @@ class Repository:
             return _decompressed(text[1:], most=MOST_FILE_BYTES, what=what)
         raise Unread(f"{what} is in a format restic 0.14 does not write")
 
+    def unchanged_since_read(self) -> None:
+        """Unread when another restic may be moving chunks, now or since the index was read:
+        an exclusive lock (a prune's) is there, or an index file read is gone (a prune
+        replaces the index files before it deletes the packs it emptied, so a chunk read in an
+        old pack may now be read by a restore from a new one nobody read). This reader takes
+        no lock of its own: it asks before it reads and again once it has read everything."""
+        for name in restic_raw.names(self.store, "locks"):
+            if not _hex_id(name):
+                continue
+            stored = restic_raw.file_bytes(self.store, f"locks/{name}", most=64 * 1024)
+            if stored is None:
+                continue  # gone meanwhile: a restic that ended
+            try:
+                held = json.loads(self._plain(_opened(stored, self.keys), what=f"lock {name[:8]}"))
+            except (Unread, ValueError):
+                held = {"exclusive": True}  # not read here: as if exclusive, restic judges it
+            if not isinstance(held, dict) or held.get("exclusive") is not False:
+                raise Unread(f"an exclusive lock holds the repository (lock {name[:8]}, a prune's?)")
+        if not self.index_read <= set(restic_raw.names(self.store, "index")):
+            raise Unread("the repository's index changed while it was read (a prune?)")
+
     def snapshot(self, restic_id: str) -> dict:
         """A snapshot file, by its full id or a prefix only one file has."""
         found = [name for name in restic_raw.names(self.store, "snapshots") if name.startswith(restic_id)]
@@ -116,6 +138,7 @@ class Repository:
         weigh more than its reader may; Unread past `most` of them."""
         found: dict[str, Blob] = {}
         for name in restic_raw.names(self.store, "index"):
+            self.index_read.add(name)
             self.ask()
             for pack in self._file("index", name).get("packs") or []:
                 for blob in pack.get("blobs") or []:
