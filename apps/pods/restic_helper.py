@@ -13,11 +13,10 @@ repository key and S3 credentials are files. On a host that is this machine they
 into a private folder in memory (/dev/shm, mode 0700, files 0400), bind-mounted read-only and
 removed with the helper; on another host, or a daemon whose containers could not read them
 (userns-remap, rootless, SELinux), they are written into the created, not yet started,
-container (`put_archive`), gone with it. `put_archive` makes Docker mount the container's file
-system first: 60-90 ms on an idle machine, 1.3-2 s under a test suite's load. The helper shares
-the host's network (an S3 endpoint on the host's loopback answers) and its PID namespace:
-restic's locks name a PID and a host name, and a lock left by a helper that is gone is then
-recognised as such (`stores.restic_locks`).
+container (`put_archive`, which mounts its file system first: 60-90 ms idle, 1.3-2 s under
+load), gone with it. The helper shares the host's network (an S3 endpoint on the host's
+loopback answers) and its PID namespace: restic's locks name a PID and a host name, and a lock
+left by a helper that is gone is then recognised as such (`stores.restic_locks`).
 """
 
 import hashlib
@@ -264,17 +263,27 @@ def _follow(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable
             held += piece
             *complete, held = held.split(b"\n")
             for raw in complete:
-                line = raw.decode("utf-8", "replace")
-                run.lines.append(line)
-                if on_line is not None and line.startswith("{"):
-                    try:
-                        on_line(json.loads(line))
-                    except ValueError:
-                        pass
+                _deliver(run, raw.decode("utf-8", "replace"), on_line)
     except Exception as exc:  # the helper went away with its host: the wait says so
         logger.info("stopped following restic helper %s: %s", helper[:12], exc)
     if held:
         run.lines.append(held.decode("utf-8", "replace"))
+
+
+def _deliver(run: HelperRun, line: str, on_line: Callable[[dict], None] | None) -> None:
+    run.lines.append(line)
+    if on_line is not None and line.startswith("{"):
+        try:
+            on_line(json.loads(line))
+        except ValueError:
+            pass
+
+
+def _lines_missed(engine: DockerEngine, helper: str, run: HelperRun, on_line: Callable[[dict], None] | None) -> None:
+    """Stdout lines the follower missed (its stream can end early under load), read whole."""
+    whole = engine.client.api.logs(helper, stdout=True, stderr=False).decode("utf-8", "replace").split("\n")
+    for line in whole[len(run.lines) : len(whole) - (whole[-1] == "")]:
+        _deliver(run, line, on_line)
 
 
 def _watch_errors(engine: DockerEngine, helper: str, run: HelperRun) -> None:
@@ -373,6 +382,7 @@ def restic_in_helper(
         follower.join(timeout=10)
         with engine._errors(f"reading the restic helper's errors ({doing})"):
             run.stderr = api.logs(helper, stdout=False, stderr=True).decode("utf-8", "replace")
+            _lines_missed(engine, helper, run, on_line)
     except BaseException:
         _interrupt(engine, helper)
         raise

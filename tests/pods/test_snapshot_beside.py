@@ -355,3 +355,20 @@ def test_a_start_beside_the_volumes_shows_its_progress_while_restic_restores(
     assert any(0 < done < total for done, total in seen[:-1]), seen
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     assert listing(docker_client, pod_id) == before
+
+
+def test_a_helper_whose_followed_output_ended_early_still_gives_restics_summary(
+    docker_client, new_pod_id, dedup_file, beside, monkeypatch
+):
+    # Under a full run's load a followed log stream once ended before restic's last line: the
+    # backup's summary was lost and the stop failed. What the follower missed is read whole.
+    from apps.pods import restic_helper
+
+    monkeypatch.setattr(restic_helper, "_follow", lambda engine, helper, run, on_line: None)
+    pod_id, before = pod_with_files(docker_client, new_pod_id, SCRIPT)
+    run_now(kind=Kind.POD_STOP, target_id=pod_id, actor="test")
+    snapshot = Snapshot.objects.get(pod__pod_id=pod_id)
+    assert snapshot.status == Snapshot.Status.COMPLETE
+    assert re.search(r"restic snapshot [0-9a-f]{8}: \d+ new", log_of(snapshot))
+    services.pod_start(pod_id=pod_id, actor="test")
+    assert listing(docker_client, pod_id) == before

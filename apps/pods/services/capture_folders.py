@@ -152,7 +152,11 @@ def _backup(
     )
     summary = seen.get("summary")
     if summary is None:
-        raise StoreError(f"snapshot store {store.url}: restic finished backing up pod {pod.pod_id} without a summary")
+        said = " ".join(result.stderr.split())[-300:] or "nothing on stderr"
+        raise StoreError(
+            f"snapshot store {store.url}: restic finished backing up pod {pod.pod_id} without a summary "
+            f"(exit {result.exit_code}: {said})"
+        )
     if result.exit_code == INCOMPLETE:
         unread = " ".join(result.stderr.split())[-300:]
         raise BackupIncomplete(
